@@ -1,0 +1,51 @@
+"""Model and training sections of a sweep file (paper III, IV-A; ablation switches of Tables II-VIII)."""
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    arch: str = "ViT-B-32"  # open_clip model name
+    pretrained: str = "openai"  # 'openai', a local checkpoint path, or 'none' (random init)
+    trainable_blocks: int = Field(3, ge=0)  # last k blocks of both towers train (paper IV-A)
+    lsi: bool = True  # Table II: LSI on/off
+    pooling: Literal["pta", "mean", "max"] = "pta"  # Table VI
+    gsd: bool = True  # Table II: GSD on/off
+    dependency: Literal["gda", "add_mlp", "cat_mlp"] = "gda"  # Table VII
+    text: Literal["finetune", "fixed"] = "finetune"  # Table III
+    contrastive: Literal["miaucl", "local_origcl", "global_origcl", "none"] = "miaucl"  # Table VIII
+    pta_hidden: int = Field(128, ge=1)  # hidden width of the PTA MLP (Eq. 2)
+    head_hidden: int = Field(256, ge=1)  # hidden width of the per-AU classifier MLP (Eq. 7)
+    # Optional overrides of the defaults in model/text.py and model/lsi.py, keyed by AU number.
+    prompts: Optional[Dict[int, List[str]]] = None  # AU -> [positive text, negative text]
+    landmark_groups: Optional[Dict[int, List[int]]] = None  # AU -> 0-based dlib indices (Table I)
+    emotion_texts: Optional[Dict[str, str]] = None  # MER class -> text (Eq. 13)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(80, ge=1)
+    batch_size: int = Field(8, ge=2)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr_encoder: float = Field(1e-3, gt=0)  # visual and text encoders
+    lr_head: float = Field(1e-2, gt=0)  # all other modules
+    momentum: float = Field(0.9, ge=0)  # not stated in the paper
+    weight_decay: float = Field(0.0, ge=0)
+    lr_step_epoch: int = Field(40, ge=1)  # lr divided by lr_gamma^-1 at this epoch
+    lr_gamma: float = Field(0.1, gt=0)
+    alpha: Optional[float] = Field(None, ge=0)  # Eq. 12 contrastive weight; None -> per-dataset default
+    beta: Optional[float] = Field(None, ge=0)  # Eq. 12 GD weight; None -> per-dataset default
+    device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1'
+    threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+
+
+# Paper IV-C: best alpha/beta per dataset (Tables IV, V).
+DATASET_DEFAULTS = {
+    "casme2": {"alpha": 0.6, "beta": 1.0},
+    "samm": {"alpha": 1.0, "beta": 0.6},
+}

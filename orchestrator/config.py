@@ -1,0 +1,285 @@
+"""Sweep YAML schema and its expansion into resolved, hashable trial configs.
+
+A sweep file names datasets, the base preprocessing/model/training sections, a grid over any dotted key,
+named variants (several keys changed together), seeds, resources and tracking. It expands into one
+`TrialConfig` per (dataset, point, seed); a Ray trial is a `TrialConfig` plus a test subject.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from model.config import DATASET_DEFAULTS, ModelConfig, TrainConfig
+from preprocessing.config import PreprocessConfig
+
+SECTIONS = ("preprocessing", "model", "training")
+_SECTION_MODELS = {"preprocessing": PreprocessConfig, "model": ModelConfig, "training": TrainConfig}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A sweep file is invalid; the message names the file and the key at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def expand_env(value: str, where: str) -> str:
+    """Expand `${VAR}` and `${VAR:-default}`; an unset variable without default is a ConfigError."""
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set; "
+                          f"export {name}=/path/to/the/folder and run again")
+
+    return _ENV.sub(sub, value)
+
+
+class SynthSpec(_Strict):
+    """Generate a synthetic dataset at `root` on first use (quick start, tests)."""
+    subjects: int = Field(4, ge=2)
+    per_subject: int = Field(6, ge=1)
+    seed: int = 0
+    intensity: float = Field(1.0, gt=0)
+    noise: float = Field(1.0, ge=0)
+
+
+class DatasetSpec(_Strict):
+    reader: Literal["casme2", "samm"]
+    root: str  # `${ENV}` expanded when the dataset is prepared
+    sheet: Optional[str] = None  # coding sheet, when `root` is the frames folder itself
+    aus: Optional[List[int]] = None  # None: the paper's AUs for the reader
+    subjects: Optional[List[str]] = None  # test subjects to run (folds); None: every subject
+    overrides: Dict[str, Any] = Field(default_factory=dict)  # dotted keys for this dataset only
+    synthetic: Optional[SynthSpec] = None
+    on_error: Literal["stop", "skip"] = "stop"
+
+    @field_validator("subjects", mode="before")
+    @classmethod
+    def _subjects_as_str(cls, v):
+        return None if v is None else [str(s) for s in v]
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class TrackingSpec(_Strict):
+    uri: Optional[str] = None  # None: sqlite:///<workdir>/mlflow.db
+    experiment: Optional[str] = None  # None: the sweep's name
+
+
+class SweepSpec(_Strict):
+    name: str
+    workdir: str = ".microau"  # cache, results store, reports and the default MLflow store
+    datasets: Dict[str, DatasetSpec]
+    preprocessing: Dict[str, Any] = Field(default_factory=dict)
+    model: Dict[str, Any] = Field(default_factory=dict)
+    training: Dict[str, Any] = Field(default_factory=dict)
+    grid: Dict[str, List[Any]] = Field(default_factory=dict)
+    variants: Dict[str, Dict[str, Any]] = Field(default_factory=dict)
+    seeds: List[int] = Field(default_factory=lambda: [1], min_length=1)
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    retries: int = Field(2, ge=0)  # Ray Tune max_failures per trial
+    max_concurrent: Optional[int] = Field(None, ge=1)
+    source: Optional[str] = Field(None, exclude=True)  # the file it was read from (for messages)
+
+    # ----------------------------------------------------------------------------------------------
+    def workdir_path(self) -> Path:
+        return Path(expand_env(self.workdir, f"{self.source}: workdir")).expanduser()
+
+    def tracking_uri(self) -> str:
+        if self.tracking.uri:
+            return expand_env(self.tracking.uri, f"{self.source}: tracking.uri")
+        return f"sqlite:///{(self.workdir_path() / 'mlflow.db').resolve()}"
+
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def points(self) -> List["Point"]:
+        """Grid points: every variant (or none) crossed with the product of the grid's values."""
+        variants = list(self.variants.items()) or [(None, {})]
+        keys = list(self.grid)
+        out = []
+        for vname, vparams in variants:
+            for values in itertools.product(*(self.grid[k] for k in keys)):
+                grid = dict(zip(keys, values))
+                out.append(Point(index=len(out), variant=vname, params={**vparams, **grid}, grid=grid))
+        return out
+
+    def trials(self, dataset: Optional[str] = None) -> List["TrialConfig"]:
+        """Resolved configs, one per (dataset, point, seed)."""
+        names = [dataset] if dataset else list(self.datasets)
+        for n in names:
+            if n not in self.datasets:
+                raise ConfigError(f"{self.source}: no dataset {n!r}; the file has {sorted(self.datasets)}")
+        return [self.resolve(n, p, s) for n in names for p in self.points() for s in self.seeds]
+
+    def resolve(self, dataset: str, point: "Point", seed: int) -> "TrialConfig":
+        ds = self.datasets[dataset]
+        tree = {"preprocessing": copy.deepcopy(self.preprocessing), "model": copy.deepcopy(self.model),
+                "training": copy.deepcopy(self.training)}
+        for where, params in ((f"datasets.{dataset}.overrides", ds.overrides),
+                              (f"point {point.label}", point.params)):
+            for key, value in params.items():
+                _set_dotted(tree, key, value, f"{self.source}: {where}")
+        sections = {}
+        for name, cls in _SECTION_MODELS.items():
+            try:
+                sections[name] = cls.model_validate(tree[name])
+            except ValidationError as e:
+                raise ConfigError(_format_errors(e, f"{self.source}", prefix=name)) from None
+        train = sections["training"]
+        defaults = DATASET_DEFAULTS.get(ds.reader, {})
+        fill = {k: v for k, v in defaults.items() if getattr(train, k) is None}
+        if fill:
+            sections["training"] = train.model_copy(update=fill)
+        from preprocessing.annotations import DEFAULT_AUS  # dataset knowledge lives in preprocessing
+        aus = list(ds.aus) if ds.aus else list(DEFAULT_AUS[ds.reader])
+        return TrialConfig(dataset=dataset, reader=ds.reader, aus=aus, point=point.index,
+                           point_label=point.label, variant=point.variant, params=point.params, seed=seed,
+                           **sections)
+
+
+class Point(BaseModel):
+    index: int
+    variant: Optional[str]
+    params: Dict[str, Any]  # every dotted key the point sets (variant's and grid's)
+    grid: Dict[str, Any]  # the grid's part alone
+
+    @property
+    def label(self) -> str:
+        parts = ([self.variant] if self.variant else []) + [f"{k}={v}" for k, v in self.grid.items()]
+        return ",".join(parts) if parts else "base"
+
+
+class TrialConfig(_Strict):
+    """One resolved config per (dataset, point, seed): everything `train_fold` reads."""
+    dataset: str
+    reader: str
+    aus: List[int]
+    point: int
+    point_label: str
+    variant: Optional[str]
+    params: Dict[str, Any]
+    seed: int
+    preprocessing: PreprocessConfig
+    model: ModelConfig
+    training: TrainConfig
+
+    def scientific(self) -> Dict[str, Any]:
+        """The part that determines the result (names and labels excluded)."""
+        return {"reader": self.reader, "aus": self.aus, "seed": self.seed,
+                "preprocessing": self.preprocessing.model_dump(mode="json"),
+                "model": self.model.model_dump(mode="json"),
+                "training": _training_for_hash(self.training)}
+
+    @property
+    def hash(self) -> str:
+        return stable_hash(self.scientific())
+
+    def flat_params(self) -> Dict[str, Any]:
+        """`section.key` -> value, for MLflow params."""
+        out = {"dataset": self.dataset, "reader": self.reader, "aus": ",".join(map(str, self.aus)),
+               "seed": self.seed, "point": self.point_label}
+        for section in SECTIONS:
+            out.update(_flatten(getattr(self, section).model_dump(mode="json"), section))
+        return out
+
+    def with_training(self, **update) -> "TrialConfig":
+        return self.model_copy(update={"training": self.training.model_copy(update=update)})
+
+
+def _training_for_hash(train: TrainConfig) -> Dict[str, Any]:
+    # Where it runs and with how many threads does not change what it computes.
+    return {k: v for k, v in train.model_dump(mode="json").items() if k not in ("device", "threads")}
+
+
+def stable_hash(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _flatten(d: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}"
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v)
+    return out
+
+
+def _set_dotted(tree: Dict[str, Any], key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    if parts[0] not in SECTIONS or len(parts) < 2:
+        raise ConfigError(f"{where}: key {key!r} must start with one of {', '.join(SECTIONS)} "
+                          f"(for example training.beta)")
+    cls: Any = _SECTION_MODELS[parts[0]]
+    node = tree[parts[0]]
+    for i, p in enumerate(parts[1:], start=1):
+        fields = getattr(cls, "model_fields", None)
+        if fields is not None and p not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r} ({'.'.join(parts[:i])} has "
+                              f"{', '.join(sorted(fields))})")
+        if i == len(parts) - 1:
+            node[p] = value
+        else:
+            ann = fields[p].annotation if fields is not None else None
+            cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {key!r}: {'.'.join(parts[:i + 1])} is not a section")
+
+
+def _format_errors(e: ValidationError, source: str, prefix: str = "") -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {loc!r}")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: missing key {loc!r}")
+        else:
+            lines.append(f"{source}: {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_sweep(path: str | os.PathLike) -> SweepSpec:
+    """Read and validate a sweep file; every error names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a sweep file is a mapping with at least 'name' and 'datasets'")
+    raw.setdefault("name", path.stem)
+    try:
+        spec = SweepSpec.model_validate({**raw, "source": str(path)})
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(path))) from None
+    for k in spec.grid:
+        if not spec.grid[k]:
+            raise ConfigError(f"{path}: grid.{k} has no values")
+    spec.trials()  # validate every point of every dataset now, not when its trial starts
+    return spec

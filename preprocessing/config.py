@@ -1,0 +1,32 @@
+"""Preprocessing section of a sweep file (paper III-A/B, IV-A)."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MagnificationConfig(_Strict):
+    # Paper IV-A: learning-based magnification (Oh et al. 2018) with factor 3. `learned` needs the
+    # checkpoint of a public PyTorch port; `eulerian` needs no weights; `none` switches it off.
+    method: Literal["none", "eulerian", "learned"] = "eulerian"
+    factor: float = Field(3.0, gt=0)
+    weights: Optional[str] = None  # path to the learned network's checkpoint (method: learned)
+    # Eulerian (linear, band-limited): temporal pass band in cycles per frame of the onset..apex clip
+    # and the number of Laplacian pyramid levels that are amplified.
+    low: float = Field(0.05, ge=0)
+    high: float = Field(0.4, gt=0)
+    levels: int = Field(4, ge=1, le=8)
+
+
+class PreprocessConfig(_Strict):
+    size: int = Field(224, ge=32)  # flow image side; ViT-B/32 at 224 gives the 7x7 patch grid
+    flow: Literal["tvl1", "farneback", "dis"] = "tvl1"
+    magnification: MagnificationConfig = MagnificationConfig()
+    crop_margin: float = Field(0.15, ge=0, le=1)  # face box = landmark box grown by this share per side
+    detector_upsample: int = Field(1, ge=0, le=3)  # dlib frontal detector upsampling
+    predictor: Optional[str] = None  # dlib 68-point predictor .dat; default: face-recognition-models'
