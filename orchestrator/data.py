@@ -1,0 +1,73 @@
+"""Prepare a sweep's datasets: expand roots, generate synthetic data on first use, use the cache.
+
+Every prepared dataset of a sweep is cached under `<workdir>/cache` by the preprocessing layer's content
+hash, so a second run (or another sweep over the same data and preprocessing) reads one .npz.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+from orchestrator.config import ConfigError, SweepSpec, TrialConfig, expand_env
+
+
+def dataset_root(spec: SweepSpec, name: str) -> Path:
+    """The dataset's root with `${VAR}` expanded; a ConfigError naming the variable when it is unset."""
+    ds = spec.datasets[name]
+    return Path(expand_env(ds.root, f"{spec.source}: datasets.{name}.root")).expanduser()
+
+
+def ensure_synthetic(spec: SweepSpec, name: str, progress: bool = True) -> Optional[Path]:
+    """Generate the synthetic dataset of `datasets.<name>.synthetic` when its root is missing or empty.
+
+    Returns the root when it generated something, else None.
+    """
+    ds = spec.datasets[name]
+    root = dataset_root(spec, name)
+    if ds.synthetic is None:
+        return None
+    if root.is_dir() and any(root.iterdir()):
+        return None
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{spec.source}: datasets.{name}.root {root} is a file, not a folder")
+    from preprocessing import synth
+
+    s = ds.synthetic
+    if progress:
+        print(f"[{name}] generating a synthetic {ds.reader} dataset in {root} "
+              f"({s.subjects} subjects x {s.per_subject} samples, seed {s.seed})", flush=True)
+    synth.generate(root, ds.reader, s.subjects, s.per_subject, s.seed, intensity=s.intensity, noise=s.noise)
+    return root
+
+
+def prepare(spec: SweepSpec, name: str, progress: bool = True):
+    """The `PreparedDataset` of `datasets.<name>` (synthetic data generated first when asked for).
+
+    Preprocessing is part of the resolved config, but a grid may not vary it: every point of a dataset
+    shares one prepared dataset (one cache entry, one frozen prefix).
+    """
+    from preprocessing import prepare_dataset
+
+    ds = spec.datasets[name]
+    trials = spec.trials(name)
+    pre = {t.preprocessing for t in trials}
+    if len(pre) != 1:
+        raise ConfigError(f"{spec.source}: the grid/variants vary preprocessing.* for dataset {name}; "
+                          f"write one sweep file per preprocessing setting")
+    ensure_synthetic(spec, name, progress=progress)
+    root = dataset_root(spec, name)
+    if not root.exists():
+        raise ConfigError(f"{spec.source}: datasets.{name}.root: {root} does not exist; point it at the "
+                          f"{ds.reader} folder (see docs/datasets.md)")
+    sheet = expand_env(ds.sheet, f"{spec.source}: datasets.{name}.sheet") if ds.sheet else None
+    cache = spec.workdir_path() / "cache"
+    return prepare_dataset(ds.reader, root, trials[0].preprocessing, cache, sheet=sheet,
+                           on_error=ds.on_error, progress=progress)
+
+
+def prepare_all(spec: SweepSpec, progress: bool = True) -> Dict[str, object]:
+    return {name: prepare(spec, name, progress=progress) for name in spec.datasets}
+
+
+def first_trial(spec: SweepSpec, name: str) -> TrialConfig:
+    return spec.trials(name)[0]

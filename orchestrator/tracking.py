@@ -1,0 +1,173 @@
+"""MLflow tracking, owned by the driver (trial workers never touch MLflow).
+
+One parent run per (dataset, point, seed) holding the flattened resolved params and the pooled metrics
+(updated live as folds finish, final at the end); one nested child run per fold with the fold's metrics
+and a per-sample predictions CSV. Runs carry tags (`microau.group`, `microau.fold`) by which a re-run
+finds them again instead of creating duplicates.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+from orchestrator.config import SweepSpec, TrialConfig
+
+TAG_GROUP = "microau.group"
+TAG_FOLD = "microau.fold"
+TAG_SWEEP = "microau.sweep"
+TAG_KIND = "microau.kind"  # parent | fold
+_PARENT_ID = "mlflow.parentRunId"
+
+
+def flat_metrics(pooled: Dict[str, Any], prefix: str = "") -> Dict[str, float]:
+    """Pooled-metrics dict -> flat MLflow metric names (`f1`, `per_au.AU1.f1` -> `f1_AU1`, ...).
+
+    The names depend only on the AU list, so every parent of a dataset carries the same names and the
+    MLflow UI compares them side by side.
+    """
+    out: Dict[str, float] = {}
+    for k, v in pooled.items():
+        if k == "per_au" and isinstance(v, dict) and not prefix:
+            for au, m in v.items():
+                for mk, mv in m.items():
+                    if _is_number(mv):
+                        out[f"{mk}_AU{str(au).removeprefix('AU')}"] = float(mv)
+            continue
+        name = f"{prefix}{k}"
+        if _is_number(v):
+            out[name] = float(v)
+        elif isinstance(v, dict):
+            out.update(flat_metrics(v, prefix=f"{name}_"))
+        elif isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(x) for x in v):
+            out[f"{name}_low"], out[f"{name}_high"] = float(v[0]), float(v[1])
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+class Tracker:
+    """Thin wrapper over `MlflowClient` for one sweep's experiment."""
+
+    def __init__(self, spec: SweepSpec):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.spec = spec
+        self.uri = spec.tracking_uri()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self._mlflow = mlflow
+        self.experiment_id = self._experiment()
+        self._parents: Dict[str, str] = {}
+        self._children: Dict[str, Dict[str, str]] = {}
+
+    # -- experiment and runs ------------------------------------------------------------------------
+    def _experiment(self) -> str:
+        name = self.spec.experiment_name()
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        artifacts = None
+        if self.uri.startswith("sqlite:") or "://" not in self.uri:
+            # A local store: keep artifacts beside it in the workdir (not ./mlruns of the cwd).
+            artifacts = (self.spec.workdir_path() / "mlartifacts").resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=artifacts,
+                                             tags={TAG_SWEEP: self.spec.name})
+
+    def parent(self, group: str, trial: TrialConfig, data_key: str, folds_total: int) -> str:
+        """The parent run of a (dataset, point, seed): found by tag, else created with its params."""
+        if group in self._parents:
+            return self._parents[group]
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{TAG_GROUP}` = '{group}'",
+                                       max_results=5)
+        if runs:
+            run_id = runs[0].info.run_id
+        else:
+            tags = {TAG_GROUP: group, TAG_KIND: "parent", TAG_SWEEP: self.spec.name,
+                    "dataset": trial.dataset, "point": trial.point_label, "seed": str(trial.seed),
+                    "config_hash": trial.hash, "data_key": data_key}
+            run = self.client.create_run(self.experiment_id, tags=tags,
+                                         run_name=f"{trial.dataset}:{trial.point_label}:seed{trial.seed}")
+            run_id = run.info.run_id
+            self._log_params(run_id, trial.flat_params())
+            self.client.log_batch(run_id, metrics=self._metrics({"folds_total": folds_total}, step=0))
+        self._parents[group] = run_id
+        return run_id
+
+    def children(self, parent_id: str) -> Dict[str, str]:
+        """fold key -> child run id, for the folds already tracked under `parent_id`."""
+        if parent_id not in self._children:
+            found: Dict[str, str] = {}
+            token = None
+            while True:
+                page = self.client.search_runs([self.experiment_id],
+                                               f"tags.`{_PARENT_ID}` = '{parent_id}'",
+                                               max_results=1000, page_token=token)
+                for r in page:
+                    if TAG_FOLD in r.data.tags:
+                        found[r.data.tags[TAG_FOLD]] = r.info.run_id
+                token = page.token
+                if not token:
+                    break
+            self._children[parent_id] = found
+        return self._children[parent_id]
+
+    def log_fold(self, parent_id: str, key: str, meta: Dict[str, Any], metrics: Dict[str, float],
+                 predictions_csv: str, extra: Optional[Dict[str, Any]] = None) -> str:
+        """One nested child run for a finished fold (skipped when the fold is tracked already)."""
+        known = self.children(parent_id)
+        if key in known:
+            return known[key]
+        tags = {_PARENT_ID: parent_id, TAG_FOLD: key, TAG_KIND: "fold", TAG_SWEEP: self.spec.name,
+                "dataset": str(meta["dataset"]), "point": str(meta["point_label"]),
+                "seed": str(meta["seed"]), "subject": str(meta["subject"])}
+        for k in ("node_ip", "node_id", "hostname"):
+            if meta.get(k):
+                tags[k] = str(meta[k])
+        run = self.client.create_run(self.experiment_id, tags=tags,
+                                     run_name=f"{meta['dataset']}:{meta['point_label']}:{meta['subject']}")
+        run_id = run.info.run_id
+        self._log_params(run_id, {"subject": meta["subject"], "fold_key": key})
+        self.client.log_batch(run_id, metrics=self._metrics(metrics, step=0))
+        self.client.log_text(run_id, predictions_csv, "predictions.csv")
+        if extra:
+            self.client.log_dict(run_id, extra, "fold.json")
+        self.client.set_terminated(run_id, "FINISHED")
+        known[key] = run_id
+        return run_id
+
+    def update_parent(self, parent_id: str, pooled: Optional[Dict[str, Any]], folds_done: int,
+                      folds_total: int, failed: Iterable[str] = (), final: bool = False) -> None:
+        """Pooled metrics so far (step = folds in); at the end the run is closed, FAILED if incomplete."""
+        values = flat_metrics(pooled) if pooled else {}
+        values.update(folds_done=folds_done, folds_total=folds_total,
+                      complete=float(folds_done == folds_total))
+        self.client.log_batch(parent_id, metrics=self._metrics(values, step=folds_done))
+        failed = list(failed)
+        self.client.set_tag(parent_id, "complete", str(folds_done == folds_total).lower())
+        if failed:
+            self.client.set_tag(parent_id, "failed_subjects", ",".join(failed)[:5000])
+        if final:
+            status = "FINISHED" if folds_done == folds_total else "FAILED"
+            self.client.set_terminated(parent_id, status)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _metrics(self, values: Dict[str, float], step: int) -> List[Any]:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        return [Metric(k, float(v), ts, step) for k, v in values.items() if _is_number(v)]
+
+    def _log_params(self, run_id: str, params: Dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=items[i:i + 100])
