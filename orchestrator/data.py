@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional
 
-from orchestrator.config import ConfigError, SweepSpec, TrialConfig, expand_env
+from orchestrator.config import ConfigError, SweepSpec, expand_env
 
 
 def dataset_root(spec: SweepSpec, name: str) -> Path:
@@ -61,13 +61,26 @@ def prepare(spec: SweepSpec, name: str, progress: bool = True):
                           f"{ds.reader} folder (see docs/datasets.md)")
     sheet = expand_env(ds.sheet, f"{spec.source}: datasets.{name}.sheet") if ds.sheet else None
     cache = spec.workdir_path() / "cache"
-    return prepare_dataset(ds.reader, root, trials[0].preprocessing, cache, sheet=sheet,
-                           on_error=ds.on_error, progress=progress)
+    cfg = expand_paths(trials[0].preprocessing, f"{spec.source}: preprocessing")
+    return prepare_dataset(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error,
+                           progress=progress)
+
+
+def expand_paths(cfg, where: str):
+    """`${VAR}` in the preprocessing paths (magnification weights, dlib predictor) expanded.
+
+    The resolved config keeps the unexpanded text (its hash does not depend on where a machine keeps
+    the file); the prepared-data key, which hashes the content, sees the real path.
+    """
+    mag = cfg.magnification
+    update = {}
+    if mag.weights:
+        update["magnification"] = mag.model_copy(
+            update={"weights": expand_env(mag.weights, f"{where}.magnification.weights")})
+    if cfg.predictor:
+        update["predictor"] = expand_env(cfg.predictor, f"{where}.predictor")
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def prepare_all(spec: SweepSpec, progress: bool = True) -> Dict[str, object]:
     return {name: prepare(spec, name, progress=progress) for name in spec.datasets}
-
-
-def first_trial(spec: SweepSpec, name: str) -> TrialConfig:
-    return spec.trials(name)[0]

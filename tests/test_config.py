@@ -1,0 +1,214 @@
+"""Sweep schema: expansion into trials, stable and sensitive hashing, errors naming file and key."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from model.config import DATASET_DEFAULTS, ModelConfig, TrainConfig
+from orchestrator.config import ConfigError, load_sweep
+from orchestrator.plan import expand
+from preprocessing.config import PreprocessConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "name": "t",
+    "datasets": {
+        "c": {"reader": "casme2", "root": "/nonexistent/c"},
+        "s": {"reader": "samm", "root": "/nonexistent/s", "subjects": ["006", "007"]},
+    },
+    "grid": {"training.beta": [0.2, 0.4, 0.6]},
+    "variants": {"full": {}, "no_gsd": {"model.gsd": False}},
+    "seeds": [1, 2],
+}
+
+
+def write(tmp_path: Path, doc: dict, name: str = "sweep.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def test_expansion_datasets_points_variants_seeds_subjects(tmp_path):
+    spec = load_sweep(write(tmp_path, BASE))
+    points = spec.points()
+    assert len(points) == 2 * 3  # variants x grid
+    assert {p.label for p in points} >= {"full,training.beta=0.2", "no_gsd,training.beta=0.6"}
+    trials = spec.trials()
+    assert len(trials) == 2 * 6 * 2  # datasets x points x seeds
+    subjects = {"c": ["sub01", "sub02", "sub03"], "s": ["006", "007", "008", "009"]}
+    folds = expand(spec, subjects, {"c": "kc", "s": "ks"})
+    # casme2: every subject; samm: the two listed in `subjects:`
+    assert len(folds) == 6 * 2 * 3 + 6 * 2 * 2
+    assert len({f.key for f in folds}) == len(folds)
+    assert {f.subject for f in folds if f.trial.dataset == "s"} == {"006", "007"}
+    no_gsd = [t for t in trials if t.variant == "no_gsd"]
+    assert all(t.model.gsd is False for t in no_gsd)
+    assert {t.training.beta for t in trials} == {0.2, 0.4, 0.6}
+
+
+def test_dataset_defaults_fill_alpha_beta_unless_set(tmp_path):
+    doc = {**BASE, "grid": {}, "variants": {}, "seeds": [1]}
+    spec = load_sweep(write(tmp_path, doc))
+    by = {t.dataset: t for t in spec.trials()}
+    assert by["c"].training.alpha == DATASET_DEFAULTS["casme2"]["alpha"]
+    assert by["s"].training.beta == DATASET_DEFAULTS["samm"]["beta"]
+    doc["datasets"]["c"]["overrides"] = {"training.alpha": 0.2}
+    spec = load_sweep(write(tmp_path, doc))
+    assert {t.dataset: t for t in spec.trials()}["c"].training.alpha == 0.2
+
+
+def _hash_in_subprocess(path: Path) -> str:
+    code = ("from orchestrator.config import load_sweep; "
+            f"print(','.join(t.hash for t in load_sweep({str(path)!r}).trials()))")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip()
+
+
+def test_hash_stable_across_runs_and_processes(tmp_path):
+    path = write(tmp_path, BASE)
+    here = ",".join(t.hash for t in load_sweep(path).trials())
+    assert here == ",".join(t.hash for t in load_sweep(path).trials())
+    assert here == _hash_in_subprocess(path)
+    # key order in the YAML does not matter
+    reordered = {k: BASE[k] for k in reversed(list(BASE))}
+    assert here == ",".join(t.hash for t in load_sweep(write(tmp_path, reordered, "r.yaml")).trials())
+
+
+def _alternatives(annotation, current):
+    """Candidate values different from `current` for a field of this annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return [a for a in args if a != current]
+    if origin is typing.Union:
+        out = []
+        for a in args:
+            if a is type(None):
+                if current is not None:
+                    out.append(None)
+            else:
+                out += _alternatives(a, current)
+        return out
+    if annotation is bool:
+        return [not current]
+    if annotation is int:
+        return [(current or 0) + 1]
+    if annotation is float:
+        return [(current or 0.0) * 0.5 + 0.0123]
+    if annotation is str:
+        return [f"{current}-x"]
+    if origin in (dict, typing.Dict):
+        key_t, val_t = args
+        if key_t is int and typing.get_origin(val_t) in (list, typing.List):
+            inner = typing.get_args(val_t)[0]
+            return [{1: ["a", "b"]}] if inner is str else [{1: [0, 1]}]
+        return [{"positive": "a happy face"}]
+    raise AssertionError(f"no alternative for {annotation}")
+
+
+def _leaf_fields(cls: type[BaseModel], prefix: str):
+    for name, f in cls.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _leaf_fields(ann, f"{prefix}.{name}")
+        else:
+            yield f"{prefix}.{name}", ann
+
+
+@pytest.mark.parametrize("section,cls", [("preprocessing", PreprocessConfig), ("model", ModelConfig),
+                                         ("training", TrainConfig)])
+def test_hash_sensitive_to_every_parameter(tmp_path, section, cls):
+    doc = {"name": "h", "datasets": {"c": {"reader": "casme2", "root": "/x"}}}
+    base = load_sweep(write(tmp_path, doc)).trials()[0]
+    changed = 0
+    for key, ann in _leaf_fields(cls, section):
+        if key in ("training.device", "training.threads"):
+            continue  # where and with how many threads it runs does not change what it computes
+        current = base
+        for part in key.split("."):
+            current = getattr(current, part)
+        for alt in _alternatives(ann, current):
+            d = {**doc, "grid": {key: [alt]}}
+            try:
+                t = load_sweep(write(tmp_path, d)).trials()[0]
+            except ConfigError:
+                continue  # not a valid value for this field; try the next candidate
+            assert t.hash != base.hash, f"{key}={alt!r} does not change the config hash"
+            changed += 1
+            break
+        else:
+            raise AssertionError(f"found no valid alternative value for {key}")
+    assert changed >= 5
+    # seed and AU list are part of the hash too
+    t2 = load_sweep(write(tmp_path, {**doc, "seeds": [2]})).trials()[0]
+    assert t2.hash != base.hash
+    t3 = load_sweep(write(tmp_path, {**doc, "datasets": {"c": {"reader": "casme2", "root": "/x",
+                                                               "aus": [1, 2]}}})).trials()[0]
+    assert t3.hash != base.hash
+
+
+def test_device_and_threads_do_not_change_the_hash(tmp_path):
+    doc = {"name": "h", "datasets": {"c": {"reader": "casme2", "root": "/x"}}}
+    a = load_sweep(write(tmp_path, doc)).trials()[0]
+    b = load_sweep(write(tmp_path, {**doc, "training": {"device": "cpu", "threads": 1}})).trials()[0]
+    assert a.hash == b.hash
+
+
+@pytest.mark.parametrize("patch,needle", [
+    ({"bogus": 1}, "unknown key 'bogus'"),
+    ({"model": {"lsi": True, "colour": 3}}, "unknown key 'model.colour'"),
+    ({"training": {"epochs": 0}}, "training.epochs"),
+    ({"model": {"pooling": "median"}}, "model.pooling"),
+    ({"grid": {"model.nope": [1]}}, "unknown key 'model.nope'"),
+    ({"grid": {"beta": [1]}}, "must start with one of"),
+    ({"grid": {"training.beta": []}}, "grid.training.beta has no values"),
+    ({"resources": {"gpu": -1}}, "resources.gpu"),
+    ({"datasets": {"c": {"reader": "casme3", "root": "/x"}}}, "datasets.c.reader"),
+    ({"datasets": {"c": {"root": "/x"}}}, "missing key 'datasets.c.reader'"),
+    ({"variants": {"v": {"preprocessing.magnification.method": "magic"}}}, "magnification.method"),
+])
+def test_errors_name_file_and_key(tmp_path, patch, needle):
+    doc = {"name": "e", "datasets": {"c": {"reader": "casme2", "root": "/x"}}}
+    doc.update(patch)
+    path = write(tmp_path, doc, "bad.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_sweep(path)
+    assert str(path) in str(e.value) and needle in str(e.value), str(e.value)
+
+
+def test_unset_root_variable_is_named(tmp_path, monkeypatch):
+    from orchestrator.data import dataset_root
+
+    monkeypatch.delenv("MICROAU_TEST_ROOT", raising=False)
+    path = write(tmp_path, {"name": "e", "datasets": {"c": {"reader": "casme2",
+                                                             "root": "${MICROAU_TEST_ROOT}/c"}}})
+    spec = load_sweep(path)
+    with pytest.raises(ConfigError, match="MICROAU_TEST_ROOT is not set") as e:
+        dataset_root(spec, "c")
+    assert "datasets.c.root" in str(e.value)
+    monkeypatch.setenv("MICROAU_TEST_ROOT", str(tmp_path))
+    assert dataset_root(spec, "c") == tmp_path / "c"
+
+
+def test_subjects_not_in_data_is_an_error(tmp_path):
+    spec = load_sweep(write(tmp_path, BASE))
+    with pytest.raises(ConfigError, match=r"datasets.s.subjects: \['007'\] not in the prepared"):
+        expand(spec, {"c": ["sub01", "sub02"], "s": ["006", "008"]}, {"c": "a", "s": "b"})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_validate(path, monkeypatch):
+    for var in ("CASME2_ROOT", "SAMM_ROOT", "MICROAU_MAGNET_WEIGHTS"):
+        monkeypatch.setenv(var, "/data")
+    spec = load_sweep(path)
+    assert spec.trials()
