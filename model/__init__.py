@@ -1,0 +1,22 @@
+"""Micro-AU CLIP: backbone with frozen-prefix caching, LSI, GSD, losses, train_fold, zero-shot MER, metrics.
+
+Public API (docs/model.md):
+    compute_prefix(model_cfg, data, aus, device="cpu") -> Prefix
+    train_fold(spec, data, test_subject, prefix=None, on_epoch=None) -> FoldResult
+    FoldResult (.to_dict() / .from_dict())
+    metrics.pooled_metrics(results), metrics.paired_difference(results_a, results_b)
+
+Imported lazily, so `model.config` (read by the sweep schema) does not pull in torch and open_clip.
+"""
+import importlib
+
+_LAZY = {"compute_prefix": "model.prefix", "Prefix": "model.prefix", "FoldResult": "model.result",
+         "train_fold": "model.train", "FoldError": "model.train", "metrics": "model.metrics"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    mod = importlib.import_module(_LAZY[name])
+    return mod if _LAZY[name].endswith(name) else getattr(mod, name)

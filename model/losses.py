@@ -1,0 +1,71 @@
+"""All training losses, as siblings (paper III-C/D, Eq. 8-12; Table VIII baselines).
+
+The three contrastive losses differ only in their target matrix and in which features they compare:
+  MiAUCL       per AU: AU visual features vs each sample's own label text, same-label targets (Eq. 9-11)
+  local OrigCL per AU: same features, CLIP's diagonal targets
+  global OrigCL       global visual feature vs one text of all active AUs, diagonal targets
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def multitask_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multi-task loss: sum over AUs of the 2-way cross-entropy (batch mean). logits (B,N,2), labels (B,N)."""
+    return sum(F.cross_entropy(logits[:, n], labels[:, n].long()) for n in range(logits.shape[1]))
+
+
+def gd_loss(w_d: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: L_GD = (1/N) ||W_d - Y||^2 per sample, averaged over the batch. w_d, labels (B, N)."""
+    return ((w_d - labels.to(w_d.dtype)) ** 2).sum(dim=-1).div(w_d.shape[-1]).mean()
+
+
+def same_label_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 10: LM(b1, b2) = 1 where samples b1 and b2 have the same label for this AU. (B,) -> (B, B)."""
+    return (labels.unsqueeze(1) == labels.unsqueeze(0)).float()
+
+
+def diagonal_targets(b: int, device=None) -> torch.Tensor:
+    """CLIP's targets: sample b matches only its own text."""
+    return torch.eye(b, device=device)
+
+
+def contrastive_loss(visual: torch.Tensor, text: torch.Tensor, targets: torch.Tensor,
+                     logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """Cross-entropy between the scaled cosine-similarity matrix (Eq. 9) and row-normalised targets,
+    image->text and text->image, averaged. visual, text (B, d); targets (B, B) with rows = visual."""
+    v, t = F.normalize(visual, dim=-1), F.normalize(text, dim=-1)
+    logits = logit_scale * v @ t.T  # M_n scaled, (B, B)
+    i2t = targets / targets.sum(dim=1, keepdim=True)
+    t2i = targets.T / targets.T.sum(dim=1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, i2t) + F.cross_entropy(logits.T, t2i))
+
+
+def miauc_loss(au_visual: torch.Tensor, au_text: torch.Tensor, labels: torch.Tensor,
+               logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 11: L_MiAUC = sum_n CL_n, CL_n with same-label targets (Eq. 10).
+    au_visual, au_text (B, N, d): per sample and AU, visual feature and the text feature of its label."""
+    return sum(contrastive_loss(au_visual[:, n], au_text[:, n], same_label_targets(labels[:, n]), logit_scale)
+               for n in range(au_visual.shape[1]))
+
+
+def local_origcl_loss(au_visual: torch.Tensor, au_text: torch.Tensor, labels: torch.Tensor,
+                      logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """Table VIII "local OrigCL": as Eq. 11 but with CLIP's diagonal targets."""
+    eye = diagonal_targets(au_visual.shape[0], au_visual.device)
+    return sum(contrastive_loss(au_visual[:, n], au_text[:, n], eye, logit_scale)
+               for n in range(au_visual.shape[1]))
+
+
+def global_origcl_loss(global_visual: torch.Tensor, global_text: torch.Tensor,
+                       logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """Table VIII "global OrigCL": CLIP's loss between the global visual feature and the one text that
+    describes all of the sample's active AUs. (B, d), (B, d)."""
+    eye = diagonal_targets(global_visual.shape[0], global_visual.device)
+    return contrastive_loss(global_visual, global_text, eye, logit_scale)
+
+
+def total_loss(mt: torch.Tensor, cl: torch.Tensor, gd: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """Eq. 12: Loss = MultiTask + alpha * L_contrastive + beta * L_GD."""
+    return mt + alpha * cl + beta * gd

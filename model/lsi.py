@@ -1,0 +1,108 @@
+"""LSI module (paper III-B): landmark groups (Table I), landmark -> patch token (Eq. 1), patch token
+attention (Eq. 2-3) and the Table VI / Table II alternatives (mean / max pooling, LSI off)."""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+# Table I: AU -> 0-based dlib 68-point indices (DESIGN.md: 48 and 54 are the mouth corners).
+TABLE_I: Dict[int, Tuple[int, ...]] = {
+    1: (19, 20, 21, 22, 23, 24),
+    2: (19, 20, 21, 22, 23, 24),
+    4: (19, 20, 21, 22, 23, 24),
+    7: (38, 41, 44, 47),
+    12: (48, 54),
+    14: (55, 59, 60, 64),
+    15: (48, 54),
+    17: (7, 8, 9, 57),
+}
+
+
+class LandmarkError(ValueError):
+    """Landmark groups or coordinates are unusable; the message names the AU / sample."""
+
+
+def landmark_groups(aus: Sequence[int], overrides: Optional[Mapping[int, Sequence[int]]] = None
+                    ) -> List[List[int]]:
+    table = {int(k): list(v) for k, v in (overrides or {}).items()}
+    out = []
+    for au in aus:
+        g = table.get(au, TABLE_I.get(au))
+        if g is None:
+            raise LandmarkError(f"model.landmark_groups: AU{au} is not in Table I (which covers "
+                                f"{sorted(TABLE_I)}); add `landmark_groups: {{{au}: [dlib indices]}}`")
+        if not g or any(not 0 <= int(i) < 68 for i in g):
+            raise LandmarkError(f"model.landmark_groups[{au}]: give 0-based dlib indices in 0..67, got {g}")
+        out.append([int(i) for i in g])
+    return out
+
+
+def landmark_to_token(xy: np.ndarray, grid: Tuple[int, int], image: Tuple[int, int]) -> np.ndarray:
+    """Eq. 1: landmark (x, y) in an h0 x w0 image -> index of its patch token in the h x w grid,
+    row-major as open_clip flattens the patch grid (row * w + col). (..., 2) -> (...) int64."""
+    (h, w), (h0, w0) = grid, image
+    col = np.clip(np.floor(xy[..., 0] * (w / w0)), 0, w - 1).astype(np.int64)
+    row = np.clip(np.floor(xy[..., 1] * (h / h0)), 0, h - 1).astype(np.int64)
+    return row * w + col
+
+
+def au_token_indices(landmarks: np.ndarray, groups: Sequence[Sequence[int]], grid: Tuple[int, int],
+                     image: Tuple[int, int], sample_ids: Optional[Sequence[str]] = None) -> List[np.ndarray]:
+    """Per AU, the patch token index of each of its landmarks for every sample: list of (S, N_L)."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    bad = ~np.isfinite(lm).all(axis=(1, 2))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        name = sample_ids[i] if sample_ids is not None else f"#{i}"
+        raise LandmarkError(f"sample {name}: landmarks are not finite; re-run preprocessing for it")
+    return [landmark_to_token(lm[:, list(g)], grid, image) for g in groups]
+
+
+class PTA(nn.Module):
+    """Patch token attention for one AU: W_j = softmax_j(MLP(K_j)) (Eq. 2), F~ = sum_j W_j K_j (Eq. 3)."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, N_L, d) tokens -> AU feature (B, d), weights (B, N_L)."""
+        w = torch.softmax(self.mlp(k).squeeze(-1), dim=-1)  # Eq. 2
+        return (w.unsqueeze(-1) * k).sum(dim=1), w  # Eq. 3
+
+
+class LocalFeatures(nn.Module):
+    """F~_n for every AU from the patch tokens.
+
+    lsi=True : each AU reads the tokens of its own landmarks (Eq. 1) and pools them with its own PTA
+               (Eq. 2-3), or with mean / max pooling (Table VI).
+    lsi=False: no landmarks (Table II, "w/o LSI"): each AU reads all h*w patch tokens, pooled the same
+               way by its own pooling module, so AUs still get separate features but no region prior.
+    """
+
+    def __init__(self, n_aus: int, d: int, pooling: str, lsi: bool, hidden: int):
+        super().__init__()
+        self.pooling, self.lsi = pooling, lsi
+        self.pta = nn.ModuleList([PTA(d, hidden) for _ in range(n_aus)]) if pooling == "pta" else None
+
+    def forward(self, tokens: torch.Tensor, idx: Sequence[torch.Tensor]
+                ) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
+        """tokens (B, G, d), idx: per AU (B, N_L) token indices -> F~ (B, N, d), PTA weights per AU."""
+        feats, weights = [], []
+        for n in range(len(idx)):
+            if self.lsi:
+                k = torch.gather(tokens, 1, idx[n].unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+            else:
+                k = tokens
+            if self.pooling == "pta":
+                f, w = self.pta[n](k)
+            elif self.pooling == "mean":
+                f, w = k.mean(dim=1), None
+            else:
+                f, w = k.max(dim=1).values, None
+            feats.append(f)
+            weights.append(w)
+        return torch.stack(feats, dim=1), weights

@@ -1,0 +1,71 @@
+"""`FoldResult`: everything one LOSO fold produced (docs/architecture.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+
+@dataclass
+class FoldResult:
+    test_subject: str
+    seed: int
+    aus: List[int]
+    sample_ids: List[str]  # test samples
+    subjects: List[str]
+    probs: np.ndarray  # float32 (n, A): P(active) = softmax of the AU's 2-way head, index 1
+    labels: np.ndarray  # uint8 (n, A)
+    features: np.ndarray  # float32 (n, A, d): final AU visual features (Eq. 7's F_G + F~_n)
+    mer_classes: List[str]  # order of the columns of mer_scores
+    mer_scores: np.ndarray  # float32 (n, R): Eq. 13 summed similarities
+    mer_labels: List[Optional[str]]  # ground-truth MER class (None: excluded); never used in training
+    loss_curve: Dict[str, List[float]] = field(default_factory=dict)  # term -> value per epoch
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds: prefix, build, train, eval, total
+    n_train: int = 0
+    extras: Dict[str, Any] = field(default_factory=dict)  # e.g. text_similarity (Table III TextSi)
+
+    @property
+    def preds(self) -> np.ndarray:
+        """AU decision: argmax of the 2-way softmax, i.e. P(active) > 0.5 (ties -> inactive)."""
+        return (self.probs > 0.5).astype(np.uint8)
+
+    @property
+    def mer_preds(self) -> List[str]:
+        """Eq. 13 argmax per sample."""
+        return [self.mer_classes[i] for i in np.asarray(self.mer_scores).argmax(axis=1)] \
+            if len(self.mer_scores) else []
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "test_subject": self.test_subject, "seed": int(self.seed), "aus": [int(a) for a in self.aus],
+            "sample_ids": list(self.sample_ids), "subjects": list(self.subjects),
+            "probs": np.asarray(self.probs, dtype=np.float32).tolist(),
+            "labels": np.asarray(self.labels, dtype=np.uint8).tolist(),
+            "features": np.asarray(self.features, dtype=np.float32).tolist(),
+            "mer_classes": list(self.mer_classes),
+            "mer_scores": np.asarray(self.mer_scores, dtype=np.float32).tolist(),
+            "mer_labels": list(self.mer_labels),
+            "loss_curve": {k: [float(x) for x in v] for k, v in self.loss_curve.items()},
+            "timings": {k: float(v) for k, v in self.timings.items()},
+            "n_train": int(self.n_train), "extras": self.extras,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "FoldResult":
+        n, a = len(d["sample_ids"]), len(d["aus"])
+        return cls(
+            test_subject=d["test_subject"], seed=d["seed"], aus=list(d["aus"]),
+            sample_ids=list(d["sample_ids"]), subjects=list(d["subjects"]),
+            probs=np.asarray(d["probs"], dtype=np.float32).reshape(n, a),
+            labels=np.asarray(d["labels"], dtype=np.uint8).reshape(n, a),
+            features=np.asarray(d["features"], dtype=np.float32).reshape(n, a, -1),
+            mer_classes=list(d["mer_classes"]),
+            mer_scores=np.asarray(d["mer_scores"], dtype=np.float32).reshape(n, len(d["mer_classes"])),
+            mer_labels=list(d["mer_labels"]), loss_curve={k: list(v) for k, v in d.get("loss_curve", {}).items()},
+            timings=dict(d.get("timings", {})), n_train=int(d.get("n_train", 0)), extras=dict(d.get("extras", {})),
+        )
+
+    @classmethod
+    def coerce(cls, r) -> "FoldResult":
+        return r if isinstance(r, cls) else cls.from_dict(r)

@@ -1,0 +1,207 @@
+"""`train_fold`: train Micro-AU CLIP on all subjects but one and evaluate the last epoch's model on it.
+
+This is exactly what every sweep trial runs and what `microau-sweep fold` runs in-process. No choice of
+epoch or threshold is made on the test subject: the model after the last epoch is evaluated and an AU
+is active where its 2-way softmax puts more mass on "active".
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model import losses
+from model.config import DATASET_DEFAULTS
+from model.lsi import au_token_indices, landmark_groups
+from model.mer import mer_scores
+from model.net import MicroAUCLIP, TextTensors
+from model.prefix import Prefix, compute_prefix
+from model.result import FoldResult
+from model.text import MER_CLASSES
+
+
+class FoldError(ValueError):
+    """The fold cannot run as configured; the message says what to change."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FoldError(f"training.device: {name!r} asked for, but torch sees no CUDA device here; "
+                        f"use device: auto or cpu")
+    return dev
+
+
+def _weights(spec) -> Dict[str, float]:
+    t = spec.training
+    defaults = DATASET_DEFAULTS.get(getattr(spec, "reader", None), {})
+    out = {}
+    for k in ("alpha", "beta"):
+        v = getattr(t, k)
+        if v is None:
+            if k not in defaults:
+                raise FoldError(f"training.{k} is not set and reader {getattr(spec, 'reader', None)!r} has "
+                                f"no default; set training.{k}")
+            v = defaults[k]
+        out[k] = float(v)
+    return out
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.Tensor]:
+    """A shuffled epoch; a last batch of one sample joins the one before (contrastive needs B >= 2)."""
+    perm = torch.randperm(n, generator=gen)
+    out = list(torch.split(perm, batch_size))
+    if len(out) > 1 and len(out[-1]) == 1:
+        out[-2] = torch.cat([out[-2], out.pop()])
+    return out
+
+
+def _optimizer(model: MicroAUCLIP, t) -> torch.optim.Optimizer:
+    groups = [{"params": model.encoder_parameters(), "lr": t.lr_encoder, "name": "encoder"},
+              {"params": model.head_parameters(), "lr": t.lr_head, "name": "head"}]
+    groups = [g for g in groups if g["params"]]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(groups, weight_decay=t.weight_decay)
+
+
+def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
+               on_epoch: Optional[Callable[[Dict], None]] = None) -> FoldResult:
+    """Train on every subject of `data` except `test_subject`, evaluate on `test_subject`.
+
+    spec: has .reader, .aus, .seed, .model (ModelConfig), .training (TrainConfig) - a TrialConfig.
+    prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
+    on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
+    """
+    t_start = time.perf_counter()
+    mcfg, tcfg = spec.model, spec.training
+    aus = [int(a) for a in spec.aus]
+    device = resolve_device(tcfg.device)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    w = _weights(spec)
+    test_subject = str(test_subject)
+    subjects = np.asarray([str(s) for s in data.subjects])
+    test_idx = np.flatnonzero(subjects == test_subject)
+    train_idx = np.flatnonzero(subjects != test_subject)
+    if len(test_idx) == 0:
+        raise FoldError(f"dataset {data.reader} ({data.key}): no sample of test subject {test_subject!r}; "
+                        f"its subjects are {sorted(set(subjects.tolist()))}")
+    if len(train_idx) < 2:
+        raise FoldError(f"dataset {data.reader}: fewer than 2 training samples when {test_subject} is held out")
+
+    # frozen prefix: given (shared by the sweep) or computed now
+    t0 = time.perf_counter()
+    if prefix is None:
+        prefix = compute_prefix(mcfg, data, aus, device=str(device))
+    else:
+        diff = prefix.matches(mcfg, data, aus)
+        if diff:
+            raise FoldError(f"the prefix passed to train_fold was computed for another {diff}; "
+                            f"compute it with compute_prefix(spec.model, data, spec.aus)")
+    if list(prefix.sample_ids) != list(data.sample_ids):
+        raise FoldError("the prefix's samples are not the dataset's; compute the prefix from this dataset")
+    t_prefix = time.perf_counter() - t0
+
+    # tensors on the device
+    t0 = time.perf_counter()
+    labels_np = data.labels(aus).astype(np.int64)
+    groups = landmark_groups(aus, mcfg.landmark_groups)
+    tok = au_token_indices(data.landmarks, groups, prefix.grid, prefix.image, data.sample_ids)
+    vis = torch.from_numpy(prefix.visual).to(device)
+    labels = torch.from_numpy(labels_np).to(device)
+    tok = [torch.from_numpy(t).to(device) for t in tok]
+    au_txt = TextTensors(prefix.au_texts, device)
+    emo_txt = TextTensors(prefix.emotion_texts, device)
+    glob_txt = TextTensors(prefix.global_texts, device)
+    glob_idx = torch.from_numpy(prefix.global_index).to(device)
+
+    # the model and its optimiser, seeded
+    torch.manual_seed(spec.seed)
+    model = MicroAUCLIP(mcfg, len(aus), prefix).to(device)
+    opt = _optimizer(model, tcfg)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[tcfg.lr_step_epoch], gamma=tcfg.lr_gamma)
+    gen = torch.Generator().manual_seed(spec.seed)
+    t_build = time.perf_counter() - t0
+
+    # train
+    t0 = time.perf_counter()
+    train_t = torch.from_numpy(train_idx)
+    curve: Dict[str, List[float]] = {k: [] for k in ("total", "multitask", "contrastive", "gd")}
+    for epoch in range(tcfg.epochs):
+        te = time.perf_counter()
+        model.train()
+        sums = {k: 0.0 for k in curve}
+        batches = _batches(len(train_idx), tcfg.batch_size, gen)
+        for b in batches:
+            idx = train_t[b].to(device)
+            terms = step_losses(model, mcfg, vis[idx], [t[idx] for t in tok], labels[idx], au_txt,
+                                glob_txt, glob_idx[idx])
+            loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], w["alpha"], w["beta"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums["total"] += float(loss.detach())
+            for k in ("multitask", "contrastive", "gd"):
+                sums[k] += float(terms[k].detach())
+        sched.step()
+        for k in curve:
+            curve[k].append(sums[k] / len(batches))
+        if on_epoch is not None:
+            lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)}
+            on_epoch({"epoch": epoch + 1, "epochs": tcfg.epochs, **{k: v[-1] for k, v in curve.items()},
+                      **lrs, "seconds": time.perf_counter() - te})
+    t_train = time.perf_counter() - t0
+
+    # evaluate the last epoch's model on the held-out subject
+    t0 = time.perf_counter()
+    model.eval()
+    with torch.no_grad():
+        ti = torch.from_numpy(test_idx).to(device)
+        out = model(vis[ti], [t[ti] for t in tok])
+        probs = torch.softmax(out["logits"], dim=-1)[..., 1]
+        emo = model.text_features(emo_txt)
+        scores = mer_scores(out["final"], emo)  # Eq. 13
+        au_t = F.normalize(model.text_features(au_txt), dim=-1).view(len(aus), 2, -1)
+        text_sim = (au_t[:, 0] * au_t[:, 1]).sum(-1)  # Table III TextSi: cos(positive, negative) per AU
+    t_eval = time.perf_counter() - t0
+
+    return FoldResult(
+        test_subject=test_subject, seed=int(spec.seed), aus=aus,
+        sample_ids=[data.sample_ids[i] for i in test_idx], subjects=[str(data.subjects[i]) for i in test_idx],
+        probs=probs.float().cpu().numpy(), labels=labels_np[test_idx].astype(np.uint8),
+        features=out["final"].float().cpu().numpy(), mer_classes=list(MER_CLASSES),
+        mer_scores=scores.float().cpu().numpy(), mer_labels=[data.mer[i] for i in test_idx],
+        loss_curve=curve,
+        timings={"prefix_s": t_prefix, "build_s": t_build, "train_s": t_train, "eval_s": t_eval,
+                 "total_s": time.perf_counter() - t_start},
+        n_train=int(len(train_idx)),
+        extras={"text_similarity": {str(a): float(s) for a, s in zip(aus, text_sim.cpu().tolist())},
+                "prefix_key": prefix.key, "device": str(device), "alpha": w["alpha"], "beta": w["beta"]},
+    )
+
+
+def step_losses(model: MicroAUCLIP, mcfg, vis: torch.Tensor, tok: Sequence[torch.Tensor], y: torch.Tensor,
+                au_txt: TextTensors, glob_txt: TextTensors, glob_rows: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Forward one batch -> the three terms of Eq. 12 (each a scalar tensor; 0 where switched off)."""
+    out = model(vis, tok)
+    zero = out["logits"].new_zeros(())
+    mt = losses.multitask_loss(out["logits"], y)
+    gd = losses.gd_loss(out["w_d"], y) if out["w_d"] is not None else zero  # Eq. 8 needs GDA's W_d
+    if mcfg.contrastive in ("miaucl", "local_origcl"):
+        t = model.text_features(au_txt).view(len(tok), 2, -1)  # (N, 2, d): [positive, negative]
+        n = torch.arange(len(tok), device=y.device)
+        au_text = t[n.unsqueeze(0), 1 - y]  # (B, N, d): the text of each sample's own label
+        fn = losses.miauc_loss if mcfg.contrastive == "miaucl" else losses.local_origcl_loss
+        cl = fn(out["final"], au_text, y, model.logit_scale)
+    elif mcfg.contrastive == "global_origcl":
+        rows, inv = torch.unique(glob_rows, return_inverse=True)
+        cl = losses.global_origcl_loss(out["global"], model.text_features(glob_txt, rows)[inv], model.logit_scale)
+    else:
+        cl = zero
+    return {"multitask": mt, "contrastive": cl, "gd": gd, "out": out}
