@@ -1,5 +1,318 @@
-"""Coding sheets of CASME II and SAMM: readers, AU-string parsing, MER classes."""
+"""Coding sheets of CASME II and SAMM: readers, AU-string parsing, MER classes, sample validation.
+
+Each reader normalises its sheet into `Sample` records at the boundary (as MEB's readers do): nothing past
+this module knows which spreadsheet, column spelling or frame-file naming a sample came from.
+"""
 from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import pandas as pd
+
+from preprocessing.errors import DatasetError, SampleProblem
 
 # Paper IV-A: the AUs evaluated per dataset.
 DEFAULT_AUS = {"casme2": [1, 2, 4, 7, 12, 14, 15, 17], "samm": [2, 4, 7, 12]}
+
+# DESIGN.md "Evaluation protocol": 3-class MER; emotions not listed are excluded (None).
+_MER = {
+    "casme2": {"happiness": "positive", "disgust": "negative", "repression": "negative",
+               "surprise": "surprise"},
+    "samm": {"happiness": "positive", "anger": "negative", "contempt": "negative", "disgust": "negative",
+             "fear": "negative", "sadness": "negative", "surprise": "surprise"},
+}
+MER_CLASSES = ("positive", "negative", "surprise")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def parse_aus(text) -> set[int]:
+    """AU string of a coding sheet -> set of AU numbers.
+
+    `4+R12` -> {4, 12}; `L10 + R12` -> {10, 12}; `R14A` -> {14}; `12` -> {12}; `?` -> set().
+    Side letters (L/R), intensity letters (A-E) and uncertain codes (`?`) are dropped; a cell that Excel
+    stored as a number (12 or 12.0) is that AU.
+    """
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return set()
+    if isinstance(text, (int, float)):
+        return {int(text)}
+    return {int(n) for n in re.findall(r"\d+", str(text))}
+
+
+def mer_class(reader: str, emotion) -> Optional[str]:
+    """3-class MER label (`positive`, `negative`, `surprise`) of an emotion name, or None (excluded)."""
+    if reader not in _MER:
+        raise DatasetError(f"unknown reader {reader!r}; known readers: {', '.join(sorted(_MER))}")
+    return _MER[reader].get(str(emotion).strip().lower())
+
+
+@dataclass
+class Sample:
+    """One coded micro-expression, as every reader normalises it."""
+    reader: str
+    subject: str  # `sub01` (CASME II), `006` (SAMM)
+    filename: str  # `EP02_01f`, `006_1_2`
+    onset: Optional[int]  # frame numbers as coded; None when the cell is not a number
+    apex: Optional[int]
+    offset: Optional[int]
+    aus: List[int]  # sorted AU numbers
+    au_text: str  # the AU cell as written
+    emotion: str
+    sheet: Path  # coding sheet it came from
+    row: int  # 1-based row number in the sheet (as a spreadsheet program shows it)
+    frames_dir: Path  # folder of the sample's frames (may not exist: validation reports it)
+    frames: Dict[int, Path] = field(default_factory=dict)  # frame number -> file, found by globbing
+    raw_frames: Tuple[str, str, str] = ("", "", "")  # onset/apex/offset cells as written
+
+    @property
+    def id(self) -> str:
+        return f"{self.subject}/{self.filename}"
+
+    @property
+    def mer(self) -> Optional[str]:
+        return mer_class(self.reader, self.emotion)
+
+    def where(self) -> str:
+        return f"{self.sheet}: row {self.row}: sample {self.id}"
+
+    def needed_frames(self, clip: bool) -> List[int]:
+        """Frame numbers the pipeline reads: onset and apex, or every frame onset..apex (clip=True)."""
+        if clip:
+            return list(range(self.onset, self.apex + 1))
+        return [self.onset, self.apex] if self.apex != self.onset else [self.onset]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sheets
+# ---------------------------------------------------------------------------------------------------
+def _norm(name) -> str:
+    if name is None or (isinstance(name, float) and math.isnan(name)):
+        return ""
+    return re.sub(r"[\s_\-]+", "", str(name)).lower()
+
+
+def read_sheet(path: Path, required: Dict[str, str]) -> Tuple[pd.DataFrame, int]:
+    """Read a coding sheet (.xlsx/.xls/.csv) whose header row is found by content, not position.
+
+    `required` maps a normalised column name (`onsetframe`) to the name shown in messages. Returns the
+    data rows with normalised column names (header-less columns dropped) and the 1-based sheet row number
+    of the first data row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: coding sheet not found; pass the sheet with --sheet (or `sheet:` in "
+                           f"the sweep file) or put it in the dataset root")
+    try:
+        if path.suffix.lower() == ".csv":
+            raw = pd.read_csv(path, header=None, dtype=object, skip_blank_lines=False,
+                              keep_default_na=False, na_values=[""], encoding_errors="replace")
+        elif path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
+            raw = pd.read_excel(path, header=None, dtype=object)
+        else:
+            raise DatasetError(f"{path}: a coding sheet must be .xlsx or .csv, not {path.suffix!r}")
+    except DatasetError:
+        raise
+    except Exception as e:  # corrupt workbook, wrong encoding, ...
+        raise DatasetError(f"{path}: cannot read the coding sheet ({type(e).__name__}: {e}); "
+                           f"save it again as .xlsx or .csv") from None
+    header_at = None
+    for i in range(min(len(raw), 60)):  # SAMM: ~13 rows of free text before the header
+        cells = {_norm(v) for v in raw.iloc[i].tolist()}
+        if "subject" in cells and "filename" in cells:
+            header_at = i
+            break
+    if header_at is None:
+        raise DatasetError(f"{path}: no header row with the columns 'Subject' and 'Filename' in its first "
+                           f"60 rows; is this the coding sheet of the dataset?")
+    names = [_norm(v) for v in raw.iloc[header_at].tolist()]
+    missing = [shown for key, shown in required.items() if key not in names]
+    if missing:
+        raise DatasetError(f"{path}: row {header_at + 1}: the header lacks the column(s) "
+                           f"{', '.join(repr(m) for m in missing)} (it has "
+                           f"{', '.join(repr(str(v)) for v in raw.iloc[header_at].tolist() if _norm(v))}); "
+                           f"rename the column or use the dataset's original sheet")
+    keep = [j for j, n in enumerate(names) if n and n not in names[:j]]  # header-less columns ignored
+    data = raw.iloc[header_at + 1:, keep]
+    data.columns = [names[j] for j in keep]
+    return data, header_at + 2
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
+def _frame_number(v) -> Optional[int]:
+    s = _cell(v)
+    try:
+        f = float(s)
+    except ValueError:
+        return None
+    return int(f) if f.is_integer() else None
+
+
+def find_frames(folder: Path) -> Dict[int, Path]:
+    """Frame number -> file for every image in a sample folder, from the trailing number of the file name
+    (`img46.jpg`, `reg_img46.jpg`, `006_05566.jpg`, `006_5566.jpg`): zero padding may vary."""
+    out: Dict[int, Path] = {}
+    if not folder.is_dir():
+        return out
+    for p in folder.iterdir():
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            m = _TRAILING_NUMBER.search(p.stem)
+            if m:
+                out.setdefault(int(m.group(1)), p)
+    return out
+
+
+def _pick(root: Path, patterns: Sequence[str], what: str, option_hint: str) -> Path:
+    for pat in patterns:
+        hits = sorted(p for p in root.glob(pat) if not p.name.startswith(("~$", ".")))
+        if hits:
+            return hits[-1]  # newest coding date sorts last (CASME2-coding-20190701 after -20140508)
+    raise DatasetError(f"{root}: no {what} ({' or '.join(patterns)}) in the dataset root; {option_hint}")
+
+
+def _frames_root(root: Path, candidates: Sequence[str], subjects: Iterable[str]) -> Path:
+    """The folder that holds the subject folders: the first candidate that has one of them."""
+    subjects = list(subjects)
+    for c in candidates:
+        base = root / c if c else root
+        if base.is_dir() and any((base / s).is_dir() for s in subjects):
+            return base
+    return root / candidates[0] if candidates[0] and (root / candidates[0]).is_dir() else root
+
+
+_COLUMNS = {
+    "casme2": {"subject": "Subject", "filename": "Filename", "onsetframe": "OnsetFrame",
+               "apexframe": "ApexFrame", "offsetframe": "OffsetFrame", "actionunits": "Action Units",
+               "estimatedemotion": "Estimated Emotion"},
+    "samm": {"subject": "Subject", "filename": "Filename", "onsetframe": "Onset Frame",
+             "apexframe": "Apex Frame", "offsetframe": "Offset Frame", "actionunits": "Action Units",
+             "estimatedemotion": "Estimated Emotion"},
+}
+
+
+def _casme2_subject(v) -> str:
+    s = _cell(v)
+    return f"sub{int(s):02d}" if s.isdigit() else s  # Subject 1 -> sub01; `sub01` kept
+
+
+def _samm_subject(v) -> str:
+    s = _cell(v)
+    return f"{int(s):03d}" if s.isdigit() else s  # Subject 6 (a number in Excel) -> 006
+
+
+def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> List[Sample]:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root is not a folder; pass --root with the folder the "
+                           f"{reader} dataset was unpacked into")
+    sheet_path = Path(sheet).expanduser() if sheet else _pick(
+        root, sheet_patterns, "coding sheet",
+        "pass the sheet with --sheet (or `sheet:` in the sweep file) when the root is the frames folder")
+    if sheet and not sheet_path.is_absolute() and not sheet_path.exists() and (root / sheet_path).exists():
+        sheet_path = root / sheet_path
+    data, first_row = read_sheet(sheet_path, _COLUMNS[reader])
+    rows = []
+    for i, (_, r) in enumerate(data.iterrows()):
+        if not _cell(r["subject"]) and not _cell(r["filename"]):
+            continue  # blank line
+        rows.append((first_row + i, r))
+    frames_root = _frames_root(root, frame_dirs, {subject_fn(r["subject"]) for _, r in rows})
+    out = []
+    for row, r in rows:
+        subject, filename = subject_fn(r["subject"]), _cell(r["filename"])
+        folder = frames_root / subject / filename
+        out.append(Sample(
+            reader=reader, subject=subject, filename=filename,
+            onset=_frame_number(r["onsetframe"]), apex=_frame_number(r["apexframe"]),
+            offset=_frame_number(r["offsetframe"]), aus=sorted(parse_aus(r["actionunits"])),
+            au_text=_cell(r["actionunits"]), emotion=_cell(r["estimatedemotion"]), sheet=sheet_path,
+            row=row, frames_dir=folder, frames=find_frames(folder),
+            raw_frames=(_cell(r["onsetframe"]), _cell(r["apexframe"]), _cell(r["offsetframe"]))))
+    if not out:
+        raise DatasetError(f"{sheet_path}: the coding sheet has a header but no sample rows")
+    return out
+
+
+def read_casme2(root, sheet=None) -> List[Sample]:
+    """CASME II: `CASME2-coding-*.xlsx` (or .csv) and `CASME2_RAW_selected/sub{NN}/{Filename}/img{N}.jpg`
+    and/or `Cropped/sub{NN}/{Filename}/reg_img{N}.jpg`; or `root` is the frames folder and `sheet` given.
+    Raw frames are used when both are present (landmarks and crop are computed here)."""
+    return _read("casme2", root, sheet, ["CASME2-coding*.xlsx", "CASME2-coding*.xls", "CASME2-coding*.csv",
+                                         "CASME2*coding*.xlsx", "CASME2*coding*.csv"],
+                 ["CASME2_RAW_selected", "CASME2_RAW", "Cropped", ""], _casme2_subject)
+
+
+def read_samm(root, sheet=None) -> List[Sample]:
+    """SAMM: `SAMM_Micro_FACS_Codes_v2.xlsx` (or .csv) and `SAMM/{Subject}/{Filename}/{Subject}_{N}.jpg`
+    (or the subject folders directly under `root`); or `root` is the frames folder and `sheet` given."""
+    return _read("samm", root, sheet, ["SAMM_Micro_FACS_Codes*.xlsx", "SAMM_Micro_FACS_Codes*.csv",
+                                       "SAMM*Codes*.xlsx", "SAMM*Codes*.csv"],
+                 ["SAMM", ""], _samm_subject)
+
+
+READERS: Dict[str, Callable[..., List[Sample]]] = {"casme2": read_casme2, "samm": read_samm}
+
+
+def get_reader(name: str) -> Callable[..., List[Sample]]:
+    try:
+        return READERS[name]
+    except KeyError:
+        raise DatasetError(f"unknown reader {name!r}; known readers: {', '.join(sorted(READERS))}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation (one function, run when a dataset is built)
+# ---------------------------------------------------------------------------------------------------
+def validate_samples(samples: Sequence[Sample], clip: bool) -> Tuple[List[Sample], List[SampleProblem]]:
+    """Check every sample before any work: frame numbers are numbers, onset <= apex <= offset, the
+    sample folder and every needed frame exist and are non-empty files, ids are unique.
+
+    Returns (good samples, problems). Readability of the image content is checked when a frame is decoded
+    (`load_frame`) and reported the same way.
+    """
+    good, problems, seen = [], [], {}
+    for s in samples:
+        if s.id in seen:
+            problems.append(SampleProblem(s, f"the same sample is also coded in row {seen[s.id]}; "
+                                             f"remove the duplicate row"))
+            continue
+        seen[s.id] = s.row
+        names = ("onset", "apex", "offset")
+        bad = [f"{n} frame {raw!r} is not a frame number" for n, raw, v in
+               zip(names, s.raw_frames, (s.onset, s.apex, s.offset)) if v is None]
+        if bad:
+            problems.append(SampleProblem(s, "; ".join(bad) + "; correct the cell in the sheet"))
+            continue
+        if not s.onset <= s.apex <= s.offset:
+            problems.append(SampleProblem(s, f"apex frame {s.apex} is outside onset..offset "
+                                             f"{s.onset}..{s.offset}; correct the sheet"))
+            continue
+        if not s.frames_dir.is_dir():
+            problems.append(SampleProblem(s, f"frames folder {s.frames_dir} does not exist; put the "
+                                             f"sample's frames there"))
+            continue
+        missing = [n for n in s.needed_frames(clip) if n not in s.frames]
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            problems.append(SampleProblem(s, f"frame(s) {shown} missing in {s.frames_dir} "
+                                             f"(it has {len(s.frames)} frames)"))
+            continue
+        empty = [s.frames[n] for n in s.needed_frames(clip) if s.frames[n].stat().st_size == 0]
+        if empty:
+            problems.append(SampleProblem(s, f"frame file {empty[0]} is empty; restore it from the "
+                                             f"dataset archive"))
+            continue
+        good.append(s)
+    return good, problems

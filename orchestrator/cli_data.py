@@ -1,0 +1,129 @@
+"""`microau-sweep synth` and `microau-sweep preprocess`: the data layer from the command line."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import click
+
+from preprocessing.errors import DatasetError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--layout", type=click.Choice(["casme2", "samm"]), default="casme2", show_default=True,
+              help="Real dataset layout to write (folders, frame names, coding sheet).")
+@click.option("--subjects", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--per-subject", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Samples per subject.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--intensity", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Scales the AU motion (1: 0.8-2 px at the apex).")
+@click.option("--noise", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Scales the sensor noise (1: sigma 1.5 grey levels).")
+def synth(out, layout, subjects, per_subject, seed, intensity, noise):
+    """Write a synthetic micro-expression dataset in the real CASME II or SAMM layout to OUT."""
+    from preprocessing.synth import generate
+    try:
+        root = generate(out, layout=layout, subjects=subjects, per_subject=per_subject, seed=seed,
+                        intensity=intensity, noise=noise)
+    except DatasetError as e:
+        _fail(str(e))
+    click.echo(f"wrote {subjects * per_subject} {layout} samples of {subjects} subjects to {root}")
+    click.echo(f"next: microau-sweep preprocess --reader {layout} --root {root}")
+
+
+@click.command("preprocess")
+@click.option("--reader", required=True, type=click.Choice(["casme2", "samm"]), help="Dataset reader.")
+@click.option("--root", required=True, type=click.Path(), help="Dataset folder as its holders unpack it.")
+@click.option("--sheet", type=click.Path(), default=None,
+              help="Coding sheet (.xlsx/.csv) when --root is the frames folder itself.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=".microau/cache", show_default=True,
+              help="Where prepared datasets are cached.")
+@click.option("--flow", type=click.Choice(["tvl1", "farneback", "dis"]), default=None,
+              help="Optical flow method [default: tvl1].")
+@click.option("--magnification", type=click.Choice(["none", "eulerian", "learned"]), default=None,
+              help="Motion magnification method [default: eulerian].")
+@click.option("--factor", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Magnification factor [default: 3].")
+@click.option("--magnet-weights", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint of the learned magnification network (with --magnification learned).")
+@click.option("--predictor", type=click.Path(dir_okay=False), default=None,
+              help="dlib 68-point predictor .dat [default: the one in face-recognition-models].")
+@click.option("--skip-bad", is_flag=True, help="Skip unusable samples (listed in the summary) instead of "
+                                               "stopping at the first problem.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def preprocess(reader, root, sheet, cache_dir, flow, magnification, factor, magnet_weights, predictor,
+               skip_bad, as_json, quiet):
+    """Read, validate and preprocess a dataset (landmarks, magnification, optical flow) into the cache,
+    and print its summary. A second run with nothing changed is a cache hit."""
+    from pydantic import ValidationError
+
+    from preprocessing.config import PreprocessConfig
+    from preprocessing.pipeline import prepare_dataset
+
+    update: dict = {}
+    mag: dict = {}
+    if flow:
+        update["flow"] = flow
+    if predictor:
+        update["predictor"] = predictor
+    if magnification:
+        mag["method"] = magnification
+    if factor:
+        mag["factor"] = factor
+    if magnet_weights:
+        mag["weights"] = magnet_weights
+        mag.setdefault("method", "learned")
+    if mag:
+        update["magnification"] = mag
+    try:
+        cfg = PreprocessConfig.model_validate(update)
+    except ValidationError as e:
+        _fail(f"invalid preprocessing options: {e}")
+    try:
+        data = prepare_dataset(reader, root, cfg, cache_dir, sheet=sheet,
+                               on_error="skip" if skip_bad else "stop", progress=not quiet and not as_json)
+    except DatasetError as e:
+        _fail(str(e))
+    summary = data.summary()
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{s['reader']}[/bold]: {s['samples']} samples of {s['subjects']} subjects "
+                  f"(prepared dataset {s['key']})")
+    t = Table(title="AU counts")
+    t.add_column("AU", justify="right")
+    t.add_column("samples", justify="right")
+    for au, n in s["au_counts"].items():
+        t.add_row(au, str(n))
+    console.print(t)
+    t = Table(title="Emotions")
+    t.add_column("emotion")
+    t.add_column("samples", justify="right")
+    for emo, n in s["emotion_counts"].items():
+        t.add_row(emo, str(n))
+    console.print(t)
+    console.print("MER classes: " + ", ".join(f"{k} {v}" for k, v in s["mer_counts"].items()))
+    if s["skipped"]:
+        t = Table(title=f"Skipped ({len(s['skipped'])})")
+        t.add_column("sample")
+        t.add_column("reason")
+        for d in s["skipped"]:
+            t.add_row(d["sample"], d["reason"])
+        console.print(t)

@@ -1,0 +1,238 @@
+"""Motion magnification of the onset..apex clip (paper IV-A: learning-based, factor 3).
+
+`factor` is the total motion magnification: the apex-onset displacement leaves it `factor` times larger.
+
+- `none`: frames unchanged.
+- `eulerian`: linear Eulerian magnification (Wu et al. 2012) on a Laplacian pyramid with an ideal temporal
+  band-pass over the onset..apex frames; needs no weights.
+- `learned`: the two-frame network of Oh et al. 2018, with module names and shapes of the public PyTorch
+  port ZhengPeng7/motion_magnification_learning-based (`magnet.py`), so its checkpoints load as they are.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import List
+
+import cv2
+import numpy as np
+
+from preprocessing.config import MagnificationConfig
+from preprocessing.errors import DatasetError
+
+
+# ---------------------------------------------------------------------------------------------------
+# Eulerian (linear) magnification
+# ---------------------------------------------------------------------------------------------------
+def _laplacian_pyramid(img: np.ndarray, levels: int) -> List[np.ndarray]:
+    bands, cur = [], img
+    for _ in range(levels):
+        down = cv2.pyrDown(cur)
+        bands.append(cur - cv2.pyrUp(down, dstsize=(cur.shape[1], cur.shape[0])))
+        cur = down
+    return bands + [cur]  # `levels` band-pass images, then the low-pass residual
+
+
+def _collapse(pyr: List[np.ndarray]) -> np.ndarray:
+    cur = pyr[-1]
+    for band in reversed(pyr[:-1]):
+        cur = cv2.pyrUp(cur, dstsize=(band.shape[1], band.shape[0])) + band
+    return cur
+
+
+def eulerian(frames: np.ndarray, factor: float, low: float, high: float, levels: int) -> np.ndarray:
+    """(T, H, W) float32 grey clip -> magnified clip. Each Laplacian band is filtered in time by an ideal
+    band-pass [low, high] cycles/frame and added back times (factor - 1): a linear motion delta(t)
+    becomes factor * delta(t) where the pass band holds its temporal spectrum (all of it but the mean
+    when the band covers every non-zero frequency of the clip)."""
+    t = frames.shape[0]
+    if t < 2 or factor == 1:
+        return frames.astype(np.float32)
+    levels = max(1, min(levels, int(np.log2(min(frames.shape[1:]))) - 2))
+    pyrs = [_laplacian_pyramid(f.astype(np.float32), levels) for f in frames]
+    freqs = np.fft.rfftfreq(t)  # cycles per frame
+    keep = (freqs >= low) & (freqs <= high) & (freqs > 0)
+    alpha = factor - 1.0
+    for lvl in range(levels):
+        stack = np.stack([p[lvl] for p in pyrs])  # (T, h, w)
+        spec = np.fft.rfft(stack, axis=0)
+        spec[~keep] = 0
+        filtered = np.fft.irfft(spec, n=t, axis=0).astype(np.float32)
+        for i, p in enumerate(pyrs):
+            p[lvl] = p[lvl] + alpha * filtered[i]
+    return np.clip(np.stack([_collapse(p) for p in pyrs]), 0.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Learned magnification (Oh et al. 2018), state_dict-compatible with ZhengPeng7's port
+# ---------------------------------------------------------------------------------------------------
+def _build_magnet():
+    import torch
+    from torch import nn
+
+    class ConvAct(nn.Module):  # key: <name>.conv2d.weight (no bias), reflection padding
+        def __init__(self, cin, cout, k, stride, pad=0, relu=True):
+            super().__init__()
+            self.pad = nn.ReflectionPad2d(pad) if pad else nn.Identity()
+            self.conv2d = nn.Conv2d(cin, cout, k, stride, bias=False)
+            self.act = nn.ReLU() if relu else nn.Identity()
+
+        def forward(self, x):
+            return self.act(self.conv2d(self.pad(x)))
+
+    class ResBlock(nn.Module):  # keys: cba_1, cba_2
+        def __init__(self, cin, cout, mid=32):
+            super().__init__()
+            self.cba_1 = ConvAct(cin, mid, 3, 1, 1)
+            self.cba_2 = ConvAct(mid, cout, 3, 1, 1, relu=False)
+
+        def forward(self, x):
+            return x + self.cba_2(self.cba_1(x))
+
+    def blocks(n, c, mid=32):
+        return nn.Sequential(*[ResBlock(c, c, mid) for _ in range(n)])
+
+    class Encoder(nn.Module):  # frame -> texture (1/4 res), shape/motion (1/2 res)
+        def __init__(self):
+            super().__init__()
+            self.cba_1 = ConvAct(3, 16, 7, 1, 3)
+            self.cba_2 = ConvAct(16, 32, 3, 2, 1)
+            self.resblks = blocks(3, 32)
+            self.texture_cba = ConvAct(32, 32, 3, 2, 1)
+            self.texture_resblks = blocks(2, 32)
+            self.motion_cba = ConvAct(32, 32, 3, 1, 1)
+            self.motion_resblks = blocks(2, 32)
+
+        def forward(self, x):
+            x = self.resblks(self.cba_2(self.cba_1(x)))
+            return (self.texture_resblks(self.texture_cba(x)), self.motion_resblks(self.motion_cba(x)))
+
+    class Manipulator(nn.Module):  # M_B + h(alpha * g(M_B - M_A))
+        def __init__(self):
+            super().__init__()
+            self.g = ConvAct(32, 32, 3, 1, 1)
+            self.h_conv = ConvAct(32, 32, 3, 1, 1, relu=False)
+            self.h_resblk = ResBlock(32, 32)
+
+        def forward(self, m_a, m_b, amp):
+            return m_b + self.h_resblk(self.h_conv(self.g(m_b - m_a) * amp))
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.resblks = blocks(9, 64, mid=64)
+            self.cba_1 = ConvAct(64, 32, 3, 1, 1)
+            self.cba_2 = ConvAct(32, 3, 7, 1, 3, relu=False)
+
+        def forward(self, texture, motion):
+            texture = nn.functional.interpolate(texture, scale_factor=2, mode="nearest")
+            if texture.shape[-2:] != motion.shape[-2:]:
+                texture = nn.functional.interpolate(texture, size=motion.shape[-2:])
+            x = self.resblks(torch.cat([texture, motion], 1))
+            x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+            return self.cba_2(self.cba_1(x))
+
+    class MagNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = Encoder()
+            self.manipulator = Manipulator()
+            self.decoder = Decoder()
+
+        def forward(self, frame_a, frame_b, amp):
+            """Frames (N, 3, H, W) in [-1, 1], amp (N, 1, 1, 1) -> frame_b with the a->b motion
+            magnified, (N, 3, H, W) in about [-1, 1]."""
+            _, m_a = self.encoder(frame_a)
+            t_b, m_b = self.encoder(frame_b)
+            out = self.decoder(t_b, self.manipulator(m_a, m_b, amp))
+            return out[..., :frame_b.shape[-2], :frame_b.shape[-1]]
+
+    return MagNet()
+
+
+def MagNet():
+    """A randomly initialised network (for tests and for writing checkpoints of the right structure)."""
+    return _build_magnet()
+
+
+WEIGHTS_HINT = ("set preprocessing.magnification.weights (or --magnet-weights) to a checkpoint of the "
+                "PyTorch port ZhengPeng7/motion_magnification_learning-based (docs/datasets.md), or use "
+                "preprocessing.magnification.method: eulerian, which needs no weights")
+
+
+@functools.lru_cache(maxsize=2)
+def load_magnet(weights: str):
+    """The network with a checkpoint's weights; `module.` prefixes (DataParallel) are dropped and a
+    {'state_dict': ...} / {'model': ...} wrapper is unwrapped."""
+    import torch
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"{path}: magnification weights not found; {WEIGHTS_HINT}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read the magnification checkpoint ({type(e).__name__}: {e}); "
+                           f"{WEIGHTS_HINT}") from None
+    for key in ("state_dict", "model", "net"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.replace("module.", "", 1) if k.startswith("module.") else k: v for k, v in state.items()}
+    net = _build_magnet()
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}")
+        if wrong:
+            parts.append(f"wrong shapes for {wrong[:4]}")
+        raise DatasetError(f"{path}: not a checkpoint of the Oh et al. magnification network "
+                           f"({'; '.join(parts)}); {WEIGHTS_HINT}")
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def learned(onset: np.ndarray, apex: np.ndarray, factor: float, weights: str) -> np.ndarray:
+    """Grey float onset/apex in [0, 1] -> the magnified apex frame, grey float32 in [0, 1]."""
+    import torch
+    net = load_magnet(weights)
+
+    def as_input(img):
+        x = torch.from_numpy(img.astype(np.float32) * 2 - 1)
+        return x[None, None].expand(1, 3, *img.shape).contiguous()
+
+    with torch.no_grad():
+        out = net(as_input(onset), as_input(apex), torch.full((1, 1, 1, 1), float(factor)))
+    grey = (out[0].mean(0).numpy() + 1) / 2
+    return np.clip(grey, 0.0, 1.0).astype(np.float32)
+
+
+def needs_clip(cfg: MagnificationConfig) -> bool:
+    """Whether the method reads every frame onset..apex (eulerian) or only onset and apex."""
+    return cfg.method == "eulerian"
+
+
+def check(cfg: MagnificationConfig) -> None:
+    """Fail before any work when `learned` has no usable weights."""
+    if cfg.method == "learned":
+        if not cfg.weights:
+            raise DatasetError(f"preprocessing.magnification.method is 'learned' but no weights are "
+                               f"given; {WEIGHTS_HINT}")
+        load_magnet(str(cfg.weights))
+
+
+def magnify(clip: np.ndarray, cfg: MagnificationConfig):
+    """(T, H, W) grey clip in [0, 1] (onset first, apex last) -> (onset, apex) after magnification."""
+    if cfg.method == "none" or clip.shape[0] < 2:
+        return clip[0], clip[-1]
+    if cfg.method == "eulerian":
+        out = eulerian(clip, cfg.factor, cfg.low, cfg.high, cfg.levels)
+        return out[0], out[-1]
+    if cfg.method == "learned":
+        check(cfg)
+        return clip[0], learned(clip[0], clip[-1], cfg.factor, str(cfg.weights))
+    raise ValueError(f"unknown magnification method {cfg.method!r}")

@@ -1,0 +1,159 @@
+"""Dataset -> `PreparedDataset`, cached by content (paper III-A/B, IV-A).
+
+Per sample: dlib landmarks on the apex frame -> square face box from them, the same for every frame ->
+crop to size x size -> magnification of the onset..apex clip -> onset->apex optical flow image
+(u, v, strain). The result is cached in `cache_dir` under a hash of the annotation sheet's bytes, the
+frame files (path, size, mtime), the preprocessing config, the predictor/weights files and SCHEMA_VERSION.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from preprocessing import magnify as mag
+from preprocessing.annotations import Sample, get_reader, validate_samples
+from preprocessing.config import PreprocessConfig
+from preprocessing.dataset import PreparedDataset
+from preprocessing.errors import DatasetError, SampleProblem
+from preprocessing.flow import flow_image, optical_flow
+from preprocessing.landmarks import NoFaceError, crop, detect_landmarks, face_box, predictor_path, to_crop_grid
+
+# Bump when the prepared output of the same input and config changes (crop, flow, normalisation, ...).
+SCHEMA_VERSION = 1
+
+
+def load_frame(sample: Sample, number: int) -> np.ndarray:
+    """One frame as an RGB uint8 image (grey frames are repeated to 3 channels)."""
+    path = sample.frames[number]
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise SampleProblem(sample, f"frame file {path} cannot be read as an image; restore it from the "
+                                    f"dataset archive")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def process_sample(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, np.ndarray]:
+    """-> (flow image float32 (3, size, size), apex landmarks float32 (68, 2) in that grid)."""
+    apex = load_frame(sample, sample.apex)
+    try:
+        lm = detect_landmarks(apex, cfg.predictor, cfg.detector_upsample)
+    except NoFaceError as e:
+        raise SampleProblem(sample, f"{e} in the apex frame {sample.frames[sample.apex]}; check the frame "
+                                    f"or raise preprocessing.detector_upsample") from None
+    box = face_box(lm, cfg.crop_margin)
+    numbers = sample.needed_frames(mag.needs_clip(cfg.magnification))
+    clip = []
+    for n in numbers:
+        img = apex if n == sample.apex else load_frame(sample, n)
+        grey = cv2.cvtColor(crop(img, box, cfg.size), cv2.COLOR_RGB2GRAY)
+        clip.append(grey.astype(np.float32) / 255.0)
+    onset, apex_m = mag.magnify(np.stack(clip), cfg.magnification)
+    return flow_image(optical_flow(onset, apex_m, cfg.flow)), to_crop_grid(lm, box, cfg.size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cache key
+# ---------------------------------------------------------------------------------------------------
+def _file_stamp(path: Path) -> List:
+    st = path.stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig) -> str:
+    """sha256 over: SCHEMA_VERSION, reader, the preprocessing config, the sheet's bytes, every frame file
+    of every coded sample (path, size, mtime), and the predictor / magnification weights files (path,
+    size, mtime)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"schema": SCHEMA_VERSION, "reader": reader,
+                         "config": cfg.model_dump(mode="json")}, sort_keys=True).encode())
+    for sheet in sorted({s.sheet for s in samples}):
+        h.update(hashlib.sha256(Path(sheet).read_bytes()).digest())
+    for s in samples:
+        h.update(json.dumps([s.id, s.row, [_file_stamp(s.frames[n]) for n in sorted(s.frames)]]).encode())
+    extra = [_file_stamp(predictor_path(cfg.predictor))]
+    if cfg.magnification.method == "learned" and cfg.magnification.weights:
+        extra.append(_file_stamp(Path(cfg.magnification.weights).expanduser()))
+    h.update(json.dumps(extra).encode())
+    return h.hexdigest()[:20]
+
+
+def cache_path(cache_dir, reader: str, key: str) -> Path:
+    return Path(cache_dir).expanduser() / f"prepared-{reader}-{key}.npz"
+
+
+def _problems_error(problems: Sequence[SampleProblem], total: int) -> DatasetError:
+    lines = [str(p) for p in problems[:50]]
+    more = f"\n... and {len(problems) - 50} more" if len(problems) > 50 else ""
+    return DatasetError(f"{len(problems)} of {total} samples cannot be used:\n" + "\n".join(lines) + more +
+                        "\nFix them, or skip bad samples (--skip-bad / on_error: skip). Nothing was cached.")
+
+
+# ---------------------------------------------------------------------------------------------------
+def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, cache_dir=".microau/cache",
+                    *, sheet=None, on_error: Literal["stop", "skip"] = "stop",
+                    progress: bool = True) -> PreparedDataset:
+    """Read, validate and preprocess a dataset, or load it from the cache when nothing changed.
+
+    on_error="stop": any bad sample raises a DatasetError listing every problem (file, row, sample), and
+    nothing is cached. on_error="skip": bad samples are left out and listed in `skipped`.
+    """
+    if on_error not in ("stop", "skip"):
+        raise DatasetError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
+    cfg = cfg or PreprocessConfig()
+    samples = get_reader(reader)(root, sheet=sheet)
+    key = cache_key(reader, samples, cfg)
+    path = cache_path(cache_dir, reader, key)
+    if path.is_file():
+        data = PreparedDataset.load(path)
+        if on_error == "stop" and data.skipped:
+            raise DatasetError(f"{len(data.skipped)} of {len(samples)} samples cannot be used (cached "
+                               f"result of an earlier run that skipped them, {path}):\n" +
+                               "\n".join(f"{d['sample']}: {d['reason']}" for d in data.skipped) +
+                               "\nFix them, or skip bad samples (--skip-bad / on_error: skip).")
+        return data
+
+    mag.check(cfg.magnification)  # a missing weights file fails before any work
+    good, problems = validate_samples(samples, clip=mag.needs_clip(cfg.magnification))
+    if problems and on_error == "stop":
+        raise _problems_error(problems, len(samples))
+
+    flows, lms, done = [], [], []
+    bar = _progress(progress)
+    with bar:
+        task = bar.add_task(f"preprocess {reader}", total=len(good))
+        for s in good:
+            try:
+                f, lm = process_sample(s, cfg)
+            except SampleProblem as p:
+                problems.append(p)
+                if on_error == "stop":
+                    raise _problems_error(problems, len(samples)) from None
+            else:
+                flows.append(f)
+                lms.append(lm)
+                done.append(s)
+            bar.advance(task)
+    if not done:
+        raise _problems_error(problems, len(samples)) if problems else DatasetError(
+            f"{root}: no samples to prepare")
+    data = PreparedDataset(
+        reader=reader, key=key, sample_ids=[s.id for s in done], subjects=[s.subject for s in done],
+        flow=np.stack(flows).astype(np.float32), landmarks=np.stack(lms).astype(np.float32),
+        au_sets=[list(s.aus) for s in done], emotions=[s.emotion for s in done], mer=[s.mer for s in done],
+        skipped=[{"sample": p.sample.id, "reason": str(p)} for p in problems])
+    data.save(path)
+    return data
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled, transient=False)

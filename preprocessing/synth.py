@@ -1,0 +1,335 @@
+"""Synthetic micro-expression datasets in the exact CASME II and SAMM layouts (coding sheet included).
+
+Faces: `skimage.data.astronaut()` (public domain, ships offline), one identity per subject by a smooth
+shape warp, scale, small rotation, shift and brightness. Each sample is a short onset -> apex -> offset
+clip in which every active AU moves its FACS region (Gaussian-weighted local warp around the dlib
+landmarks of that region) at micro scale, with a smooth temporal profile, plus Gaussian sensor noise.
+Emotions drive which AUs co-occur and are written to the sheet. The same seed writes the same bytes.
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from preprocessing.errors import DatasetError
+
+LAYOUTS = ("casme2", "samm")
+_CANVAS = {"casme2": (320, 240), "samm": (320, 216)}  # (W, H): the real 640x480 / 960x650, scaled down
+_FACE_WIDTH = 150.0  # landmark-box width of the synthetic face in pixels (paper-scale crop -> 224)
+_JPEG_QUALITY = 95
+
+# AU -> (dlib 0-based landmark centres, direction (dx, dy) with dx as "outward" share, Gaussian sigma as a
+# share of the face width). Directions follow issue 2 (FACS): y grows downwards; "outward" is away from
+# the face's vertical midline, so (+0.6, -0.8) on a lip corner is "up and out".
+AU_MOTION: Dict[int, Tuple[Tuple[int, ...], Tuple[float, float], float]] = {
+    1: ((20, 21, 22, 23), (0.0, -1.0), 0.07),  # inner brow raiser
+    2: ((18, 19, 24, 25), (0.0, -1.0), 0.07),  # outer brow raiser
+    4: ((19, 20, 21, 22, 23, 24), (-0.6, 0.8), 0.08),  # brow lowerer: down and together
+    6: ((2, 14), (0.0, -1.0), 0.10),  # cheek raiser
+    7: ((40, 41, 46, 47), (0.0, -1.0), 0.05),  # lid tightener: lower lids up
+    10: ((50, 52), (0.0, -1.0), 0.06),  # upper lip raiser
+    12: ((48, 54), (0.6, -0.8), 0.07),  # lip corner puller: up and out
+    14: ((48, 54, 60, 64), (-1.0, 0.0), 0.06),  # dimpler: lip corners tightened inward
+    15: ((48, 54), (0.0, 1.0), 0.07),  # lip corner depressor
+    17: ((7, 8, 9, 57), (0.0, -1.0), 0.07),  # chin raiser
+}
+
+# (emotion, AU combination) decks: AUs co-occur as emotions make them co-occur (issue 2: happiness ->
+# AU12 (+6); surprise -> AU1+AU2; negative -> AU4, AU4+7, AU14, AU15, AU17 and mixtures). Samples walk
+# through a freshly shuffled deck per round, so even a small dataset has every evaluated AU (3-6 of ~20).
+DECKS = {
+    "casme2": [
+        ("happiness", [12]), ("happiness", [12]), ("happiness", [6, 12]), ("surprise", [1, 2]),
+        ("surprise", [1, 2]), ("surprise", [1]), ("disgust", [4]), ("disgust", [4, 7]), ("disgust", [4, 10]),
+        ("repression", [14]), ("repression", [15]), ("repression", [17]), ("repression", [15, 17]),
+        ("fear", [4, 7]), ("sadness", [1, 4]), ("sadness", [15, 17]), ("others", [7]), ("others", [14]),
+        ("others", [2]), ("others", [14, 17]),
+    ],
+    "samm": [
+        ("Happiness", [12]), ("Happiness", [6, 12]), ("Surprise", [1, 2]), ("Surprise", [2]),
+        ("Anger", [4]), ("Anger", [4, 7]), ("Contempt", [12]), ("Contempt", [14]), ("Disgust", [4, 7]),
+        ("Disgust", [10]), ("Fear", [1, 2, 4]), ("Sadness", [4, 15]), ("Other", [7]), ("Other", [2]),
+        ("Other", [17]),
+    ],
+}
+_UNILATERAL_OK = {12, 14, 10}  # AUs a sheet often codes with a side (L/R)
+
+
+@functools.lru_cache(maxsize=1)
+def _astronaut() -> Tuple[np.ndarray, np.ndarray]:
+    """The astronaut photograph (RGB uint8) and its dlib landmarks."""
+    from skimage.data import astronaut
+    from preprocessing.landmarks import detect_landmarks
+    img = astronaut()
+    return img, detect_landmarks(img, upsample=1)
+
+
+def _smooth_field(rng, h: int, w: int, amp: float, grid: int = 5) -> np.ndarray:
+    coarse = rng.normal(0, 1, size=(grid, grid, 2)).astype(np.float32)
+    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) * amp
+
+
+def _subject_face(rng, layout: str) -> Tuple[np.ndarray, np.ndarray]:
+    """One identity: (RGB uint8 canvas, its 68 landmarks) from the astronaut by shape warp, scale,
+    rotation, shift and brightness. Redrawn until dlib finds the face (as in real data)."""
+    from preprocessing.landmarks import NoFaceError, detect_landmarks
+    src, src_lm = _astronaut()
+    w, h = _CANVAS[layout]
+    lo, hi = src_lm.min(0), src_lm.max(0)
+    for _ in range(20):
+        scale = _FACE_WIDTH / float(hi[0] - lo[0]) * rng.uniform(0.92, 1.08)
+        angle = rng.uniform(-5, 5)
+        centre = (lo + hi) / 2
+        target = np.array([w / 2 + rng.uniform(-8, 8), h / 2 + 8 + rng.uniform(-6, 6)])
+        m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
+        m[:, 2] += target - centre
+        inv = cv2.invertAffineTransform(m)
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        d = _smooth_field(rng, h, w, amp=2.5)  # identity: smooth shape warp of a few pixels
+        qx, qy = xs + d[..., 0], ys + d[..., 1]
+        mx = (inv[0, 0] * qx + inv[0, 1] * qy + inv[0, 2]).astype(np.float32)
+        my = (inv[1, 0] * qx + inv[1, 1] * qy + inv[1, 2]).astype(np.float32)
+        face = cv2.remap(src, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        gain, bias = rng.uniform(0.85, 1.15), rng.uniform(-15, 15)
+        face = np.clip(face.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+        try:
+            return face, detect_landmarks(face, upsample=1)
+        except NoFaceError:
+            continue
+    raise DatasetError("synth: no detectable face after 20 identity draws; use another --seed")
+
+
+def motion_field(landmarks: np.ndarray, aus: Dict[int, Tuple[float, str]], shape) -> np.ndarray:
+    """Displacement (H, W, 2) in pixels at the apex for active AUs {au: (amplitude px, side '', 'L', 'R')}.
+    Side L is the subject's left (image right)."""
+    h, w = shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    mid = float(landmarks[27:31, 0].mean())  # nose bridge: the face's vertical midline
+    width = float(np.ptp(landmarks[:, 0]))
+    field = np.zeros((h, w, 2), np.float32)
+    for au, (amp, side) in aus.items():
+        if au not in AU_MOTION:
+            continue
+        centres, (d_out, d_y), sig = AU_MOTION[au]
+        sigma = sig * width
+        for c in centres:
+            x, y = landmarks[c]
+            out = math.copysign(1.0, x - mid) if abs(x - mid) > 1e-3 else 0.0
+            if side == "L" and out < 0 or side == "R" and out > 0:
+                continue
+            g = np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma ** 2))
+            field[..., 0] += amp * d_out * out * g
+            field[..., 1] += amp * d_y * g
+    return field
+
+
+def _warp(face: np.ndarray, disp: np.ndarray) -> np.ndarray:
+    """Move the image content by `disp` (backward map x - d(x); exact to first order for small d)."""
+    h, w = disp.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return cv2.remap(face, xs - disp[..., 0], ys - disp[..., 1], cv2.INTER_CUBIC,
+                     borderMode=cv2.BORDER_REFLECT)
+
+
+def _profile(n: int, onset: int, apex: int, offset: int) -> float:
+    """Smooth 0 -> 1 -> 0 activation over onset..apex..offset."""
+    if n <= onset or n >= offset:
+        return 0.0
+    if n <= apex:
+        return math.sin(math.pi / 2 * (n - onset) / max(apex - onset, 1)) ** 2
+    return math.cos(math.pi / 2 * (n - apex) / max(offset - apex, 1)) ** 2
+
+
+def _au_text(layout: str, aus: Dict[int, Tuple[float, str]], rng) -> str:
+    parts = []
+    for au, (_, side) in sorted(aus.items()):
+        code = f"{side}{au}"
+        if layout == "samm" and rng.random() < 0.3:
+            code += "ABCDE"[int(rng.integers(0, 5))]  # intensity letter, as SAMM codes some AUs
+        parts.append(code)
+    return ("+" if layout == "casme2" else " + ").join(parts)
+
+
+def _draw_aus(layout: str, index: int, seed: int, rng, intensity: float):
+    """Emotion and AUs {au: (amplitude px, side)} of the dataset's `index`-th sample."""
+    deck = DECKS[layout]
+    order = np.random.default_rng([seed, 1_000_000 + index // len(deck)]).permutation(len(deck))
+    emotion, combo = deck[int(order[index % len(deck)])]
+    aus = {}
+    for au in combo:
+        one_sided = emotion.lower() == "contempt" or (au in _UNILATERAL_OK and rng.random() < 0.15)
+        side = ("L", "R")[int(rng.integers(0, 2))] if one_sided else ""
+        aus[au] = (float(rng.uniform(0.8, 2.0)) * intensity, side)  # micro scale: 0.8-2 px at apex
+    return emotion, aus
+
+
+# ---------------------------------------------------------------------------------------------------
+def _write_xlsx(path: Path, rows: List[List], preamble: Sequence[Sequence] = ()) -> None:
+    """A workbook whose bytes depend only on its content (fixed timestamps in the zip and properties)."""
+    from openpyxl import Workbook
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "Sheet1"
+    for r in list(preamble) + rows:
+        ws.append(list(r))
+    fixed = datetime.datetime(2014, 5, 8)
+    wb.properties.created = wb.properties.modified = fixed
+    buf = io.BytesIO()
+    wb.save(buf)
+    buf.seek(0)
+    with zipfile.ZipFile(buf) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in sorted(zin.infolist(), key=lambda i: i.filename):
+            zout.writestr(zipfile.ZipInfo(info.filename, date_time=(2014, 5, 8, 0, 0, 0)),
+                          zin.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+
+
+def _write_frame(path: Path, img: np.ndarray, grey: bool) -> None:
+    out = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if grey else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+    if not ok:
+        raise DatasetError(f"{path}: JPEG encoding failed")
+    path.write_bytes(buf.tobytes())
+
+
+def generate(out, layout: str = "casme2", subjects: int = 4, per_subject: int = 6, seed: int = 0,
+             intensity: float = 1.0, noise: float = 1.0) -> Path:
+    """Write a synthetic dataset in the real `layout` to the new folder `out` and return it.
+
+    Written to a temporary sibling folder and renamed into place, so `out` either holds a complete
+    dataset or does not exist. `out` must not exist or be empty. Also writes `synth.json` (parameters and
+    per-sample truth: AUs with amplitudes in px, emotion), which the readers ignore.
+    """
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
+    if subjects < 1 or per_subject < 1:
+        raise DatasetError(f"synth: --subjects and --per-subject must be >= 1 (got {subjects}, {per_subject})")
+    if intensity < 0 or noise < 0:
+        raise DatasetError(f"synth: --intensity and --noise must be >= 0 (got {intensity}, {noise})")
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(f"{out}: already exists and is not an empty folder; choose a new folder or "
+                           f"delete it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        truth = _generate_into(tmp, layout, subjects, per_subject, seed, intensity, noise)
+        (tmp / "synth.json").write_text(json.dumps(
+            {"layout": layout, "subjects": subjects, "per_subject": per_subject, "seed": seed,
+             "intensity": intensity, "noise": noise, "samples": truth}, indent=1))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _generate_into(root: Path, layout, n_subjects, per_subject, seed, intensity, noise) -> List[Dict]:
+    w, h = _CANVAS[layout]
+    grey = layout == "samm"
+    rows, truth = [], []
+    for si in range(n_subjects):
+        rng = np.random.default_rng([seed, si])  # a subject does not change when others are added
+        face, lm = _subject_face(rng, layout)
+        if layout == "casme2":
+            subject_cell, subject = si + 1, f"sub{si + 1:02d}"
+            base = root / "CASME2_RAW_selected" / subject
+        else:
+            subject = subject_cell = f"{si + 6:03d}"
+            base = root / "SAMM" / subject
+        for k in range(per_subject):
+            emotion, aus = _draw_aus(layout, si * per_subject + k, seed, rng, intensity)
+            onset = int(rng.integers(10, 200) if layout == "casme2" else rng.integers(100, 6000))
+            apex = onset + int(rng.integers(2, 5))
+            offset = apex + int(rng.integers(2, 5))
+            first, last = onset - 1, offset + 1  # real folders hold frames beyond the coded interval
+            if layout == "casme2":
+                filename = f"EP{k + 1:02d}_{int(rng.integers(1, 20)):02d}{'fabc'[k % 4]}"
+                pad = 0
+            else:
+                filename = f"{subject}_{k // 3 + 1}_{k % 3 + 1}"
+                pad = (0, 4, 5)[int(rng.integers(0, 3))]  # zero padding varies between samples
+            folder = base / filename
+            folder.mkdir(parents=True)
+            apex_field = motion_field(lm, aus, (h, w))
+            for n in range(first, last + 1):
+                frame = _warp(face, apex_field * _profile(n, onset, apex, offset)).astype(np.float32)
+                frame += rng.normal(0, 1.5 * noise, size=frame.shape).astype(np.float32)  # sensor noise
+                frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+                name = f"img{n}.jpg" if layout == "casme2" else f"{subject}_{n:0{pad}d}.jpg"
+                _write_frame(folder / name, frame, grey)
+            text = _au_text(layout, aus, rng)
+            if layout == "casme2":  # the two header-less columns hold whatever; readers ignore them
+                rows.append([subject_cell, filename, k + 1, onset, apex, offset, float(k % 3), text, emotion])
+            else:
+                rows.append([subject_cell, filename, int(rng.integers(1, 8)), onset, apex, offset,
+                             offset - onset + 1, "Micro - 1/2", text, "", emotion])
+            truth.append({"sample": f"{subject}/{filename}", "emotion": emotion,
+                          "aus": {str(a): {"amplitude_px": round(v[0], 4), "side": v[1]}
+                                  for a, v in sorted(aus.items())}})
+    if layout == "casme2":
+        header = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
+                  "Action Units", "Estimated Emotion"]
+        _write_xlsx(root / "CASME2-coding-20140508.xlsx", [header] + rows)
+    else:
+        preamble = [["SAMM Micro-Expression Database - Micro-Movement FACS Codes (synthetic)"], [],
+                    ["Generated by microau-sweep synth; layout of SAMM_Micro_FACS_Codes_v2.xlsx"], [],
+                    ["Key:"], ["Onset/Apex/Offset Frame: frame numbers of the sample's image files"],
+                    ["Action Units: FACS codes; L/R = side, A-E = intensity"], [],
+                    ["Type: Micro - 1/2 = micro-movement"], [], ["Inducement Code: stimulus video"], [], []]
+        header = ["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame",
+                  "Duration", "Type", "Action Units", "Notes", "Estimated Emotion"]
+        _write_xlsx(root / "SAMM_Micro_FACS_Codes_v2.xlsx", [header] + rows, preamble=preamble)
+    return truth
+
+
+# ---------------------------------------------------------------------------------------------------
+# How learnable is the AU motion? (used by tests and `docs/datasets.md`)
+# ---------------------------------------------------------------------------------------------------
+# Paper Table I (0-based dlib indices), copied here only to measure the synthetic signal; the model's own
+# landmark groups live in the model layer.
+TABLE_I = {1: [19, 20, 21, 22, 23, 24], 2: [19, 20, 21, 22, 23, 24], 4: [19, 20, 21, 22, 23, 24],
+           7: [38, 41, 44, 47], 12: [48, 54], 14: [55, 59, 60, 64], 15: [48, 54], 17: [7, 8, 9, 57]}
+
+
+def region_motion(data, au: int, radius: int = 8) -> np.ndarray:
+    """Per sample: mean over the AU's Table I landmarks of the flow-image motion |(u, v) - median(u, v)|
+    in a (2 radius + 1)^2 window around each landmark (channels as stored: min-max normalised)."""
+    uv = data.flow[:, :2]
+    dev = np.sqrt(((uv - np.median(uv, axis=(2, 3), keepdims=True)) ** 2).sum(1))  # (S, H, W)
+    size = dev.shape[-1]
+    out = np.zeros(len(data), np.float32)
+    for i in range(len(data)):
+        vals = []
+        for j in TABLE_I[au]:
+            x, y = np.clip(np.rint(data.landmarks[i, j]).astype(int), 0, size - 1)
+            vals.append(dev[i, max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1].mean())
+        out[i] = float(np.mean(vals))
+    return out
+
+
+def au_signal(data, aus: Sequence[int]) -> Dict[int, Dict[str, float]]:
+    """Per AU: mean region motion of active and of inactive samples, and the ROC AUC of region motion as
+    a detector of the AU (1.0: perfectly separable, 0.5: no signal)."""
+    from sklearn.metrics import roc_auc_score
+    labels = data.labels(aus)
+    out = {}
+    for j, au in enumerate(aus):
+        m, y = region_motion(data, au), labels[:, j]
+        if 0 < y.sum() < len(y):
+            out[au] = {"active": float(m[y == 1].mean()), "inactive": float(m[y == 0].mean()),
+                       "auc": float(roc_auc_score(y, m)), "n_active": int(y.sum())}
+    return out

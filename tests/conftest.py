@@ -1,0 +1,38 @@
+"""Shared fixtures: a small synthetic CASME II-layout dataset and its prepared form (session-scoped, so
+every test module reuses one copy)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+# Fastest sensible preprocessing for tests: DIS flow (0.03 s/pair vs ~0.4 s for TV-L1), Eulerian x3
+# magnification (no weights), everything else at the paper's defaults (224 flow image).
+TEST_PREPROCESS = {"flow": "dis", "magnification": {"method": "eulerian", "factor": 3.0}}
+
+
+@pytest.fixture(scope="session")
+def synth_casme2(tmp_path_factory):
+    """Root of a generated CASME II-layout dataset: 4 subjects x 6 samples, seed 0."""
+    from preprocessing.synth import generate
+    return generate(tmp_path_factory.mktemp("data") / "casme2", layout="casme2", subjects=4, per_subject=6,
+                    seed=0)
+
+
+@pytest.fixture(scope="session")
+def synth_samm(tmp_path_factory):
+    """Root of a generated SAMM-layout dataset: 3 subjects x 4 samples, seed 0."""
+    from preprocessing.synth import generate
+    return generate(tmp_path_factory.mktemp("data") / "samm", layout="samm", subjects=3, per_subject=4,
+                    seed=0)
+
+
+@pytest.fixture(scope="session")
+def prepared_casme2(synth_casme2, tmp_path_factory):
+    """`PreparedDataset` of `synth_casme2` (24 samples, flow (24, 3, 224, 224))."""
+    from preprocessing import prepare_dataset
+    from preprocessing.config import PreprocessConfig
+    return prepare_dataset("casme2", synth_casme2, PreprocessConfig.model_validate(TEST_PREPROCESS),
+                           tmp_path_factory.mktemp("cache"), progress=False)
