@@ -21,14 +21,21 @@ TAG_KIND = "microau.kind"  # parent | fold
 _PARENT_ID = "mlflow.parentRunId"
 
 
+# Bookkeeping entries of the pooled-metrics dict that are not metrics (or vary per subject).
+_NOT_METRICS = {"aus", "folds", "level", "n_boot", "seed", "unit", "note"}
+
+
 def flat_metrics(pooled: Dict[str, Any], prefix: str = "") -> Dict[str, float]:
-    """Pooled-metrics dict -> flat MLflow metric names (`f1`, `per_au.AU1.f1` -> `f1_AU1`, ...).
+    """Pooled-metrics dict -> flat MLflow metric names: `f1`, `acc`, `f1_AU1`, `acc_AU1`, `ci_f1_low`,
+    `mer_uf1`, `mer_ci_uf1_high`, `per_fold_f1_mean_of_folds`, ...
 
     The names depend only on the AU list, so every parent of a dataset carries the same names and the
     MLflow UI compares them side by side.
     """
     out: Dict[str, float] = {}
     for k, v in pooled.items():
+        if k in _NOT_METRICS:
+            continue
         if k == "per_au" and isinstance(v, dict) and not prefix:
             for au, m in v.items():
                 for mk, mv in m.items():

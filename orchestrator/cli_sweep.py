@@ -1,0 +1,210 @@
+"""`microau-sweep fold | run | report`: one fold in-process, the Ray Tune sweep, the table from the store."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Any, Dict, Optional
+
+import click
+
+from orchestrator.config import ConfigError, load_sweep
+
+SWEEP = click.argument("sweep", type=click.Path(dir_okay=False))
+
+
+def _known_errors():
+    """Errors whose message already says what is wrong and what to do: shown without a traceback."""
+    from orchestrator.runner import ResourceError
+    from orchestrator.store import StoreError
+
+    errs = [ConfigError, ResourceError, StoreError, FileNotFoundError]
+    for mod, name in (("preprocessing.errors", "DatasetError"), ("model.backbone", "BackboneError"),
+                      ("model.train", "FoldError"), ("model.text", "TextConfigError"),
+                      ("model.lsi", "LandmarkError")):
+        try:
+            errs.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errs)
+
+
+@contextlib.contextmanager
+def _friendly_errors():
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except _known_errors() as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _load(path: str):
+    try:
+        return load_sweep(path)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+@click.command()
+@SWEEP
+@click.option("--dataset", help="dataset name of the sweep file (default: its only dataset)")
+@click.option("--subject", required=True, help="test subject (trained on all the others)")
+@click.option("--point", type=int, default=0, show_default=True, help="grid point index (see `report`)")
+@click.option("--seed", type=int, help="seed (default: the sweep's first)")
+@click.option("--epochs", type=int, help="override training.epochs (quick debugging)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+def fold(sweep: str, dataset: Optional[str], subject: str, point: int, seed: Optional[int],
+         epochs: Optional[int], as_json: bool) -> None:
+    """Run one LOSO fold in-process, with exactly the code a sweep trial runs (no Ray)."""
+    from orchestrator.data import prepare
+    from orchestrator.fold import prefix_for, run_fold
+
+    spec = _load(sweep)
+    if dataset is None:
+        if len(spec.datasets) != 1:
+            raise click.UsageError(f"{sweep} has datasets {sorted(spec.datasets)}; pick one with --dataset")
+        dataset = next(iter(spec.datasets))
+    if dataset not in spec.datasets:
+        raise click.UsageError(f"{sweep}: no dataset {dataset!r}; the file has {sorted(spec.datasets)}")
+    points = spec.points()
+    if not 0 <= point < len(points):
+        raise click.UsageError(f"--point {point}: {sweep} has points 0..{len(points) - 1} "
+                               f"({', '.join(p.label for p in points)})")
+    seed = spec.seeds[0] if seed is None else seed
+    out = sys.stderr if as_json else sys.stdout
+    with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        trial = spec.resolve(dataset, points[point], seed)
+        if epochs is not None:
+            if epochs < 1:
+                raise click.UsageError("--epochs must be at least 1")
+            trial = trial.with_training(epochs=epochs)
+        data = prepare(spec, dataset, progress=True)
+        subjects = sorted(set(data.subjects))
+        if subject not in subjects:
+            raise click.UsageError(f"--subject {subject!r} is not in dataset {dataset} (subjects: "
+                                   f"{', '.join(subjects)})")
+        print(f"fold {dataset} / {points[point].label} / seed {seed} / test subject {subject}: "
+              f"{trial.training.epochs} epochs", file=out, flush=True)
+
+        def on_epoch(info: Dict[str, Any]) -> None:
+            terms = "  ".join(f"{k} {v:.4f}" for k, v in info.items()
+                              if k in ("total", "multitask", "contrastive", "gd"))
+            print(f"epoch {info['epoch']}/{info.get('epochs', '?')}  {terms}  ({info.get('seconds', 0):.1f}s)",
+                  file=out, flush=True)
+
+        prefix = prefix_for(trial, data, device="cpu")
+        result = run_fold(trial, data, subject, prefix=prefix, on_epoch=on_epoch)
+    doc = fold_document(trial, subject, result)
+    if as_json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    _print_fold(doc)
+
+
+def fold_document(trial, subject: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    """The `fold --json` object: dataset, subject, per-sample predictions, fold metrics."""
+    from model.metrics import pooled_metrics
+    from model.result import FoldResult
+
+    r = FoldResult.from_dict(result)
+    preds = r.preds
+    mer_preds = r.mer_preds
+    predictions = []
+    for i, sid in enumerate(r.sample_ids):
+        p = {"id": sid, "subject": r.subjects[i],
+             "probs": {f"AU{a}": float(r.probs[i, j]) for j, a in enumerate(r.aus)},
+             "labels": {f"AU{a}": int(r.labels[i, j]) for j, a in enumerate(r.aus)},
+             "preds": {f"AU{a}": int(preds[i, j]) for j, a in enumerate(r.aus)}}
+        if mer_preds:
+            p["mer_label"], p["mer_pred"] = r.mer_labels[i], mer_preds[i]
+        predictions.append(p)
+    m = pooled_metrics([r])
+    metrics = {k: m.get(k) for k in ("f1", "acc", "per_au", "mer")}
+    return {"dataset": trial.dataset, "subject": subject, "point": trial.point_label, "seed": trial.seed,
+            "config_hash": trial.hash, "predictions": predictions, "metrics": metrics,
+            "loss_curve": r.loss_curve, "timings": r.timings}
+
+
+def _print_fold(doc: Dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    aus = list(doc["predictions"][0]["probs"]) if doc["predictions"] else []
+    t = Table(title=f"{doc['dataset']} test subject {doc['subject']}: P(active) (label)")
+    t.add_column("sample")
+    for au in aus:
+        t.add_column(au, justify="right")
+    for p in doc["predictions"]:
+        t.add_row(p["id"], *[f"{p['probs'][a]:.2f} ({p['labels'][a]})" for a in aus])
+    c.print(t)
+    m = doc["metrics"]
+    per = "  ".join(f"{au}: F1 {v['f1']:.3f}" for au, v in (m.get("per_au") or {}).items())
+    c.print(f"fold F1 {m['f1']:.3f}  ACC {m['acc']:.3f}   {per}")
+
+
+# ------------------------------------------------------------------------------------------------------
+@click.command()
+@SWEEP
+@click.option("--address", help="join this Ray cluster (e.g. 10.0.0.1:6379 or auto); default: a local Ray")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+def run(sweep: str, address: Optional[str], as_json: bool) -> None:
+    """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
+    from rich.console import Console
+
+    from orchestrator.runner import run_sweep
+    from orchestrator.view import live_view, print_report
+
+    spec = _load(sweep)
+    console = _err_console() if as_json else Console()
+    view = None if as_json or not console.is_terminal else live_view(console)
+    with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        outcome = run_sweep(spec, address=address, quiet=as_json, progress=True, view=view)
+        paths = outcome.state.write_reports()
+    if as_json:
+        sys.stdout.write(json.dumps(outcome.state.to_json(outcome.trained, outcome.reused), default=str) + "\n")
+    else:
+        print_report(console, outcome.state.rows(), outcome.trained, outcome.reused, paths)
+    if outcome.failed:
+        raise SystemExit(1)
+
+
+# ------------------------------------------------------------------------------------------------------
+@click.command()
+@SWEEP
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+@click.option("--compare", nargs=2, type=int, metavar="K L",
+              help="paired difference in pooled F1 between points K and L (subject-bootstrap CI)")
+def report(sweep: str, as_json: bool, compare) -> None:
+    """Rebuild the table from the results store (no training)."""
+    from rich.console import Console
+
+    from orchestrator.report import compare_points, state_from_store
+    from orchestrator.view import print_report
+
+    spec = _load(sweep)
+    console = _err_console() if as_json else Console()
+    with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        state = state_from_store(spec)
+        comparison = compare_points(state, *compare) if compare else None
+        paths = state.write_reports()
+    if as_json:
+        doc = state.to_json(0, sum(g.done for g in state.groups.values()))
+        if comparison is not None:
+            doc["compare"] = comparison
+        sys.stdout.write(json.dumps(doc, default=str) + "\n")
+        return
+    print_report(console, state.rows(), paths=paths)
+    if comparison is not None:
+        for c in comparison:
+            console.print(f"{c['dataset']} seed {c['seed']}: F1({c['a']}) - F1({c['b']}) = "
+                          f"{c['diff']:+.4f}  95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] "
+                          f"over {c['subjects']} subjects")

@@ -1,0 +1,277 @@
+"""Sweep state and reports: pooled metrics per (dataset, point, seed) from the results store.
+
+`SweepState` is what the driver-side Tune callback updates as folds start, finish or fail: it writes
+each finished fold to the results store and MLflow, keeps the pooled metrics of every point current,
+and renders the final table (rich), the `--json` object and `workdir/reports/<sweep>.{csv,json}`.
+`microau-sweep report` builds the same state from the store alone (no training).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional
+
+from orchestrator.config import SweepSpec, TrialConfig
+from orchestrator.plan import Fold
+from orchestrator.store import ResultsStore, atomic_write_text
+from orchestrator.tracking import Tracker, flat_metrics
+
+_POOLED_KEYS = ("f1", "acc", "per_au", "ci", "mer")
+
+
+@dataclass
+class Group:
+    """One (dataset, point, seed): a table row and an MLflow parent run."""
+    key: str
+    trial: TrialConfig
+    data_key: str
+    folds: List[Fold]
+    parent_id: Optional[str] = None
+    running: set = field(default_factory=set)
+    failed: Dict[str, str] = field(default_factory=dict)  # subject -> error
+    pooled: Optional[Dict[str, Any]] = None
+    done: int = 0
+
+
+class SweepState:
+    def __init__(self, spec: SweepSpec, folds: List[Fold], store: ResultsStore, tracking: bool = True):
+        self.spec = spec
+        self.store = store
+        self.folds = {f.key: f for f in folds}
+        self.groups: Dict[str, Group] = {}
+        for f in folds:
+            g = self.groups.setdefault(f.group, Group(f.group, f.trial, f.data_key, []))
+            g.folds.append(f)
+        self.tracker = Tracker(spec) if tracking else None
+        self._results: Dict[str, Any] = {}  # fold key -> FoldResult (loaded once)
+        self.errors: Dict[str, str] = {}  # fold key -> error of a fold that kept failing
+        self.retries: Dict[str, int] = {}
+        self.epochs: Dict[str, int] = {}
+        self.trained = 0
+        self.todo: List[str] = []
+        self.t0 = time.time()
+        for g in self.groups.values():
+            g.done = sum(self.store.has(f.key) for f in g.folds)
+            if self.tracker is not None:
+                g.parent_id = self.tracker.parent(g.key, g.trial, g.data_key, len(g.folds))
+
+    # -- events (driver side) -----------------------------------------------------------------------
+    def begin(self, todo: Iterable[Fold]) -> None:
+        """Before training: bring MLflow up to date with the folds already in the store."""
+        self.todo = [f.key for f in todo]
+        self.t0 = time.time()
+        for g in self.groups.values():
+            if self.tracker is not None and g.done:
+                known = self.tracker.children(g.parent_id)
+                for f in g.folds:
+                    if f.key not in known and self.store.has(f.key):
+                        rec = self.store.get(f.key)
+                        self._track_fold(g, f, rec["result"], rec["meta"])
+            self._refresh(g)
+
+    def started(self, key: str) -> None:
+        self.groups[self.folds[key].group].running.add(key)
+
+    def progress(self, key: str, result: Dict[str, Any]) -> None:
+        if "epoch" in result:
+            self.epochs[key] = int(result["epoch"])
+
+    def retrying(self, key: str, error: str) -> None:
+        self.retries[key] = self.retries.get(key, 0) + 1
+        self.groups[self.folds[key].group].running.discard(key)
+
+    def failed(self, key: str, error: str) -> None:
+        f = self.folds[key]
+        g = self.groups[f.group]
+        g.running.discard(key)
+        g.failed[f.subject] = error
+        self.errors[key] = error
+
+    def finished(self, key: str, result: Dict[str, Any], node: Dict[str, Any]) -> None:
+        f = self.folds[key]
+        g = self.groups[f.group]
+        meta = {**f.meta(), **{k: v for k, v in node.items() if v is not None}}
+        self.store.put(key, result, meta)
+        self.trained += 1
+        g.running.discard(key)
+        g.failed.pop(f.subject, None)
+        self.errors.pop(key, None)
+        g.done = sum(self.store.has(x.key) for x in g.folds)
+        if self.tracker is not None:
+            self._track_fold(g, f, result, meta)
+        self._refresh(g)
+
+    def close(self) -> None:
+        """Final pooled metrics on every parent; parents with missing folds are marked incomplete."""
+        for g in self.groups.values():
+            self._refresh(g, final=True)
+
+    # -- metrics ------------------------------------------------------------------------------------
+    def result(self, key: str):
+        from model.result import FoldResult
+
+        if key not in self._results:
+            self._results[key] = FoldResult.from_dict(self.store.get(key)["result"])
+        return self._results[key]
+
+    def group_results(self, g: Group) -> List[Any]:
+        return [self.result(f.key) for f in g.folds if self.store.has(f.key)]
+
+    def _refresh(self, g: Group, final: bool = False) -> None:
+        from model.metrics import pooled_metrics
+
+        results = self.group_results(g)
+        g.pooled = pooled_metrics(results) if results else None
+        if self.tracker is not None and (results or final):
+            self.tracker.update_parent(g.parent_id, g.pooled, g.done, len(g.folds),
+                                       failed=sorted(g.failed), final=final)
+
+    def _track_fold(self, g: Group, f: Fold, result: Dict[str, Any], meta: Dict[str, Any]) -> None:
+        from model.metrics import pooled_metrics
+
+        r = self.result(f.key) if self.store.has(f.key) else _coerce(result)
+        m = pooled_metrics([r], n_boot=1)  # one fold: its own F1/ACC/MER (no CI)
+        if m.get("mer"):
+            m["mer"] = {k: v for k, v in m["mer"].items() if k != "ci"}
+        metrics = flat_metrics({k: m[k] for k in ("f1", "acc", "per_au", "mer") if m.get(k) is not None})
+        metrics.update(n_test=len(r.sample_ids), n_train=r.n_train,
+                       **{f"time_{k}": v for k, v in r.timings.items()})
+        for term, curve in r.loss_curve.items():
+            if curve:
+                metrics[f"final_loss_{term}"] = curve[-1]
+        self.tracker.log_fold(g.parent_id, f.key, meta, metrics, predictions_csv(r),
+                              extra={"meta": meta, "loss_curve": r.loss_curve, "timings": r.timings})
+
+    # -- output -------------------------------------------------------------------------------------
+    def rows(self) -> List[Dict[str, Any]]:
+        """One dict per (dataset, point, seed), in sweep order."""
+        out = []
+        for g in self.groups.values():
+            t = g.trial
+            row = {"dataset": t.dataset, "point": t.point, "label": t.point_label, "variant": t.variant,
+                   "params": dict(t.params), "seed": t.seed, "config_hash": t.hash,
+                   "folds_done": g.done, "folds_total": len(g.folds), "complete": g.done == len(g.folds),
+                   "failed": [{"subject": s, "error": e} for s, e in sorted(g.failed.items())]}
+            pooled = g.pooled or {}
+            for k in _POOLED_KEYS:
+                row[k] = pooled.get(k)
+            pf = pooled.get("per_fold") or {}
+            row["per_fold_mean"] = {k.removesuffix("_mean_of_folds"): pf[k]
+                                    for k in ("f1_mean_of_folds", "acc_mean_of_folds") if k in pf} or None
+            out.append(row)
+        return out
+
+    def to_json(self, trained: int, reused: int) -> Dict[str, Any]:
+        return {"sweep": self.spec.name, "trained_folds": trained, "reused_folds": reused,
+                "points": self.rows()}
+
+    def write_reports(self) -> Dict[str, str]:
+        """`<workdir>/reports/<sweep>.csv` and `.json` (atomic)."""
+        import pandas as pd
+
+        folder = self.spec.workdir_path() / "reports"
+        rows = self.rows()
+        flat = []
+        for r in rows:
+            base = {k: r[k] for k in ("dataset", "point", "label", "seed", "folds_done", "folds_total",
+                                      "complete")}
+            base["failed_subjects"] = ",".join(x["subject"] for x in r["failed"])
+            base.update(flat_metrics({k: r[k] for k in _POOLED_KEYS if r[k] is not None}))
+            flat.append(base)
+        buf = io.StringIO()
+        pd.DataFrame(flat).to_csv(buf, index=False, float_format="%.6g")
+        csv_path, json_path = folder / f"{self.spec.name}.csv", folder / f"{self.spec.name}.json"
+        atomic_write_text(csv_path, buf.getvalue())
+        atomic_write_text(json_path, json.dumps({"sweep": self.spec.name, "points": rows}, indent=1,
+                                                default=_jsonable))
+        return {"csv": str(csv_path), "json": str(json_path)}
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def remaining(self) -> Optional[float]:
+        left = sum(1 for k in self.todo if not self.store.has(k) and k not in self.errors)
+        if not self.trained:
+            return None
+        return self.elapsed() / self.trained * left
+
+
+def _coerce(result):
+    from model.result import FoldResult
+
+    return FoldResult.coerce(result)
+
+
+def _jsonable(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
+
+
+def predictions_csv(r) -> str:
+    """Per test sample: id, subject, P(active), label and decision per AU, MER scores/label/prediction."""
+    import pandas as pd
+
+    cols: Dict[str, Any] = {"sample_id": r.sample_ids, "subject": r.subjects}
+    preds = r.preds
+    for j, au in enumerate(r.aus):
+        cols[f"prob_AU{au}"] = r.probs[:, j]
+        cols[f"label_AU{au}"] = r.labels[:, j]
+        cols[f"pred_AU{au}"] = preds[:, j]
+    if len(r.mer_classes) and len(r.sample_ids):
+        for j, c in enumerate(r.mer_classes):
+            cols[f"mer_score_{c}"] = r.mer_scores[:, j]
+        cols["mer_label"] = r.mer_labels
+        cols["mer_pred"] = r.mer_preds
+    buf = io.StringIO()
+    pd.DataFrame(cols).to_csv(buf, index=False, float_format="%.6g")
+    return buf.getvalue()
+
+
+def state_from_store(spec: SweepSpec) -> SweepState:
+    """The sweep's state from the results store alone (datasets are read from the cache, not trained)."""
+    from orchestrator.data import prepare_all
+    from orchestrator.plan import expand
+
+    datasets = prepare_all(spec, progress=False)
+    folds = expand(spec, {n: d.subjects for n, d in datasets.items()},
+                   {n: d.key for n, d in datasets.items()})
+    state = SweepState(spec, folds, ResultsStore(spec.workdir_path() / "results"), tracking=False)
+    state.begin([])
+    return state
+
+
+def compare_points(state: SweepState, a: int, b: int) -> List[Dict[str, Any]]:
+    """Point a minus point b, per (dataset, seed): pooled F1 difference with a subject-bootstrap CI."""
+    from model.metrics import paired_difference
+
+    from orchestrator.config import ConfigError
+
+    n = len(state.spec.points())
+    for k in (a, b):
+        if not 0 <= k < n:
+            raise ConfigError(f"{state.spec.source}: --compare {a} {b}: points are 0..{n - 1}")
+    by = {(g.trial.dataset, g.trial.seed, g.trial.point): g for g in state.groups.values()}
+    out = []
+    for (dataset, seed, point), ga in by.items():
+        if point != a:
+            continue
+        gb = by[(dataset, seed, b)]
+        for g in (ga, gb):
+            if g.done != len(g.folds):
+                raise ConfigError(f"point {g.trial.point} ({g.trial.point_label}) of {dataset} seed {seed} "
+                                  f"has {g.done}/{len(g.folds)} folds; run the sweep to finish it first")
+        d = paired_difference(state.group_results(ga), state.group_results(gb))
+        out.append({"dataset": dataset, "seed": seed, "a": ga.trial.point_label, "b": gb.trial.point_label,
+                    "point_a": a, "point_b": b, "diff": d["f1_diff"], "ci": d["f1_diff_ci"],
+                    "subjects": d["n_subjects"], **{k: v for k, v in d.items() if k not in ("f1_diff",)}})
+    return out

@@ -1,0 +1,231 @@
+"""`microau-sweep run`: the Ray Tune LOSO sweep.
+
+Driver: prepare each dataset once, compute each frozen prefix once, put both in the object store
+(`tune.with_parameters`), schedule one Tune trial per fold not yet in the results store with
+`tune.with_resources`, and own all tracking (results store, MLflow, live view) in a driver-side
+`tune.Callback`. Trials only train and `tune.report` their FoldResult.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from orchestrator.config import SweepSpec, TrialConfig
+from orchestrator.data import prepare_all
+from orchestrator.fold import dumps, prefix_for, prefix_group, run_fold
+from orchestrator.plan import Fold, expand
+from orchestrator.report import SweepState
+from orchestrator.store import ResultsStore
+
+RESULT_KEY = "fold_result"  # the tune.report key carrying the FoldResult (JSON text), popped by the driver
+_MAX_SOCKET_DIR = 60  # Ray's Unix socket paths (<temp>/session_<date>_<pid>/sockets/...) must stay < 108
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot run a trial of this sweep (e.g. GPUs asked for, none present)."""
+
+
+@dataclass
+class RunOutcome:
+    state: SweepState
+    trained: int = 0
+    reused: int = 0
+    failed: Dict[str, str] = field(default_factory=dict)  # fold key -> error
+
+
+# ------------------------------------------------------------------------------------------------------
+# the trainable (runs in a Ray worker; no MLflow, no store)
+def fold_trainable(config: Dict[str, Any], plan: Dict[str, Dict[str, Any]], datasets: Dict[str, Any],
+                   prefixes: Dict[str, Any]) -> None:
+    import ray
+    from ray import tune
+
+    job = plan[config["fold"]]
+    trial = TrialConfig.model_validate(job["trial"])
+    ctx = ray.get_runtime_context()
+    node = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "hostname": socket.gethostname(), "pid": os.getpid(),
+            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
+
+    def on_epoch(info: Dict[str, Any]) -> None:  # per-epoch losses, for the live view
+        tune.report({k: v for k, v in info.items() if isinstance(v, (int, float))})
+
+    result = run_fold(trial, datasets[trial.dataset], job["subject"], prefix=prefixes.get(job["prefix"]),
+                      on_epoch=on_epoch, threads=job.get("threads"))
+    tune.report({RESULT_KEY: dumps(result), "finished": 1, **node})
+
+
+# ------------------------------------------------------------------------------------------------------
+# Ray session
+def _ray_temp_dir(workdir: Path) -> str:
+    """Ray's temp dir inside the workdir when its path is short enough for Ray's Unix sockets."""
+    wanted = (workdir / "ray").resolve()
+    if len(str(wanted)) <= _MAX_SOCKET_DIR:
+        wanted.mkdir(parents=True, exist_ok=True)
+        return str(wanted)
+    return tempfile.mkdtemp(prefix="microau-ray-")
+
+
+def connect(spec: SweepSpec, address: Optional[str], quiet: bool) -> bool:
+    """Join `address`, reuse an initialised Ray, or start an embedded one. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    common = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
+    if address:
+        ray.init(address=address, **common)
+        return True
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
+             _temp_dir=_ray_temp_dir(spec.workdir_path()), **common)
+    return True
+
+
+def check_resources(spec: SweepSpec, address: Optional[str] = None) -> Dict[str, float]:
+    """Fail now, with a message saying what to change, when no node can run one fold of the sweep."""
+    import ray
+
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    where = f"the Ray cluster at {address}" if address else "the local Ray instance"
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    total = {"CPU": sum(n["Resources"].get("CPU", 0) for n in nodes),
+             "GPU": sum(n["Resources"].get("GPU", 0) for n in nodes)}
+    if need["GPU"] > 0 and total["GPU"] == 0:
+        raise ResourceError(
+            f"{spec.source}: resources.gpu is {need['GPU']} per fold, but {where} has no GPU "
+            f"({len(nodes)} node(s), {total['CPU']:g} CPUs). Set `resources: {{cpu: 1, gpu: 0}}` in the "
+            f"sweep file to train on CPUs, or run it on a cluster with GPU nodes (--address).")
+    fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v > 0)]
+    if not fits:
+        biggest = max(((n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in nodes),
+                      default=(0, 0))
+        raise ResourceError(
+            f"{spec.source}: one fold asks for resources {{cpu: {need['CPU']:g}, gpu: {need['GPU']:g}}} "
+            f"but no node of {where} has that much (largest: {biggest[0]:g} CPUs, {biggest[1]:g} GPUs); "
+            f"lower `resources` in the sweep file")
+    return total
+
+
+# ------------------------------------------------------------------------------------------------------
+def _tune_callback(state: SweepState):
+    from ray import tune
+
+    class FoldCallback(tune.Callback):
+        """Driver side: every finished fold goes to the results store, MLflow and the live view."""
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            state.started(trial.config["fold"])
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            key = trial.config["fold"]
+            blob = result.pop(RESULT_KEY, None)  # keep Tune's own trial state small
+            if blob is None:
+                state.progress(key, result)
+                return
+            node = {k: result.get(k) for k in ("node_id", "node_ip", "hostname", "pid", "gpu_ids")}
+            state.finished(key, json.loads(blob), node)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            state.retrying(key=trial.config["fold"], error=_trial_error(trial))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            state.failed(trial.config["fold"], _trial_error(trial))
+
+        def __reduce__(self):  # Tune pickles its run config; the live state stays in this process
+            return (_NullCallback, ())
+
+    return FoldCallback()
+
+
+class _NullCallback:
+    pass
+
+
+def _trial_error(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and os.path.exists(path):
+            text = Path(path).read_text().strip()
+            return text.splitlines()[-1] if text else "unknown error"
+    except OSError:
+        pass
+    err = getattr(trial, "error_msg", None) or getattr(getattr(trial, "run_metadata", None), "error_filename", None)
+    return str(err or "the trial failed (see the Ray logs)")
+
+
+def run_sweep(spec: SweepSpec, address: Optional[str] = None, *, quiet: bool = False,
+              progress: bool = True, view: Optional[Callable[[SweepState], Any]] = None) -> RunOutcome:
+    """Run every fold of the sweep not yet in the results store; return the updated state.
+
+    `view(state)` is a context manager for a live display (rich) or None.
+    """
+    workdir = spec.workdir_path()
+    workdir.mkdir(parents=True, exist_ok=True)
+    datasets = prepare_all(spec, progress=progress)
+    folds = expand(spec, {n: d.subjects for n, d in datasets.items()}, {n: d.key for n, d in datasets.items()})
+    store = ResultsStore(workdir / "results")
+    state = SweepState(spec, folds, store, tracking=True)  # creates the MLflow experiment and parents
+    todo = [f for f in folds if not store.has(f.key)]
+    state.begin(todo)
+    if not todo:
+        state.close()
+        return RunOutcome(state=state, trained=0, reused=len(folds))
+
+    prefixes, plan = _prefixes_and_plan(spec, todo, datasets)
+    started = connect(spec, address, quiet=quiet)
+    try:
+        check_resources(spec, address)
+        tuner = _tuner(spec, todo, plan, datasets, prefixes, state)
+        display = view(state) if view else None
+        if display is not None:
+            with display:
+                tuner.fit()
+        else:
+            tuner.fit()
+    finally:
+        state.close()
+        if started:
+            import ray
+
+            ray.shutdown()
+    return RunOutcome(state=state, trained=state.trained, reused=len(folds) - len(todo),
+                      failed=dict(state.errors))
+
+
+def _prefixes_and_plan(spec: SweepSpec, todo: List[Fold], datasets: Dict[str, Any]):
+    """One frozen prefix per (dataset, backbone) among the folds to train, and the per-fold jobs."""
+    prefixes: Dict[str, Any] = {}
+    plan: Dict[str, Dict[str, Any]] = {}
+    threads = max(1, int(spec.resources.cpu))
+    for f in todo:
+        group = prefix_group(f.trial, f.data_key)
+        if group not in prefixes:
+            prefixes[group] = prefix_for(f.trial, datasets[f.trial.dataset], device="cpu")
+        plan[f.key] = {"trial": f.trial.model_dump(mode="json"), "subject": f.subject, "prefix": group,
+                       "threads": threads}
+    return prefixes, plan
+
+
+def _tuner(spec: SweepSpec, todo: List[Fold], plan, datasets, prefixes, state: SweepState):
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the results store is the record
+    from ray import tune
+
+    trainable = tune.with_parameters(fold_trainable, plan=plan, datasets=datasets, prefixes=prefixes)
+    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    run_config = tune.RunConfig(
+        name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        storage_path=str((spec.workdir_path() / "ray_results").resolve()),
+        failure_config=tune.FailureConfig(max_failures=spec.retries),
+        callbacks=[_tune_callback(state)],
+        verbose=0,
+    )
+    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent,
+                                  reuse_actors=False)
+    return tune.Tuner(trainable, param_space={"fold": tune.grid_search([f.key for f in todo])},
+                      tune_config=tune_config, run_config=run_config)

@@ -1,0 +1,125 @@
+"""Terminal output with rich: the live sweep view and the final table of points."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from rich.console import Console, Group as RGroup
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.report import SweepState
+
+
+def _f(v: Optional[float], digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _duration(s: Optional[float]) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def ci_text(ci: Optional[Dict[str, Any]], name: str = "f1") -> str:
+    """`[lo, hi]` of the pooled metric's subject-bootstrap CI, whatever shape the metrics module uses."""
+    if not ci:
+        return "-"
+    v = ci.get(name)
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return f"[{v[0]:.3f}, {v[1]:.3f}]"
+    if isinstance(v, dict):
+        lo, hi = v.get("low", v.get("lo")), v.get("high", v.get("hi"))
+        if lo is not None and hi is not None:
+            return f"[{lo:.3f}, {hi:.3f}]"
+    return "-"
+
+
+class LiveView:
+    """Folds done / running / failed per point, running pooled F1, elapsed and remaining time."""
+
+    def __init__(self, state: SweepState, console: Console):
+        self.state = state
+        self.console = console
+
+    def __rich__(self):
+        s = self.state
+        t = Table(title=f"sweep {s.spec.name}", title_justify="left", expand=False)
+        for col in ("dataset", "point", "seed", "done", "running", "failed", "total", "F1 so far"):
+            t.add_column(col, justify="right" if col not in ("dataset", "point") else "left")
+        for g in list(s.groups.values()):
+            f1 = g.pooled.get("f1") if g.pooled else None
+            t.add_row(g.trial.dataset, g.trial.point_label, str(g.trial.seed), str(g.done),
+                      str(len(g.running)), Text(str(len(g.failed)), style="red" if g.failed else ""),
+                      str(len(g.folds)), _f(f1))
+        running = [k for g in s.groups.values() for k in g.running]
+        epochs = ", ".join(f"{s.folds[k].subject}@{s.epochs.get(k, 0)}" for k in running[:8])
+        footer = Text(f"trained {s.trained}/{len(s.todo)} this run  elapsed {_duration(s.elapsed())}  "
+                      f"remaining ~{_duration(s.remaining())}" + (f"  running: {epochs}" if epochs else ""))
+        return RGroup(t, footer)
+
+    def __call__(self):
+        return Live(self, console=self.console, refresh_per_second=2, transient=False)
+
+
+def live_view(console: Console):
+    """`view` argument of run_sweep: a context manager showing the state live."""
+    return lambda state: LiveView(state, console)()
+
+
+def points_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
+    """The final table of one dataset: F1, ACC, F1 CI, per-AU F1, MER (UF1, UAR, ACC)."""
+    rows = [r for r in rows if r["dataset"] == dataset]
+    aus: List[str] = []
+    for r in rows:
+        for au in (r.get("per_au") or {}):
+            if str(au) not in aus:
+                aus.append(str(au))
+    has_mer = any(r.get("mer") for r in rows)
+    t = Table(title=f"{dataset}: pooled LOSO metrics (mean over AUs)", title_justify="left")
+    for col in ["#", "point", "seed", "folds", "F1", "ACC", "F1 95% CI"]:
+        t.add_column(col, justify="left" if col == "point" else "right")
+    for au in aus:
+        t.add_column(f"F1 AU{str(au).removeprefix('AU')}", justify="right")
+    if has_mer:
+        for col in ("MER UF1", "MER UAR", "MER ACC"):
+            t.add_column(col, justify="right")
+    for r in rows:
+        folds = f"{r['folds_done']}/{r['folds_total']}"
+        style = "" if r["complete"] else "yellow"
+        cells = [str(r["point"]), r["label"], str(r["seed"]), folds + ("" if r["complete"] else " incomplete"),
+                 _f(r.get("f1")), _f(r.get("acc")), ci_text(r.get("ci"))]
+        per_au = r.get("per_au") or {}
+        for au in aus:
+            cells.append(_f(_lookup(per_au, au).get("f1")))
+        if has_mer:
+            m = r.get("mer") or {}
+            cells += [_f(m.get("uf1")), _f(m.get("uar")), _f(m.get("acc"))]
+        t.add_row(*cells, style=style)
+    return t
+
+
+def _lookup(per_au: Dict[Any, Any], au: str) -> Dict[str, Any]:
+    for k, v in per_au.items():
+        if str(k) == au:
+            return v or {}
+    return {}
+
+
+def print_report(console: Console, rows: List[Dict[str, Any]], trained: Optional[int] = None,
+                 reused: Optional[int] = None, paths: Optional[Dict[str, str]] = None) -> None:
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    for d in datasets:
+        console.print(points_table(rows, d))
+    for r in rows:
+        for f in r["failed"]:
+            console.print(f"[red]failed[/red] {r['dataset']} {r['label']} seed {r['seed']} subject "
+                          f"{f['subject']}: {f['error']}")
+        if not r["complete"] and not r["failed"]:
+            console.print(f"[yellow]incomplete[/yellow] {r['dataset']} {r['label']} seed {r['seed']}: "
+                          f"{r['folds_done']}/{r['folds_total']} folds; run the sweep again to finish it")
+    if trained is not None:
+        console.print(f"trained {trained} fold(s), reused {reused} from the results store")
+    if paths:
+        console.print(f"table written to {paths['csv']} and {paths['json']}")
