@@ -1,0 +1,116 @@
+"""train_fold: a short LOSO run learns (pooled F1 above the constant baselines), is repeatable bit for
+bit, never reads test labels or emotion labels, and its FoldResult round-trips through JSON."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from model import FoldResult, compute_prefix, metrics, train_fold
+from model.config import ModelConfig, TrainConfig
+from model.train import FoldError
+from test_model_data import CASME2_AUS, fake_prepared
+
+MODEL = ModelConfig(arch="microau-tiny", pretrained="none", trainable_blocks=1)
+
+
+def _spec(epochs=10, seed=1, model=MODEL, **train):
+    t = {**dict(epochs=epochs, batch_size=8, alpha=0.6, beta=1.0, lr_step_epoch=8, device="cpu"), **train}
+    return SimpleNamespace(reader="casme2", aus=CASME2_AUS, seed=seed, model=model, training=TrainConfig(**t))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return fake_prepared(subjects=4, per_subject=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def prefix(data):
+    return compute_prefix(MODEL, data, CASME2_AUS)
+
+
+def _loso(data, prefix, spec):
+    return [train_fold(spec, data, s, prefix=prefix) for s in sorted(set(data.subjects))]
+
+
+@pytest.fixture(scope="module")
+def loso(data, prefix):
+    return _loso(data, prefix, _spec())
+
+
+def test_short_loso_beats_constant_baselines(loso):
+    m = metrics.pooled_metrics(loso)
+    base = metrics.baselines(loso)
+    # measured (docs/model.md): F1 0.51 vs all-positive 0.27 / all-negative 0.00
+    assert m["n_folds"] == 4 and m["n_samples"] == 32
+    assert m["f1"] > base["all_positive"]["f1"] + 0.15
+    assert m["f1"] > base["all_negative"]["f1"] + 0.15
+    assert m["acc"] > base["all_positive"]["acc"]
+
+
+def test_loso_is_repeatable_bit_for_bit(data, prefix, loso):
+    again = _loso(data, prefix, _spec())
+    for a, b in zip(loso, again):
+        assert np.array_equal(a.probs, b.probs) and np.array_equal(a.features, b.features)
+        assert a.loss_curve == b.loss_curve
+    other_seed = train_fold(_spec(seed=2), data, "sub01", prefix=prefix)
+    assert not np.array_equal(other_seed.probs, loso[0].probs)
+
+
+def test_test_labels_and_emotions_are_never_read(data, prefix, loso):
+    """Scramble the held-out subject's AU labels and everyone's emotion labels: the predictions do not move."""
+    from dataclasses import replace
+    rng = np.random.default_rng(0)
+    sets = [s if subj != "sub01" else sorted(rng.choice(CASME2_AUS, 2, replace=False).tolist())
+            for s, subj in zip(data.au_sets, data.subjects)]
+    scrambled = replace(data, au_sets=sets, mer=["positive"] * len(data), emotions=["happiness"] * len(data))
+    r = train_fold(_spec(), scrambled, "sub01", prefix=prefix)
+    assert np.array_equal(r.probs, loso[0].probs)
+    assert np.array_equal(r.mer_scores, loso[0].mer_scores)
+
+
+def test_fold_result_contents_and_json_round_trip(loso, data):
+    r = loso[0]
+    n = data.subjects.count("sub01")
+    assert r.test_subject == "sub01" and r.n_train == len(data) - n and r.aus == CASME2_AUS
+    assert r.probs.shape == (n, 8) and ((r.probs >= 0) & (r.probs <= 1)).all()
+    assert r.labels.tolist() == data.labels(CASME2_AUS)[:n].tolist()
+    assert r.sample_ids == data.sample_ids[:n] and set(r.subjects) == {"sub01"}
+    assert r.features.shape == (n, 8, 64) and r.mer_scores.shape == (n, 3)
+    assert r.mer_labels == data.mer[:n] and len(r.mer_preds) == n
+    assert set(r.loss_curve) == {"total", "multitask", "contrastive", "gd"}
+    assert all(len(v) == 10 for v in r.loss_curve.values())
+    assert r.loss_curve["multitask"][-1] < r.loss_curve["multitask"][0]
+    assert {"prefix_s", "build_s", "train_s", "eval_s", "total_s"} <= set(r.timings)
+    back = FoldResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert np.array_equal(back.probs, r.probs) and np.array_equal(back.features, r.features)
+    assert back.mer_preds == r.mer_preds and back.loss_curve == r.loss_curve
+    assert metrics.pooled_metrics([x.to_dict() for x in loso]) == metrics.pooled_metrics(loso)
+
+
+def test_on_epoch_reports_each_term_and_the_lr_step(data, prefix):
+    seen = []
+    train_fold(_spec(epochs=3, lr_step_epoch=2), data, "sub02", prefix=prefix, on_epoch=seen.append)
+    assert [e["epoch"] for e in seen] == [1, 2, 3]
+    assert {"total", "multitask", "contrastive", "gd", "lr_encoder", "lr_head"} <= set(seen[0])
+    assert seen[0]["lr_head"] == pytest.approx(1e-2) and seen[0]["lr_encoder"] == pytest.approx(1e-3)
+    assert seen[2]["lr_head"] == pytest.approx(1e-3)  # divided by 10 from epoch lr_step_epoch on
+    assert seen[0]["total"] == pytest.approx(seen[0]["multitask"] + 0.6 * seen[0]["contrastive"]
+                                             + 1.0 * seen[0]["gd"], rel=1e-5)  # Eq. 12
+
+
+def test_fold_errors_name_what_to_fix(data, prefix):
+    with pytest.raises(FoldError, match="no sample of test subject 'sub99'.*sub01"):
+        train_fold(_spec(), data, "sub99", prefix=prefix)
+    with pytest.raises(FoldError, match="training.device"):
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("has CUDA")
+        train_fold(_spec(device="cuda"), data, "sub01", prefix=prefix)
+
+
+def test_alpha_beta_default_per_dataset(data, prefix):
+    spec = _spec(epochs=1)
+    spec.training = spec.training.model_copy(update={"alpha": None, "beta": None})
+    r = train_fold(spec, data, "sub01", prefix=prefix)
+    assert (r.extras["alpha"], r.extras["beta"]) == (0.6, 1.0)  # CASME II, paper IV-C
