@@ -78,6 +78,7 @@ def crop(image: np.ndarray, box: Tuple[int, int, int], size: int) -> np.ndarray:
 
 
 def to_crop_grid(landmarks: np.ndarray, box: Tuple[int, int, int], size: int) -> np.ndarray:
-    """Landmarks in image pixels -> pixels of the size x size crop (the flow image's grid, Eq. 1)."""
+    """Landmarks in image pixels -> pixels of the size x size crop (the flow image's grid, Eq. 1), with
+    pixel centres at integer coordinates in both (as cv2.resize maps them)."""
     x0, y0, side = box
-    return ((landmarks - np.array([x0, y0], np.float32)) * (size / side)).astype(np.float32)
+    return ((landmarks - np.array([x0, y0], np.float32) + 0.5) * (size / side) - 0.5).astype(np.float32)

@@ -30,6 +30,15 @@ def synth_samm(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_casme2(tmp_path_factory):
+    """Root of a generated CASME II-layout dataset of 2 subjects x 2 samples (for tests that break it:
+    copy it first)."""
+    from preprocessing.synth import generate
+    return generate(tmp_path_factory.mktemp("data") / "tiny", layout="casme2", subjects=2, per_subject=2,
+                    seed=3)
+
+
+@pytest.fixture(scope="session")
 def prepared_casme2(synth_casme2, tmp_path_factory):
     """`PreparedDataset` of `synth_casme2` (24 samples, flow (24, 3, 224, 224))."""
     from preprocessing import prepare_dataset

@@ -1,0 +1,252 @@
+"""Landmarks, crop, magnification, optical flow, PreparedDataset and its cache."""
+from __future__ import annotations
+
+import os
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from preprocessing import DatasetError, PreparedDataset, prepare_dataset
+from preprocessing import magnify as mag
+from preprocessing.annotations import DEFAULT_AUS
+from preprocessing.config import MagnificationConfig, PreprocessConfig
+from preprocessing.flow import flow_image, optical_flow, optical_strain
+from preprocessing.landmarks import NoFaceError, crop, detect_landmarks, face_box, to_crop_grid
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    from skimage.data import astronaut
+    return astronaut()
+
+
+@pytest.fixture(scope="module")
+def face224(astronaut):
+    """The astronaut's face cropped to 224 x 224 from its landmarks, grey float in [0, 1]."""
+    lm = detect_landmarks(astronaut)
+    grey = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+    return crop(grey, face_box(lm, 0.15), 224)
+
+
+def shifted(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Content moved by (dx, dy) pixels (sub-pixel, cubic)."""
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(img, m, img.shape[::-1], flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+
+
+# -- landmarks and crop --------------------------------------------------------------------------------
+def test_landmarks_on_astronaut(astronaut):
+    lm = detect_landmarks(astronaut, upsample=1)
+    assert lm.shape == (68, 2) and lm.dtype == np.float32
+    # dlib also reports a weak second "face" on the suit; the best-scoring one is the real face.
+    assert np.allclose(lm.min(0), [179, 87], atol=4) and np.allclose(lm.max(0), [272, 178], atol=4)
+    eyes_y, nose_y, mouth_y, chin_y = lm[36:48, 1].mean(), lm[30, 1], lm[48:68, 1].mean(), lm[8, 1]
+    assert eyes_y < nose_y < mouth_y < chin_y
+    assert lm[36, 0] < lm[39, 0] < lm[42, 0] < lm[45, 0]  # image-left eye, then image-right eye
+    assert lm[48, 0] < lm[54, 0]  # mouth corners
+
+
+def test_no_face_raises():
+    with pytest.raises(NoFaceError, match="no face found"):
+        detect_landmarks(np.full((240, 320, 3), 128, np.uint8))
+
+
+def test_crop_maps_landmarks_into_the_224_grid(astronaut):
+    lm = detect_landmarks(astronaut)
+    box = face_box(lm, 0.15)
+    marked = np.zeros(astronaut.shape[:2], np.float32)
+    x, y = np.rint(lm[30]).astype(int)
+    marked[y - 2:y + 3, x - 2:x + 3] = 1.0
+    c = crop(marked, box, 224)
+    grid = to_crop_grid(lm, box, 224)
+    ys, xs = np.mgrid[0:224, 0:224]
+    centroid = np.array([(c * xs).sum(), (c * ys).sum()]) / c.sum()
+    assert np.abs(centroid - grid[30]).max() < 0.3
+    assert (grid >= 0).all() and (grid < 224).all()
+    assert c.shape == (224, 224)
+
+
+def test_crop_outside_the_image_repeats_the_border():
+    img = np.arange(100, dtype=np.float32).reshape(10, 10)
+    out = crop(img, (-5, -5, 20), 20)
+    assert out.shape == (20, 20) and out[0, 0] == img[0, 0] and out[-1, -1] == img[-1, -1]
+
+
+# -- optical flow --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["tvl1", "farneback", "dis"])
+def test_flow_recovers_a_subpixel_shift_on_a_real_face(face224, method):
+    dx, dy = 0.4, -0.3
+    flow = optical_flow(face224, shifted(face224, dx, dy), method)
+    inner = flow[40:-40, 40:-40]
+    assert abs(np.median(inner[..., 0]) - dx) < 0.08, method
+    assert abs(np.median(inner[..., 1]) - dy) < 0.08, method
+
+
+def test_flow_image_channels():
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    flow = np.stack([0.01 * xx ** 2, 0.02 * yy], -1)  # strain grows with x
+    img = flow_image(flow)
+    assert img.shape == (3, 64, 64) and img.dtype == np.float32
+    for ch in img:
+        assert ch.min() == 0.0 and ch.max() == pytest.approx(1.0)
+    strain = optical_strain(flow)
+    assert strain[32, 60] > strain[32, 4]
+    # e_xx = 0.02 x, e_yy = 0.02: |e| = sqrt(e_xx^2 + e_yy^2) away from the borders
+    assert strain[32, 30] == pytest.approx(np.hypot(0.02 * 30, 0.02), rel=1e-3)
+    assert (flow_image(np.zeros((8, 8, 2), np.float32)) == 0).all()  # no motion: no division by zero
+
+
+# -- magnification -------------------------------------------------------------------------------------
+def test_eulerian_multiplies_the_motion(face224):
+    clip = np.stack([shifted(face224, 0.1 * t, 0.0) for t in range(5)])  # 0.4 px onset -> apex
+    plain = optical_flow(clip[0], clip[-1], "tvl1")[40:-40, 40:-40, 0]
+    onset, apex = mag.magnify(clip, MagnificationConfig(method="eulerian", factor=3.0))
+    magnified = optical_flow(onset, apex, "tvl1")[40:-40, 40:-40, 0]
+    assert np.median(plain) == pytest.approx(0.4, abs=0.08)
+    assert np.median(magnified) == pytest.approx(1.2, rel=0.2)
+    none = mag.magnify(clip, MagnificationConfig(method="none"))
+    assert np.array_equal(none[0], clip[0]) and np.array_equal(none[1], clip[-1])
+
+
+# Key names and shapes of the public PyTorch port's `MagNet` (ZhengPeng7/motion_magnification_learning-
+# based, magnet.py): Conv2D_activa keeps its conv as `.conv2d` without bias; ResBlk has cba_1/cba_2.
+PORT_KEYS = {
+    "encoder.cba_1.conv2d.weight": (16, 3, 7, 7), "encoder.cba_2.conv2d.weight": (32, 16, 3, 3),
+    "encoder.resblks.2.cba_2.conv2d.weight": (32, 32, 3, 3), "encoder.texture_cba.conv2d.weight":
+        (32, 32, 3, 3), "encoder.texture_resblks.1.cba_1.conv2d.weight": (32, 32, 3, 3),
+    "encoder.motion_cba.conv2d.weight": (32, 32, 3, 3), "encoder.motion_resblks.1.cba_2.conv2d.weight":
+        (32, 32, 3, 3), "manipulator.g.conv2d.weight": (32, 32, 3, 3), "manipulator.h_conv.conv2d.weight":
+        (32, 32, 3, 3), "manipulator.h_resblk.cba_1.conv2d.weight": (32, 32, 3, 3),
+    "decoder.resblks.8.cba_1.conv2d.weight": (64, 64, 3, 3), "decoder.cba_1.conv2d.weight": (32, 64, 3, 3),
+    "decoder.cba_2.conv2d.weight": (3, 32, 7, 7),
+}
+
+
+@pytest.fixture(scope="module")
+def magnet_checkpoint(tmp_path_factory):
+    """A randomly initialised checkpoint of the port's structure, saved as its training saves it
+    (a DataParallel state_dict: keys prefixed `module.`)."""
+    import torch
+    torch.manual_seed(0)
+    state = mag.MagNet().state_dict()
+    path = tmp_path_factory.mktemp("magnet") / "magnet_epoch12_loss1.07e-01.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    return path
+
+
+def test_learned_network_matches_the_public_port(magnet_checkpoint):
+    state = mag.MagNet().state_dict()
+    assert len(state) == 42  # 18 encoder + 4 manipulator + 20 decoder convolutions, no biases
+    for k, shape in PORT_KEYS.items():
+        assert tuple(state[k].shape) == shape, k
+    net = mag.load_magnet(str(magnet_checkpoint))
+    import torch
+    saved = torch.load(magnet_checkpoint)
+    assert torch.equal(net.state_dict()["decoder.cba_2.conv2d.weight"],
+                       saved["module.decoder.cba_2.conv2d.weight"])
+    rng = np.random.default_rng(0)
+    a, b = rng.random((224, 224), dtype=np.float32), rng.random((224, 224), dtype=np.float32)
+    out = mag.learned(a, b, 3.0, str(magnet_checkpoint))
+    assert out.shape == (224, 224) and out.dtype == np.float32 and 0 <= out.min() <= out.max() <= 1
+
+
+def test_learned_without_or_with_wrong_weights(tmp_path):
+    with pytest.raises(DatasetError, match=r"no weights are given.*magnification.weights.*eulerian"):
+        mag.check(MagnificationConfig(method="learned"))
+    with pytest.raises(DatasetError, match="magnification weights not found"):
+        mag.check(MagnificationConfig(method="learned", weights=str(tmp_path / "none.pth")))
+    import torch
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(DatasetError, match=r"other.pth: not a checkpoint of the Oh et al.*missing keys"):
+        mag.check(MagnificationConfig(method="learned", weights=str(tmp_path / "other.pth")))
+
+
+def test_prepare_with_learned_magnification(tiny_casme2, magnet_checkpoint, tmp_path):
+    cfg = PreprocessConfig(flow="dis", magnification={"method": "learned", "weights": str(magnet_checkpoint)})
+    data = prepare_dataset("casme2", tiny_casme2, cfg, tmp_path / "cache", progress=False)
+    assert data.flow.shape == (4, 3, 224, 224) and np.isfinite(data.flow).all()
+
+
+# -- PreparedDataset contract --------------------------------------------------------------------------
+def test_prepared_dataset_contract(prepared_casme2, tmp_path):
+    d = prepared_casme2
+    n = len(d)
+    assert n == 24 and d.reader == "casme2" and len(set(d.sample_ids)) == n
+    assert d.flow.shape == (n, 3, 224, 224) and d.flow.dtype == np.float32
+    assert d.flow.min() >= 0 and d.flow.max() <= 1
+    assert np.allclose(d.flow.reshape(n, 3, -1).max(-1), 1.0)  # min-max per image and channel
+    assert d.landmarks.shape == (n, 68, 2) and d.landmarks.dtype == np.float32
+    assert (d.landmarks >= 0).all() and (d.landmarks < 224).all()
+    assert sorted(set(d.subjects)) == ["sub01", "sub02", "sub03", "sub04"]
+    assert all(sid.startswith(sub + "/") for sid, sub in zip(d.sample_ids, d.subjects))
+    aus = DEFAULT_AUS["casme2"]
+    y = d.labels(aus)
+    assert y.dtype == np.uint8 and y.shape == (n, 8)
+    assert all(bool(y[i, j]) == (au in d.au_sets[i]) for i in range(n) for j, au in enumerate(aus))
+    assert (y.sum(0) >= 2).all()  # every evaluated AU is present in the small test set
+    assert set(d.mer) == {"positive", "negative", "surprise", None}
+    s = d.summary()
+    assert s["samples"] == n and s["subjects"] == 4 and s["skipped"] == []
+    assert sum(s["emotion_counts"].values()) == n and s["au_counts"]["12"] == int(y[:, aus.index(12)].sum())
+    back = PreparedDataset.load(d.save(tmp_path / "d.npz"))
+    assert back.sample_ids == d.sample_ids and back.au_sets == d.au_sets and back.mer == d.mer
+    assert np.array_equal(back.flow, d.flow) and np.array_equal(back.landmarks, d.landmarks)
+    sub = d.subset([i for i, s in enumerate(d.subjects) if s == "sub02"])
+    assert len(sub) == 6 and set(sub.subjects) == {"sub02"} and sub.key == d.key
+
+
+# -- cache ---------------------------------------------------------------------------------------------
+def _cfg(**kw):
+    from conftest import TEST_PREPROCESS
+    return PreprocessConfig.model_validate({**TEST_PREPROCESS, **kw})
+
+
+def test_cache_hit_and_key(tiny_casme2, tmp_path):
+    cache = tmp_path / "cache"
+    first = prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False)
+    files = list(cache.iterdir())
+    assert [f.name for f in files] == [f"prepared-casme2-{first.key}.npz"]
+    t = time.perf_counter()
+    again = prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False)
+    assert time.perf_counter() - t < 1.0
+    assert again.key == first.key and np.array_equal(again.flow, first.flow)
+    assert prepare_dataset("casme2", tiny_casme2, _cfg(flow="farneback"), cache, progress=False).key != first.key
+    frame = sorted(next((tiny_casme2 / "CASME2_RAW_selected" / "sub01").iterdir()).iterdir())[0]
+    st = frame.stat()
+    os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+    try:
+        assert prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False).key != first.key
+    finally:
+        os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_failed_run_leaves_no_cache(tiny_casme2, tmp_path, monkeypatch):
+    from preprocessing import pipeline
+    real, calls = pipeline.process_sample, []
+
+    def dies_on_third(sample, cfg):
+        calls.append(sample.id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user presses Ctrl-C mid-run
+        return real(sample, cfg)
+
+    monkeypatch.setattr(pipeline, "process_sample", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset("casme2", tiny_casme2, _cfg(), tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+
+
+def test_save_is_atomic(prepared_casme2, tmp_path, monkeypatch):
+    target = tmp_path / "d.npz"
+    prepared_casme2.subset([0]).save(target)
+    before = target.read_bytes()
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError):
+        prepared_casme2.save(target)
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["d.npz"]
