@@ -1,0 +1,109 @@
+"""Training-step time of Micro-AU CLIP with the frozen prefix cached vs recomputed every step.
+
+    .venv/bin/python bench/step_time.py [--arch ViT-B-32] [--batch 8] [--k 3] [--steps 10] [--threads 2]
+
+"cached"   : what train_fold does - visual and text tails only (blocks L-k+1..L), on the cached prefix,
+             text context truncated to the longest prompt's end-of-text.
+"uncached" : the same step, but the frozen blocks run every step (under no_grad, as a plain fine-tuning
+             loop would) and the text runs on the full 77-token context.
+Both include the LSI/GSD/heads forward, all Eq. 12 losses and the SGD update. Random backbone weights
+(no download needed); timing does not depend on the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from model import backbone, compute_prefix  # noqa: E402
+from model.config import ModelConfig, TrainConfig  # noqa: E402
+from model.lsi import au_token_indices, landmark_groups  # noqa: E402
+from model.net import MicroAUCLIP, TextTensors  # noqa: E402
+from model.prefix import TextGroup  # noqa: E402
+from model.train import _optimizer, step_losses  # noqa: E402
+from model import losses  # noqa: E402
+from preprocessing.dataset import PreparedDataset  # noqa: E402
+
+AUS = [1, 2, 4, 7, 12, 14, 15, 17]
+
+
+def fake(n: int, seed: int = 0) -> PreparedDataset:
+    rng = np.random.default_rng(seed)
+    lms = rng.uniform(20, 200, size=(n, 68, 2)).astype(np.float32)
+    sets = [sorted(rng.choice(AUS, size=rng.integers(0, 3), replace=False).tolist()) for _ in range(n)]
+    return PreparedDataset(reader="casme2", key=f"bench-{n}", sample_ids=[f"s{i}" for i in range(n)],
+                           subjects=[f"sub{i % 4}" for i in range(n)],
+                           flow=rng.random((n, 3, 224, 224), dtype=np.float32), landmarks=lms, au_sets=sets,
+                           emotions=["others"] * n, mer=[None] * n)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="ViT-B-32")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    mcfg = ModelConfig(arch=args.arch, pretrained="none", trainable_blocks=args.k)
+    tcfg = TrainConfig(alpha=0.6, beta=1.0, device="cpu")
+    data = fake(args.batch * 2)
+    t0 = time.perf_counter()
+    prefix = compute_prefix(mcfg, data, AUS)
+    t_prefix = time.perf_counter() - t0
+    clip, _ = backbone.load_clip(mcfg.arch, mcfg.pretrained)
+    torch.manual_seed(1)
+    model = MicroAUCLIP(mcfg, len(AUS), prefix)
+    opt = _optimizer(model, tcfg)
+    tok = [torch.from_numpy(t) for t in au_token_indices(data.landmarks, landmark_groups(AUS), prefix.grid,
+                                                          prefix.image)]
+    y = torch.from_numpy(data.labels(AUS).astype(np.int64))
+    flow = torch.from_numpy(data.flow)
+    vis = torch.from_numpy(prefix.visual)
+    au_cached = TextTensors(prefix.au_texts, "cpu")
+    glob = TextTensors(prefix.global_texts, "cpu")
+    gidx = torch.from_numpy(prefix.global_index)
+    # the uncached text: the frozen text blocks on the full 77-token context, recomputed every step
+    full_ids = backbone.tokenize(mcfg.arch, prefix.au_texts.texts)
+
+    def step(cached: bool, i: int) -> float:
+        b = torch.arange(i * args.batch, (i + 1) * args.batch) % len(data)
+        t = time.perf_counter()
+        if cached:
+            v, au_txt = vis[b], au_cached
+        else:
+            v = backbone.visual_prefix(clip, flow[b], args.k)
+            h = backbone.text_prefix(clip, full_ids, args.k)
+            au_txt = TextTensors(TextGroup(texts=[], ids=full_ids.numpy(), eot=prefix.au_texts.eot,
+                                           hidden=h.numpy(), features=prefix.au_texts.features), "cpu")
+        terms = step_losses(model, mcfg, v, [x[b] for x in tok], y[b], au_txt, glob, gidx[b])
+        loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], 0.6, 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t
+
+    out = {"arch": args.arch, "batch": args.batch, "k": args.k, "threads": args.threads,
+           "prefix_s_for_samples": [round(t_prefix, 3), len(data)],
+           "text_context": {"cached": int(prefix.au_texts.ids.shape[1]), "uncached": int(full_ids.shape[1])}}
+    for name, cached in (("uncached", False), ("cached", True)):
+        times = [step(cached, i) for i in range(args.warmup + args.steps)][args.warmup:]
+        out[f"{name}_step_ms"] = {"median": round(1000 * statistics.median(times), 1),
+                                  "min": round(1000 * min(times), 1), "max": round(1000 * max(times), 1)}
+    out["speedup"] = round(out["uncached_step_ms"]["median"] / out["cached_step_ms"]["median"], 2)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
