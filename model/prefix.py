@@ -15,7 +15,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import tempfile
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -60,6 +63,32 @@ class Prefix:
     @property
     def width(self) -> int:
         return int(self.visual.shape[-1])
+
+    def save(self, path) -> Path:
+        """Write to one file atomically (temp file in the same folder, then os.replace)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @staticmethod
+    def load(path) -> "Prefix":
+        try:
+            out = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read the cached prefix ({type(e).__name__}: {e}); delete the "
+                             f"file, it is recomputed on the next run") from None
+        if not isinstance(out, Prefix) or getattr(out, "identity", {}).get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"{path}: not a prefix of schema {SCHEMA_VERSION}; delete the file, it is "
+                             f"recomputed on the next run")
+        return out
 
     def matches(self, model_cfg, data, aus: Sequence[int]) -> Optional[str]:
         """None when this prefix was computed for (model_cfg, data, aus); else what differs."""

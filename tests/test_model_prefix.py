@@ -90,6 +90,20 @@ def test_prefix_pickles_and_reuses(data):
                                                  again.visual_tail.state_dict().values()))
 
 
+def test_prefix_save_load_is_atomic_and_checked(data, tmp_path):
+    from model.prefix import Prefix
+    cfg = ModelConfig(**TINY, trainable_blocks=1)
+    prefix = compute_prefix(cfg, data, CASME2_AUS)
+    path = prefix.save(tmp_path / "cache" / "prefix.pt")
+    assert [p.name for p in path.parent.iterdir()] == ["prefix.pt"]  # no temp file left behind
+    back = Prefix.load(path)
+    assert back.key == prefix.key and np.array_equal(back.au_texts.hidden, prefix.au_texts.hidden)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a prefix")
+    with pytest.raises(ValueError, match="bad.pt: cannot read the cached prefix.*delete the file"):
+        Prefix.load(bad)
+
+
 def test_prefix_key_and_mismatch(data):
     cfg = ModelConfig(**TINY, trainable_blocks=1)
     p1 = compute_prefix(cfg, data, CASME2_AUS)
