@@ -6,11 +6,16 @@ import json
 import sys
 from typing import Any, Dict, Optional
 
+import warnings
+
 import click
 
 from orchestrator.config import ConfigError, load_sweep
 
 SWEEP = click.argument("sweep", type=click.Path(dir_okay=False))
+# A fold (or a small synthetic point) may have no positive sample of an AU: F1 is 0 by definition there.
+warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 def _known_errors():
@@ -46,10 +51,10 @@ def _load(path: str):
         raise click.ClickException(str(e)) from None
 
 
-def _err_console():
-    from rich.console import Console
+def _console(stderr: bool = False):
+    from orchestrator.view import console
 
-    return Console(stderr=True)
+    return console(stderr=stderr)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -134,10 +139,9 @@ def fold_document(trial, subject: str, result: Dict[str, Any]) -> Dict[str, Any]
 
 
 def _print_fold(doc: Dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    c = Console()
+    c = _console()
     aus = list(doc["predictions"][0]["probs"]) if doc["predictions"] else []
     t = Table(title=f"{doc['dataset']} test subject {doc['subject']}: P(active) (label)")
     t.add_column("sample")
@@ -158,13 +162,11 @@ def _print_fold(doc: Dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 def run(sweep: str, address: Optional[str], as_json: bool) -> None:
     """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
-    from rich.console import Console
-
     from orchestrator.runner import run_sweep
     from orchestrator.view import live_view, print_report
 
     spec = _load(sweep)
-    console = _err_console() if as_json else Console()
+    console = _console(stderr=as_json)
     view = None if as_json or not console.is_terminal else live_view(console)
     with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         outcome = run_sweep(spec, address=address, quiet=as_json, progress=True, view=view)
@@ -185,13 +187,11 @@ def run(sweep: str, address: Optional[str], as_json: bool) -> None:
               help="paired difference in pooled F1 between points K and L (subject-bootstrap CI)")
 def report(sweep: str, as_json: bool, compare) -> None:
     """Rebuild the table from the results store (no training)."""
-    from rich.console import Console
-
     from orchestrator.report import compare_points, state_from_store
     from orchestrator.view import print_report
 
     spec = _load(sweep)
-    console = _err_console() if as_json else Console()
+    console = _console(stderr=as_json)
     with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         state = state_from_store(spec)
         comparison = compare_points(state, *compare) if compare else None

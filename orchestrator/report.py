@@ -273,5 +273,5 @@ def compare_points(state: SweepState, a: int, b: int) -> List[Dict[str, Any]]:
         d = paired_difference(state.group_results(ga), state.group_results(gb))
         out.append({"dataset": dataset, "seed": seed, "a": ga.trial.point_label, "b": gb.trial.point_label,
                     "point_a": a, "point_b": b, "diff": d["f1_diff"], "ci": d["f1_diff_ci"],
-                    "subjects": d["n_subjects"], **{k: v for k, v in d.items() if k not in ("f1_diff",)}})
+                    "subjects": d["n_subjects"], "paired": d})
     return out

@@ -7,7 +7,9 @@ Driver: prepare each dataset once, compute each frozen prefix once, put both in 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -46,6 +48,10 @@ def fold_trainable(config: Dict[str, Any], plan: Dict[str, Dict[str, Any]], data
     import ray
     from ray import tune
 
+    import warnings
+
+    # prepared arrays arrive read-only from the object store; the model only reads them
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     job = plan[config["fold"]]
     trial = TrialConfig.model_validate(job["trial"])
     ctx = ray.get_runtime_context()
@@ -170,26 +176,25 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, *, quiet: bool = F
     datasets = prepare_all(spec, progress=progress)
     folds = expand(spec, {n: d.subjects for n, d in datasets.items()}, {n: d.key for n, d in datasets.items()})
     store = ResultsStore(workdir / "results")
-    state = SweepState(spec, folds, store, tracking=True)  # creates the MLflow experiment and parents
     todo = [f for f in folds if not store.has(f.key)]
-    state.begin(todo)
-    if not todo:
-        state.close()
-        return RunOutcome(state=state, trained=0, reused=len(folds))
-
-    prefixes, plan = _prefixes_and_plan(spec, todo, datasets)
-    started = connect(spec, address, quiet=quiet)
+    started = False
     try:
-        check_resources(spec, address)
-        tuner = _tuner(spec, todo, plan, datasets, prefixes, state)
-        display = view(state) if view else None
-        if display is not None:
-            with display:
-                tuner.fit()
+        if todo:  # resources are checked before anything is tracked or scheduled
+            started = connect(spec, address, quiet=quiet)
+            check_resources(spec, address)
+        state = SweepState(spec, folds, store, tracking=True)  # MLflow experiment and parent runs
+        state.begin(todo)
+        if todo:
+            prefixes, plan = _prefixes_and_plan(spec, todo, datasets)
+            tuner = _tuner(spec, todo, plan, datasets, prefixes, state)
+            try:
+                with (view(state) if view else contextlib.nullcontext()):
+                    tuner.fit()
+            finally:
+                state.close()
         else:
-            tuner.fit()
+            state.close()
     finally:
-        state.close()
         if started:
             import ray
 
@@ -214,6 +219,8 @@ def _prefixes_and_plan(spec: SweepSpec, todo: List[Fold], datasets: Dict[str, An
 
 def _tuner(spec: SweepSpec, todo: List[Fold], plan, datasets, prefixes, state: SweepState):
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the results store is the record
+    # ... so Tune's end-of-run analysis finds no result.json and would warn about every trial
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     from ray import tune
 
     trainable = tune.with_parameters(fold_trainable, plan=plan, datasets=datasets, prefixes=prefixes)
@@ -226,6 +233,6 @@ def _tuner(spec: SweepSpec, todo: List[Fold], plan, datasets, prefixes, state: S
         verbose=0,
     )
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent,
-                                  reuse_actors=False)
+                                  reuse_actors=True)  # a worker process trains fold after fold
     return tune.Tuner(trainable, param_space={"fold": tune.grid_search([f.key for f in todo])},
                       tune_config=tune_config, run_config=run_config)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from rich import box
 from rich.console import Console, Group as RGroup
 from rich.live import Live
 from rich.table import Table
@@ -69,34 +70,41 @@ def live_view(console: Console):
 
 
 def points_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
-    """The final table of one dataset: F1, ACC, F1 CI, per-AU F1, MER (UF1, UAR, ACC)."""
+    """The final table of one dataset: F1, ACC (means over AUs), F1 CI, MER (UF1, UAR, ACC)."""
+    rows = [r for r in rows if r["dataset"] == dataset]
+    has_mer = any(r.get("mer") for r in rows)
+    t = Table(title=f"{dataset}: pooled LOSO metrics (F1/ACC = mean over AUs)", title_justify="left",
+              box=box.SIMPLE_HEAD)
+    for col in ["#", "point", "seed", "folds", "F1", "ACC", "F1 95% CI"] + (
+            ["MER UF1", "MER UAR", "MER ACC"] if has_mer else []):
+        t.add_column(col, justify="left" if col == "point" else "right", no_wrap=True)
+    for r in rows:
+        folds = f"{r['folds_done']}/{r['folds_total']}" + ("" if r["complete"] else " incomplete")
+        cells = [str(r["point"]), r["label"], str(r["seed"]), folds, _f(r.get("f1")), _f(r.get("acc")),
+                 ci_text(r.get("ci"))]
+        if has_mer:
+            m = r.get("mer") or {}
+            cells += [_f(m.get("uf1")), _f(m.get("uar")), _f(m.get("acc"))]
+        t.add_row(*cells, style="" if r["complete"] else "yellow")
+    return t
+
+
+def per_au_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
+    """Per-AU pooled F1 of every point of one dataset."""
     rows = [r for r in rows if r["dataset"] == dataset]
     aus: List[str] = []
     for r in rows:
         for au in (r.get("per_au") or {}):
             if str(au) not in aus:
                 aus.append(str(au))
-    has_mer = any(r.get("mer") for r in rows)
-    t = Table(title=f"{dataset}: pooled LOSO metrics (mean over AUs)", title_justify="left")
-    for col in ["#", "point", "seed", "folds", "F1", "ACC", "F1 95% CI"]:
-        t.add_column(col, justify="left" if col == "point" else "right")
+    t = Table(title=f"{dataset}: pooled F1 per AU", title_justify="left", box=box.SIMPLE_HEAD)
+    t.add_column("#", justify="right")
     for au in aus:
-        t.add_column(f"F1 AU{str(au).removeprefix('AU')}", justify="right")
-    if has_mer:
-        for col in ("MER UF1", "MER UAR", "MER ACC"):
-            t.add_column(col, justify="right")
+        t.add_column(f"AU{au}", justify="right", no_wrap=True)
     for r in rows:
-        folds = f"{r['folds_done']}/{r['folds_total']}"
-        style = "" if r["complete"] else "yellow"
-        cells = [str(r["point"]), r["label"], str(r["seed"]), folds + ("" if r["complete"] else " incomplete"),
-                 _f(r.get("f1")), _f(r.get("acc")), ci_text(r.get("ci"))]
         per_au = r.get("per_au") or {}
-        for au in aus:
-            cells.append(_f(_lookup(per_au, au).get("f1")))
-        if has_mer:
-            m = r.get("mer") or {}
-            cells += [_f(m.get("uf1")), _f(m.get("uar")), _f(m.get("acc"))]
-        t.add_row(*cells, style=style)
+        t.add_row(str(r["point"]), *[_f(_lookup(per_au, au).get("f1")) for au in aus],
+                  style="" if r["complete"] else "yellow")
     return t
 
 
@@ -107,11 +115,18 @@ def _lookup(per_au: Dict[Any, Any], au: str) -> Dict[str, Any]:
     return {}
 
 
+def console(stderr: bool = False) -> Console:
+    """A rich console; 120 columns when the output is not a terminal (logs, pipes) so tables stay whole."""
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(stderr=stderr, width=max(c.width, 120))
+
+
 def print_report(console: Console, rows: List[Dict[str, Any]], trained: Optional[int] = None,
                  reused: Optional[int] = None, paths: Optional[Dict[str, str]] = None) -> None:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     for d in datasets:
         console.print(points_table(rows, d))
+        console.print(per_au_table(rows, d))
     for r in rows:
         for f in r["failed"]:
             console.print(f"[red]failed[/red] {r['dataset']} {r['label']} seed {r['seed']} subject "
