@@ -41,7 +41,7 @@ def loso(data, prefix):
 def test_short_loso_beats_constant_baselines(loso):
     m = metrics.pooled_metrics(loso)
     base = metrics.baselines(loso)
-    # measured (docs/model.md): F1 0.51 vs all-positive 0.27 / all-negative 0.00
+    # measured (docs/model.md): F1 0.50, ACC 0.91 vs all-positive F1 0.27 / all-negative F1 0.00
     assert m["n_folds"] == 4 and m["n_samples"] == 32
     assert m["f1"] > base["all_positive"]["f1"] + 0.15
     assert m["f1"] > base["all_negative"]["f1"] + 0.15
