@@ -1,0 +1,201 @@
+"""Results store, MLflow tracker and sweep state with hand-made fold results (no training, no Ray)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from sklearn.metrics import accuracy_score, f1_score
+
+from model.result import FoldResult
+from orchestrator.config import load_sweep
+from orchestrator.plan import expand
+from orchestrator.report import SweepState, predictions_csv
+from orchestrator.store import ResultsStore, StoreError, atomic_write_text, fold_key
+from orchestrator.tracking import Tracker, flat_metrics
+
+AUS = [2, 4, 7, 12]
+SUBJECTS = ["006", "007", "008"]
+
+
+def fake_result(subject: str, seed: int = 0, n: int = 5) -> dict:
+    rng = np.random.default_rng(abs(hash((subject, seed))) % 2**32)
+    ids = [f"{subject}/{subject}_{i}" for i in range(n)]
+    mer = ["positive", "negative", "surprise", None, "negative"][:n]
+    return FoldResult(test_subject=subject, seed=1, aus=AUS, sample_ids=ids, subjects=[subject] * n,
+                      probs=rng.random((n, len(AUS))).astype(np.float32),
+                      labels=(rng.random((n, len(AUS))) > 0.5).astype(np.uint8),
+                      features=rng.standard_normal((n, len(AUS), 8)).astype(np.float32),
+                      mer_classes=["positive", "negative", "surprise"],
+                      mer_scores=rng.standard_normal((n, 3)).astype(np.float32), mer_labels=mer,
+                      loss_curve={"total": [2.0, 1.0]}, timings={"total_s": 0.1}, n_train=10).to_dict()
+
+
+@pytest.fixture
+def spec(tmp_path):
+    doc = {"name": "unit", "workdir": str(tmp_path / "wd"),
+           "datasets": {"samm": {"reader": "samm", "root": "/nowhere"}},
+           "variants": {"a": {}, "b": {"model.gsd": False}}}
+    p = tmp_path / "unit.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return load_sweep(p)
+
+
+def test_fold_key_depends_on_every_part():
+    base = fold_key("c", "s1", 1, "d")
+    assert base == fold_key("c", "s1", 1, "d")
+    assert len({base, fold_key("c2", "s1", 1, "d"), fold_key("c", "s2", 1, "d"), fold_key("c", "s1", 2, "d"),
+                fold_key("c", "s1", 1, "d2")}) == 5
+
+
+def test_store_roundtrip_and_errors_name_the_file(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+    assert not store.has("k1") and list(store.keys()) == []
+    store.put("k1", {"x": [1, 2]}, {"subject": "s"})
+    assert store.has("k1") and store.get("k1")["result"] == {"x": [1, 2]}
+    assert list(store.keys()) == ["k1"]
+    store.path("bad").write_text("{not json")
+    with pytest.raises(StoreError, match=r"bad\.json: unreadable results file .* delete it"):
+        store.get("bad")
+    with pytest.raises(StoreError, match="no stored fold"):
+        store.get("missing")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    class Boom:
+        def __str__(self):
+            raise RuntimeError("boom")
+
+    target = tmp_path / "out" / "r.json"
+    with pytest.raises(TypeError):
+        atomic_write_text(target, Boom())  # write() rejects it after the temp file exists
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    atomic_write_text(target, "old")
+    with pytest.raises(TypeError):
+        atomic_write_text(target, Boom())
+    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["r.json"]
+
+
+def test_flat_metrics_names():
+    pooled = {"f1": 0.5, "acc": 0.8, "per_au": {2: {"f1": 0.1, "acc": 0.9}},
+              "ci": {"f1": [0.4, 0.6], "acc": [0.7, 0.9], "level": 0.95, "n_boot": 1000, "unit": "subject"},
+              "mer": {"uf1": 0.3, "uar": 0.4, "acc": 0.5, "n": 4, "ci": {"uf1": [0.1, 0.5]}},
+              "per_fold": {"f1_mean_of_folds": 0.45, "folds": {"006": {"f1": 1.0}}}, "aus": [2, 4]}
+    assert flat_metrics(pooled) == {
+        "f1": 0.5, "acc": 0.8, "f1_AU2": 0.1, "acc_AU2": 0.9, "ci_f1_low": 0.4, "ci_f1_high": 0.6,
+        "ci_acc_low": 0.7, "ci_acc_high": 0.9, "mer_uf1": 0.3, "mer_uar": 0.4, "mer_acc": 0.5, "mer_n": 4.0,
+        "mer_ci_uf1_low": 0.1, "mer_ci_uf1_high": 0.5, "per_fold_f1_mean_of_folds": 0.45}
+
+
+def _state(spec, store, tracking=True):
+    folds = expand(spec, {"samm": SUBJECTS}, {"samm": "datakey"})
+    return folds, SweepState(spec, folds, store, tracking=tracking)
+
+
+def test_state_tracks_pools_and_marks_failed_points_incomplete(spec):
+    from mlflow import MlflowClient
+
+    store = ResultsStore(spec.workdir_path() / "results")
+    folds, state = _state(spec, store)
+    assert len(folds) == 6 and len(state.groups) == 2
+    state.begin(folds)
+    for f in folds:
+        if f.trial.variant == "b" and f.subject == "008":
+            state.started(f.key)
+            state.failed(f.key, "RuntimeError: boom")
+        else:
+            state.finished(f.key, fake_result(f.subject), {"node_id": "n1", "node_ip": "10.0.0.1"})
+    state.close()
+    rows = {r["label"]: r for r in state.rows()}
+    assert rows["a"]["complete"] and rows["a"]["folds_done"] == 3
+    assert not rows["b"]["complete"] and rows["b"]["folds_done"] == 2 and rows["b"]["folds_total"] == 3
+    assert rows["b"]["failed"] == [{"subject": "008", "error": "RuntimeError: boom"}]
+
+    # pooled F1/ACC of point a equal sklearn on the concatenated stored predictions
+    recs = [store.get(f.key)["result"] for f in folds if f.trial.variant == "a"]
+    y = np.concatenate([np.array(r["labels"]) for r in recs])
+    p = (np.concatenate([np.array(r["probs"]) for r in recs]) > 0.5).astype(int)
+    f1 = np.mean([f1_score(y[:, j], p[:, j], zero_division=0) for j in range(len(AUS))])
+    acc = np.mean([accuracy_score(y[:, j], p[:, j]) for j in range(len(AUS))])
+    assert rows["a"]["f1"] == pytest.approx(f1, abs=1e-12) and rows["a"]["acc"] == pytest.approx(acc)
+
+    client = MlflowClient(spec.tracking_uri())
+    exp = client.get_experiment_by_name("unit")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("microau.kind") == "parent"]
+    children = [r for r in runs if r.data.tags.get("microau.kind") == "fold"]
+    assert len(parents) == 2 and len(children) == 5
+    by_label = {r.data.tags["point"]: r for r in parents}
+    assert by_label["a"].data.metrics["f1"] == pytest.approx(rows["a"]["f1"])
+    assert by_label["a"].data.metrics["folds_done"] == 3 and by_label["a"].info.status == "FINISHED"
+    assert by_label["b"].data.tags["complete"] == "false" and by_label["b"].info.status == "FAILED"
+    assert by_label["b"].data.tags["failed_subjects"] == "008"
+    assert set(by_label["a"].data.metrics) == set(by_label["b"].data.metrics)  # comparable side by side
+    assert by_label["a"].data.params["model.gsd"] == "True" and by_label["b"].data.params["model.gsd"] == "False"
+    child = children[0]
+    assert child.data.tags["mlflow.parentRunId"] in {r.info.run_id for r in parents}
+    path = client.download_artifacts(child.info.run_id, "predictions.csv", str(spec.workdir_path() / "dl"))
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype={"subject": str})
+    assert list(df.columns[:5]) == ["sample_id", "subject", "prob_AU2", "label_AU2", "pred_AU2"]
+    assert len(df) == 5 and "mer_pred" in df.columns
+
+    # a second driver finds the same runs by tag: nothing duplicated; the failed fold is then trained
+    folds2, state2 = _state(spec, store)
+    todo = [f for f in folds2 if not store.has(f.key)]
+    assert len(todo) == 1
+    state2.begin(todo)
+    state2.finished(todo[0].key, fake_result(todo[0].subject), {})
+    state2.close()
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    assert len([r for r in runs if r.data.tags.get("microau.kind") == "parent"]) == 2
+    assert len([r for r in runs if r.data.tags.get("microau.kind") == "fold"]) == 6
+    assert all(r["complete"] for r in state2.rows())
+
+
+def test_begin_restores_children_missing_from_mlflow(spec):
+    """A driver killed between storing a fold and tracking it: the next run tracks the stored fold."""
+    from mlflow import MlflowClient
+
+    store = ResultsStore(spec.workdir_path() / "results")
+    folds = expand(spec, {"samm": SUBJECTS}, {"samm": "datakey"})
+    store.put(folds[0].key, fake_result(folds[0].subject), folds[0].meta())  # stored, never tracked
+    state = SweepState(spec, folds, store)
+    state.begin([f for f in folds if not store.has(f.key)])
+    client = MlflowClient(spec.tracking_uri())
+    exp = client.get_experiment_by_name("unit")
+    kids = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("microau.kind") == "fold"]
+    assert [r.data.tags["microau.fold"] for r in kids] == [folds[0].key]
+
+
+def test_report_json_shape_and_csv(spec):
+    store = ResultsStore(spec.workdir_path() / "results")
+    folds, state = _state(spec, store, tracking=False)
+    state.begin(folds)
+    for f in folds:
+        state.finished(f.key, fake_result(f.subject), {})
+    doc = json.loads(json.dumps(state.to_json(6, 0)))
+    assert doc["trained_folds"] == 6 and doc["reused_folds"] == 0
+    p = doc["points"][0]
+    assert {"dataset", "params", "seed", "folds_done", "folds_total", "f1", "acc", "per_au", "ci",
+            "mer"} <= set(p)
+    assert set(p["per_au"]) == {"2", "4", "7", "12"} and set(p["per_au"]["2"]) == {"f1", "acc"}
+    paths = state.write_reports()
+    import pandas as pd
+
+    df = pd.read_csv(paths["csv"])
+    assert list(df["label"]) == ["a", "b"] and "f1_AU12" in df.columns and "ci_f1_low" in df.columns
+    assert json.loads(open(paths["json"]).read())["points"][1]["label"] == "b"
+
+
+def test_predictions_csv_has_one_row_per_sample():
+    r = FoldResult.from_dict(fake_result("006"))
+    lines = predictions_csv(r).strip().splitlines()
+    assert len(lines) == 1 + 5 and lines[0].startswith("sample_id,subject,prob_AU2,label_AU2,pred_AU2")
+
+
+def test_tracker_reuses_the_experiment(spec):
+    a = Tracker(spec).experiment_id
+    assert Tracker(spec).experiment_id == a
