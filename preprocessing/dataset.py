@@ -87,6 +87,9 @@ class PreparedDataset:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, flow=self.flow.astype(np.float32), landmarks=self.landmarks.astype(np.float32),
                          meta=np.array(json.dumps(meta)))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared cache wants the usual mode
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -197,7 +197,8 @@ def load_magnet(weights: str):
 
 
 def learned(onset: np.ndarray, apex: np.ndarray, factor: float, weights: str) -> np.ndarray:
-    """Grey float onset/apex in [0, 1] -> the magnified apex frame, grey float32 in [0, 1]."""
+    """Grey float onset/apex in [0, 1] -> the magnified apex frame, grey float32 in [0, 1] (the grey image
+    is fed as 3 equal channels in [-1, 1], as the port's data loader scales RGB)."""
     import torch
     net = load_magnet(weights)
 
@@ -205,8 +206,10 @@ def learned(onset: np.ndarray, apex: np.ndarray, factor: float, weights: str) ->
         x = torch.from_numpy(img.astype(np.float32) * 2 - 1)
         return x[None, None].expand(1, 3, *img.shape).contiguous()
 
+    # The port's manipulator adds amp * motion(onset -> apex) to the apex (amp 0 returns the apex), so the
+    # total magnification `factor` relative to the onset is amp + 1.
     with torch.no_grad():
-        out = net(as_input(onset), as_input(apex), torch.full((1, 1, 1, 1), float(factor)))
+        out = net(as_input(onset), as_input(apex), torch.full((1, 1, 1, 1), float(factor) - 1.0))
     grey = (out[0].mean(0).numpy() + 1) / 2
     return np.clip(grey, 0.0, 1.0).astype(np.float32)
 
