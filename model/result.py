@@ -59,7 +59,8 @@ class FoldResult:
             sample_ids=list(d["sample_ids"]), subjects=list(d["subjects"]),
             probs=np.asarray(d["probs"], dtype=np.float32).reshape(n, a),
             labels=np.asarray(d["labels"], dtype=np.uint8).reshape(n, a),
-            features=np.asarray(d["features"], dtype=np.float32).reshape(n, a, -1),
+            features=(np.asarray(d["features"], dtype=np.float32).reshape(n, a, -1) if n * a
+                      else np.zeros((n, a, 0), np.float32)),
             mer_classes=list(d["mer_classes"]),
             mer_scores=np.asarray(d["mer_scores"], dtype=np.float32).reshape(n, len(d["mer_classes"])),
             mer_labels=list(d["mer_labels"]), loss_curve={k: list(v) for k, v in d.get("loss_curve", {}).items()},

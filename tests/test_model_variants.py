@@ -58,3 +58,33 @@ def test_variant_builds_and_trains(setup, name):
     frozen = frozen / np.linalg.norm(frozen, axis=-1, keepdims=True)
     frozen_sim = (frozen[:, 0] * frozen[:, 1]).sum(-1)
     assert np.allclose(sims, frozen_sim, atol=1e-5) == (before.text_tail is None)
+
+
+def test_every_paper_sweep_point_trains_a_step(setup):
+    """Each point of the paper-table sweep files (Tables II-X), as the orchestrator resolves it, trains one
+    epoch here with only the backbone swapped for the tiny one (no weights download on this machine)."""
+    from pathlib import Path
+
+    from orchestrator.config import load_sweep
+
+    data, base, _ = setup
+    files = sorted(p for p in (Path(__file__).parents[1] / "sweeps").glob("*.yaml") if p.stem != "quickstart")
+    if not files:
+        pytest.skip("no sweep files yet")
+    prefixes, seen = {}, set()
+    for f in files:
+        for trial in load_sweep(f).trials():
+            cfg = trial.model.model_copy(update={"arch": "microau-tiny", "pretrained": "none",
+                                                 "trainable_blocks": 1})
+            sig = (tuple(trial.aus), cfg.model_dump_json(), trial.training.alpha, trial.training.beta)
+            if sig in seen:
+                continue
+            seen.add(sig)
+            key = tuple(trial.aus)
+            if key not in prefixes:
+                prefixes[key] = compute_prefix(cfg, data, trial.aus)
+            t = trial.model_copy(update={"model": cfg, "training": trial.training.model_copy(
+                update={"epochs": 1, "batch_size": 4, "device": "cpu", "threads": None})})
+            r = train_fold(t, data, "sub01", prefix=prefixes[key])
+            assert np.isfinite(r.loss_curve["total"][0]), f"{f.name}: {trial.point_label}"
+    assert len(seen) >= 10
