@@ -8,6 +8,8 @@ constant per sample (visual) and per prompt (text). This module holds the two ha
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Optional, Tuple
@@ -89,7 +91,8 @@ def _cached_file(cfg: dict) -> Optional[str]:
 def load_clip(arch: str, pretrained: str) -> Tuple[nn.Module, str]:
     """Build the open_clip model on CPU in eval mode -> (model, weights id)."""
     path, quick_gelu, weights_id = resolve_pretrained(arch, pretrained)
-    with torch.random.fork_rng(devices=[]):
+    quiet = _no_random_init_warning() if path is None else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), quiet:
         torch.manual_seed(BACKBONE_INIT_SEED)
         try:
             clip = open_clip.create_model(arch, pretrained=path, force_quick_gelu=quick_gelu or None,
@@ -100,6 +103,22 @@ def load_clip(arch: str, pretrained: str) -> Tuple[nn.Module, str]:
     clip = clip.float().eval()
     _check_supported(clip, arch)
     return clip, weights_id
+
+
+class _RandomInitFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_random_init_warning():
+    """`pretrained: none` asks for a random backbone: open_clip's warning about it is noise."""
+    f = _RandomInitFilter()
+    logging.getLogger().addFilter(f)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(f)
 
 
 def _check_supported(clip: nn.Module, arch: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,11 +75,16 @@ class MicroAUCLIP(nn.Module):
         return self.text_tail(h, eot)
 
 
+def as_tensor(a: np.ndarray, device) -> torch.Tensor:
+    """numpy -> tensor on `device`; arrays read back from Ray's object store are read-only: copy those."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy()).to(device)
+
+
 class TextTensors:
     """A TextGroup as tensors on the training device."""
 
     def __init__(self, g: TextGroup, device):
-        self.hidden = torch.from_numpy(g.hidden).to(device)
-        self.eot = torch.from_numpy(g.eot).to(device)
-        self.features = torch.from_numpy(g.features).to(device)
+        self.hidden = as_tensor(g.hidden, device)
+        self.eot = as_tensor(g.eot, device)
+        self.features = as_tensor(g.features, device)
         self.texts = g.texts

@@ -144,7 +144,7 @@ def compute_prefix(model_cfg, data, aus: Sequence[int], device: str = "cpu", bat
         raise ValueError(f"prepared dataset {data.key}: flow has shape {flow.shape}, expected (S, 3, H, W)")
     chunks = []
     for s in range(0, len(flow), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(flow[s:s + batch_size], dtype=np.float32)).to(device)
+        x = torch.from_numpy(np.array(flow[s:s + batch_size], dtype=np.float32)).to(device)  # a writable copy
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         chunks.append(backbone.visual_prefix(clip, x, k).float().cpu().numpy())

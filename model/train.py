@@ -17,7 +17,7 @@ from model import losses
 from model.config import DATASET_DEFAULTS
 from model.lsi import au_token_indices, landmark_groups
 from model.mer import mer_scores
-from model.net import MicroAUCLIP, TextTensors
+from model.net import MicroAUCLIP, TextTensors, as_tensor
 from model.prefix import Prefix, compute_prefix
 from model.result import FoldResult
 from model.text import MER_CLASSES
@@ -113,13 +113,13 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
     labels_np = data.labels(aus).astype(np.int64)
     groups = landmark_groups(aus, mcfg.landmark_groups)
     tok = au_token_indices(data.landmarks, groups, prefix.grid, prefix.image, data.sample_ids)
-    vis = torch.from_numpy(prefix.visual).to(device)
+    vis = as_tensor(prefix.visual, device)
     labels = torch.from_numpy(labels_np).to(device)
     tok = [torch.from_numpy(t).to(device) for t in tok]
     au_txt = TextTensors(prefix.au_texts, device)
     emo_txt = TextTensors(prefix.emotion_texts, device)
     glob_txt = TextTensors(prefix.global_texts, device)
-    glob_idx = torch.from_numpy(prefix.global_index).to(device)
+    glob_idx = as_tensor(prefix.global_index, device)
 
     # the model and its optimiser, seeded
     torch.manual_seed(spec.seed)
