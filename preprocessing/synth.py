@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -191,8 +192,11 @@ def _write_xlsx(path: Path, rows: List[List], preamble: Sequence[Sequence] = ())
     buf.seek(0)
     with zipfile.ZipFile(buf) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
         for info in sorted(zin.infolist(), key=lambda i: i.filename):
-            zout.writestr(zipfile.ZipInfo(info.filename, date_time=(2014, 5, 8, 0, 0, 0)),
-                          zin.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+            data = zin.read(info.filename)
+            if info.filename == "docProps/core.xml":  # openpyxl stamps `modified` with the time of saving
+                data = re.sub(rb"(<dcterms:modified[^>]*>)[^<]*(<)", rb"\g<1>2014-05-08T00:00:00Z\g<2>", data)
+            zout.writestr(zipfile.ZipInfo(info.filename, date_time=(2014, 5, 8, 0, 0, 0)), data,
+                          compress_type=zipfile.ZIP_DEFLATED)
 
 
 def _write_frame(path: Path, img: np.ndarray, grey: bool) -> None:
