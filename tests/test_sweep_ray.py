@@ -1,0 +1,256 @@
+"""The Ray Tune sweep end to end on a real two-node Ray cluster started on this machine.
+
+One `ray.cluster_utils.Cluster` (head + worker, 1 CPU each) is shared by every test of this module:
+trials of one sweep run on both nodes, the pooled metrics equal an in-process single-node run, a re-run
+trains nothing and prints the same table, a killed driver resumes, an added point trains only its folds,
+a GPU request on a GPU-less cluster fails fast, and a fold that keeps failing is reported.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from sklearn.metrics import accuracy_score, f1_score
+
+from conftest import TEST_PREPROCESS
+from orchestrator.config import load_sweep
+from orchestrator.runner import ResourceError, run_sweep
+from orchestrator.store import ResultsStore
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = {"arch": "microau-tiny", "pretrained": "none", "trainable_blocks": 1}
+TRAIN = {"epochs": 3, "batch_size": 8, "lr_step_epoch": 2, "threads": 1, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    temp = tmp_path_factory.mktemp("ray")  # short: Ray's Unix socket paths must stay under 108 chars
+    (temp / "ray").mkdir()
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")}
+    os.environ.update(RAY_TMPDIR=str(temp), RAY_USAGE_STATS_ENABLED="0")  # subprocesses inherit them
+    c = Cluster(initialize_head=True, connect=True,
+                head_node_args={"num_cpus": 1, "temp_dir": str(temp / "ray"), "include_dashboard": False,
+                                "object_store_memory": 100 * 2**20})
+    c.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def write_sweep(folder: Path, root: Path, name: str, **over) -> Path:
+    doc = {"name": name, "workdir": str(folder / "wd"),
+           "datasets": {"casme2": {"reader": "casme2", "root": str(root)}},
+           "preprocessing": TEST_PREPROCESS, "model": MODEL, "training": TRAIN,
+           "variants": {"full": {}, "no_gsd": {"model.gsd": False}}, "seeds": [1],
+           "resources": {"cpu": 1, "gpu": 0}, "retries": 0}
+    doc.update(over)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(cluster, synth_casme2, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    path = write_sweep(folder, synth_casme2, "two_nodes")
+    spec = load_sweep(path)
+    t0 = time.time()
+    outcome = run_sweep(spec, address=cluster.address, quiet=True, progress=False)
+    print(f"first run: {outcome.trained} folds in {time.time() - t0:.1f}s")
+    return path, spec, outcome
+
+
+def _records(spec):
+    store = ResultsStore(spec.workdir_path() / "results")
+    return [store.get(k) for k in store.keys()]
+
+
+def test_trials_ran_on_both_nodes(first_run):
+    path, spec, outcome = first_run
+    assert outcome.trained == 8 and outcome.reused == 0 and not outcome.failed
+    recs = _records(spec)
+    assert len(recs) == 8
+    nodes = {r["meta"]["node_id"] for r in recs}
+    assert len(nodes) == 2, f"all folds ran on {nodes}"
+    assert all(r["meta"]["node_ip"] for r in recs)
+    assert all(r["complete"] for r in outcome.state.rows())
+
+
+def test_pooled_metrics_equal_a_single_node_in_process_run(first_run):
+    """Same folds trained in this process (no Ray, one node): identical predictions and pooled metrics."""
+    from model.metrics import pooled_metrics
+    from orchestrator.data import prepare
+    from orchestrator.fold import prefix_for, run_fold
+
+    path, spec, outcome = first_run
+    data = prepare(spec, "casme2", progress=False)
+    rows = {r["label"]: r for r in outcome.state.rows()}
+    store = ResultsStore(spec.workdir_path() / "results")
+    for g in outcome.state.groups.values():
+        prefix = prefix_for(g.trial, data)
+        local = [run_fold(g.trial, data, f.subject, prefix=prefix) for f in g.folds]
+        for f, r in zip(g.folds, local):
+            assert np.array_equal(np.array(r["probs"]), np.array(store.get(f.key)["result"]["probs"]))
+        m = pooled_metrics(local)
+        row = rows[g.trial.point_label]
+        assert (row["f1"], row["acc"], row["ci"]) == (m["f1"], m["acc"], m["ci"])
+        assert row["per_au"] == m["per_au"]
+
+
+def test_pooled_metrics_equal_sklearn_on_stored_predictions(first_run):
+    path, spec, outcome = first_run
+    recs = _records(spec)
+    for row in outcome.state.rows():
+        mine = [r["result"] for r in recs if r["meta"]["point_label"] == row["label"]]
+        assert len(mine) == row["folds_total"]
+        y = np.concatenate([np.array(r["labels"]) for r in mine])
+        p = (np.concatenate([np.array(r["probs"]) for r in mine]) > 0.5).astype(int)
+        per_f1 = [f1_score(y[:, j], p[:, j], zero_division=0) for j in range(y.shape[1])]
+        per_acc = [accuracy_score(y[:, j], p[:, j]) for j in range(y.shape[1])]
+        assert row["f1"] == pytest.approx(np.mean(per_f1), abs=1e-12)
+        assert row["acc"] == pytest.approx(np.mean(per_acc), abs=1e-12)
+        assert [v["f1"] for v in row["per_au"].values()] == pytest.approx(per_f1)
+
+
+def test_rerun_trains_nothing_and_prints_the_same_table(first_run, cluster):
+    from orchestrator.cli import main
+
+    path, spec, outcome = first_run
+    again = run_sweep(load_sweep(path), address=cluster.address, quiet=True, progress=False)
+    assert again.trained == 0 and again.reused == 8
+    assert again.state.rows() == outcome.state.rows()
+    res = CliRunner().invoke(main, ["run", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["trained_folds"] == 0 and doc["reused_folds"] == 8
+    assert json.loads(json.dumps(outcome.state.to_json(8, 0)["points"], default=str)) == doc["points"]
+    rep = CliRunner().invoke(main, ["report", str(path), "--json"])
+    assert json.loads(rep.stdout)["points"] == doc["points"]
+    text = CliRunner().invoke(main, ["run", str(path)])
+    assert "trained 0 fold(s), reused 8" in text.stdout
+    assert text.stdout.split("trained 0")[0] == CliRunner().invoke(main, ["run", str(path)]).stdout.split(
+        "trained 0")[0]
+
+
+def test_mlflow_holds_parents_with_pooled_metrics_and_children_with_predictions(first_run):
+    from mlflow import MlflowClient
+
+    path, spec, outcome = first_run
+    client = MlflowClient(spec.tracking_uri())
+    exp = client.get_experiment_by_name(spec.experiment_name())
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    parents = [r for r in runs if r.data.tags.get("microau.kind") == "parent"]
+    children = [r for r in runs if r.data.tags.get("microau.kind") == "fold"]
+    assert len(parents) == 2 and len(children) == 8  # after the re-runs too: nothing duplicated
+    rows = {r["label"]: r for r in outcome.state.rows()}
+    for p in parents:
+        assert p.data.metrics["f1"] == pytest.approx(rows[p.data.tags["point"]]["f1"])
+        assert p.data.metrics["folds_done"] == 4 and "f1_AU12" in p.data.metrics
+        assert p.data.params["model.arch"] == "microau-tiny"
+    ids = {p.info.run_id for p in parents}
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] in ids and c.data.tags["node_id"]
+        assert "predictions.csv" in [a.path for a in client.list_artifacts(c.info.run_id)]
+
+
+def test_fold_command_runs_exactly_the_sweep_trial(first_run):
+    """`fold --json` (in-process, no Ray) gives the stored predictions of the same fold bit for bit."""
+    from orchestrator.cli import main
+
+    path, spec, outcome = first_run
+    res = CliRunner().invoke(main, ["fold", str(path), "--subject", "sub02", "--point", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    g = [g for g in outcome.state.groups.values() if g.trial.point == 1][0]
+    key = [f.key for f in g.folds if f.subject == "sub02"][0]
+    stored = ResultsStore(spec.workdir_path() / "results").get(key)["result"]
+    assert [p["id"] for p in doc["predictions"]] == stored["sample_ids"]
+    got = [[p["probs"][f"AU{a}"] for a in stored["aus"]] for p in doc["predictions"]]
+    assert np.array_equal(np.array(got, dtype=np.float32), np.array(stored["probs"], dtype=np.float32))
+
+
+def test_adding_a_point_trains_only_its_folds(first_run, cluster, tmp_path):
+    path, spec, outcome = first_run
+    doc = yaml.safe_load(path.read_text())
+    doc["variants"]["no_cl"] = {"model.contrastive": "none"}
+    path2 = path.with_name("two_nodes_more.yaml")
+    path2.write_text(yaml.safe_dump(doc, sort_keys=False))
+    more = run_sweep(load_sweep(path2), address=cluster.address, quiet=True, progress=False)
+    assert more.trained == 4 and more.reused == 8
+    assert [r["label"] for r in more.state.rows()] == ["full", "no_gsd", "no_cl"]
+
+
+def test_killed_driver_resumes_where_it_stopped(cluster, synth_casme2, tmp_path):
+    """SIGKILL the `run` driver after its first stored fold; the next run trains only the rest."""
+    path = write_sweep(tmp_path, synth_casme2, "killed", variants={}, max_concurrent=1,
+                       training={**TRAIN, "epochs": 40})
+    spec = load_sweep(path)
+    results = spec.workdir_path() / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--json",
+                             "--address", cluster.address], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if results.is_dir() and any(results.glob("*.json")):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the driver finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done = len(list(results.glob("*.json")))
+    assert 1 <= done < 4
+    assert not list(results.glob(".*.tmp"))  # no half-written fold
+    resumed = run_sweep(load_sweep(path), address=cluster.address, quiet=True, progress=False)
+    assert resumed.reused == done and resumed.trained == 4 - done
+    assert resumed.state.rows()[0]["complete"]
+
+
+def test_gpu_request_on_a_gpu_less_cluster_fails_fast(cluster, synth_casme2, tmp_path):
+    from orchestrator.cli import main
+
+    path = write_sweep(tmp_path, synth_casme2, "gpu", resources={"cpu": 1, "gpu": 0.25})
+    t0 = time.time()
+    with pytest.raises(ResourceError, match=r"resources.gpu is 0.25 per fold, but the Ray cluster at .* has "
+                                            r"no GPU .* gpu: 0"):
+        run_sweep(load_sweep(path), address=cluster.address, quiet=True, progress=False)
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "wd" / "mlflow.db").exists()  # nothing tracked or scheduled
+    res = CliRunner().invoke(main, ["run", str(path), "--address", cluster.address])
+    assert res.exit_code == 1 and "has no GPU" in res.output and "Traceback" not in res.output
+
+
+def test_a_fold_that_keeps_failing_is_reported_and_its_point_incomplete(cluster, synth_casme2, tmp_path):
+    path = write_sweep(tmp_path, synth_casme2, "failing", variants={}, retries=1,
+                       training={**TRAIN, "device": "cuda"},  # no CUDA here: train_fold refuses
+                       datasets={"casme2": {"reader": "casme2", "root": str(synth_casme2),
+                                            "subjects": ["sub03"]}})
+    out = run_sweep(load_sweep(path), address=cluster.address, quiet=True, progress=False)
+    assert out.trained == 0 and len(out.failed) == 1
+    (error,) = out.failed.values()
+    assert "CUDA" in error
+    (row,) = out.state.rows()
+    assert not row["complete"] and row["folds_done"] == 0 and row["folds_total"] == 1
+    assert row["failed"][0]["subject"] == "sub03" and row["f1"] is None
