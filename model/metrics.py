@@ -1,8 +1,9 @@
 """Pooled LOSO metrics (paper IV-A; DESIGN.md "Evaluation protocol").
 
 Predictions of all folds are concatenated, then per AU the F1 of the positive class and the accuracy are
-computed with sklearn; the paper's F1 / ACC is the plain mean over AUs. MER: macro F1 (UF1), balanced
-accuracy (UAR, the mean recall over the classes present) and accuracy over the samples with a MER class.
+computed with sklearn; the paper's F1 / ACC is the plain mean over AUs. MER, over the samples with a MER
+class: UF1 (macro F1) and UAR (mean recall), both over the classes present in the ground truth, and
+accuracy.
 Confidence intervals: subject-level bootstrap (subjects resampled with replacement, fixed seed). The
 per-fold average is reported separately under `per_fold` and never replaces the pooled number.
 
