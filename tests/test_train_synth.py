@@ -43,3 +43,20 @@ def test_synthetic_loso_is_repeatable_bit_for_bit(runs):
         assert np.array_equal(a.probs, b.probs)
         assert np.array_equal(a.features, b.features) and np.array_equal(a.mer_scores, b.mer_scores)
         assert a.loss_curve == b.loss_curve
+
+
+def test_samm_layout_fold_with_samm_defaults(synth_samm, tmp_path_factory):
+    """SAMM: 4 AUs, subjects like '006', the paper's SAMM alpha/beta filled in when unset."""
+    from conftest import TEST_PREPROCESS
+    from preprocessing import prepare_dataset
+    from preprocessing.config import PreprocessConfig
+
+    data = prepare_dataset("samm", synth_samm, PreprocessConfig.model_validate(TEST_PREPROCESS),
+                           tmp_path_factory.mktemp("samm-cache"), progress=False)
+    spec = SimpleNamespace(reader="samm", aus=[2, 4, 7, 12], seed=1, model=MODEL,
+                           training=TrainConfig(epochs=2, batch_size=4, device="cpu"))
+    subject = sorted(set(data.subjects))[0]
+    r = train_fold(spec, data, subject)
+    assert r.probs.shape == (data.subjects.count(subject), 4) and r.mer_scores.shape[1] == 3
+    assert (r.extras["alpha"], r.extras["beta"]) == (1.0, 0.6)  # paper IV-C, SAMM
+    assert metrics.pooled_metrics([r])["n_samples"] == len(r.sample_ids)
