@@ -26,7 +26,7 @@ from preprocessing.flow import flow_image, optical_flow
 from preprocessing.landmarks import NoFaceError, crop, detect_landmarks, face_box, predictor_path, to_crop_grid
 
 # Bump when the prepared output of the same input and config changes (crop, flow, normalisation, ...).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: landmarks mapped with the pixel-centre convention
 
 
 def load_frame(sample: Sample, number: int) -> np.ndarray:

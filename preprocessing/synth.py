@@ -309,25 +309,38 @@ TABLE_I = {1: [19, 20, 21, 22, 23, 24], 2: [19, 20, 21, 22, 23, 24], 4: [19, 20,
            7: [38, 41, 44, 47], 12: [48, 54], 14: [55, 59, 60, 64], 15: [48, 54], 17: [7, 8, 9, 57]}
 
 
-def region_motion(data, au: int, radius: int = 8) -> np.ndarray:
-    """Per sample: mean over the AU's Table I landmarks of the flow-image motion |(u, v) - median(u, v)|
-    in a (2 radius + 1)^2 window around each landmark (channels as stored: min-max normalised)."""
+def region_motion(data, au: int, radius: int = 8, directed: bool = False) -> np.ndarray:
+    """Per sample: mean over the AU's Table I landmarks of the flow image's motion (u, v) - median(u, v)
+    in a (2 radius + 1)^2 window around each landmark (channels as stored: min-max normalised).
+
+    directed=False: its magnitude. directed=True: its component along the AU's FACS direction of
+    `AU_MOTION` (outward taken from the landmark's side of the nose line), which tells AUs that share a
+    region (AU1/AU2/AU4; AU12/AU15) apart."""
     uv = data.flow[:, :2]
-    dev = np.sqrt(((uv - np.median(uv, axis=(2, 3), keepdims=True)) ** 2).sum(1))  # (S, H, W)
+    dev = uv - np.median(uv, axis=(2, 3), keepdims=True)  # (S, 2, H, W)
     size = dev.shape[-1]
+    d_out, d_y = AU_MOTION[au][1]
     out = np.zeros(len(data), np.float32)
     for i in range(len(data)):
+        mid = float(data.landmarks[i, 27:31, 0].mean())
         vals = []
         for j in TABLE_I[au]:
-            x, y = np.clip(np.rint(data.landmarks[i, j]).astype(int), 0, size - 1)
-            vals.append(dev[i, max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1].mean())
+            x, y = data.landmarks[i, j]
+            xi, yi = np.clip(np.rint([x, y]).astype(int), 0, size - 1)
+            win = dev[i, :, max(0, yi - radius):yi + radius + 1, max(0, xi - radius):xi + radius + 1]
+            if directed:
+                side = math.copysign(1.0, x - mid) if abs(x - mid) > 1e-3 else 0.0
+                vals.append(float((win[0] * d_out * side + win[1] * d_y).mean()))
+            else:
+                vals.append(float(np.sqrt((win ** 2).sum(0)).mean()))
         out[i] = float(np.mean(vals))
     return out
 
 
 def au_signal(data, aus: Sequence[int]) -> Dict[int, Dict[str, float]]:
-    """Per AU: mean region motion of active and of inactive samples, and the ROC AUC of region motion as
-    a detector of the AU (1.0: perfectly separable, 0.5: no signal)."""
+    """Per AU: mean region motion of active and of inactive samples, the ROC AUC of region motion as a
+    detector of the AU (1.0: perfectly separable, 0.5: no signal), and the AUC of the motion along the
+    AU's direction (`directed_auc`)."""
     from sklearn.metrics import roc_auc_score
     labels = data.labels(aus)
     out = {}
@@ -335,5 +348,7 @@ def au_signal(data, aus: Sequence[int]) -> Dict[int, Dict[str, float]]:
         m, y = region_motion(data, au), labels[:, j]
         if 0 < y.sum() < len(y):
             out[au] = {"active": float(m[y == 1].mean()), "inactive": float(m[y == 0].mean()),
-                       "auc": float(roc_auc_score(y, m)), "n_active": int(y.sum())}
+                       "auc": float(roc_auc_score(y, m)),
+                       "directed_auc": float(roc_auc_score(y, region_motion(data, au, directed=True))),
+                       "n_active": int(y.sum())}
     return out

@@ -112,3 +112,4 @@ def test_au_motion_is_visible_in_the_flow_image(prepared_casme2):
     for au, s in signal.items():
         assert s["active"] > 1.4 * s["inactive"], (au, s)
         assert s["auc"] >= 0.65, (au, s)
+        assert s["directed_auc"] >= 0.75, (au, s)
