@@ -159,13 +159,17 @@ def _print_fold(doc: Dict[str, Any]) -> None:
 @click.command()
 @SWEEP
 @click.option("--address", help="join this Ray cluster (e.g. 10.0.0.1:6379 or auto); default: a local Ray")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: tracking.uri of the sweep file, else "
+                                     "sqlite:///<workdir>/mlflow.db)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def run(sweep: str, address: Optional[str], as_json: bool) -> None:
+def run(sweep: str, address: Optional[str], tracking_uri: Optional[str], as_json: bool) -> None:
     """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
     from orchestrator.runner import run_sweep
     from orchestrator.view import live_view, print_report
 
     spec = _load(sweep)
+    if tracking_uri:
+        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
     console = _console(stderr=as_json)
     view = None if as_json or not console.is_terminal else live_view(console)
     with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():

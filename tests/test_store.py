@@ -199,3 +199,26 @@ def test_predictions_csv_has_one_row_per_sample():
 def test_tracker_reuses_the_experiment(spec):
     a = Tracker(spec).experiment_id
     assert Tracker(spec).experiment_id == a
+
+
+def test_live_view_shows_progress_per_point(spec):
+    from rich.console import Console
+
+    from orchestrator.view import LiveView
+
+    store = ResultsStore(spec.workdir_path() / "results")
+    folds, state = _state(spec, store, tracking=False)
+    state.begin(folds)
+    state.finished(folds[0].key, fake_result(folds[0].subject), {})
+    state.started(folds[1].key)
+    state.progress(folds[1].key, {"epoch": 7})
+    state.failed(folds[4].key, "boom")
+    console = Console(record=True, width=140)
+    console.print(LiveView(state, console))
+    text = console.export_text()
+    assert "F1 so far" in text and "remaining" in text and "trained 1/6" in text
+    assert f"{folds[1].subject}@7" in text  # the running fold and its epoch
+    cells = {ln.split("│")[2].strip(): [c.strip() for c in ln.split("│")[3:-1]]
+             for ln in text.splitlines() if ln.startswith("│ samm")}
+    f1_a = f"{state.groups[folds[0].group].pooled['f1']:.3f}"
+    assert cells == {"a": ["1", "1", "1", "0", "3", f1_a], "b": ["1", "0", "0", "1", "3", "-"]}
