@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import cv2
 import pandas as pd
 
 from preprocessing.errors import DatasetError, SampleProblem
@@ -277,10 +278,11 @@ def get_reader(name: str) -> Callable[..., List[Sample]]:
 # ---------------------------------------------------------------------------------------------------
 def validate_samples(samples: Sequence[Sample], clip: bool) -> Tuple[List[Sample], List[SampleProblem]]:
     """Check every sample before any work: frame numbers are numbers, onset <= apex <= offset, the
-    sample folder and every needed frame exist and are non-empty files, ids are unique.
+    sample folder and every needed frame exist and are non-empty image files (by their header), ids are
+    unique.
 
-    Returns (good samples, problems). Readability of the image content is checked when a frame is decoded
-    (`load_frame`) and reported the same way.
+    Returns (good samples, problems). A frame whose content is damaged past its header is reported when it
+    is decoded (`pipeline.load_frame`), the same way.
     """
     good, problems, seen = [], [], {}
     for s in samples:
@@ -313,6 +315,11 @@ def validate_samples(samples: Sequence[Sample], clip: bool) -> Tuple[List[Sample
         if empty:
             problems.append(SampleProblem(s, f"frame file {empty[0]} is empty; restore it from the "
                                              f"dataset archive"))
+            continue
+        unknown = [s.frames[n] for n in s.needed_frames(clip) if not cv2.haveImageReader(str(s.frames[n]))]
+        if unknown:  # header check only; a truncated image is caught when it is decoded
+            problems.append(SampleProblem(s, f"frame file {unknown[0]} cannot be read as an image; restore "
+                                             f"it from the dataset archive"))
             continue
         good.append(s)
     return good, problems
