@@ -182,6 +182,10 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
                  "total_s": time.perf_counter() - t_start},
         n_train=int(len(train_idx)),
         extras={"text_similarity": {str(a): float(s) for a, s in zip(aus, text_sim.cpu().tolist())},
+                # attention of the evaluated model per test sample: GDA's W_d (n, A) and each AU's PTA
+                # weights over its landmark tokens (n, N_L), for plots like the paper's Fig. 5
+                "w_d": None if out["w_d"] is None else out["w_d"].cpu().tolist(),
+                "pta": {str(a): w.cpu().tolist() for a, w in zip(aus, out["pta"]) if w is not None},
                 "prefix_key": prefix.key, "device": str(device), "alpha": w["alpha"], "beta": w["beta"]},
     )
 

@@ -82,6 +82,8 @@ def test_fold_result_contents_and_json_round_trip(loso, data):
     assert all(len(v) == 10 for v in r.loss_curve.values())
     assert r.loss_curve["multitask"][-1] < r.loss_curve["multitask"][0]
     assert {"prefix_s", "build_s", "train_s", "eval_s", "total_s"} <= set(r.timings)
+    assert np.allclose(np.sum(r.extras["w_d"], axis=1), 1, atol=1e-5)  # GDA's W_d per sample
+    assert len(r.extras["pta"]["12"][0]) == 2  # AU12's two landmarks (48, 54)
     back = FoldResult.from_dict(json.loads(json.dumps(r.to_dict())))
     assert np.array_equal(back.probs, r.probs) and np.array_equal(back.features, r.features)
     assert back.mer_preds == r.mer_preds and back.loss_curve == r.loss_curve
