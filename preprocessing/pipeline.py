@@ -113,7 +113,7 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
         if on_error == "stop" and data.skipped:
             raise DatasetError(f"{len(data.skipped)} of {len(samples)} samples cannot be used (cached "
                                f"result of an earlier run that skipped them, {path}):\n" +
-                               "\n".join(f"{d['sample']}: {d['reason']}" for d in data.skipped) +
+                               "\n".join(d["reason"] for d in data.skipped) +
                                "\nFix them, or skip bad samples (--skip-bad / on_error: skip).")
         return data
 
