@@ -149,3 +149,9 @@ def test_tiny_config_is_registered():
     assert "microau-tiny" in open_clip.list_models()
     clip, _ = backbone.load_clip("microau-tiny", "none")
     assert backbone.grid_size(clip) == (7, 7) and backbone.num_blocks(clip) == (2, 2)
+
+
+def test_torchvision_guard_is_idempotent_and_open_clip_imports():
+    from model import _torchvision_guard as guard
+    import torchvision  # noqa: F401  (fails with "operator torchvision::nms does not exist" without it)
+    assert guard.ensure_torchvision_ops() is False  # already done (or not needed): never defines twice
