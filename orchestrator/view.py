@@ -49,12 +49,14 @@ class LiveView:
         t = Table(title=f"sweep {s.spec.name}", title_justify="left", expand=False)
         for col in ("dataset", "point", "seed", "done", "running", "failed", "total", "F1 so far"):
             t.add_column(col, justify="right" if col not in ("dataset", "point") else "left")
+        # rendered by rich's refresh thread while the driver's callback updates the state: copy first
+        running = []
         for g in list(s.groups.values()):
-            f1 = g.pooled.get("f1") if g.pooled else None
-            t.add_row(g.trial.dataset, g.trial.point_label, str(g.trial.seed), str(g.done),
-                      str(len(g.running)), Text(str(len(g.failed)), style="red" if g.failed else ""),
-                      str(len(g.folds)), _f(f1))
-        running = [k for g in s.groups.values() for k in g.running]
+            pooled, now, failed = g.pooled, list(g.running), len(g.failed)
+            running += now
+            t.add_row(g.trial.dataset, g.trial.point_label, str(g.trial.seed), str(g.done), str(len(now)),
+                      Text(str(failed), style="red" if failed else ""), str(len(g.folds)),
+                      _f(pooled.get("f1") if pooled else None))
         epochs = ", ".join(f"{s.folds[k].subject}@{s.epochs.get(k, 0)}" for k in running[:8])
         footer = Text(f"trained {s.trained}/{len(s.todo)} this run  elapsed {_duration(s.elapsed())}  "
                       f"remaining ~{_duration(s.remaining())}" + (f"  running: {epochs}" if epochs else ""))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ SUBJECTS = ["006", "007", "008"]
 
 
 def fake_result(subject: str, seed: int = 0, n: int = 5) -> dict:
-    rng = np.random.default_rng(abs(hash((subject, seed))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{subject}:{seed}".encode()))
     ids = [f"{subject}/{subject}_{i}" for i in range(n)]
     mer = ["positive", "negative", "surprise", None, "negative"][:n]
     return FoldResult(test_subject=subject, seed=1, aus=AUS, sample_ids=ids, subjects=[subject] * n,
@@ -222,3 +223,27 @@ def test_live_view_shows_progress_per_point(spec):
              for ln in text.splitlines() if ln.startswith("│ samm")}
     f1_a = f"{state.groups[folds[0].group].pooled['f1']:.3f}"
     assert cells == {"a": ["1", "1", "1", "0", "3", f1_a], "b": ["1", "0", "0", "1", "3", "-"]}
+
+
+def test_compare_two_points_paired_bootstrap(spec):
+    from orchestrator.config import ConfigError
+    from orchestrator.report import compare_points
+
+    store = ResultsStore(spec.workdir_path() / "results")
+    folds, state = _state(spec, store, tracking=False)
+    state.begin(folds)
+    for f in folds:
+        seed = 0 if f.trial.variant == "a" else 1  # different predictions per point, same samples
+        state.finished(f.key, fake_result(f.subject, seed=seed), {})
+    (c,) = compare_points(state, 0, 1)
+    rows = state.rows()
+    assert (c["a"], c["b"], c["subjects"]) == ("a", "b", 3)
+    assert c["diff"] == pytest.approx(rows[0]["f1"] - rows[1]["f1"])
+    assert len(c["ci"]) == 2 and c["ci"][0] <= c["ci"][1]
+    with pytest.raises(ConfigError, match="points are 0..1"):
+        compare_points(state, 0, 2)
+    state.failed(folds[0].key, "x")
+    store.path(folds[0].key).unlink()
+    state.groups[folds[0].group].done -= 1
+    with pytest.raises(ConfigError, match="has 2/3 folds"):
+        compare_points(state, 0, 1)
