@@ -14,6 +14,7 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -47,8 +48,6 @@ def fold_trainable(config: Dict[str, Any], plan: Dict[str, Dict[str, Any]], data
                    prefixes: Dict[str, Any]) -> None:
     import ray
     from ray import tune
-
-    import warnings
 
     # prepared arrays arrive read-only from the object store; the model only reads them
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
