@@ -179,8 +179,8 @@ def run(sweep: str, address: Optional[str], tracking_uri: Optional[str], as_json
         sys.stdout.write(json.dumps(outcome.state.to_json(outcome.trained, outcome.reused), default=str) + "\n")
     else:
         print_report(console, outcome.state.rows(), outcome.trained, outcome.reused, paths)
-    if outcome.failed:
-        raise SystemExit(1)
+    if outcome.failed or not all(r["complete"] for r in outcome.state.rows()):
+        raise SystemExit(1)  # a fold kept failing or the run was interrupted: some point is incomplete
 
 
 # ------------------------------------------------------------------------------------------------------
