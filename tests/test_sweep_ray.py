@@ -247,10 +247,13 @@ def test_a_fold_that_keeps_failing_is_reported_and_its_point_incomplete(cluster,
                        training={**TRAIN, "device": "cuda"},  # no CUDA here: train_fold refuses
                        datasets={"casme2": {"reader": "casme2", "root": str(synth_casme2),
                                             "subjects": ["sub03"]}})
-    out = run_sweep(load_sweep(path), address=cluster.address, quiet=True, progress=False)
-    assert out.trained == 0 and len(out.failed) == 1
-    (error,) = out.failed.values()
-    assert "CUDA" in error
-    (row,) = out.state.rows()
-    assert not row["complete"] and row["folds_done"] == 0 and row["folds_total"] == 1
-    assert row["failed"][0]["subject"] == "sub03" and row["f1"] is None
+    from orchestrator.cli import main
+
+    res = CliRunner().invoke(main, ["run", str(path), "--json", "--address", cluster.address])
+    assert res.exit_code == 1, res.output  # a point is incomplete
+    doc = json.loads(res.stdout)
+    assert doc["trained_folds"] == 0
+    (row,) = doc["points"]
+    assert not row["complete"] and row["folds_done"] == 0 and row["folds_total"] == 1 and row["f1"] is None
+    (failure,) = row["failed"]
+    assert failure["subject"] == "sub03" and "CUDA" in failure["error"]
