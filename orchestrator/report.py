@@ -33,6 +33,7 @@ class Group:
     failed: Dict[str, str] = field(default_factory=dict)  # subject -> error
     pooled: Optional[Dict[str, Any]] = None
     done: int = 0
+    dirty: bool = False  # its MLflow parent needs a final update at close()
 
 
 class SweepState:
@@ -56,12 +57,16 @@ class SweepState:
             g.done = sum(self.store.has(f.key) for f in g.folds)
             if self.tracker is not None:
                 g.parent_id = self.tracker.parent(g.key, g.trial, g.data_key, len(g.folds))
+                # new, or left RUNNING by a killed driver
+                g.dirty = self.tracker.parent_status.get(g.key) == "RUNNING"
 
     # -- events (driver side) -----------------------------------------------------------------------
     def begin(self, todo: Iterable[Fold]) -> None:
         """Before training: bring MLflow up to date with the folds already in the store."""
         self.todo = [f.key for f in todo]
         self.t0 = time.time()
+        for key in self.todo:
+            self.groups[self.folds[key].group].dirty = True
         for g in self.groups.values():
             if self.tracker is not None and g.done:
                 known = self.tracker.children(g.parent_id)
@@ -69,7 +74,8 @@ class SweepState:
                     if f.key not in known and self.store.has(f.key):
                         rec = self.store.get(f.key)
                         self._track_fold(g, f, rec["result"], rec["meta"])
-            self._refresh(g)
+                        g.dirty = True
+            self._refresh(g, track=False)
 
     def started(self, key: str) -> None:
         self.groups[self.folds[key].group].running.add(key)
@@ -87,6 +93,7 @@ class SweepState:
         g = self.groups[f.group]
         g.running.discard(key)
         g.failed[f.subject] = error
+        g.dirty = True
         self.errors[key] = error
 
     def finished(self, key: str, result: Dict[str, Any], node: Dict[str, Any]) -> None:
@@ -95,6 +102,7 @@ class SweepState:
         meta = {**f.meta(), **{k: v for k, v in node.items() if v is not None}}
         self.store.put(key, result, meta)
         self.trained += 1
+        g.dirty = True
         g.running.discard(key)
         g.failed.pop(f.subject, None)
         self.errors.pop(key, None)
@@ -104,9 +112,12 @@ class SweepState:
         self._refresh(g)
 
     def close(self) -> None:
-        """Final pooled metrics on every parent; parents with missing folds are marked incomplete."""
+        """Final pooled metrics on every parent this run touched; those with missing folds are marked
+        incomplete. Parents finalised by an earlier run and untouched since are left as they are."""
         for g in self.groups.values():
-            self._refresh(g, final=True)
+            if g.dirty:
+                self._refresh(g, final=True)
+                g.dirty = False
 
     # -- metrics ------------------------------------------------------------------------------------
     def result(self, key: str):
@@ -119,12 +130,12 @@ class SweepState:
     def group_results(self, g: Group) -> List[Any]:
         return [self.result(f.key) for f in g.folds if self.store.has(f.key)]
 
-    def _refresh(self, g: Group, final: bool = False) -> None:
+    def _refresh(self, g: Group, final: bool = False, track: bool = True) -> None:
         from model.metrics import pooled_metrics
 
         results = self.group_results(g)
         g.pooled = pooled_metrics(results) if results else None
-        if self.tracker is not None and (results or final):
+        if track and self.tracker is not None and (results or final):
             self.tracker.update_parent(g.parent_id, g.pooled, g.done, len(g.folds),
                                        failed=sorted(g.failed), final=final)
 

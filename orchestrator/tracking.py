@@ -71,6 +71,7 @@ class Tracker:
         self._mlflow = mlflow
         self.experiment_id = self._experiment()
         self._parents: Dict[str, str] = {}
+        self.parent_status: Dict[str, str] = {}  # group -> MLflow status when found or created
         self._children: Dict[str, Dict[str, str]] = {}
 
     # -- experiment and runs ------------------------------------------------------------------------
@@ -96,6 +97,7 @@ class Tracker:
                                        max_results=5)
         if runs:
             run_id = runs[0].info.run_id
+            self.parent_status[group] = runs[0].info.status
         else:
             tags = {TAG_GROUP: group, TAG_KIND: "parent", TAG_SWEEP: self.spec.name,
                     "dataset": trial.dataset, "point": trial.point_label, "seed": str(trial.seed),
@@ -105,6 +107,7 @@ class Tracker:
             run_id = run.info.run_id
             self._log_params(run_id, trial.flat_params())
             self.client.log_batch(run_id, metrics=self._metrics({"folds_total": folds_total}, step=0))
+            self.parent_status[group] = "RUNNING"
         self._parents[group] = run_id
         return run_id
 

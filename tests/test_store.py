@@ -247,3 +247,28 @@ def test_compare_two_points_paired_bootstrap(spec):
     state.groups[folds[0].group].done -= 1
     with pytest.raises(ConfigError, match="has 2/3 folds"):
         compare_points(state, 0, 1)
+
+
+def test_rerun_of_a_finished_sweep_writes_nothing_to_mlflow(spec):
+    from mlflow import MlflowClient
+
+    store = ResultsStore(spec.workdir_path() / "results")
+    folds, state = _state(spec, store)
+    state.begin(folds)
+    for f in folds:
+        state.finished(f.key, fake_result(f.subject), {})
+    state.close()
+    client = MlflowClient(spec.tracking_uri())
+    exp = client.get_experiment_by_name("unit")
+
+    def history():
+        runs = client.search_runs([exp.experiment_id], "tags.`microau.kind` = 'parent'")
+        return {r.info.run_id: (r.info.status, len(client.get_metric_history(r.info.run_id, "f1")))
+                for r in runs}
+
+    before = history()
+    assert all(status == "FINISHED" for status, _ in before.values())
+    _, again = _state(spec, store)
+    again.begin([])
+    again.close()
+    assert history() == before and [r["f1"] for r in again.rows()] == [r["f1"] for r in state.rows()]
