@@ -49,6 +49,7 @@ class SweepState:
         self._results: Dict[str, Any] = {}  # fold key -> FoldResult (loaded once)
         self.errors: Dict[str, str] = {}  # fold key -> error of a fold that kept failing
         self.retries: Dict[str, int] = {}
+        self.tracking_errors: List[str] = []
         self.epochs: Dict[str, int] = {}
         self.trained = 0
         self.todo: List[str] = []
@@ -108,7 +109,12 @@ class SweepState:
         self.errors.pop(key, None)
         g.done = sum(self.store.has(x.key) for x in g.folds)
         if self.tracker is not None:
-            self._track_fold(g, f, result, meta)
+            # The results store is the record: an MLflow hiccup must not stop the sweep. The next run
+            # logs the folds MLflow is missing (begin()).
+            try:
+                self._track_fold(g, f, result, meta)
+            except Exception as e:  # noqa: BLE001 - any tracking-backend error
+                self._tracking_failed(e)
         self._refresh(g)
 
     def close(self) -> None:
@@ -136,8 +142,19 @@ class SweepState:
         results = self.group_results(g)
         g.pooled = pooled_metrics(results) if results else None
         if track and self.tracker is not None and (results or final):
-            self.tracker.update_parent(g.parent_id, g.pooled, g.done, len(g.folds),
-                                       failed=sorted(g.failed), final=final)
+            try:
+                self.tracker.update_parent(g.parent_id, g.pooled, g.done, len(g.folds),
+                                           failed=sorted(g.failed), final=final)
+            except Exception as e:  # noqa: BLE001 - any tracking-backend error
+                self._tracking_failed(e)
+
+    def _tracking_failed(self, e: Exception) -> None:
+        import sys
+
+        self.tracking_errors.append(str(e))
+        if len(self.tracking_errors) == 1:
+            print(f"warning: MLflow ({self.tracker.uri}) failed: {e}. Training goes on and results are "
+                  f"stored; run the sweep again later to bring MLflow up to date.", file=sys.stderr)
 
     def _track_fold(self, g: Group, f: Fold, result: Dict[str, Any], meta: Dict[str, Any]) -> None:
         from model.metrics import pooled_metrics

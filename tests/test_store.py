@@ -272,3 +272,26 @@ def test_rerun_of_a_finished_sweep_writes_nothing_to_mlflow(spec):
     again.begin([])
     again.close()
     assert history() == before and [r["f1"] for r in again.rows()] == [r["f1"] for r in state.rows()]
+
+
+def test_mlflow_failure_does_not_stop_the_sweep_and_is_repaired_next_run(spec, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    store = ResultsStore(spec.workdir_path() / "results")
+    folds, state = _state(spec, store)
+    state.begin(folds)
+
+    def down(*a, **k):
+        raise ConnectionError("tracking server unreachable")
+
+    monkeypatch.setattr(Tracker, "log_fold", down)
+    state.finished(folds[0].key, fake_result(folds[0].subject), {})
+    assert store.has(folds[0].key) and state.tracking_errors
+    assert "run the sweep again later" in capsys.readouterr().err
+    monkeypatch.undo()
+    _, again = _state(spec, store)
+    again.begin([f for f in folds if not store.has(f.key)])
+    client = MlflowClient(spec.tracking_uri())
+    exp = client.get_experiment_by_name("unit")
+    kids = client.search_runs([exp.experiment_id], "tags.`microau.kind` = 'fold'")
+    assert [r.data.tags["microau.fold"] for r in kids] == [folds[0].key]
