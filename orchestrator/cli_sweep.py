@@ -161,8 +161,11 @@ def _print_fold(doc: Dict[str, Any]) -> None:
 @click.option("--address", help="join this Ray cluster (e.g. 10.0.0.1:6379 or auto); default: a local Ray")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: tracking.uri of the sweep file, else "
                                      "sqlite:///<workdir>/mlflow.db)")
+@click.option("--dashboard", is_flag=True, help="embedded Ray only: serve the Ray dashboard on "
+                                                "http://127.0.0.1:8265 while the sweep runs")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def run(sweep: str, address: Optional[str], tracking_uri: Optional[str], as_json: bool) -> None:
+def run(sweep: str, address: Optional[str], tracking_uri: Optional[str], dashboard: bool,
+        as_json: bool) -> None:
     """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
     from orchestrator.runner import run_sweep
     from orchestrator.view import live_view, print_report
@@ -173,7 +176,8 @@ def run(sweep: str, address: Optional[str], tracking_uri: Optional[str], as_json
     console = _console(stderr=as_json)
     view = None if as_json or not console.is_terminal else live_view(console)
     with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        outcome = run_sweep(spec, address=address, quiet=as_json, progress=True, view=view)
+        outcome = run_sweep(spec, address=address, quiet=as_json, progress=True, view=view,
+                            dashboard=dashboard)
         paths = outcome.state.write_reports()
     if as_json:
         sys.stdout.write(json.dumps(outcome.state.to_json(outcome.trained, outcome.reused), default=str) + "\n")

@@ -77,8 +77,10 @@ def _ray_temp_dir(workdir: Path) -> str:
     return tempfile.mkdtemp(prefix="microau-ray-")
 
 
-def connect(spec: SweepSpec, address: Optional[str], quiet: bool) -> bool:
-    """Join `address`, reuse an initialised Ray, or start an embedded one. True if we started it."""
+def connect(spec: SweepSpec, address: Optional[str], quiet: bool, dashboard: bool = False) -> bool:
+    """Join `address`, reuse an initialised Ray, or start an embedded one. True if we started it.
+
+    The embedded Ray's dashboard is off unless asked for, and then bound to 127.0.0.1 only."""
     import ray
 
     if ray.is_initialized():
@@ -87,8 +89,15 @@ def connect(spec: SweepSpec, address: Optional[str], quiet: bool) -> bool:
     if address:
         ray.init(address=address, **common)
         return True
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
-             _temp_dir=_ray_temp_dir(spec.workdir_path()), **common)
+    extra = {}
+    if dashboard:
+        missing = ray._private.utils.get_dashboard_dependency_error()
+        if missing:
+            raise ResourceError(f"--dashboard: the Ray dashboard needs ray[default] ({missing}); install it "
+                                f"with `.venv/bin/pip install -e '.[cluster]'` or run without --dashboard")
+        extra = {"dashboard_host": "127.0.0.1"}
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
+             _temp_dir=_ray_temp_dir(spec.workdir_path()), **extra, **common)
     return True
 
 
@@ -165,7 +174,8 @@ def _trial_error(trial) -> str:
 
 
 def run_sweep(spec: SweepSpec, address: Optional[str] = None, *, quiet: bool = False,
-              progress: bool = True, view: Optional[Callable[[SweepState], Any]] = None) -> RunOutcome:
+              progress: bool = True, view: Optional[Callable[[SweepState], Any]] = None,
+              dashboard: bool = False) -> RunOutcome:
     """Run every fold of the sweep not yet in the results store; return the updated state.
 
     `view(state)` is a context manager for a live display (rich) or None.
@@ -179,7 +189,7 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, *, quiet: bool = F
     started = False
     try:
         if todo:  # resources are checked before anything is tracked or scheduled
-            started = connect(spec, address, quiet=quiet)
+            started = connect(spec, address, quiet=quiet, dashboard=dashboard)
             check_resources(spec, address)
         state = SweepState(spec, folds, store, tracking=True)  # MLflow experiment and parent runs
         state.begin(todo)
