@@ -3,7 +3,7 @@
 Modules (data flows top to bottom):
     config.py     SweepSpec / TrialConfig: one validated sweep file, one resolved config per
                   (dataset, point, seed), with a stable hash
-    plan.py       Fold: a TrialConfig + test subject + prepared-data key; `expand(spec, subjects, keys)`
+    plan.py       Fold: a TrialConfig + test subject + prepared-data key; `expand(spec, subjects, keys)` (keyed by `data.data_id`)
     data.py       `prepare(spec, name)`: ${ENV} roots, synthetic data on first use, the dataset cache
     fold.py       `run_fold(trial, data, subject, prefix)`: what every trial and `microau-sweep fold` run
     store.py      ResultsStore: one atomic JSON per finished fold, keyed by `fold_key(...)`

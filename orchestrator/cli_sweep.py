@@ -91,7 +91,7 @@ def fold(sweep: str, dataset: Optional[str], subject: str, point: int, seed: Opt
             if epochs < 1:
                 raise click.UsageError("--epochs must be at least 1")
             trial = trial.with_training(epochs=epochs)
-        data = prepare(spec, dataset, progress=True)
+        data = prepare(spec, dataset, trial.preprocessing, progress=True)
         subjects = sorted(set(data.subjects))
         if subject not in subjects:
             raise click.UsageError(f"--subject {subject!r} is not in dataset {dataset} (subjects: "

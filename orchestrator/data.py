@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional
 
-from orchestrator.config import ConfigError, SweepSpec, expand_env
+from orchestrator.config import ConfigError, SweepSpec, TrialConfig, expand_env, stable_hash
 
 
 def dataset_root(spec: SweepSpec, name: str) -> Path:
@@ -40,20 +40,20 @@ def ensure_synthetic(spec: SweepSpec, name: str, progress: bool = True) -> Optio
     return root
 
 
-def prepare(spec: SweepSpec, name: str, progress: bool = True):
-    """The `PreparedDataset` of `datasets.<name>` (synthetic data generated first when asked for).
+def data_id(trial: TrialConfig) -> str:
+    """Which prepared dataset a trial reads: its dataset under its preprocessing config. A grid or a
+    variant may vary `preprocessing.*`; each distinct setting is prepared (and cached) once."""
+    return f"{trial.dataset}@{stable_hash(trial.preprocessing.model_dump(mode='json'))}"
 
-    Preprocessing is part of the resolved config, but a grid may not vary it: every point of a dataset
-    shares one prepared dataset (one cache entry, one frozen prefix).
-    """
+
+def prepare(spec: SweepSpec, name: str, preprocessing=None, progress: bool = True):
+    """The `PreparedDataset` of `datasets.<name>` under `preprocessing` (default: the setting of the
+    sweep's first point), synthetic data generated first when asked for."""
     from preprocessing import prepare_dataset
 
     ds = spec.datasets[name]
-    trials = spec.trials(name)
-    pre = {t.preprocessing for t in trials}
-    if len(pre) != 1:
-        raise ConfigError(f"{spec.source}: the grid/variants vary preprocessing.* for dataset {name}; "
-                          f"write one sweep file per preprocessing setting")
+    if preprocessing is None:
+        preprocessing = spec.trials(name)[0].preprocessing
     ensure_synthetic(spec, name, progress=progress)
     root = dataset_root(spec, name)
     if not root.exists():
@@ -61,7 +61,7 @@ def prepare(spec: SweepSpec, name: str, progress: bool = True):
                           f"{ds.reader} folder (see docs/datasets.md)")
     sheet = expand_env(ds.sheet, f"{spec.source}: datasets.{name}.sheet") if ds.sheet else None
     cache = spec.workdir_path() / "cache"
-    cfg = expand_paths(trials[0].preprocessing, f"{spec.source}: preprocessing")
+    cfg = expand_paths(preprocessing, f"{spec.source}: preprocessing")
     return prepare_dataset(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error,
                            progress=progress)
 
@@ -83,4 +83,10 @@ def expand_paths(cfg, where: str):
 
 
 def prepare_all(spec: SweepSpec, progress: bool = True) -> Dict[str, object]:
-    return {name: prepare(spec, name, progress=progress) for name in spec.datasets}
+    """Every prepared dataset the sweep's trials read, keyed by `data_id`."""
+    out: Dict[str, object] = {}
+    for trial in spec.trials():
+        key = data_id(trial)
+        if key not in out:
+            out[key] = prepare(spec, trial.dataset, trial.preprocessing, progress=progress)
+    return out

@@ -60,17 +60,21 @@ def test_subjects(spec: SweepSpec, dataset: str, available: Sequence[str]) -> Li
 def expand(spec: SweepSpec, subjects: Dict[str, Sequence[str]], data_keys: Dict[str, str]) -> List[Fold]:
     """Every fold of the sweep, in a stable order (dataset, point, seed, subject).
 
-    `subjects[name]` are the subjects present in the prepared dataset `name`, `data_keys[name]` its key.
+    Both mappings are keyed by `orchestrator.data.data_id(trial)` (a dataset under one preprocessing
+    setting): `subjects[id]` are the subjects present in that prepared dataset, `data_keys[id]` its key.
     """
+    from orchestrator.data import data_id
+
     folds = []
     for name in spec.datasets:
-        subs = test_subjects(spec, name, subjects[name])
-        if len(set(map(str, subjects[name]))) < 2:
-            raise ConfigError(f"{spec.source}: datasets.{name}: LOSO needs at least 2 subjects, the "
-                              f"prepared dataset has {sorted(set(subjects[name]))}")
         for trial in spec.trials(name):
-            for s in subs:
-                folds.append(Fold(trial=trial, subject=s, data_key=data_keys[name]))
+            did = data_id(trial)
+            present = subjects[did]
+            if len(set(map(str, present))) < 2:
+                raise ConfigError(f"{spec.source}: datasets.{name}: LOSO needs at least 2 subjects, the "
+                                  f"prepared dataset has {sorted(set(present))}")
+            for s in test_subjects(spec, name, present):
+                folds.append(Fold(trial=trial, subject=s, data_key=data_keys[did]))
     keys = [f.key for f in folds]
     if len(set(keys)) != len(keys):
         dup = sorted({f.trial.point_label for f in folds if keys.count(f.key) > 1})

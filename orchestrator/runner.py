@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from orchestrator.config import SweepSpec, TrialConfig
-from orchestrator.data import prepare_all
+from orchestrator.data import data_id, prepare_all
 from orchestrator.fold import dumps, prefix_for, prefix_group, run_fold
 from orchestrator.plan import Fold, expand
 from orchestrator.report import SweepState
@@ -61,7 +61,7 @@ def fold_trainable(config: Dict[str, Any], plan: Dict[str, Dict[str, Any]], data
     def on_epoch(info: Dict[str, Any]) -> None:  # per-epoch losses, for the live view
         tune.report({k: v for k, v in info.items() if isinstance(v, (int, float))})
 
-    result = run_fold(trial, datasets[trial.dataset], job["subject"], prefix=prefixes.get(job["prefix"]),
+    result = run_fold(trial, datasets[data_id(trial)], job["subject"], prefix=prefixes.get(job["prefix"]),
                       on_epoch=on_epoch, threads=job.get("threads"))
     tune.report({RESULT_KEY: dumps(result), "finished": 1, **node})
 
@@ -220,7 +220,7 @@ def _prefixes_and_plan(spec: SweepSpec, todo: List[Fold], datasets: Dict[str, An
     for f in todo:
         group = prefix_group(f.trial, f.data_key)
         if group not in prefixes:
-            prefixes[group] = prefix_for(f.trial, datasets[f.trial.dataset], device="cpu")
+            prefixes[group] = prefix_for(f.trial, datasets[data_id(f.trial)], device="cpu")
         plan[f.key] = {"trial": f.trial.model_dump(mode="json"), "subject": f.subject, "prefix": group,
                        "threads": threads}
     return prefixes, plan

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from model.config import DATASET_DEFAULTS, ModelConfig, TrainConfig
 from orchestrator.config import ConfigError, load_sweep
 from orchestrator.plan import expand
+from sweep_helpers import by_data_id
 from preprocessing.config import PreprocessConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_expansion_datasets_points_variants_seeds_subjects(tmp_path):
     trials = spec.trials()
     assert len(trials) == 2 * 6 * 2  # datasets x points x seeds
     subjects = {"c": ["sub01", "sub02", "sub03"], "s": ["006", "007", "008", "009"]}
-    folds = expand(spec, subjects, {"c": "kc", "s": "ks"})
+    folds = expand(spec, *by_data_id(spec, subjects, {"c": "kc", "s": "ks"}))
     # casme2: every subject; samm: the two listed in `subjects:`
     assert len(folds) == 6 * 2 * 3 + 6 * 2 * 2
     assert len({f.key for f in folds}) == len(folds)
@@ -203,7 +204,7 @@ def test_unset_root_variable_is_named(tmp_path, monkeypatch):
 def test_subjects_not_in_data_is_an_error(tmp_path):
     spec = load_sweep(write(tmp_path, BASE))
     with pytest.raises(ConfigError, match=r"datasets.s.subjects: \['007'\] not in the prepared"):
-        expand(spec, {"c": ["sub01", "sub02"], "s": ["006", "008"]}, {"c": "a", "s": "b"})
+        expand(spec, *by_data_id(spec, {"c": ["sub01", "sub02"], "s": ["006", "008"]}, {"c": "a", "s": "b"}))
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -212,3 +213,23 @@ def test_shipped_sweeps_validate(path, monkeypatch):
         monkeypatch.setenv(var, "/data")
     spec = load_sweep(path)
     assert spec.trials()
+
+
+def test_grid_over_preprocessing_prepares_each_setting_once(tiny_casme2, tmp_path):
+    """A grid may vary preprocessing.*: each setting is its own prepared dataset, with its own key."""
+    from conftest import TEST_PREPROCESS
+    from orchestrator.data import data_id, prepare_all
+
+    doc = {"name": "flows", "workdir": str(tmp_path / "wd"),
+           "datasets": {"c": {"reader": "casme2", "root": str(tiny_casme2)}},
+           "preprocessing": TEST_PREPROCESS, "grid": {"preprocessing.flow": ["dis", "farneback"],
+                                                      "training.beta": [0.2, 0.4]}}
+    spec = load_sweep(write(tmp_path, doc))
+    datasets = prepare_all(spec, progress=False)
+    assert len(datasets) == 2  # two flow methods; beta does not touch the data
+    assert len({d.key for d in datasets.values()}) == 2
+    folds = expand(spec, {i: d.subjects for i, d in datasets.items()}, {i: d.key for i, d in datasets.items()})
+    assert len(folds) == 4 * 2  # points x subjects
+    assert all(f.data_key == datasets[data_id(f.trial)].key for f in folds)
+    key_of_flow = {(f.trial.preprocessing.flow, f.data_key) for f in folds}
+    assert len(key_of_flow) == 2 and len({k for _, k in key_of_flow}) == 2  # one data key per flow method

@@ -12,6 +12,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from model.result import FoldResult
 from orchestrator.config import load_sweep
 from orchestrator.plan import expand
+from sweep_helpers import by_data_id
 from orchestrator.report import SweepState, predictions_csv
 from orchestrator.store import ResultsStore, StoreError, atomic_write_text, fold_key
 from orchestrator.tracking import Tracker, flat_metrics
@@ -90,7 +91,7 @@ def test_flat_metrics_names():
 
 
 def _state(spec, store, tracking=True):
-    folds = expand(spec, {"samm": SUBJECTS}, {"samm": "datakey"})
+    folds = expand(spec, *by_data_id(spec, {"samm": SUBJECTS}, {"samm": "datakey"}))
     return folds, SweepState(spec, folds, store, tracking=tracking)
 
 
@@ -161,7 +162,7 @@ def test_begin_restores_children_missing_from_mlflow(spec):
     from mlflow import MlflowClient
 
     store = ResultsStore(spec.workdir_path() / "results")
-    folds = expand(spec, {"samm": SUBJECTS}, {"samm": "datakey"})
+    folds = expand(spec, *by_data_id(spec, {"samm": SUBJECTS}, {"samm": "datakey"}))
     store.put(folds[0].key, fake_result(folds[0].subject), folds[0].meta())  # stored, never tracked
     state = SweepState(spec, folds, store)
     state.begin([f for f in folds if not store.has(f.key)])
