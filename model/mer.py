@@ -1,7 +1,7 @@
 """Emotion-label-free MER (paper III-E, Eq. 13)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F

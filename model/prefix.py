@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ import torch.nn.functional as F
 
 from model import backbone
 from model.text import MER_CLASSES, au_prompts, emotion_texts, global_text
+from preprocessing.atomic import atomic_file
 
 SCHEMA_VERSION = 1  # bump when what the prefix holds or how it is computed changes
 
@@ -66,16 +65,8 @@ class Prefix:
 
     def save(self, path) -> Path:
         """Write to one file atomically (temp file in the same folder, then os.replace)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as f:
+            torch.save(self, f)
         return path
 
     @staticmethod

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 from orchestrator.config import stable_hash
+from preprocessing.atomic import atomic_file
 
 STORE_VERSION = 1
 
@@ -26,21 +26,9 @@ def fold_key(config_hash: str, subject: str, seed: int, data_key: str) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write `text` to `path` atomically (preprocessing.atomic)."""
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 class StoreError(RuntimeError):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from preprocessing.atomic import atomic_file
 from preprocessing.errors import DatasetError
 
 
@@ -82,18 +81,9 @@ class PreparedDataset:
         meta = {"reader": self.reader, "key": self.key, "sample_ids": self.sample_ids,
                 "subjects": self.subjects, "au_sets": self.au_sets, "emotions": self.emotions,
                 "mer": self.mer, "skipped": self.skipped}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, flow=self.flow.astype(np.float32), landmarks=self.landmarks.astype(np.float32),
-                         meta=np.array(json.dumps(meta)))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared cache wants the usual mode
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as f:
+            np.savez(f, flow=self.flow.astype(np.float32), landmarks=self.landmarks.astype(np.float32),
+                     meta=np.array(json.dumps(meta)))
         return path
 
     @classmethod
