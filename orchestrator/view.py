@@ -24,17 +24,9 @@ def _duration(s: Optional[float]) -> str:
 
 
 def ci_text(ci: Optional[Dict[str, Any]], name: str = "f1") -> str:
-    """`[lo, hi]` of the pooled metric's subject-bootstrap CI, whatever shape the metrics module uses."""
-    if not ci:
-        return "-"
-    v = ci.get(name)
-    if isinstance(v, (list, tuple)) and len(v) == 2:
-        return f"[{v[0]:.3f}, {v[1]:.3f}]"
-    if isinstance(v, dict):
-        lo, hi = v.get("low", v.get("lo")), v.get("high", v.get("hi"))
-        if lo is not None and hi is not None:
-            return f"[{lo:.3f}, {hi:.3f}]"
-    return "-"
+    """`[lo, hi]` of a pooled metric's subject-bootstrap CI (model.metrics: `ci[name] == [lo, hi]`)."""
+    v = (ci or {}).get(name)
+    return "-" if not v else f"[{v[0]:.3f}, {v[1]:.3f}]"
 
 
 class LiveView:
