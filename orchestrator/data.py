@@ -5,7 +5,9 @@ hash, so a second run (or another sweep over the same data and preprocessing) re
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, Optional
 
 from orchestrator.config import ConfigError, SweepSpec, TrialConfig, expand_env, stable_hash
@@ -90,3 +92,37 @@ def prepare_all(spec: SweepSpec, progress: bool = True) -> Dict[str, object]:
         if key not in out:
             out[key] = prepare(spec, trial.dataset, trial.preprocessing, progress=progress)
     return out
+
+
+# -- what `report` needs of the data when the data is not at hand -------------------------------------
+MANIFEST = "datasets.json"  # in <workdir>: data id -> prepared-data key and subjects
+
+
+def record_prepared(spec: SweepSpec, datasets: Dict[str, object]) -> None:
+    """Remember each prepared dataset's key and subjects beside the results store, so that `report`
+    can rebuild tables where the datasets are not mounted (or their variables not set)."""
+    from preprocessing.atomic import atomic_file
+
+    path = spec.workdir_path() / MANIFEST
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known.update({i: {"key": d.key, "subjects": sorted(set(map(str, d.subjects)))} for i, d in datasets.items()})
+    with atomic_file(path, "w") as f:
+        json.dump(known, f, indent=1, sort_keys=True)
+
+
+def prepared_or_recorded(spec: SweepSpec, warn=print) -> Dict[str, object]:
+    """`prepare_all`, or, when a dataset cannot be read here, what the last run recorded of it (its key
+    and subjects: enough to find its folds in the results store)."""
+    from preprocessing import DatasetError
+
+    try:
+        return prepare_all(spec, progress=False)
+    except (ConfigError, DatasetError) as e:
+        path = spec.workdir_path() / MANIFEST
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        ids = {data_id(t) for t in spec.trials()}
+        if not ids <= set(known):
+            raise
+        warn(f"note: {str(e).splitlines()[0]}\n      reporting from the results store with the dataset "
+             f"keys recorded by the last run ({path})")
+        return {i: SimpleNamespace(**known[i]) for i in ids}

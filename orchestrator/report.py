@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
@@ -266,11 +267,12 @@ def predictions_csv(r) -> str:
 
 
 def state_from_store(spec: SweepSpec) -> SweepState:
-    """The sweep's state from the results store alone (datasets are read from the cache, not trained)."""
-    from orchestrator.data import prepare_all
+    """The sweep's state from the results store alone (no training): dataset keys from the cache, or
+    from the last run's record when the datasets are not at hand here."""
+    from orchestrator.data import prepared_or_recorded
     from orchestrator.plan import expand
 
-    datasets = prepare_all(spec, progress=False)
+    datasets = prepared_or_recorded(spec, warn=lambda m: print(m, file=sys.stderr))
     folds = expand(spec, {n: d.subjects for n, d in datasets.items()},
                    {n: d.key for n, d in datasets.items()})
     state = SweepState(spec, folds, ResultsStore(spec.workdir_path() / "results"), tracking=False)

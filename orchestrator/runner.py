@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from orchestrator.config import SweepSpec, TrialConfig
-from orchestrator.data import data_id, prepare_all
+from orchestrator.data import data_id, prepare_all, record_prepared
 from orchestrator.fold import dumps, prefix_for, prefix_group, run_fold
 from orchestrator.plan import Fold, expand
 from orchestrator.report import SweepState
@@ -183,6 +183,7 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, *, quiet: bool = F
     workdir = spec.workdir_path()
     workdir.mkdir(parents=True, exist_ok=True)
     datasets = prepare_all(spec, progress=progress)
+    record_prepared(spec, datasets)
     folds = expand(spec, {n: d.subjects for n, d in datasets.items()}, {n: d.key for n, d in datasets.items()})
     store = ResultsStore(workdir / "results")
     todo = [f for f in folds if not store.has(f.key)]

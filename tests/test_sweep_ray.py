@@ -150,6 +150,24 @@ def test_rerun_trains_nothing_and_prints_the_same_table(first_run, cluster):
         "trained 0")[0]
 
 
+def test_report_works_where_the_dataset_is_not_at_hand(first_run, monkeypatch):
+    """`report` on a machine without the data (root variable unset): the last run's record of each
+    prepared dataset finds the folds in the store, and the table is the same."""
+    from orchestrator.cli import main
+
+    path, spec, outcome = first_run
+    monkeypatch.delenv("MICROAU_NOT_HERE", raising=False)
+    doc = yaml.safe_load(path.read_text())
+    doc["datasets"]["casme2"]["root"] = "${MICROAU_NOT_HERE}"
+    elsewhere = path.with_name("elsewhere.yaml")
+    elsewhere.write_text(yaml.safe_dump(doc))
+    rep = CliRunner().invoke(main, ["report", str(elsewhere), "--json"])
+    assert rep.exit_code == 0, rep.output
+    assert "MICROAU_NOT_HERE is not set" in rep.stderr and "recorded by the last run" in rep.stderr
+    points = json.loads(rep.stdout)["points"]
+    assert points == json.loads(json.dumps(outcome.state.to_json(8, 0)["points"], default=str))
+
+
 def test_mlflow_holds_parents_with_pooled_metrics_and_children_with_predictions(first_run):
     from mlflow import MlflowClient
 
