@@ -165,3 +165,19 @@ def compute_prefix(model_cfg, data, aus: Sequence[int], device: str = "cpu", bat
         timings={"load_s": t_load - t0, "visual_s": t_vis - t_load, "text_s": t_txt - t_vis,
                  "total_s": t_txt - t0},
     )
+
+
+def cached_prefix(model_cfg, data, aus: Sequence[int], cache_dir, device: str = "cpu") -> Prefix:
+    """`compute_prefix` through an on-disk cache in `cache_dir`, keyed by the prefix key (prepared-data
+    key, backbone weights file identity, k, AUs, texts): a later run, a grid point added later or a
+    `fold` debug session reuses the prefix instead of running the frozen blocks again."""
+    _, _, weights = backbone.resolve_pretrained(model_cfg.arch, model_cfg.pretrained)
+    path = Path(cache_dir) / f"prefix-{prefix_key(_identity(model_cfg, data, [int(a) for a in aus], weights))}.pt"
+    if path.is_file():
+        try:
+            return Prefix.load(path)
+        except ValueError:  # unreadable or of an older schema: computed again below
+            path.unlink(missing_ok=True)
+    prefix = compute_prefix(model_cfg, data, aus, device)
+    prefix.save(path)
+    return prefix

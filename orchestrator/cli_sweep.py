@@ -105,7 +105,7 @@ def fold(sweep: str, dataset: Optional[str], subject: str, point: int, seed: Opt
             print(f"epoch {info['epoch']}/{info.get('epochs', '?')}  {terms}  ({info.get('seconds', 0):.1f}s)",
                   file=out, flush=True)
 
-        prefix = prefix_for(trial, data, device="cpu")
+        prefix = prefix_for(trial, data, spec.workdir_path() / "cache")
         result = run_fold(trial, data, subject, prefix=prefix, on_epoch=on_epoch)
     doc = fold_document(trial, subject, result)
     if as_json:

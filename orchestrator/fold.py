@@ -21,11 +21,12 @@ def prefix_group(trial: TrialConfig, data_key: str) -> str:
     return stable_hash({"data": data_key, "aus": trial.aus, "model": model})
 
 
-def prefix_for(trial: TrialConfig, data, device: str = "cpu"):
-    """The frozen-prefix features of `data` for the trial's backbone (model.compute_prefix)."""
-    from model import compute_prefix
+def prefix_for(trial: TrialConfig, data, cache_dir, device: str = "cpu"):
+    """The frozen-prefix features of `data` for the trial's backbone, from the on-disk cache in
+    `cache_dir` or computed (model.cached_prefix)."""
+    from model import cached_prefix
 
-    return compute_prefix(trial.model, data, trial.aus, device)
+    return cached_prefix(trial.model, data, trial.aus, cache_dir, device)
 
 
 def run_fold(trial: TrialConfig, data, subject: str, prefix=None,

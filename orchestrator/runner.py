@@ -221,7 +221,7 @@ def _prefixes_and_plan(spec: SweepSpec, todo: List[Fold], datasets: Dict[str, An
     for f in todo:
         group = prefix_group(f.trial, f.data_key)
         if group not in prefixes:
-            prefixes[group] = prefix_for(f.trial, datasets[data_id(f.trial)], device="cpu")
+            prefixes[group] = prefix_for(f.trial, datasets[data_id(f.trial)], spec.workdir_path() / "cache")
         plan[f.key] = {"trial": f.trial.model_dump(mode="json"), "subject": f.subject, "prefix": group,
                        "threads": threads}
     return prefixes, plan

@@ -107,6 +107,23 @@ def test_prefix_save_load_is_atomic_and_checked(data, tmp_path):
         Prefix.load(bad)
 
 
+def test_cached_prefix_is_computed_once_per_key(data, tmp_path, monkeypatch):
+    from model import prefix as prefix_mod
+    calls = []
+    real = prefix_mod.compute_prefix
+    monkeypatch.setattr(prefix_mod, "compute_prefix", lambda *a, **k: calls.append(a) or real(*a, **k))
+    cfg = ModelConfig(**TINY, trainable_blocks=1)
+    first = prefix_mod.cached_prefix(cfg, data, CASME2_AUS, tmp_path)
+    again = prefix_mod.cached_prefix(cfg, data, CASME2_AUS, tmp_path)  # from disk
+    assert len(calls) == 1 and again.key == first.key
+    assert np.array_equal(again.visual, first.visual)
+    assert [p.name for p in tmp_path.iterdir()] == [f"prefix-{first.key}.pt"]
+    other = prefix_mod.cached_prefix(cfg.model_copy(update={"trainable_blocks": 2}), data, CASME2_AUS, tmp_path)
+    assert len(calls) == 2 and other.key != first.key  # another backbone split: its own entry
+    (tmp_path / f"prefix-{first.key}.pt").write_bytes(b"torn")  # unreadable: recomputed, not fatal
+    assert prefix_mod.cached_prefix(cfg, data, CASME2_AUS, tmp_path).key == first.key and len(calls) == 3
+
+
 def test_prefix_key_and_mismatch(data):
     cfg = ModelConfig(**TINY, trainable_blocks=1)
     p1 = compute_prefix(cfg, data, CASME2_AUS)

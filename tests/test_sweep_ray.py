@@ -98,14 +98,15 @@ def test_pooled_metrics_equal_a_single_node_in_process_run(first_run):
     """Same folds trained in this process (no Ray, one node): identical predictions and pooled metrics."""
     from model.metrics import pooled_metrics
     from orchestrator.data import prepare
-    from orchestrator.fold import prefix_for, run_fold
+    from model import compute_prefix
+    from orchestrator.fold import run_fold
 
     path, spec, outcome = first_run
     data = prepare(spec, "casme2", progress=False)
     rows = {r["label"]: r for r in outcome.state.rows()}
     store = ResultsStore(spec.workdir_path() / "results")
     for g in outcome.state.groups.values():
-        prefix = prefix_for(g.trial, data)
+        prefix = compute_prefix(g.trial.model, data, g.trial.aus)  # computed afresh, not from the cache
         local = [run_fold(g.trial, data, f.subject, prefix=prefix) for f in g.folds]
         for f, r in zip(g.folds, local):
             assert np.array_equal(np.array(r["probs"]), np.array(store.get(f.key)["result"]["probs"]))
