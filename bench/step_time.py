@@ -8,6 +8,11 @@
              loop would) and the text runs on the full 77-token context.
 Both include the LSI/GSD/heads forward, all Eq. 12 losses and the SGD update. Random backbone weights
 (no download needed); timing does not depend on the weights.
+
+FLOP floor: torch's FlopCounterMode counts the cached step's FLOPs (forward + backward); divided by this
+machine's measured dense-matmul rate (a 1024^3 fp32 matmul at the same thread count) it gives the time
+a step could take at best, and times the steps of one paper-setting CASME II fold (229 training samples
+-> 29 steps x 80 epochs) the floor of one fold's training.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import argparse
 import json
 import statistics
 import sys
+import math
 import time
 from pathlib import Path
 
@@ -22,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from model import backbone, compute_prefix  # noqa: E402
 from model.config import ModelConfig, TrainConfig  # noqa: E402
@@ -102,7 +109,34 @@ def main() -> None:
         out[f"{name}_step_ms"] = {"median": round(1000 * statistics.median(times), 1),
                                   "min": round(1000 * min(times), 1), "max": round(1000 * max(times), 1)}
     out["speedup"] = round(out["uncached_step_ms"]["median"] / out["cached_step_ms"]["median"], 2)
+
+    with FlopCounterMode(display=False) as fc:  # one cached step, forward + backward
+        step(True, 0)
+    flops = fc.get_total_flops()
+    peak = matmul_gflops()
+    fold_steps = math.ceil(229 / args.batch) * 80  # CASME II: 255 samples, ~26 held out, 80 epochs
+    step_s = out["cached_step_ms"]["median"] / 1000
+    out["flop_floor"] = {
+        "cached_step_gflop": round(flops / 1e9, 3), "matmul_peak_gflops": round(peak, 1),
+        "achieved_gflops": round(flops / 1e9 / step_s, 1),
+        "efficiency": round(flops / 1e9 / step_s / peak, 3),
+        "paper_fold_steps": fold_steps, "paper_fold_floor_s": round(fold_steps * flops / 1e9 / peak, 1),
+        "paper_fold_measured_s": round(fold_steps * step_s, 1)}
     print(json.dumps(out, indent=1))
+
+
+def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
+    """This machine's dense fp32 matmul rate at the current thread count (best of `reps`)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 if __name__ == "__main__":
