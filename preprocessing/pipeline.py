@@ -3,7 +3,8 @@
 Per sample: dlib landmarks on the apex frame -> square face box from them, the same for every frame ->
 crop to size x size -> magnification of the onset..apex clip -> onset->apex optical flow image
 (u, v, strain). The result is cached in `cache_dir` under a hash of the annotation sheet's bytes, the
-frame files (path, size, mtime), the preprocessing config, the predictor/weights files and SCHEMA_VERSION.
+frame files (path relative to the root, size, mtime), the preprocessing config, the predictor/weights
+files (name, size) and SCHEMA_VERSION.
 """
 from __future__ import annotations
 
@@ -59,27 +60,48 @@ def process_sample(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, n
 # ---------------------------------------------------------------------------------------------------
 # Cache key
 # ---------------------------------------------------------------------------------------------------
-def _file_stamp(path: Path) -> List:
+def _file_stamp(path: Path, root: Path) -> List:
+    """(path, size, mtime) of a frame file; the path relative to the dataset root where it lies under it,
+    so a dataset moved or mounted elsewhere keeps its key (and so its finished folds)."""
     st = path.stat()
-    return [str(path), st.st_size, st.st_mtime_ns]
+    try:
+        name = str(path.resolve().relative_to(root))
+    except ValueError:
+        name = str(path.resolve())
+    return [name, st.st_size, st.st_mtime_ns]
 
 
-def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig) -> str:
+def _model_stamp(path: Path) -> List:
+    """(file name, size) of a model file: the same predictor or weights installed elsewhere, or unpacked
+    at another time, is the same input."""
+    return [path.name, path.stat().st_size]
+
+
+def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, root) -> str:
     """sha256 over: SCHEMA_VERSION, reader, the preprocessing config, the sheet's bytes, every frame file
-    of every coded sample (path, size, mtime), and the predictor / magnification weights files (path,
-    size, mtime)."""
+    of every coded sample (path relative to `root`, size, mtime), and the predictor / magnification
+    weights files (file name and size: not where an installation keeps them)."""
+    root = Path(root).expanduser().resolve()
     h = hashlib.sha256()
     h.update(json.dumps({"schema": SCHEMA_VERSION, "reader": reader,
-                         "config": cfg.model_dump(mode="json")}, sort_keys=True).encode())
+                         "config": _config_for_key(cfg)}, sort_keys=True).encode())
     for sheet in sorted({s.sheet for s in samples}):
         h.update(hashlib.sha256(Path(sheet).read_bytes()).digest())
     for s in samples:
-        h.update(json.dumps([s.id, s.row, [_file_stamp(s.frames[n]) for n in sorted(s.frames)]]).encode())
-    extra = [_file_stamp(predictor_path(cfg.predictor))]
+        h.update(json.dumps([s.id, s.row, [_file_stamp(s.frames[n], root) for n in sorted(s.frames)]]).encode())
+    extra = [_model_stamp(predictor_path(cfg.predictor))]
     if cfg.magnification.method == "learned" and cfg.magnification.weights:
-        extra.append(_file_stamp(Path(cfg.magnification.weights).expanduser()))
+        extra.append(_model_stamp(Path(cfg.magnification.weights).expanduser()))
     h.update(json.dumps(extra).encode())
     return h.hexdigest()[:20]
+
+
+def _config_for_key(cfg: PreprocessConfig) -> dict:
+    """The config without the locations of the model files (the key stamps the files themselves)."""
+    d = cfg.model_dump(mode="json")
+    d["predictor"] = None
+    d["magnification"]["weights"] = None
+    return d
 
 
 def cache_path(cache_dir, reader: str, key: str) -> Path:
@@ -106,7 +128,7 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
         raise DatasetError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
     cfg = cfg or PreprocessConfig()
     samples = get_reader(reader)(root, sheet=sheet)
-    key = cache_key(reader, samples, cfg)
+    key = cache_key(reader, samples, cfg, root)
     path = cache_path(cache_dir, reader, key)
     if path.is_file():
         data = PreparedDataset.load(path)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import time
+import shutil
 
 import cv2
 import numpy as np
@@ -10,6 +10,7 @@ import pytest
 
 from preprocessing import DatasetError, PreparedDataset, prepare_dataset
 from preprocessing import magnify as mag
+from preprocessing import pipeline
 from preprocessing.annotations import DEFAULT_AUS
 from preprocessing.config import MagnificationConfig, PreprocessConfig
 from preprocessing.flow import flow_image, optical_flow, optical_strain
@@ -203,14 +204,17 @@ def _cfg(**kw):
     return PreprocessConfig.model_validate({**TEST_PREPROCESS, **kw})
 
 
-def test_cache_hit_and_key(tiny_casme2, tmp_path):
+def test_cache_hit_and_key(tiny_casme2, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False)
     files = list(cache.iterdir())
     assert [f.name for f in files] == [f"prepared-casme2-{first.key}.npz"]
-    t = time.perf_counter()
-    again = prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False)
-    assert time.perf_counter() - t < 1.0
+    with monkeypatch.context() as m:  # a cache hit preprocesses nothing
+        m.setattr(pipeline, "process_sample", lambda *a: pytest.fail("cache hit expected"))
+        again = prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False)
+        moved = tmp_path / "elsewhere" / "CASME2"  # the same dataset in another folder: the same key
+        shutil.copytree(tiny_casme2, moved)  # copy2 keeps modification times
+        assert prepare_dataset("casme2", moved, _cfg(), cache, progress=False).key == first.key
     assert again.key == first.key and np.array_equal(again.flow, first.flow)
     assert prepare_dataset("casme2", tiny_casme2, _cfg(flow="farneback"), cache, progress=False).key != first.key
     frame = sorted(next((tiny_casme2 / "CASME2_RAW_selected" / "sub01").iterdir()).iterdir())[0]
@@ -223,7 +227,6 @@ def test_cache_hit_and_key(tiny_casme2, tmp_path):
 
 
 def test_failed_run_leaves_no_cache(tiny_casme2, tmp_path, monkeypatch):
-    from preprocessing import pipeline
     real, calls = pipeline.process_sample, []
 
     def dies_on_third(sample, cfg):
