@@ -29,8 +29,10 @@ class MicroAUCLIP(nn.Module):
         d = int(self.visual_tail.proj.shape[1])
         self.d = d
         # The text tower trains only when a contrastive loss reaches it (Table III "finetune"; "No CL" has
-        # no text encoder in training).
-        self.text_trains = model_cfg.text == "finetune" and model_cfg.contrastive != "none"
+        # no text encoder in training) and some of its blocks are trainable (k = 0: nothing of it trains,
+        # ln_final and text_projection included, so the frozen tower's cached features are used).
+        self.text_trains = (model_cfg.text == "finetune" and model_cfg.contrastive != "none"
+                            and model_cfg.trainable_blocks > 0)
         self.text_tail = copy.deepcopy(prefix.text_tail) if self.text_trains else None
         self.local = LocalFeatures(n_aus, d, model_cfg.pooling, model_cfg.lsi, model_cfg.pta_hidden)
         self.gsd = GSD(n_aus, d, model_cfg.dependency) if model_cfg.gsd else None

@@ -39,9 +39,9 @@ class FoldResult:
 
     @property
     def mer_preds(self) -> List[str]:
-        """Eq. 13 argmax per sample."""
-        return [self.mer_classes[i] for i in np.asarray(self.mer_scores).argmax(axis=1)] \
-            if len(self.mer_scores) else []
+        """Eq. 13 argmax per sample (model.mer.mer_predict)."""
+        from model.mer import mer_predict
+        return mer_predict(self.mer_scores, self.mer_classes) if len(self.mer_scores) else []
 
     def to_dict(self) -> Dict[str, Any]:
         return {

@@ -149,11 +149,11 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
             sums["total"] += float(loss.detach())
             for k in ("multitask", "contrastive", "gd"):
                 sums[k] += float(terms[k].detach())
+        lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)}  # this epoch's
         sched.step()
         for k in curve:
             curve[k].append(sums[k] / len(batches))
         if on_epoch is not None:
-            lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)}
             on_epoch({"epoch": epoch + 1, "epochs": tcfg.epochs, **{k: v[-1] for k, v in curve.items()},
                       **lrs, "seconds": time.perf_counter() - te})
     t_train = time.perf_counter() - t0

@@ -150,8 +150,6 @@ class SweepState:
                 self._tracking_failed(e)
 
     def _tracking_failed(self, e: Exception) -> None:
-        import sys
-
         self.tracking_errors.append(str(e))
         if len(self.tracking_errors) == 1:
             print(f"warning: MLflow ({self.tracker.uri}) failed: {e}. Training goes on and results are "

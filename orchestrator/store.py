@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator
 
 from orchestrator.config import stable_hash
 from preprocessing.atomic import atomic_file
@@ -67,9 +67,6 @@ class ResultsStore:
         if record.get("key") != key or "result" not in record:
             raise StoreError(f"{path}: not a results record for key {key}; delete it and run again")
         return record
-
-    def maybe_get(self, key: str) -> Optional[Dict[str, Any]]:
-        return self.get(key) if self.has(key) else None
 
     def keys(self) -> Iterator[str]:
         if self.root.is_dir():

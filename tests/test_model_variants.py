@@ -88,3 +88,17 @@ def test_every_paper_sweep_point_trains_a_step(setup):
             r = train_fold(t, data, "sub01", prefix=prefixes[key])
             assert np.isfinite(r.loss_curve["total"][0]), f"{f.name}: {trial.point_label}"
     assert len(seen) >= 10
+
+
+def test_zero_trainable_blocks_trains_no_encoder_weight(setup):
+    """trainable_blocks: 0 -> neither tower trains (ln_post/proj, ln_final/text_projection included);
+    the frozen text tower's cached features are used, and the heads still train."""
+    data, base, _ = setup
+    cfg = base.model_copy(update={"trainable_blocks": 0})
+    prefix = compute_prefix(cfg, data, CASME2_AUS)
+    model = MicroAUCLIP(cfg, len(CASME2_AUS), prefix)
+    assert model.encoder_parameters() == [] and model.text_tail is None
+    spec = SimpleNamespace(reader="casme2", aus=CASME2_AUS, seed=1, model=cfg,
+                           training=TrainConfig(epochs=1, batch_size=4, alpha=0.6, beta=1.0, device="cpu"))
+    r = train_fold(spec, data, sorted(set(data.subjects))[0], prefix=prefix)
+    assert np.isfinite(r.probs).all() and np.isfinite(r.loss_curve["total"]).all()

@@ -96,7 +96,8 @@ def test_on_epoch_reports_each_term_and_the_lr_step(data, prefix):
     assert [e["epoch"] for e in seen] == [1, 2, 3]
     assert {"total", "multitask", "contrastive", "gd", "lr_encoder", "lr_head"} <= set(seen[0])
     assert seen[0]["lr_head"] == pytest.approx(1e-2) and seen[0]["lr_encoder"] == pytest.approx(1e-3)
-    assert seen[2]["lr_head"] == pytest.approx(1e-3)  # divided by 10 from epoch lr_step_epoch on
+    assert seen[1]["lr_head"] == pytest.approx(1e-2)  # the lr epoch 2 trained with, not the next one's
+    assert seen[2]["lr_head"] == pytest.approx(1e-3)  # divided by 10 after lr_step_epoch epochs
     assert seen[0]["total"] == pytest.approx(seen[0]["multitask"] + 0.6 * seen[0]["contrastive"]
                                              + 1.0 * seen[0]["gd"], rel=1e-5)  # Eq. 12
 
