@@ -56,7 +56,7 @@ def synth(out, layout, subjects, per_subject, seed, intensity, noise):
 @click.option("--predictor", type=click.Path(dir_okay=False), default=None,
               help="dlib 68-point predictor .dat [default: the one in face-recognition-models].")
 @click.option("--skip-bad", is_flag=True, help="Skip unusable samples (listed in the summary) instead of "
-                                               "stopping at the first problem.")
+                                               "stopping with the list of problems and caching nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def preprocess(reader, root, sheet, cache_dir, flow, magnification, factor, magnet_weights, predictor,

@@ -5,14 +5,16 @@ this module knows which spreadsheet, column spelling or frame-file naming a samp
 """
 from __future__ import annotations
 
+import csv
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import cv2
+import numpy as np
 import pandas as pd
+from PIL import Image, ImageFile, ImageOps
 
 from preprocessing.errors import DatasetError, SampleProblem
 
@@ -30,6 +32,13 @@ MER_CLASSES = ("positive", "negative", "surprise")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
+_INTEGER_FLOAT = re.compile(r"^\s*([+-]?\d+)\.0*\s*$")  # `12.0`, `1.` (a number a CSV export wrote as float)
+
+
+def _integer_text(text: str) -> str:
+    """`12.0` -> `12`: a string that is an integer-valued float becomes the integer; anything else as is."""
+    m = _INTEGER_FLOAT.match(text)
+    return str(int(m.group(1))) if m else text
 
 
 def parse_aus(text) -> set[int]:
@@ -37,13 +46,13 @@ def parse_aus(text) -> set[int]:
 
     `4+R12` -> {4, 12}; `L10 + R12` -> {10, 12}; `R14A` -> {14}; `12` -> {12}; `?` -> set().
     Side letters (L/R), intensity letters (A-E) and uncertain codes (`?`) are dropped; a cell that Excel
-    stored as a number (12 or 12.0) is that AU.
+    stored as a number (12 or 12.0), or a CSV export wrote as one (`12.0`), is that AU.
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return set()
     if isinstance(text, (int, float)):
         return {int(text)}
-    return {int(n) for n in re.findall(r"\d+", str(text))}
+    return {int(n) for n in re.findall(r"\d+", _integer_text(str(text)))}
 
 
 def mer_class(reader: str, emotion) -> Optional[str]:
@@ -99,7 +108,7 @@ def _norm(name) -> str:
 
 
 def read_sheet(path: Path, required: Dict[str, str]) -> Tuple[pd.DataFrame, int]:
-    """Read a coding sheet (.xlsx/.xls/.csv) whose header row is found by content, not position.
+    """Read a coding sheet (.xlsx/.csv) whose header row is found by content, not position.
 
     `required` maps a normalised column name (`onsetframe`) to the name shown in messages. Returns the
     data rows with normalised column names (header-less columns dropped) and the 1-based sheet row number
@@ -109,19 +118,16 @@ def read_sheet(path: Path, required: Dict[str, str]) -> Tuple[pd.DataFrame, int]
     if not path.is_file():
         raise DatasetError(f"{path}: coding sheet not found; pass the sheet with --sheet (or `sheet:` in "
                            f"the sweep file) or put it in the dataset root")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".xlsx", ".xlsm"):
+        raise DatasetError(f"{path}: a coding sheet must be .xlsx or .csv, not {path.suffix!r}")
     try:
-        if path.suffix.lower() == ".csv":
-            raw = pd.read_csv(path, header=None, dtype=object, skip_blank_lines=False,
-                              keep_default_na=False, na_values=[""], encoding_errors="replace")
-        elif path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
-            raw = pd.read_excel(path, header=None, dtype=object)
-        else:
-            raise DatasetError(f"{path}: a coding sheet must be .xlsx or .csv, not {path.suffix!r}")
-    except DatasetError:
-        raise
-    except Exception as e:  # corrupt workbook, wrong encoding, ...
-        raise DatasetError(f"{path}: cannot read the coding sheet ({type(e).__name__}: {e}); "
-                           f"save it again as .xlsx or .csv") from None
+        raw = _read_csv(path) if suffix == ".csv" else pd.read_excel(path, header=None, dtype=object)
+    except Exception as e:  # corrupt workbook, not a text file, ...
+        advice = ("it must be a comma-separated text file; open the original sheet in a spreadsheet program "
+                  "and save it as .xlsx (or as CSV UTF-8)") if suffix == ".csv" else \
+            "open it in a spreadsheet program and save it again as .xlsx, or use the dataset's original sheet"
+        raise DatasetError(f"{path}: cannot read the coding sheet ({type(e).__name__}: {e}); {advice}") from None
     header_at = None
     for i in range(min(len(raw), 60)):  # SAMM: ~13 rows of free text before the header
         cells = {_norm(v) for v in raw.iloc[i].tolist()}
@@ -144,6 +150,18 @@ def read_sheet(path: Path, required: Dict[str, str]) -> Tuple[pd.DataFrame, int]
     return data, header_at + 2
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A .csv sheet as a header-less frame of strings (None for empty cells). Read with the csv module and
+    padded to the widest row: free-text rows above the header (SAMM's preamble) may have fewer cells than
+    the header, which pandas' parser rejects. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped;
+    undecodable bytes become U+FFFD."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        rows = list(csv.reader(f))
+    width = max((len(r) for r in rows), default=0)
+    return pd.DataFrame([[c if c.strip() else None for c in r] + [None] * (width - len(r)) for r in rows],
+                        dtype=object)
+
+
 def _cell(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
@@ -159,6 +177,44 @@ def _frame_number(v) -> Optional[int]:
     except ValueError:
         return None
     return int(f) if f.is_integer() else None
+
+
+def read_image(path: Path, check_only: bool = False) -> Optional[np.ndarray]:
+    """Decode an image file with Pillow -> RGB uint8 (H, W, 3) (grey repeated to 3 channels, 16-bit scaled
+    to 8, EXIF orientation applied as OpenCV's imread does).
+
+    Raises (OSError, ValueError, ...) on any damage, a file cut short included: Pillow fails on a truncated
+    JPEG or PNG where OpenCV only warns and fills the missing rows. This relies on
+    `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` being False (Pillow's default; nothing here sets it).
+    check_only=True decodes the whole file (a JPEG at 1/8 scale, which still reads all of its data) and
+    returns None.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise DatasetError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by another library), so cut-short "
+                           "frames would be filled silently; set it back to False")
+    with Image.open(path) as im:
+        if check_only:
+            im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+            return None
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I;16") or im.mode == "I":
+            a = np.asarray(im).astype(np.float64)
+            grey = np.clip(a / 257.0 if a.max() > 255 else a, 0, 255).round().astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=2)
+        return np.asarray(im.convert("RGB"))
+
+
+def image_problem(path: Path) -> Optional[str]:
+    """None when the file decodes as a whole image, else the reason (for messages)."""
+    try:
+        read_image(path, check_only=True)
+    except DatasetError:
+        raise
+    except Exception as e:  # UnidentifiedImageError, truncated data, decompression bomb, ...
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def find_frames(folder: Path) -> Dict[int, Path]:
@@ -204,12 +260,12 @@ _COLUMNS = {
 
 
 def _casme2_subject(v) -> str:
-    s = _cell(v)
+    s = _integer_text(_cell(v))  # `1.0` (a CSV export of a number) -> `1`
     return f"sub{int(s):02d}" if s.isdigit() else s  # Subject 1 -> sub01; `sub01` kept
 
 
 def _samm_subject(v) -> str:
-    s = _cell(v)
+    s = _integer_text(_cell(v))
     return f"{int(s):03d}" if s.isdigit() else s  # Subject 6 (a number in Excel) -> 006
 
 
@@ -250,7 +306,7 @@ def read_casme2(root, sheet=None) -> List[Sample]:
     """CASME II: `CASME2-coding-*.xlsx` (or .csv) and `CASME2_RAW_selected/sub{NN}/{Filename}/img{N}.jpg`
     and/or `Cropped/sub{NN}/{Filename}/reg_img{N}.jpg`; or `root` is the frames folder and `sheet` given.
     Raw frames are used when both are present (landmarks and crop are computed here)."""
-    return _read("casme2", root, sheet, ["CASME2-coding*.xlsx", "CASME2-coding*.xls", "CASME2-coding*.csv",
+    return _read("casme2", root, sheet, ["CASME2-coding*.xlsx", "CASME2-coding*.csv",
                                          "CASME2*coding*.xlsx", "CASME2*coding*.csv"],
                  ["CASME2_RAW_selected", "CASME2_RAW", "Cropped", ""], _casme2_subject)
 
@@ -278,11 +334,11 @@ def get_reader(name: str) -> Callable[..., List[Sample]]:
 # ---------------------------------------------------------------------------------------------------
 def validate_samples(samples: Sequence[Sample], clip: bool) -> Tuple[List[Sample], List[SampleProblem]]:
     """Check every sample before any work: frame numbers are numbers, onset <= apex <= offset, the
-    sample folder and every needed frame exist and are non-empty image files (by their header), ids are
-    unique.
+    sample folder and every needed frame exist and are non-empty image files that decode whole (Pillow;
+    a file cut short fails), ids are unique.
 
-    Returns (good samples, problems). A frame whose content is damaged past its header is reported when it
-    is decoded (`pipeline.load_frame`), the same way.
+    Returns (good samples, problems). `pipeline.load_frame` decodes the same way and reports a frame that
+    fails then (changed since) alike.
     """
     good, problems, seen = [], [], {}
     for s in samples:
@@ -316,10 +372,11 @@ def validate_samples(samples: Sequence[Sample], clip: bool) -> Tuple[List[Sample
             problems.append(SampleProblem(s, f"frame file {empty[0]} is empty; restore it from the "
                                              f"dataset archive"))
             continue
-        unknown = [s.frames[n] for n in s.needed_frames(clip) if not cv2.haveImageReader(str(s.frames[n]))]
-        if unknown:  # header check only; a truncated image is caught when it is decoded
-            problems.append(SampleProblem(s, f"frame file {unknown[0]} cannot be read as an image; restore "
-                                             f"it from the dataset archive"))
+        damaged = next(((s.frames[n], why) for n in s.needed_frames(clip)
+                        if (why := image_problem(s.frames[n])) is not None), None)
+        if damaged:
+            problems.append(SampleProblem(s, f"frame file {damaged[0]} cannot be read as an image "
+                                             f"({damaged[1]}); restore it from the dataset archive"))
             continue
         good.append(s)
     return good, problems

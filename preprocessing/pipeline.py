@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from preprocessing import magnify as mag
-from preprocessing.annotations import Sample, get_reader, validate_samples
+from preprocessing.annotations import Sample, get_reader, read_image, validate_samples
 from preprocessing.config import PreprocessConfig
 from preprocessing.dataset import PreparedDataset
 from preprocessing.errors import DatasetError, SampleProblem
@@ -25,17 +25,22 @@ from preprocessing.flow import flow_image, optical_flow
 from preprocessing.landmarks import NoFaceError, crop, detect_landmarks, face_box, predictor_path, to_crop_grid
 
 # Bump when the prepared output of the same input and config changes (crop, flow, normalisation, ...).
-SCHEMA_VERSION = 2  # 2: landmarks mapped with the pixel-centre convention
+# 2: landmarks mapped with the pixel-centre convention. 3: frames decoded with Pillow, which fails on a
+# file cut short where OpenCV filled it in: an older cache may hold such damaged samples under the same key.
+SCHEMA_VERSION = 3
 
 
 def load_frame(sample: Sample, number: int) -> np.ndarray:
-    """One frame as an RGB uint8 image (grey frames are repeated to 3 channels)."""
+    """One frame as an RGB uint8 image (grey frames are repeated to 3 channels). A file that does not decode
+    whole (a JPEG cut short included) is a SampleProblem, never filled in."""
     path = sample.frames[number]
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SampleProblem(sample, f"frame file {path} cannot be read as an image; restore it from the "
-                                    f"dataset archive")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    try:
+        return read_image(path)
+    except DatasetError:
+        raise
+    except Exception as e:  # UnidentifiedImageError, truncated data, ...
+        raise SampleProblem(sample, f"frame file {path} cannot be read as an image ({type(e).__name__}: "
+                                    f"{e}); restore it from the dataset archive") from None
 
 
 def process_sample(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, np.ndarray]:
@@ -128,6 +133,7 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
         raise DatasetError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
     cfg = cfg or PreprocessConfig()
     samples = get_reader(reader)(root, sheet=sheet)
+    mag.check(cfg.magnification)  # missing or unusable weights fail here, before the key stamps the file
     key = cache_key(reader, samples, cfg, root)
     path = cache_path(cache_dir, reader, key)
     if path.is_file():
@@ -139,7 +145,6 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
                                "\nFix them, or skip bad samples (--skip-bad / on_error: skip).")
         return data
 
-    mag.check(cfg.magnification)  # a missing weights file fails before any work
     good, problems = validate_samples(samples, clip=mag.needs_clip(cfg.magnification))
     if problems and on_error == "stop":
         raise _problems_error(problems, len(samples))

@@ -55,11 +55,37 @@ def test_missing_frame(broken):
                           f"frame(s) {s.onset} missing in {s.frames_dir}", "Nothing was cached")
 
 
-def test_unreadable_image(broken):
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3])
+
+
+@pytest.mark.parametrize("damage", ["not an image", "truncated apex", "truncated onset"])
+def test_unreadable_image(broken, damage):
+    """A frame that is not an image, or a JPEG cut short (OpenCV decodes it with only a warning and fills
+    the rest), stops with the file, row and sample, and caches nothing."""
+    import cv2
     root, s, cache = broken
-    s.frames[s.apex].write_bytes(b"not a jpeg at all")
-    assert_failed_cleanly(preprocess(root, cache), cache, f"row {s.row}: sample {s.id}",
-                          f"frame file {s.frames[s.apex]} cannot be read as an image")
+    frame = s.frames[s.onset if damage == "truncated onset" else s.apex]
+    if damage == "not an image":
+        frame.write_bytes(b"not a jpeg at all")
+    else:
+        _truncate(frame)
+        assert cv2.imread(str(frame)) is not None  # OpenCV would have let it through
+    assert_failed_cleanly(preprocess(root, cache), cache, f"{s.sheet}: row {s.row}: sample {s.id}",
+                          f"frame file {frame} cannot be read as an image", "Nothing was cached",
+                          *(["truncated"] if damage != "not an image" else []))
+
+
+def test_frame_truncated_after_validation_stops_processing(broken, monkeypatch):
+    """Decoding for processing fails on a cut-short onset frame too (not only validation), and stops."""
+    from preprocessing import annotations
+    root, s, cache = broken
+    _truncate(s.frames[s.onset])
+    monkeypatch.setattr(annotations, "image_problem", lambda path: None)  # validation lets it through
+    assert_failed_cleanly(preprocess(root, cache, "--magnification", "none"), cache,
+                          f"row {s.row}: sample {s.id}: frame file {s.frames[s.onset]} cannot be read as an "
+                          f"image", "truncated", "Nothing was cached")
 
 
 def test_no_face(broken):
@@ -102,6 +128,14 @@ def test_unknown_reader(tiny_casme2, tmp_path):
 def test_learned_without_weights(tiny_casme2, tmp_path):
     result = preprocess(tiny_casme2, tmp_path / "cache", "--magnification", "learned")
     assert_failed_cleanly(result, tmp_path / "cache", "preprocessing.magnification.weights", "eulerian")
+
+
+def test_missing_magnet_weights_file(tiny_casme2, tmp_path):
+    missing = tmp_path / "nowhere" / "magnet_epoch12_loss7.28e-02.pth"
+    result = preprocess(tiny_casme2, tmp_path / "cache", "--magnet-weights", str(missing))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert_failed_cleanly(result, tmp_path / "cache", f"{missing}: magnification weights not found",
+                          "--magnet-weights", "eulerian")
 
 
 def test_skip_bad_lists_the_skipped_sample_and_caches_the_rest(broken):

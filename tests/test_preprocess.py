@@ -100,15 +100,27 @@ def test_flow_image_channels():
 
 
 # -- magnification -------------------------------------------------------------------------------------
-def test_eulerian_multiplies_the_motion(face224):
-    clip = np.stack([shifted(face224, 0.1 * t, 0.0) for t in range(5)])  # 0.4 px onset -> apex
+@pytest.mark.parametrize("frames", [5, 30])  # 30: a CASME II / SAMM onset->apex at 200 fps
+def test_eulerian_multiplies_the_motion(face224, frames):
+    """A 0.4 px ramp onset -> apex leaves about `factor` (3) times larger at any clip length: the default
+    band [0, 0.5] cycles/frame holds the ramp's whole spectrum (with [0.05, 0.4] a 30-frame clip got x2.4)."""
+    clip = np.stack([shifted(face224, 0.4 * t / (frames - 1), 0.0) for t in range(frames)])
     plain = optical_flow(clip[0], clip[-1], "tvl1")[40:-40, 40:-40, 0]
     onset, apex = mag.magnify(clip, MagnificationConfig(method="eulerian", factor=3.0))
     magnified = optical_flow(onset, apex, "tvl1")[40:-40, 40:-40, 0]
     assert np.median(plain) == pytest.approx(0.4, abs=0.08)
     assert np.median(magnified) == pytest.approx(1.2, rel=0.2)
+    assert 2.6 <= np.median(magnified) / np.median(plain) <= 3.3
     none = mag.magnify(clip, MagnificationConfig(method="none"))
     assert np.array_equal(none[0], clip[0]) and np.array_equal(none[1], clip[-1])
+
+
+def test_eulerian_band_bounds():
+    from pydantic import ValidationError
+    assert (MagnificationConfig().low, MagnificationConfig().high) == (0.0, 0.5)
+    for bad in ({"low": 0.3, "high": 0.2}, {"high": 0.6}, {"low": 0.5}):
+        with pytest.raises(ValidationError):
+            MagnificationConfig(**bad)
 
 
 # Key names and shapes of the public PyTorch port's `MagNet` (ZhengPeng7/motion_magnification_learning-

@@ -18,6 +18,7 @@ from preprocessing.annotations import (DEFAULT_AUS, READERS, get_reader, mer_cla
     ("4+R12", {4, 12}), ("L10 + R12", {10, 12}), ("R14A", {14}), ("12", {12}), ("?", set()),
     (12, {12}), (12.0, {12}), ("1+2+4", {1, 2, 4}), ("", set()), (None, set()), (float("nan"), set()),
     ("R12A+L14B", {12, 14}), ("4 + ?", {4}),
+    ("12.0", {12}), (" 4.0 ", {4}), ("17.", {17}),  # a CSV export of a number cell
 ])
 def test_parse_aus(text, expected):
     assert parse_aus(text) == expected
@@ -158,3 +159,76 @@ def test_sheet_without_header_row(tmp_path):
 def test_root_missing(tmp_path):
     with pytest.raises(DatasetError, match="dataset root is not a folder"):
         read_samm(tmp_path / "nope")
+
+
+SAMM_HEADER = ["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame",
+               "Duration", "Type", "Action Units", "Notes", "Estimated Emotion"]
+
+
+def test_csv_cells_written_as_floats(tmp_path):
+    """A CSV exported from a float column: `1.0` is subject 1 (sub01), `12.0` is AU 12, `46.0` frame 46."""
+    _casme2_tree(tmp_path)
+    with open(tmp_path / "CASME2-coding-1.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["" if h is None else h for h in CASME2_HEADER])
+        w.writerow(["1.0", "EP02_01f", "x", "46.0", "59.0", "86.0", "", "12.0", "happiness"])
+    (s,) = read_casme2(tmp_path)
+    assert (s.id, s.aus, s.onset, s.apex, s.offset) == ("sub01/EP02_01f", [12], 46, 59, 86)
+    assert s.frames_dir.is_dir() and validate_samples([s], clip=True)[1] == []
+    samm = tmp_path / "samm"
+    _frames(samm / "SAMM" / "006" / "006_1_2", range(5560, 5610), lambda n: f"006_{n:05d}.jpg")
+    with open(samm / "SAMM_Micro_FACS_Codes_v2.csv", "w", newline="") as f:
+        csv.writer(f).writerows([SAMM_HEADER, ["6.0", "006_1_2", "1.0", "5562.0", "5588.0", "5607.0", "46.0",
+                                               "Micro", "4.0", "", "Anger"]])
+    (s,) = read_samm(samm)
+    assert (s.id, s.aus, s.apex) == ("006/006_1_2", [4], 5588) and s.frames_dir.is_dir()
+
+
+def test_samm_csv_with_short_preamble_rows(tmp_path):
+    """SAMM saved as .csv (Excel "CSV UTF-8", with a byte-order mark): 13 one-cell preamble rows, shorter
+    than the 11-column header, are read (pandas' parser rejects them)."""
+    _frames(tmp_path / "SAMM" / "006" / "006_1_2", range(5560, 5610), lambda n: f"006_{n:05d}.jpg")
+    with open(tmp_path / "SAMM_Micro_FACS_Codes_v2.csv", "w", newline="", encoding="utf-8-sig") as f:
+        w = csv.writer(f)
+        for i in range(13):
+            w.writerow([f"note {i}, with a comma"] if i % 2 else [f"note {i}"])
+        w.writerow(SAMM_HEADER)
+        w.writerow(["006", "006_1_2", 1, 5562, 5588, 5607, 46, "Micro - 1/2", "R12A+L14", "", "Happiness"])
+    (s,) = read_samm(tmp_path)
+    assert (s.id, s.row, s.aus, s.emotion, s.onset) == ("006/006_1_2", 15, [12, 14], "Happiness", 5562)
+    assert validate_samples([s], clip=True)[1] == []
+
+
+def test_xls_is_not_a_sheet_format(tmp_path):
+    _casme2_tree(tmp_path)
+    (tmp_path / "CASME2-coding-20140508.xls").write_bytes(b"old binary workbook")
+    with pytest.raises(DatasetError, match=r"no coding sheet \(CASME2-coding\*.xlsx or CASME2-coding\*.csv"):
+        read_casme2(tmp_path)
+    with pytest.raises(DatasetError, match=r"must be .xlsx or .csv, not '.xls'"):
+        read_casme2(tmp_path, sheet=tmp_path / "CASME2-coding-20140508.xls")
+
+
+def test_xlsx_is_preferred_over_a_newer_csv(tmp_path):
+    """As docs/datasets.md says: any .xlsx before any .csv; among names of one kind, the last in order."""
+    _casme2_tree(tmp_path)
+    _xlsx(tmp_path / "CASME2-coding-20140508.xlsx", [CASME2_HEADER] + CASME2_ROWS)
+    _xlsx(tmp_path / "CASME2-coding-20190701.xlsx", [CASME2_HEADER] + CASME2_ROWS)
+    (tmp_path / "CASME2-coding-20200101.csv").write_text("not, read\n")
+    assert read_casme2(tmp_path)[0].sheet.name == "CASME2-coding-20190701.xlsx"
+
+
+def test_damaged_frames_are_validation_problems(tmp_path):
+    """A frame that is not an image, and one cut short (OpenCV would decode it with only a warning and fill
+    the rest), are problems naming the file, the row and the sample."""
+    _casme2_tree(tmp_path)
+    _xlsx(tmp_path / "CASME2-coding-1.xlsx", [CASME2_HEADER] + CASME2_ROWS[:2])
+    a, b = read_casme2(tmp_path)
+    face = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8))[1].tobytes()
+    a.frames[a.onset].write_bytes(face[:len(face) // 3])
+    b.frames[b.apex].write_bytes(b"not a jpeg at all")
+    assert cv2.imread(str(a.frames[a.onset])) is not None  # what the fix is about
+    good, problems = validate_samples([a, b], clip=False)
+    assert good == [] and [p.sample.id for p in problems] == [a.id, b.id]
+    assert f"row 2: sample {a.id}: frame file {a.frames[a.onset]} cannot be read as an image" in str(problems[0])
+    assert "truncated" in str(problems[0])
+    assert f"row 3: sample {b.id}: frame file {b.frames[b.apex]} cannot be read as an image" in str(problems[1])

@@ -113,3 +113,19 @@ def test_au_motion_is_visible_in_the_flow_image(prepared_casme2):
         assert s["active"] > 1.4 * s["inactive"], (au, s)
         assert s["auc"] >= 0.65, (au, s)
         assert s["directed_auc"] >= 0.75, (au, s)
+
+
+def test_table_i_copy_matches_the_model_and_synth_moves_it():
+    """synth.TABLE_I (where au_signal measures) is the model's Table I, and AU_MOTION moves each AU's Table I
+    group: per px of amplitude, >= 0.5 px on average over the group and >= 0.9 px at its most moved
+    landmark, so the model reads the synthetic motion where it looks (AU2's group holds the inner brows,
+    which AU2 hardly moves). Tests may import both layers; preprocessing/ may not."""
+    from model.lsi import TABLE_I as MODEL_TABLE_I
+    from preprocessing.synth import TABLE_I, _astronaut
+    assert {au: tuple(g) for au, g in TABLE_I.items()} == {au: tuple(g) for au, g in MODEL_TABLE_I.items()}
+    _, lm = _astronaut()
+    for au, group in MODEL_TABLE_I.items():
+        assert au in AU_MOTION, au
+        mag = np.hypot(*np.moveaxis(motion_field(lm, {au: (1.0, "")}, (512, 512)), -1, 0))
+        at = [float(mag[y, x]) for x, y in np.rint(lm[list(group)]).astype(int)]
+        assert np.mean(at) >= 0.5 and max(at) >= 0.9, (au, at)
