@@ -57,7 +57,8 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.Tensor
     perm = torch.randperm(n, generator=gen)
     out = list(torch.split(perm, batch_size))
     if len(out) > 1 and len(out[-1]) == 1:
-        out[-2] = torch.cat([out[-2], out.pop()])
+        last = out.pop()  # popped first: out[-1] is then the batch it joins
+        out[-1] = torch.cat([out[-1], last])
     return out
 
 

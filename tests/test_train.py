@@ -117,3 +117,30 @@ def test_alpha_beta_default_per_dataset(data, prefix):
     spec.training = spec.training.model_copy(update={"alpha": None, "beta": None})
     r = train_fold(spec, data, "sub01", prefix=prefix)
     assert (r.extras["alpha"], r.extras["beta"]) == (0.6, 1.0)  # CASME II, paper IV-C
+
+
+def test_every_training_sample_is_in_exactly_one_batch_per_epoch():
+    """A last batch of one sample joins the batch before it; nothing is trained twice or dropped."""
+    import torch
+
+    from model.train import _batches
+
+    gen = torch.Generator().manual_seed(0)
+    for n in range(2, 41):
+        for bs in range(2, 11):
+            batches = _batches(n, bs, gen)
+            seen = torch.cat(batches).tolist()
+            assert sorted(seen) == list(range(n)), (n, bs)
+            assert all(len(b) >= 2 for b in batches), (n, bs)  # contrastive losses need B >= 2
+            assert all(len(b) <= bs + 1 for b in batches), (n, bs)
+
+
+@pytest.mark.parametrize("extra", [1, 9])  # batch_size + 1 and 2 * batch_size + 1 training samples
+def test_fold_with_one_more_than_a_multiple_of_the_batch_trains(data, prefix, extra):
+    idx = [i for i, s in enumerate(data.subjects) if s == "sub01"]
+    idx += [i for i, s in enumerate(data.subjects) if s != "sub01"][:8 + extra - 1 + 1]
+    sub = data.subset(sorted(idx))
+    pre = compute_prefix(MODEL, sub, CASME2_AUS)
+    r = train_fold(_spec(epochs=2), sub, "sub01", prefix=pre)
+    assert r.n_train == 8 + extra and r.probs.shape == (8, 8)
+    assert all(np.isfinite(v).all() for v in r.loss_curve.values())
