@@ -41,18 +41,34 @@ def _integer_text(text: str) -> str:
     return str(int(m.group(1))) if m else text
 
 
-def parse_aus(text) -> set[int]:
-    """AU string of a coding sheet -> set of AU numbers.
+# One AU code: optional side (L/R) or `AU`, the number, optional intensity (A-E), optional `?` (uncertain);
+# or a lone `?`. A cell is codes joined by `+`.
+_AU_CODE = re.compile(r"^(?:(?:[LR]|AU)?\s*(\d+)\s*[A-E]?\s*\??|\?)$", re.IGNORECASE)
 
-    `4+R12` -> {4, 12}; `L10 + R12` -> {10, 12}; `R14A` -> {14}; `12` -> {12}; `?` -> set().
-    Side letters (L/R), intensity letters (A-E) and uncertain codes (`?`) are dropped; a cell that Excel
-    stored as a number (12 or 12.0), or a CSV export wrote as one (`12.0`), is that AU.
+
+def parse_aus(text) -> set[int]:
+    """AU cell of a coding sheet -> set of AU numbers; a ValueError for a cell that is not AU codes.
+
+    `4+R12` -> {4, 12}; `L10 + R12` -> {10, 12}; `R14A` -> {14}; `12` -> {12}; `?` -> set() (uncertain,
+    nothing coded); `4 + ?` -> {4}. Side letters (L/R), intensity letters (A-E) and `?` marks are
+    dropped; a cell Excel stored as a number (12 or 12.0), or a CSV export wrote as one (`12.0`), is
+    that AU. Anything else - an empty cell, words, `12.5`, alternatives (`14 or 15`) - is a ValueError
+    saying what was found: it would otherwise become a wrong label.
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
-        return set()
-    if isinstance(text, (int, float)):
-        return {int(text)}
-    return {int(n) for n in re.findall(r"\d+", _integer_text(str(text)))}
+        raise ValueError("the AU cell is empty")
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if float(text).is_integer() and text > 0:
+            return {int(text)}
+        raise ValueError(f"AU cell {text!r} is not an AU number")
+    cell = _integer_text(str(text)).strip()
+    if not cell:
+        raise ValueError("the AU cell is empty")
+    codes = [_AU_CODE.match(part.strip()) for part in cell.split("+")]
+    if not all(codes):
+        raise ValueError(f"AU cell {str(text)!r} is not AU codes (AU numbers with optional L/R side and A-E "
+                         f"intensity letters, joined by '+', e.g. 'R12+14B')")
+    return {int(m.group(1)) for m in codes if m.group(1)}
 
 
 def mer_class(reader: str, emotion) -> Optional[str]:
@@ -71,7 +87,7 @@ class Sample:
     onset: Optional[int]  # frame numbers as coded; None when the cell is not a number
     apex: Optional[int]
     offset: Optional[int]
-    aus: List[int]  # sorted AU numbers
+    aus: Optional[List[int]]  # sorted AU numbers; None when the cell does not parse (a validation problem)
     au_text: str  # the AU cell as written
     emotion: str
     sheet: Path  # coding sheet it came from
@@ -79,6 +95,7 @@ class Sample:
     frames_dir: Path  # folder of the sample's frames (may not exist: validation reports it)
     frames: Dict[int, Path] = field(default_factory=dict)  # frame number -> file, found by globbing
     raw_frames: Tuple[str, str, str] = ("", "", "")  # onset/apex/offset cells as written
+    au_problem: Optional[str] = None  # why the AU cell does not parse (then aus is None)
 
     @property
     def id(self) -> str:
@@ -290,16 +307,26 @@ def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> L
     for row, r in rows:
         subject, filename = subject_fn(r["subject"]), _cell(r["filename"])
         folder = frames_root / subject / filename
+        aus, au_problem = _aus_cell(r["actionunits"])
         out.append(Sample(
             reader=reader, subject=subject, filename=filename,
             onset=_frame_number(r["onsetframe"]), apex=_frame_number(r["apexframe"]),
-            offset=_frame_number(r["offsetframe"]), aus=sorted(parse_aus(r["actionunits"])),
+            offset=_frame_number(r["offsetframe"]), aus=aus, au_problem=au_problem,
             au_text=_cell(r["actionunits"]), emotion=_cell(r["estimatedemotion"]), sheet=sheet_path,
             row=row, frames_dir=folder, frames=find_frames(folder),
             raw_frames=(_cell(r["onsetframe"]), _cell(r["apexframe"]), _cell(r["offsetframe"]))))
     if not out:
         raise DatasetError(f"{sheet_path}: the coding sheet has a header but no sample rows")
     return out
+
+
+def _aus_cell(cell) -> Tuple[Optional[List[int]], Optional[str]]:
+    """(sorted AU numbers, None), or (None, why) when the cell does not parse (validate_samples reports
+    it with the row)."""
+    try:
+        return sorted(parse_aus(cell)), None
+    except ValueError as e:
+        return None, str(e)
 
 
 def read_casme2(root, sheet=None) -> List[Sample]:
@@ -350,8 +377,10 @@ def validate_samples(samples: Sequence[Sample], clip: bool) -> Tuple[List[Sample
         names = ("onset", "apex", "offset")
         bad = [f"{n} frame {raw!r} is not a frame number" for n, raw, v in
                zip(names, s.raw_frames, (s.onset, s.apex, s.offset)) if v is None]
+        if s.aus is None:
+            bad.append(s.au_problem or f"AU cell {s.au_text!r} does not parse")
         if bad:
-            problems.append(SampleProblem(s, "; ".join(bad) + "; correct the cell in the sheet"))
+            problems.append(SampleProblem(s, "; ".join(bad) + "; correct the cell in the sheet (or skip the sample with on_error: skip)"))
             continue
         if not s.onset <= s.apex <= s.offset:
             problems.append(SampleProblem(s, f"apex frame {s.apex} is outside onset..offset "

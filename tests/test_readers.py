@@ -16,12 +16,37 @@ from preprocessing.annotations import (DEFAULT_AUS, READERS, get_reader, mer_cla
 
 @pytest.mark.parametrize("text, expected", [
     ("4+R12", {4, 12}), ("L10 + R12", {10, 12}), ("R14A", {14}), ("12", {12}), ("?", set()),
-    (12, {12}), (12.0, {12}), ("1+2+4", {1, 2, 4}), ("", set()), (None, set()), (float("nan"), set()),
-    ("R12A+L14B", {12, 14}), ("4 + ?", {4}),
+    (12, {12}), (12.0, {12}), ("1+2+4", {1, 2, 4}), ("R12A+L14B", {12, 14}), ("4 + ?", {4}),
+    ("r12b", {12}), ("AU4+AU7", {4, 7}), ("4?", {4}),
     ("12.0", {12}), (" 4.0 ", {4}), ("17.", {17}),  # a CSV export of a number cell
 ])
 def test_parse_aus(text, expected):
     assert parse_aus(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "", "  ", None, float("nan"), "12.5", 12.5, "14 or 15", "4,7",
+                                  "4++7", "+4", "12X", "L", "4/7", 0])
+def test_parse_aus_refuses_what_is_not_au_codes(text):
+    """A cell that is not AU codes would become a wrong label ('12.5' -> {5, 12}, 'abc' -> no AU)."""
+    with pytest.raises(ValueError, match="AU cell"):
+        parse_aus(text)
+
+
+def test_unparseable_au_cell_names_row_and_cell_or_is_a_listed_skip(tmp_path):
+    rows = [[1, "EP02_01f", "junk", 46, 59, 86, 3.5, "abc", "happiness"],
+            [1, "EP03_02", 7, 10, 12, 14, "note", "12.5", "disgust"],
+            [17, "EP07_01", None, 5, 7, 9, None, None, "others"]]
+    _casme2_tree(tmp_path)
+    _xlsx(tmp_path / "CASME2-coding-20140508.xlsx", [CASME2_HEADER] + rows)
+    samples = read_casme2(tmp_path)
+    assert [s.aus for s in samples] == [None, None, None]
+    good, problems = validate_samples(samples, clip=False)
+    assert good == [] and len(problems) == 3
+    msgs = [str(p) for p in problems]
+    assert "row 2: sample sub01/EP02_01f: AU cell 'abc' is not AU codes" in msgs[0]
+    assert "row 3: sample sub01/EP03_02: AU cell '12.5' is not AU codes" in msgs[1]
+    assert "row 4: sample sub17/EP07_01: the AU cell is empty" in msgs[2]
+    assert all("correct the cell in the sheet" in m for m in msgs)
 
 
 def test_mer_classes_follow_design():
