@@ -1,7 +1,7 @@
 """Model and training sections of a sweep file (paper III, IV-A; ablation switches of Tables II-VIII)."""
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional
+from typing import Dict, List, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,3 +49,15 @@ DATASET_DEFAULTS = {
     "casme2": {"alpha": 0.6, "beta": 1.0},
     "samm": {"alpha": 1.0, "beta": 0.6},
 }
+
+
+def check_aus(model: ModelConfig, aus: Sequence[int]) -> None:
+    """Every AU has its landmark group (Table I or `model.landmark_groups`), its prompts and the MER
+    texts it needs, so a config is refused when it is read rather than when a fold starts. Raises the
+    model's ValueError naming the AU and the key to add."""
+    from model.lsi import landmark_groups  # imported here: torch comes with it
+    from model.text import au_prompts, emotion_texts
+
+    prompts = au_prompts(aus, model.prompts)
+    landmark_groups(aus, model.landmark_groups)
+    emotion_texts(aus, prompts, model.emotion_texts)

@@ -18,11 +18,12 @@ from typing import Any, Dict, List, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from model.config import DATASET_DEFAULTS, ModelConfig, TrainConfig
+from model.config import DATASET_DEFAULTS, ModelConfig, TrainConfig, check_aus
 from preprocessing.config import PreprocessConfig
 
 SECTIONS = ("preprocessing", "model", "training")
 _SECTION_MODELS = {"preprocessing": PreprocessConfig, "model": ModelConfig, "training": TrainConfig}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -73,6 +74,16 @@ class DatasetSpec(_Strict):
     def _subjects_as_str(cls, v):
         return None if v is None else [str(s) for s in v]
 
+    @field_validator("aus")
+    @classmethod
+    def _aus_distinct(cls, v):
+        if v is not None:
+            if not v:
+                raise ValueError("give at least one AU, or remove the key for the paper's AUs")
+            if len(set(v)) != len(v) or any(a < 1 for a in v):
+                raise ValueError(f"AU numbers must be positive and listed once, got {v}")
+        return v
+
 
 class ResourcesSpec(_Strict):
     cpu: float = Field(1.0, gt=0)
@@ -85,7 +96,7 @@ class TrackingSpec(_Strict):
 
 
 class SweepSpec(_Strict):
-    name: str
+    name: str  # names the report files and the MLflow experiment
     workdir: str = ".microau"  # cache, results store, reports and the default MLflow store
     datasets: Dict[str, DatasetSpec]
     preprocessing: Dict[str, Any] = Field(default_factory=dict)
@@ -100,9 +111,36 @@ class SweepSpec(_Strict):
     max_concurrent: Optional[int] = Field(None, ge=1)
     source: Optional[str] = Field(None, exclude=True)  # the file it was read from (for messages)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v):
+        if not _NAME.match(v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only, starting with a letter or digit "
+                             "(it names the report files in <workdir>/reports and the MLflow experiment)")
+        return v
+
+    @field_validator("datasets")
+    @classmethod
+    def _some_dataset(cls, v):
+        if not v:
+            raise ValueError("name at least one dataset, e.g. casme2: {reader: casme2, root: ${CASME2_ROOT}}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_distinct(cls, v):
+        twice = sorted({s for s in v if v.count(s) > 1})
+        if twice:
+            raise ValueError(f"seed(s) {twice} listed more than once; list each seed once")
+        return v
+
     # ----------------------------------------------------------------------------------------------
     def workdir_path(self) -> Path:
-        return Path(expand_env(self.workdir, f"{self.source}: workdir")).expanduser()
+        path = Path(expand_env(self.workdir, f"{self.source}: workdir")).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{self.source}: workdir: {path} is a file, not a folder; point workdir at a "
+                              f"folder (it is created when missing)")
+        return path
 
     def tracking_uri(self) -> str:
         if self.tracking.uri:
@@ -152,6 +190,10 @@ class SweepSpec(_Strict):
             sections["training"] = train.model_copy(update=fill)
         from preprocessing.annotations import DEFAULT_AUS  # dataset knowledge lives in preprocessing
         aus = list(ds.aus) if ds.aus else list(DEFAULT_AUS[ds.reader])
+        try:
+            check_aus(sections["model"], aus)
+        except ValueError as e:
+            raise ConfigError(f"{self.source}: datasets.{dataset} (AUs {aus}), point {point.label}: {e}") from None
         return TrialConfig(dataset=dataset, reader=ds.reader, aus=aus, point=point.index,
                            point_label=point.label, variant=point.variant, params=point.params, seed=seed,
                            **sections)

@@ -154,7 +154,7 @@ def test_hash_sensitive_to_every_parameter(tmp_path, section, cls):
     t2 = load_sweep(write(tmp_path, {**doc, "seeds": [2]})).trials()[0]
     assert t2.hash != base.hash
     t3 = load_sweep(write(tmp_path, {**doc, "datasets": {"c": {"reader": "casme2", "root": "/x",
-                                                               "aus": [1, 2]}}})).trials()[0]
+                                                               "aus": [2, 4, 7, 12]}}})).trials()[0]
     assert t3.hash != base.hash
 
 
@@ -177,6 +177,15 @@ def test_device_and_threads_do_not_change_the_hash(tmp_path):
     ({"datasets": {"c": {"reader": "casme3", "root": "/x"}}}, "datasets.c.reader"),
     ({"datasets": {"c": {"root": "/x"}}}, "missing key 'datasets.c.reader'"),
     ({"variants": {"v": {"preprocessing.magnification.method": "magic"}}}, "magnification.method"),
+    ({"seeds": [1, 1]}, "seeds: Value error, seed(s) [1] listed more than once"),
+    ({"name": "../../x"}, "name: Value error, use letters, digits"),
+    ({"name": "a/b"}, "name: Value error, use letters"),
+    ({"datasets": {}}, "datasets: Value error, name at least one dataset"),
+    ({"datasets": {"c": {"reader": "casme2", "root": "/x", "aus": [99]}}}, "datasets.c (AUs [99]), point base: "
+                                                                         "model.prompts: AU99 has no default"),
+    ({"datasets": {"c": {"reader": "casme2", "root": "/x", "aus": [4, 4]}}}, "listed once"),
+    ({"datasets": {"c": {"reader": "casme2", "root": "/x", "aus": [99]}},
+      "model": {"prompts": {99: ["a", "b"]}}}, "model.landmark_groups: AU99 is not in Table I"),
 ])
 def test_errors_name_file_and_key(tmp_path, patch, needle):
     doc = {"name": "e", "datasets": {"c": {"reader": "casme2", "root": "/x"}}}
@@ -233,3 +242,11 @@ def test_grid_over_preprocessing_prepares_each_setting_once(tiny_casme2, tmp_pat
     assert all(f.data_key == datasets[data_id(f.trial)].key for f in folds)
     key_of_flow = {(f.trial.preprocessing.flow, f.data_key) for f in folds}
     assert len(key_of_flow) == 2 and len({k for _, k in key_of_flow}) == 2  # one data key per flow method
+
+
+def test_workdir_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "wd").write_text("not a folder")
+    spec = load_sweep(write(tmp_path, {"name": "e", "workdir": str(tmp_path / "wd"),
+                                       "datasets": {"c": {"reader": "casme2", "root": "/x"}}}))
+    with pytest.raises(ConfigError, match="workdir: .*wd is a file, not a folder"):
+        spec.workdir_path()
