@@ -182,7 +182,8 @@ def run(sweep: str, address: Optional[str], tracking_uri: Optional[str], dashboa
     if as_json:
         sys.stdout.write(json.dumps(outcome.state.to_json(outcome.trained, outcome.reused), default=str) + "\n")
     else:
-        print_report(console, outcome.state.rows(), outcome.trained, outcome.reused, paths)
+        print_report(console, outcome.state.rows(), outcome.trained, outcome.reused, paths,
+                     skipped=outcome.state.data_notes())
     if outcome.failed or not all(r["complete"] for r in outcome.state.rows()):
         raise SystemExit(1)  # a fold kept failing or the run was interrupted: some point is incomplete
 
@@ -210,7 +211,7 @@ def report(sweep: str, as_json: bool, compare) -> None:
             doc["compare"] = comparison
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
         return
-    print_report(console, state.rows(), paths=paths)
+    print_report(console, state.rows(), paths=paths, skipped=state.data_notes())
     if comparison is not None:
         for c in comparison:
             console.print(f"{c['dataset']} seed {c['seed']}: F1({c['a']}) - F1({c['b']}) = "

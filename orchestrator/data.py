@@ -6,6 +6,7 @@ hash, so a second run (or another sweep over the same data and preprocessing) re
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, Optional
@@ -48,15 +49,19 @@ def data_id(trial: TrialConfig) -> str:
     return f"{trial.dataset}@{stable_hash(trial.preprocessing.model_dump(mode='json'))}"
 
 
-def prepare(spec: SweepSpec, name: str, preprocessing=None, progress: bool = True):
+def prepare(spec: SweepSpec, name: str, preprocessing=None, progress: bool = True, cached_only: bool = False):
     """The `PreparedDataset` of `datasets.<name>` under `preprocessing` (default: the setting of the
-    sweep's first point), synthetic data generated first when asked for."""
-    from preprocessing import prepare_dataset
+    sweep's first point), synthetic data generated first when asked for.
+
+    cached_only: only what the cache holds (None when the dataset is not prepared): no synthetic data is
+    generated and nothing is preprocessed."""
+    from preprocessing import find_prepared, prepare_dataset
 
     ds = spec.datasets[name]
     if preprocessing is None:
         preprocessing = spec.trials(name)[0].preprocessing
-    ensure_synthetic(spec, name, progress=progress)
+    if not cached_only:
+        ensure_synthetic(spec, name, progress=progress)
     root = dataset_root(spec, name)
     if not root.exists():
         raise ConfigError(f"{spec.source}: datasets.{name}.root: {root} does not exist; point it at the "
@@ -64,6 +69,8 @@ def prepare(spec: SweepSpec, name: str, preprocessing=None, progress: bool = Tru
     sheet = expand_env(ds.sheet, f"{spec.source}: datasets.{name}.sheet") if ds.sheet else None
     cache = spec.workdir_path() / "cache"
     cfg = expand_paths(preprocessing, f"{spec.source}: preprocessing")
+    if cached_only:
+        return find_prepared(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error)
     return prepare_dataset(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error,
                            progress=progress)
 
@@ -84,45 +91,86 @@ def expand_paths(cfg, where: str):
     return cfg.model_copy(update=update) if update else cfg
 
 
-def prepare_all(spec: SweepSpec, progress: bool = True) -> Dict[str, object]:
-    """Every prepared dataset the sweep's trials read, keyed by `data_id`."""
+def prepare_all(spec: SweepSpec, progress: bool = True, cached_only: bool = False) -> Dict[str, object]:
+    """Every prepared dataset the sweep's trials read, keyed by `data_id` (cached_only: see `prepare`;
+    a dataset not prepared yet maps to None)."""
     out: Dict[str, object] = {}
     for trial in spec.trials():
         key = data_id(trial)
         if key not in out:
-            out[key] = prepare(spec, trial.dataset, trial.preprocessing, progress=progress)
+            out[key] = prepare(spec, trial.dataset, trial.preprocessing, progress=progress,
+                               cached_only=cached_only)
     return out
 
 
 # -- what `report` needs of the data when the data is not at hand -------------------------------------
-MANIFEST = "datasets.json"  # in <workdir>: data id -> prepared-data key and subjects
+MANIFEST = "datasets.json"  # in <workdir>: data id -> prepared-data key, subjects and skipped samples
 
 
-def record_prepared(spec: SweepSpec, datasets: Dict[str, object]) -> None:
-    """Remember each prepared dataset's key and subjects beside the results store, so that `report`
-    can rebuild tables where the datasets are not mounted (or their variables not set)."""
+def _read_manifest(path: Path, warn=print) -> Dict[str, dict]:
+    """The manifest, or {} when there is none; a damaged one is moved aside (`.damaged`) with a warning:
+    it only remembers keys, which the next run records again."""
+    if not path.is_file():
+        return {}
+    try:
+        known = json.loads(path.read_text())
+        if isinstance(known, dict) and all(isinstance(v, dict) and isinstance(v.get("key"), str)
+                                           and isinstance(v.get("subjects"), list) for v in known.values()):
+            return known
+        why = "not a map of data ids to {key, subjects}"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = str(e)
+    aside = path.with_name(path.name + ".damaged")
+    os.replace(path, aside)
+    warn(f"warning: {path} is damaged ({why}); moved to {aside}. It is written again from the prepared "
+         f"datasets; `report` cannot use it where the datasets are not at hand until then.")
+    return {}
+
+
+def dataset_info(d) -> Dict[str, object]:
+    """What the sweep keeps of a prepared dataset: key, subjects, skipped samples and the subjects left
+    with no sample (dropped from LOSO)."""
+    subjects = sorted(set(map(str, d.subjects)))
+    skipped = [dict(s) for s in (getattr(d, "skipped", None) or [])]
+    lost = {str(s["sample"]).split("/")[0] for s in skipped} - set(subjects)
+    return {"key": d.key, "subjects": subjects, "skipped": skipped, "dropped_subjects": sorted(lost)}
+
+
+def record_prepared(spec: SweepSpec, datasets: Dict[str, object], warn=print) -> None:
+    """Remember each prepared dataset's key, subjects and skipped samples beside the results store, so
+    that `report` can rebuild tables where the datasets are not mounted (or their variables not set)."""
     from preprocessing.atomic import atomic_file
 
     path = spec.workdir_path() / MANIFEST
-    known = json.loads(path.read_text()) if path.is_file() else {}
-    known.update({i: {"key": d.key, "subjects": sorted(set(map(str, d.subjects)))} for i, d in datasets.items()})
+    known = _read_manifest(path, warn)
+    known.update({i: dataset_info(d) for i, d in datasets.items()})
     with atomic_file(path, "w") as f:
         json.dump(known, f, indent=1, sort_keys=True)
 
 
 def prepared_or_recorded(spec: SweepSpec, warn=print) -> Dict[str, object]:
-    """`prepare_all`, or, when a dataset cannot be read here, what the last run recorded of it (its key
-    and subjects: enough to find its folds in the results store)."""
+    """What `report` needs of each dataset (key, subjects, skipped samples), without preprocessing: the
+    cached prepared dataset, else what the last run recorded of it."""
     from preprocessing import DatasetError
 
+    path = spec.workdir_path() / MANIFEST
     try:
-        return prepare_all(spec, progress=False)
+        found = prepare_all(spec, progress=False, cached_only=True)
+        missing = sorted(i for i, d in found.items() if d is None)
+        reason = f"{', '.join(missing)} not prepared here yet" if missing else None
     except (ConfigError, DatasetError) as e:
-        path = spec.workdir_path() / MANIFEST
-        known = json.loads(path.read_text()) if path.is_file() else {}
-        ids = {data_id(t) for t in spec.trials()}
-        if not ids <= set(known):
-            raise
-        warn(f"note: {str(e).splitlines()[0]}\n      reporting from the results store with the dataset "
-             f"keys recorded by the last run ({path})")
-        return {i: SimpleNamespace(**known[i]) for i in ids}
+        found, reason = {}, str(e).splitlines()[0]
+    if reason is None:
+        return {i: SimpleNamespace(**dataset_info(d)) for i, d in found.items()}
+    known = _read_manifest(path, warn)
+    ids = {data_id(t) for t in spec.trials()}
+    need = {i for i in ids if found.get(i) is None}
+    if not need <= set(known):
+        absent = sorted(need - set(known))
+        raise ConfigError(f"{spec.source}: {reason}, and no run has recorded {', '.join(absent)} in {path}; "
+                          f"run `microau-sweep run {spec.source}` first (report never preprocesses)")
+    warn(f"note: {reason}\n      reporting from the results store with the dataset keys recorded by the "
+         f"last run ({path})")
+    out = {i: SimpleNamespace(**dataset_info(d)) for i, d in found.items() if d is not None}
+    out.update({i: SimpleNamespace(**{"skipped": [], "dropped_subjects": [], **known[i]}) for i in need})
+    return out

@@ -35,19 +35,25 @@ class Group:
     pooled: Optional[Dict[str, Any]] = None
     done: int = 0
     dirty: bool = False  # its MLflow parent needs a final update at close()
+    data_id: str = ""  # which prepared dataset it reads (orchestrator.data.data_id)
 
 
 class SweepState:
-    def __init__(self, spec: SweepSpec, folds: List[Fold], store: ResultsStore, tracking: bool = True):
+    def __init__(self, spec: SweepSpec, folds: List[Fold], store: ResultsStore, tracking: bool = True,
+                 datasets: Optional[Dict[str, Any]] = None):
+        """datasets: data id -> what orchestrator.data.dataset_info keeps of the prepared dataset
+        (key, subjects, skipped samples, dropped subjects); listed in every output when given."""
+        from orchestrator.data import data_id
+
         self.spec = spec
         self.store = store
         self.folds = {f.key: f for f in folds}
+        self.data = {i: vars(d) if not isinstance(d, dict) else d for i, d in (datasets or {}).items()}
         self.groups: Dict[str, Group] = {}
         for f in folds:
-            g = self.groups.setdefault(f.group, Group(f.group, f.trial, f.data_key, []))
+            g = self.groups.setdefault(f.group, Group(f.group, f.trial, f.data_key, [], data_id=data_id(f.trial)))
             g.folds.append(f)
         self.tracker = Tracker(spec) if tracking else None
-        self._results: Dict[str, Any] = {}  # fold key -> FoldResult (loaded once)
         self.errors: Dict[str, str] = {}  # fold key -> error of a fold that kept failing
         self.retries: Dict[str, int] = {}
         self.tracking_errors: List[str] = []
@@ -55,10 +61,14 @@ class SweepState:
         self.trained = 0
         self.todo: List[str] = []
         self.t0 = time.time()
+        warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
         for g in self.groups.values():
-            g.done = sum(self.store.has(f.key) for f in g.folds)
+            g.done = sum(self.store.intact(f.key, warn) for f in g.folds)  # damaged records set aside
             if self.tracker is not None:
                 g.parent_id = self.tracker.parent(g.key, g.trial, g.data_key, len(g.folds))
+                skipped, dropped = self.skipped(g)
+                if skipped or dropped:
+                    self.tracker.note_skipped(g.parent_id, skipped, dropped)
                 # new, or left RUNNING by a killed driver
                 g.dirty = self.tracker.parent_status.get(g.key) == "RUNNING"
 
@@ -102,7 +112,11 @@ class SweepState:
         f = self.folds[key]
         g = self.groups[f.group]
         meta = {**f.meta(), **{k: v for k, v in node.items() if v is not None}}
-        self.store.put(key, result, meta)
+        try:
+            self.store.put(key, result, meta)
+        except OSError as e:  # disk full, folder gone: the fold is lost, the others go on
+            self.failed(key, f"its result could not be stored in {self.store.root} ({e})")
+            return
         self.trained += 1
         g.dirty = True
         g.running.discard(key)
@@ -128,11 +142,7 @@ class SweepState:
 
     # -- metrics ------------------------------------------------------------------------------------
     def result(self, key: str):
-        from model.result import FoldResult
-
-        if key not in self._results:
-            self._results[key] = FoldResult.from_dict(self.store.get(key)["result"])
-        return self._results[key]
+        return self.store.result(key)
 
     def group_results(self, g: Group) -> List[Any]:
         return [self.result(f.key) for f in g.folds if self.store.has(f.key)]
@@ -171,6 +181,11 @@ class SweepState:
         self.tracker.log_fold(g.parent_id, f.key, meta, metrics, predictions_csv(r),
                               extra={"meta": meta, "loss_curve": r.loss_curve, "timings": r.timings})
 
+    def skipped(self, g: Group):
+        """(skipped samples [{sample, reason}], subjects dropped from LOSO) of the group's dataset."""
+        info = self.data.get(g.data_id) or {}
+        return list(info.get("skipped") or []), list(info.get("dropped_subjects") or [])
+
     # -- output -------------------------------------------------------------------------------------
     def rows(self) -> List[Dict[str, Any]]:
         """One dict per (dataset, point, seed), in sweep order."""
@@ -181,6 +196,9 @@ class SweepState:
                    "params": dict(t.params), "seed": t.seed, "config_hash": t.hash,
                    "folds_done": g.done, "folds_total": len(g.folds), "complete": g.done == len(g.folds),
                    "failed": [{"subject": s, "error": e} for s, e in sorted(g.failed.items())]}
+            skipped, dropped = self.skipped(g)
+            row["skipped_samples"] = [s["sample"] for s in skipped]
+            row["dropped_subjects"] = dropped
             pooled = g.pooled or {}
             for k in _POOLED_KEYS:
                 row[k] = pooled.get(k)
@@ -190,9 +208,20 @@ class SweepState:
             out.append(row)
         return out
 
+    def data_notes(self) -> List[Dict[str, Any]]:
+        """Per prepared dataset with skipped samples: {dataset, data_id, skipped, dropped_subjects}."""
+        out, seen = [], set()
+        for g in self.groups.values():
+            skipped, dropped = self.skipped(g)
+            if (skipped or dropped) and g.data_id not in seen:
+                seen.add(g.data_id)
+                out.append({"dataset": g.trial.dataset, "data_id": g.data_id, "skipped": skipped,
+                            "dropped_subjects": dropped})
+        return out
+
     def to_json(self, trained: int, reused: int) -> Dict[str, Any]:
         return {"sweep": self.spec.name, "trained_folds": trained, "reused_folds": reused,
-                "points": self.rows()}
+                "points": self.rows(), "skipped": self.data_notes()}
 
     def write_reports(self) -> Dict[str, str]:
         """`<workdir>/reports/<sweep>.csv` and `.json` (atomic)."""
@@ -205,14 +234,16 @@ class SweepState:
             base = {k: r[k] for k in ("dataset", "point", "label", "seed", "folds_done", "folds_total",
                                       "complete")}
             base["failed_subjects"] = ",".join(x["subject"] for x in r["failed"])
+            base["skipped_samples"] = ";".join(r["skipped_samples"])
+            base["dropped_subjects"] = ",".join(r["dropped_subjects"])
             base.update(flat_metrics({k: r[k] for k in _POOLED_KEYS if r[k] is not None}))
             flat.append(base)
         buf = io.StringIO()
         pd.DataFrame(flat).to_csv(buf, index=False, float_format="%.6g")
         csv_path, json_path = folder / f"{self.spec.name}.csv", folder / f"{self.spec.name}.json"
         atomic_write_text(csv_path, buf.getvalue())
-        atomic_write_text(json_path, json.dumps({"sweep": self.spec.name, "points": rows}, indent=1,
-                                                default=_jsonable))
+        atomic_write_text(json_path, json.dumps({"sweep": self.spec.name, "points": rows,
+                                                 "skipped": self.data_notes()}, indent=1, default=_jsonable))
         return {"csv": str(csv_path), "json": str(json_path)}
 
     def elapsed(self) -> float:
@@ -273,7 +304,8 @@ def state_from_store(spec: SweepSpec) -> SweepState:
     datasets = prepared_or_recorded(spec, warn=lambda m: print(m, file=sys.stderr))
     folds = expand(spec, {n: d.subjects for n, d in datasets.items()},
                    {n: d.key for n, d in datasets.items()})
-    state = SweepState(spec, folds, ResultsStore(spec.workdir_path() / "results"), tracking=False)
+    state = SweepState(spec, folds, ResultsStore(spec.workdir_path() / "results"), tracking=False,
+                       datasets=datasets)
     state.begin([])
     return state
 

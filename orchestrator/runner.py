@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 import warnings
@@ -20,11 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from orchestrator.config import SweepSpec, TrialConfig
-from orchestrator.data import data_id, prepare_all, record_prepared
+from orchestrator.data import data_id, dataset_info, prepare_all, record_prepared
 from orchestrator.fold import dumps, prefix_for, prefix_group, run_fold
 from orchestrator.plan import Fold, expand
 from orchestrator.report import SweepState
-from orchestrator.store import ResultsStore
+from orchestrator.store import ResultsStore, ensure_writable
 
 RESULT_KEY = "fold_result"  # the tune.report key carrying the FoldResult (JSON text), popped by the driver
 _MAX_SOCKET_DIR = 60  # Ray's Unix socket paths (<temp>/session_<date>_<pid>/sockets/...) must stay < 108
@@ -181,24 +182,27 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, *, quiet: bool = F
     `view(state)` is a context manager for a live display (rich) or None.
     """
     workdir = spec.workdir_path()
-    workdir.mkdir(parents=True, exist_ok=True)
-    datasets = prepare_all(spec, progress=progress)
-    record_prepared(spec, datasets)
-    folds = expand(spec, {n: d.subjects for n, d in datasets.items()}, {n: d.key for n, d in datasets.items()})
     store = ResultsStore(workdir / "results")
-    todo = [f for f in folds if not store.has(f.key)]
+    warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    store.check_writable()  # before any work: a fold that cannot be stored is a fold lost
+    ensure_writable(workdir / "reports", "reports folder", "the table could not be written at the end")
+    datasets = prepare_all(spec, progress=progress)
+    record_prepared(spec, datasets, warn)
+    folds = expand(spec, {n: d.subjects for n, d in datasets.items()}, {n: d.key for n, d in datasets.items()})
+    todo = [f for f in folds if not store.intact(f.key, warn)]  # damaged records are set aside, retrained
     started = False
     try:
         if todo:  # resources are checked before anything is tracked or scheduled
             started = connect(spec, address, quiet=quiet, dashboard=dashboard)
             check_resources(spec, address)
-        state = SweepState(spec, folds, store, tracking=True)  # MLflow experiment and parent runs
+        state = SweepState(spec, folds, store, tracking=True,  # MLflow experiment and parent runs
+                           datasets={i: dataset_info(d) for i, d in datasets.items()})
         state.begin(todo)
         if todo:
             prefixes, plan = _prefixes_and_plan(spec, todo, datasets)
             tuner = _tuner(spec, todo, plan, datasets, prefixes, state)
             try:
-                with (view(state) if view else contextlib.nullcontext()):
+                with (view(state) if view else contextlib.nullcontext()), _tune_interrupt_notice(spec):
                     tuner.fit()
             finally:
                 state.close()
@@ -225,6 +229,37 @@ def _prefixes_and_plan(spec: SweepSpec, todo: List[Fold], datasets: Dict[str, An
         plan[f.key] = {"trial": f.trial.model_dump(mode="json"), "subject": f.subject, "prefix": group,
                        "threads": threads}
     return prefixes, plan
+
+
+class _InterruptNotice(logging.Filter):
+    """Ray Tune's Ctrl-C messages advise `Tuner.restore(...)`, which is not how this tool resumes: drop
+    them and say once what is kept and how to go on (run the same command again)."""
+
+    def __init__(self, spec: SweepSpec):
+        super().__init__()
+        self.spec = spec
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "Stop signal received" in msg:
+            self.interrupted = True
+            print(f"interrupted: stopping the running folds; every finished fold is stored. Run "
+                  f"`microau-sweep run {self.spec.source}` again to train the rest (nothing finished is "
+                  f"retrained).", file=sys.stderr, flush=True)
+            return False
+        return "Tuner.restore(" not in msg and "Resume experiment with" not in msg
+
+
+@contextlib.contextmanager
+def _tune_interrupt_notice(spec: SweepSpec):
+    notice = _InterruptNotice(spec)
+    log = logging.getLogger("ray.tune.tune")
+    log.addFilter(notice)
+    try:
+        yield notice
+    finally:
+        log.removeFilter(notice)
 
 
 def _tuner(spec: SweepSpec, todo: List[Fold], plan, datasets, prefixes, state: SweepState):

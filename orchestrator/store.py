@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator
 
 from orchestrator.config import stable_hash
 from preprocessing.atomic import atomic_file
@@ -35,11 +35,34 @@ class StoreError(RuntimeError):
     pass
 
 
+def ensure_writable(folder: Path, what: str, consequence: str) -> None:
+    """Create `folder` and write (then remove) a probe file in it; a StoreError naming it otherwise."""
+    probe = Path(folder) / ".write-test"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(probe, "ok")
+        probe.unlink()
+    except OSError as e:
+        raise StoreError(f"{folder}: the {what} is not writable ({e.strerror or e}); {consequence}. Fix its "
+                         f"permissions, or set `workdir:` in the sweep file to a writable folder. Nothing "
+                         f"was trained.") from None
+
+
+# What every record's meta must hold (Fold.meta() writes more): MLflow and the tables read these.
+META_FIELDS = ("dataset", "point_label", "seed", "subject")
+
+
 class ResultsStore:
-    """`<workdir>/results/<key>.json`: {key, meta (dataset, point, subject, seed, hashes, node), result}."""
+    """`<workdir>/results/<key>.json`: {key, meta (dataset, point, subject, seed, hashes, node), result}.
+
+    A record that cannot be read back whole (not JSON, another key, a missing field) is never used: it is
+    moved to `results/damaged/` (kept for inspection, not deleted), named in a warning, and its fold
+    counts as not stored, so the next run trains it again.
+    """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._results: Dict[str, Any] = {}  # key -> FoldResult, parsed once
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.json"
@@ -47,26 +70,75 @@ class ResultsStore:
     def has(self, key: str) -> bool:
         return self.path(key).is_file()
 
+    def check_writable(self) -> None:
+        """A StoreError now, before any fold trains, when finished folds could not be stored."""
+        ensure_writable(self.root, "results folder", "finished folds could not be stored")
+
     def put(self, key: str, result: Dict[str, Any], meta: Dict[str, Any]) -> Path:
         record = {"key": key, "version": STORE_VERSION, "stored_at": time.time(), "meta": meta,
                   "result": result}
         path = self.path(key)
         atomic_write_text(path, json.dumps(record, separators=(",", ":")))
+        self._results.pop(key, None)
         return path
 
     def get(self, key: str) -> Dict[str, Any]:
-        """The stored record; a StoreError naming the file when it is unreadable."""
+        """The stored record, checked whole; a StoreError naming the file when it is unreadable."""
         path = self.path(key)
         try:
             record = json.loads(path.read_text())
         except FileNotFoundError:
             raise StoreError(f"{path}: no stored fold with key {key}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StoreError(f"{path}: unreadable results file ({e}); delete it and run the sweep "
-                             f"again to retrain that fold") from None
-        if record.get("key") != key or "result" not in record:
-            raise StoreError(f"{path}: not a results record for key {key}; delete it and run again")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StoreError(f"{path}: unreadable results file ({e})") from None
+        if not isinstance(record, dict) or record.get("key") != key:
+            raise StoreError(f"{path}: not a results record for key {key}")
+        meta, result = record.get("meta"), record.get("result")
+        missing = [f"meta.{k}" for k in META_FIELDS if not isinstance(meta, dict) or k not in meta]
+        if not isinstance(result, dict):
+            missing.append("result")
+        if missing:
+            raise StoreError(f"{path}: results record misses {', '.join(missing)}")
         return record
+
+    def result(self, key: str):
+        """The stored fold as a `FoldResult` (parsed once); a StoreError naming the file when the record
+        is unreadable or its result misses a field."""
+        if key not in self._results:
+            from model.result import FoldResult
+
+            record = self.get(key)
+            try:
+                self._results[key] = FoldResult.from_dict(record["result"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise StoreError(f"{self.path(key)}: results record is incomplete "
+                                 f"({type(e).__name__}: {e})") from None
+        return self._results[key]
+
+    def intact(self, key: str, warn: Callable[[str], None]) -> bool:
+        """True when the fold is stored and reads back whole. A damaged record is moved aside to
+        `damaged/` with a warning, and False is returned: the fold is trained again."""
+        if not self.has(key):
+            return False
+        try:
+            self.result(key)
+            return True
+        except StoreError as e:
+            aside = self.set_aside(key)
+            warn(f"warning: {e}; moved to {aside}; its fold is trained again on the next run")
+            return False
+
+    def set_aside(self, key: str) -> Path:
+        """Move a record to `<results>/damaged/` (a numbered name when one is there already)."""
+        folder = self.root / "damaged"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{key}.json"
+        n = 1
+        while target.exists():
+            target, n = folder / f"{key}.{n}.json", n + 1
+        os.replace(self.path(key), target)
+        self._results.pop(key, None)
+        return target
 
     def keys(self) -> Iterator[str]:
         if self.root.is_dir():

@@ -168,6 +168,14 @@ class Tracker:
             status = "FINISHED" if folds_done == folds_total else "FAILED"
             self.client.set_terminated(parent_id, status)
 
+    def note_skipped(self, parent_id: str, skipped: List[Dict[str, str]], dropped: List[str]) -> None:
+        """Samples left out with on_error: skip, and subjects left with none, on the parent run: tags
+        (ids), a metric (count) and skipped.json (each sample with its reason)."""
+        self.client.set_tag(parent_id, "skipped_samples", ";".join(s["sample"] for s in skipped)[:5000])
+        self.client.set_tag(parent_id, "dropped_subjects", ",".join(dropped)[:5000])
+        self.client.log_batch(parent_id, metrics=self._metrics({"n_skipped": len(skipped)}, step=0))
+        self.client.log_dict(parent_id, {"skipped": skipped, "dropped_subjects": dropped}, "skipped.json")
+
     # -- helpers ------------------------------------------------------------------------------------
     def _metrics(self, values: Dict[str, float], step: int) -> List[Any]:
         from mlflow.entities import Metric

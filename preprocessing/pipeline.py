@@ -132,18 +132,9 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
     if on_error not in ("stop", "skip"):
         raise DatasetError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
     cfg = cfg or PreprocessConfig()
-    samples = get_reader(reader)(root, sheet=sheet)
-    mag.check(cfg.magnification)  # missing or unusable weights fail here, before the key stamps the file
-    key = cache_key(reader, samples, cfg, root)
-    path = cache_path(cache_dir, reader, key)
+    samples, key, path = _locate(reader, root, cfg, cache_dir, sheet)
     if path.is_file():
-        data = PreparedDataset.load(path)
-        if on_error == "stop" and data.skipped:
-            raise DatasetError(f"{len(data.skipped)} of {len(samples)} samples cannot be used (cached "
-                               f"result of an earlier run that skipped them, {path}):\n" +
-                               "\n".join(d["reason"] for d in data.skipped) +
-                               "\nFix them, or skip bad samples (--skip-bad / on_error: skip).")
-        return data
+        return _cached(path, samples, on_error)
 
     good, problems = validate_samples(samples, clip=mag.needs_clip(cfg.magnification))
     if problems and on_error == "stop":
@@ -174,6 +165,33 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
         au_sets=[list(s.aus) for s in done], emotions=[s.emotion for s in done], mer=[s.mer for s in done],
         skipped=[{"sample": p.sample.id, "reason": str(p)} for p in problems])
     data.save(path)
+    return data
+
+
+def find_prepared(reader: str, root, cfg: Optional[PreprocessConfig] = None, cache_dir=".microau/cache",
+                  *, sheet=None, on_error: Literal["stop", "skip"] = "stop") -> Optional[PreparedDataset]:
+    """The cached `PreparedDataset` of this dataset and config, or None when it has not been prepared;
+    never preprocesses (reads the sheet and stats the frames to compute the key)."""
+    cfg = cfg or PreprocessConfig()
+    samples, _, path = _locate(reader, root, cfg, cache_dir, sheet)
+    return _cached(path, samples, on_error) if path.is_file() else None
+
+
+def _locate(reader: str, root, cfg: PreprocessConfig, cache_dir, sheet):
+    """-> (samples of the sheet, prepared-data key, cache file)."""
+    samples = get_reader(reader)(root, sheet=sheet)
+    mag.check(cfg.magnification)  # missing or unusable weights fail here, before the key stamps the file
+    key = cache_key(reader, samples, cfg, root)
+    return samples, key, cache_path(cache_dir, reader, key)
+
+
+def _cached(path: Path, samples: Sequence[Sample], on_error: str) -> PreparedDataset:
+    data = PreparedDataset.load(path)
+    if on_error == "stop" and data.skipped:
+        raise DatasetError(f"{len(data.skipped)} of {len(samples)} samples cannot be used (cached "
+                           f"result of an earlier run that skipped them, {path}):\n" +
+                           "\n".join(d["reason"] for d in data.skipped) +
+                           "\nFix them, or skip bad samples (--skip-bad / on_error: skip).")
     return data
 
 

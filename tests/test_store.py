@@ -54,12 +54,18 @@ def test_fold_key_depends_on_every_part():
 def test_store_roundtrip_and_errors_name_the_file(tmp_path):
     store = ResultsStore(tmp_path / "results")
     assert not store.has("k1") and list(store.keys()) == []
-    store.put("k1", {"x": [1, 2]}, {"subject": "s"})
+    meta = {"dataset": "samm", "point_label": "a", "seed": 1, "subject": "s"}
+    store.put("k1", {"x": [1, 2]}, meta)
     assert store.has("k1") and store.get("k1")["result"] == {"x": [1, 2]}
     assert list(store.keys()) == ["k1"]
     store.path("bad").write_text("{not json")
-    with pytest.raises(StoreError, match=r"bad\.json: unreadable results file .* delete it"):
+    with pytest.raises(StoreError, match=r"bad\.json: unreadable results file"):
         store.get("bad")
+    store.put("k2", {"x": 1}, {"subject": "s"})
+    with pytest.raises(StoreError, match=r"k2\.json: results record misses meta.dataset, meta.point_label"):
+        store.get("k2")
+    with pytest.raises(StoreError, match=r"k1\.json: results record is incomplete \(KeyError"):
+        store.result("k1")  # valid JSON, but the FoldResult misses its fields
     with pytest.raises(StoreError, match="no stored fold"):
         store.get("missing")
 
@@ -296,3 +302,46 @@ def test_mlflow_failure_does_not_stop_the_sweep_and_is_repaired_next_run(spec, m
     exp = client.get_experiment_by_name("unit")
     kids = client.search_runs([exp.experiment_id], "tags.`microau.kind` = 'fold'")
     assert [r.data.tags["microau.fold"] for r in kids] == [folds[0].key]
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", "missing-field", "other-key", ""])
+def test_damaged_record_is_set_aside_named_and_its_fold_retrained(spec, capsys, damage):
+    """A corrupt or incomplete fold record does not block `report`/`run`: it is moved to
+    results/damaged/ (kept), named in a warning, and its fold counts as not stored."""
+    store = ResultsStore(spec.workdir_path() / "results")
+    folds, state = _state(spec, store, tracking=False)
+    state.begin(folds)
+    for f in folds:
+        state.finished(f.key, fake_result(f.subject), {})
+    bad = folds[1]
+    path = store.path(bad.key)
+    if damage == "missing-field":
+        rec = json.loads(path.read_text())
+        del rec["result"]["probs"]
+        path.write_text(json.dumps(rec))
+    elif damage == "other-key":
+        rec = json.loads(path.read_text())
+        rec["key"] = "somethingelse"
+        path.write_text(json.dumps(rec))
+    else:
+        path.write_text(damage)
+    before = path.read_bytes()
+    capsys.readouterr()
+    _, again = _state(spec, ResultsStore(store.root), tracking=False)  # what `report` and `run` build
+    again.begin([])
+    err = capsys.readouterr().err
+    assert f"{bad.key}.json" in err and "moved to" in err and "trained again" in err
+    assert not path.exists() and (store.root / "damaged" / f"{bad.key}.json").read_bytes() == before
+    rows = {r["label"]: r for r in again.rows()}
+    assert rows["a"]["folds_done"] == 2 and not rows["a"]["complete"] and rows["b"]["complete"]
+    assert [f.key for f in folds if not again.store.has(f.key)] == [bad.key]  # what `run` trains again
+
+
+def test_unwritable_results_folder_is_found_before_training(tmp_path):
+    from orchestrator.store import ensure_writable
+
+    (tmp_path / "results").write_text("a file where the folder should be")
+    with pytest.raises(StoreError, match=r"results: the results folder is not writable .* Nothing was trained"):
+        ResultsStore(tmp_path / "results").check_writable()
+    ensure_writable(tmp_path / "ok", "reports folder", "x")
+    assert (tmp_path / "ok").is_dir() and not list((tmp_path / "ok").iterdir())

@@ -1,0 +1,154 @@
+"""Bad inputs and damaged state reached through the command line: each ends in one message naming the
+file, row, key or sample and saying what to do, a non-zero exit where nothing useful could be done, and
+no Python traceback (docs/reliability.md lists every case and the test that covers it)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import TEST_PREPROCESS
+from orchestrator.cli import main
+from orchestrator.config import load_sweep
+
+MODEL = {"arch": "microau-tiny", "pretrained": "none", "trainable_blocks": 1}
+
+
+def sweep_file(folder: Path, root: Path, **over) -> Path:
+    doc = {"name": "rel", "workdir": str(folder / "wd"),
+           "datasets": {"casme2": {"reader": "casme2", "root": str(root)}},
+           "preprocessing": TEST_PREPROCESS, "model": MODEL,
+           "training": {"epochs": 1, "threads": 1, "device": "cpu"}, "resources": {"cpu": 1, "gpu": 0}}
+    doc.update(over)
+    path = folder / "rel.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_clean_failure(result, *needles):
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception,
+                                                                                         SystemExit)
+    for n in needles:
+        assert n in result.output, f"{n!r} not in {result.output!r}"
+
+
+@pytest.fixture
+def gappy(tmp_path):
+    """A CASME II-layout set of 3 subjects x 2 samples where one sample of sub01 and both samples of
+    sub03 lost their apex frame: two samples of sub01/sub02 remain... and sub03 drops out of LOSO."""
+    from preprocessing.annotations import read_casme2
+    from preprocessing.synth import generate
+
+    root = generate(tmp_path / "casme2", layout="casme2", subjects=3, per_subject=2, seed=5)
+    samples = read_casme2(root)
+    gone = [s for s in samples if s.subject == "sub03"] + [s for s in samples if s.subject == "sub01"][:1]
+    for s in gone:
+        s.frames[s.apex].unlink()
+    return root, sorted(s.id for s in gone)
+
+
+def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_path):
+    from mlflow import MlflowClient
+
+    from orchestrator.data import prepare_all
+    from orchestrator.plan import expand
+    from orchestrator.report import SweepState
+    from orchestrator.store import ResultsStore
+    from orchestrator.data import dataset_info
+
+    root, gone = gappy
+    path = sweep_file(tmp_path, root, datasets={"casme2": {"reader": "casme2", "root": str(root),
+                                                           "on_error": "skip"}})
+    spec = load_sweep(path)
+    datasets = prepare_all(spec, progress=False)
+    (data,) = datasets.values()
+    assert sorted(d["sample"] for d in data.skipped) == gone and sorted(set(data.subjects)) == ["sub01", "sub02"]
+
+    # report: the printed notes, the JSON and CSV report files
+    r = cli("report", path)
+    assert r.exit_code == 0, r.output
+    assert "skipped casme2: 3 sample(s) left out (on_error: skip)" in r.output
+    for sid in gone:
+        assert f"sample {sid}: frame(s)" in r.output
+    assert "dropped casme2: subject(s) sub03 have no usable sample and are not in LOSO" in r.output
+    doc = json.loads((spec.workdir_path() / "reports" / "rel.json").read_text())
+    assert sorted(s["sample"] for s in doc["skipped"][0]["skipped"]) == gone
+    assert doc["skipped"][0]["dropped_subjects"] == ["sub03"]
+    assert sorted(doc["points"][0]["skipped_samples"]) == gone
+    csv = (spec.workdir_path() / "reports" / "rel.csv").read_text()
+    assert "skipped_samples" in csv.splitlines()[0] and "sub03" in csv.splitlines()[1]
+    rj = cli("report", path, "--json")
+    assert json.loads(rj.stdout)["skipped"][0]["dropped_subjects"] == ["sub03"]
+
+    # MLflow: the parent run of each point carries them
+    info = {i: dataset_info(d) for i, d in datasets.items()}
+    folds = expand(spec, {i: d.subjects for i, d in datasets.items()}, {i: d.key for i, d in datasets.items()})
+    SweepState(spec, folds, ResultsStore(spec.workdir_path() / "results"), tracking=True, datasets=info)
+    client = MlflowClient(spec.tracking_uri())
+    (parent,) = client.search_runs([client.get_experiment_by_name("rel").experiment_id])
+    assert sorted(parent.data.tags["skipped_samples"].split(";")) == gone
+    assert parent.data.tags["dropped_subjects"] == "sub03" and parent.data.metrics["n_skipped"] == 3
+
+
+def test_report_never_preprocesses(tiny_casme2, tmp_path):
+    path = sweep_file(tmp_path, tiny_casme2)
+    r = cli("report", path)
+    assert_clean_failure(r, "not prepared here yet", "run `microau-sweep run")
+    cache = tmp_path / "wd" / "cache"
+    assert not cache.exists() or not list(cache.glob("prepared-*"))
+
+
+def test_report_does_not_generate_synthetic_data(tmp_path):
+    root = tmp_path / "gen"
+    path = sweep_file(tmp_path, root, datasets={"casme2": {"reader": "casme2", "root": str(root),
+                                                           "synthetic": {"subjects": 2, "per_subject": 2}}})
+    assert_clean_failure(cli("report", path), "does not exist", "run `microau-sweep run")
+    assert not root.exists()
+
+
+def test_damaged_dataset_manifest_is_set_aside_and_rewritten(tiny_casme2, tmp_path, capsys):
+    from orchestrator.data import MANIFEST, prepare_all, record_prepared
+
+    spec = load_sweep(sweep_file(tmp_path, tiny_casme2))
+    manifest = spec.workdir_path() / MANIFEST
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{this is not json")
+    record_prepared(spec, prepare_all(spec, progress=False))
+    assert "datasets.json is damaged" in capsys.readouterr().out
+    assert manifest.with_name(MANIFEST + ".damaged").read_text() == "{this is not json"
+    assert list(json.loads(manifest.read_text()).values())[0]["subjects"] == ["sub01", "sub02"]
+
+
+def test_report_with_a_damaged_manifest_and_no_data_says_what_to_do(tiny_casme2, tmp_path):
+    root = shutil.copytree(tiny_casme2, tmp_path / "data")
+    path = sweep_file(tmp_path, root)
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "datasets.json").write_text("[]")
+    shutil.rmtree(root)
+    r = cli("report", path)
+    assert_clean_failure(r, "datasets.json is damaged", "moved to", "run `microau-sweep run")
+
+
+def test_run_with_an_unwritable_results_folder_stops_before_any_work(tiny_casme2, tmp_path):
+    path = sweep_file(tmp_path, tiny_casme2)
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "results").write_text("a file where the results folder should be")
+    r = cli("run", path)
+    assert_clean_failure(r, "results: the results folder is not writable", "Nothing was trained")
+    assert not (tmp_path / "wd" / "cache").exists()  # not even preprocessed
+
+
+def test_run_and_report_with_a_workdir_that_is_a_file(tiny_casme2, tmp_path):
+    path = sweep_file(tmp_path, tiny_casme2)
+    (tmp_path / "wd").write_text("oops")
+    for cmd in ("run", "report"):
+        assert_clean_failure(cli(cmd, path), "wd is a file, not a folder")
