@@ -32,11 +32,15 @@ class BackboneError(ValueError):
 
 # ------------------------------------------------------------------------------------------------------
 # weights
-def resolve_pretrained(arch: str, pretrained: str) -> Tuple[Optional[str], bool, str]:
-    """-> (checkpoint path or None, force QuickGELU, weights id for cache keys)."""
+def _check_arch(arch: str) -> None:
     if arch not in open_clip.list_models():
         raise BackboneError(f"model.arch: unknown open_clip model {arch!r}; "
                             f"use one of open_clip.list_models() (e.g. ViT-B-32, or {TINY} for tests)")
+
+
+def resolve_pretrained(arch: str, pretrained: str) -> Tuple[Optional[str], bool, str]:
+    """-> (checkpoint path or None, force QuickGELU, weights id for cache keys)."""
+    _check_arch(arch)
     if pretrained.lower() == "none":
         return None, False, f"random-init(seed={BACKBONE_INIT_SEED})"
     path = Path(os.path.expanduser(pretrained))
@@ -91,6 +95,13 @@ def _cached_file(cfg: dict) -> Optional[str]:
 def load_clip(arch: str, pretrained: str) -> Tuple[nn.Module, str]:
     """Build the open_clip model on CPU in eval mode -> (model, weights id)."""
     path, quick_gelu, weights_id = resolve_pretrained(arch, pretrained)
+    return create_clip(arch, path, quick_gelu), weights_id
+
+
+def create_clip(arch: str, path: Optional[str], quick_gelu: bool) -> nn.Module:
+    """`arch` on CPU in eval mode, float32: the checkpoint at `path`, or the seeded random init when None
+    (also what a cached prefix loads its tail weights into). `quick_gelu` as `resolve_pretrained` says."""
+    _check_arch(arch)
     quiet = _no_random_init_warning() if path is None else contextlib.nullcontext()
     with torch.random.fork_rng(devices=[]), quiet:
         torch.manual_seed(BACKBONE_INIT_SEED)
@@ -102,7 +113,7 @@ def load_clip(arch: str, pretrained: str) -> Tuple[nn.Module, str]:
                                 f"checkpoint for this architecture?") from None
     clip = clip.float().eval()
     _check_supported(clip, arch)
-    return clip, weights_id
+    return clip
 
 
 class _RandomInitFilter(logging.Filter):

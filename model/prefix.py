@@ -9,12 +9,19 @@ worker that receives it needs neither the checkpoint nor a second backbone load.
 Text prompts are truncated to the longest prompt's end-of-text position (+1) per group: exact under the
 causal mask. The final text features of the untouched text tower are stored too, so `text: fixed`
 (Table III) never runs a text block during training.
+
+On disk (`cached_prefix`, `<cache_dir>/prefix-<key>.safetensors`) a prefix is one safetensors file,
+never a pickle (the cache folder may be shared): every array and both tails' state dicts as tensors,
+everything else as JSON in the file's metadata. Loading rebuilds the tails from the architecture's
+random init (no checkpoint read) and loads their weights strictly; a file that is not such a prefix is
+refused by name (`PrefixFileError`) and recomputed.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -23,12 +30,29 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from model import backbone
 from model.text import MER_CLASSES, au_prompts, emotion_texts, global_text
 from preprocessing.atomic import atomic_file
 
-SCHEMA_VERSION = 1  # bump when what the prefix holds or how it is computed changes
+SCHEMA_VERSION = 2  # bump when what the prefix holds, how it is computed or how it is stored changes
+FORMAT = "microau-prefix"  # the safetensors metadata's "format": what Prefix.load accepts
+SUFFIX = ".safetensors"
+_GROUPS = ("au_texts", "emotion_texts", "global_texts")
+_GROUP_ARRAYS = {"ids": torch.int64, "eot": torch.int64, "hidden": torch.float32, "features": torch.float32}
+_TAILS = ("visual_tail", "text_tail")
+
+
+class PrefixFileError(ValueError):
+    """A file that is not a frozen prefix this version reads (never unpickled): the message names it."""
+
+    def __init__(self, path, why: str):
+        self.path, self.why = Path(path), " ".join(str(why).split())  # one line (state_dict errors are not)
+        super().__init__(f"{path}: not a frozen prefix of schema {SCHEMA_VERSION} ({self.why}); it was not "
+                         f"loaded (prefix files are safetensors, never unpickled). Delete the file; the "
+                         f"prefix is recomputed on the next run")
 
 
 @dataclass
@@ -64,21 +88,53 @@ class Prefix:
         return int(self.visual.shape[-1])
 
     def save(self, path) -> Path:
-        """Write to one file atomically (temp file in the same folder, then os.replace)."""
+        """Write one safetensors file atomically (temp file in the same folder, then os.replace): the
+        arrays and the tails' state dicts as tensors, the rest as JSON metadata (module docstring)."""
+        tensors = {"visual": _tensor(self.visual), "global_index": _tensor(self.global_index)}
+        for g in _GROUPS:
+            for name in _GROUP_ARRAYS:
+                tensors[f"{g}.{name}"] = _tensor(getattr(getattr(self, g), name))
+        for t in _TAILS:
+            for name, v in getattr(self, t).state_dict().items():
+                tensors[f"{t}.{name}"] = v.detach().cpu().contiguous().clone()
+        tails = {"arch": self.identity["arch"], "quick_gelu": self.identity["quick_gelu"],
+                 "k": self.identity["k"], "context": int(self.text_tail.attn_mask.shape[0])}
+        meta = {"key": self.key, "identity": self.identity, "sample_ids": list(self.sample_ids),
+                "grid": list(self.grid), "image": list(self.image), "logit_scale": self.logit_scale,
+                "texts": {g: list(getattr(self, g).texts) for g in _GROUPS}, "tails": tails,
+                "timings": self.timings}
+        blob = safetensors_bytes(tensors, metadata={"format": FORMAT, "schema": str(SCHEMA_VERSION),
+                                                    "prefix": json.dumps(meta)})
         with atomic_file(path) as f:
-            torch.save(self, f)
+            f.write(blob)
         return path
 
     @staticmethod
     def load(path) -> "Prefix":
+        """Read a file written by `save`; anything else (a pickle, a torn or foreign file, another
+        schema) raises PrefixFileError naming the file. Never unpickles."""
+        t0 = time.perf_counter()
+        path = Path(path)
         try:
-            out = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise ValueError(f"{path}: cannot read the cached prefix ({type(e).__name__}: {e}); delete the "
-                             f"file, it is recomputed on the next run") from None
-        if not isinstance(out, Prefix) or getattr(out, "identity", {}).get("schema") != SCHEMA_VERSION:
-            raise ValueError(f"{path}: not a prefix of schema {SCHEMA_VERSION}; delete the file, it is "
-                             f"recomputed on the next run")
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                header = f.metadata() or {}
+                if header.get("format") != FORMAT:
+                    raise PrefixFileError(path, "no microau-prefix metadata")
+                if header.get("schema") != str(SCHEMA_VERSION):
+                    raise PrefixFileError(path, f"written with schema {header.get('schema')}")
+                meta = json.loads(header["prefix"])
+                tensors = {name: f.get_tensor(name).clone() for name in f.keys()}  # off the file's mmap
+        except PrefixFileError:
+            raise
+        except Exception as e:  # not safetensors (a pickle, random bytes, truncated), bad JSON
+            raise PrefixFileError(path, f"{type(e).__name__}: {e}") from None
+        try:
+            out = _from_stored(meta, tensors)
+        except PrefixFileError:
+            raise
+        except Exception as e:  # missing metadata keys or tensors, wrong shapes, tails that do not load
+            raise PrefixFileError(path, f"{type(e).__name__}: {e}") from None
+        out.timings = {**out.timings, "read_s": time.perf_counter() - t0}
         return out
 
     def matches(self, model_cfg, data, aus: Sequence[int]) -> Optional[str]:
@@ -89,15 +145,73 @@ class Prefix:
         return None if not diff else ", ".join(diff)
 
 
-def _identity(model_cfg, data, aus, weights: Optional[str]) -> Dict:
+def _identity(model_cfg, data, aus, weights: Optional[str], quick_gelu: Optional[bool] = None) -> Dict:
     prompts = au_prompts(aus, model_cfg.prompts)
     out = {"schema": SCHEMA_VERSION, "data": data.key, "arch": model_cfg.arch,
            "pretrained": model_cfg.pretrained, "k": model_cfg.trainable_blocks, "aus": [int(a) for a in aus],
            "prompts": [list(p) for p in prompts],
            "emotion_texts": emotion_texts(aus, prompts, model_cfg.emotion_texts)}
-    if weights is not None:
+    if weights is not None:  # what resolve_pretrained says: the weights file and the activation it needs
         out["weights"] = weights
+        out["quick_gelu"] = bool(quick_gelu)
     return out
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(a, requirements=["C", "W"]))  # a copy only when read-only
+
+
+def _array(tensors: Dict[str, torch.Tensor], name: str, dtype: torch.dtype, rows: int) -> np.ndarray:
+    if name not in tensors:
+        raise KeyError(f"tensor {name!r} missing")
+    t = tensors[name]
+    if t.dtype != dtype or t.ndim == 0 or t.shape[0] != rows:
+        raise ValueError(f"tensor {name!r} is {t.dtype} {tuple(t.shape)}, expected {dtype} with {rows} rows")
+    return t.numpy()
+
+
+def _from_stored(meta: Dict, tensors: Dict[str, torch.Tensor]) -> Prefix:
+    """The Prefix of `save`'s metadata and tensors; the tails rebuilt from the architecture's random
+    init (no checkpoint) with the stored weights loaded strictly."""
+    identity = meta["identity"]
+    if meta["key"] != prefix_key(identity):
+        raise ValueError("the key is not the hash of the stored identity")
+    n = len(meta["sample_ids"])
+    groups = {}
+    for g in _GROUPS:
+        texts = [str(t) for t in meta["texts"][g]]
+        groups[g] = TextGroup(texts=texts, **{a: _array(tensors, f"{g}.{a}", dt, len(texts))
+                                              for a, dt in _GROUP_ARRAYS.items()})
+    known = {"visual", "global_index"} | {f"{g}.{a}" for g in _GROUPS for a in _GROUP_ARRAYS}
+    extra = [k for k in tensors if k not in known and not k.startswith(tuple(f"{t}." for t in _TAILS))]
+    if extra:
+        raise ValueError(f"unexpected tensors {extra[:3]}")
+    visual_tail, text_tail = _rebuild_tails(meta["tails"], {t: {k[len(t) + 1:]: v for k, v in tensors.items()
+                                                                if k.startswith(f"{t}.")} for t in _TAILS})
+    return Prefix(
+        key=meta["key"], identity=identity, sample_ids=[str(i) for i in meta["sample_ids"]],
+        visual=_array(tensors, "visual", torch.float32, n), grid=tuple(int(v) for v in meta["grid"]),
+        image=tuple(int(v) for v in meta["image"]), **groups,
+        global_index=_array(tensors, "global_index", torch.int64, n),
+        visual_tail=visual_tail, text_tail=text_tail, logit_scale=float(meta["logit_scale"]),
+        timings={k: float(v) for k, v in meta["timings"].items()})
+
+
+def _rebuild_tails(tails: Dict, states: Dict[str, Dict[str, torch.Tensor]]):
+    """VisualTail / TextTail of a random-init `arch` (same QuickGELU flag as when computed), then the
+    stored weights with strict=True; TextTail's causal mask (not stored) comes from the same clip."""
+    arch, k, context = str(tails["arch"]), int(tails["k"]), int(tails["context"])
+    clip = backbone.create_clip(arch, None, bool(tails["quick_gelu"]))
+    backbone.check_trainable_blocks(clip, k, arch)
+    visual_tail, text_tail = _tails(clip, k, context)
+    visual_tail.load_state_dict(states["visual_tail"], strict=True)
+    text_tail.load_state_dict(states["text_tail"], strict=True)
+    return visual_tail, text_tail
+
+
+def _tails(clip, k: int, context: int):
+    """The two tails of `clip` (eval mode, as `compute_prefix` and `Prefix.load` hand them out)."""
+    return backbone.VisualTail(clip, k).eval(), backbone.TextTail(clip, k, context).eval()
 
 
 def prefix_key(identity: Dict) -> str:
@@ -121,9 +235,10 @@ def compute_prefix(model_cfg, data, aus: Sequence[int], device: str = "cpu", bat
     t0 = time.perf_counter()
     aus = [int(a) for a in aus]
     k = model_cfg.trainable_blocks
-    clip, weights = backbone.load_clip(model_cfg.arch, model_cfg.pretrained)
+    path, quick_gelu, weights = backbone.resolve_pretrained(model_cfg.arch, model_cfg.pretrained)
+    clip = backbone.create_clip(model_cfg.arch, path, quick_gelu)
     backbone.check_trainable_blocks(clip, k, model_cfg.arch)
-    identity = _identity(model_cfg, data, aus, weights)
+    identity = _identity(model_cfg, data, aus, weights, quick_gelu)
     clip = clip.to(device)
     t_load = time.perf_counter()
 
@@ -148,7 +263,8 @@ def compute_prefix(model_cfg, data, aus: Sequence[int], device: str = "cpu", bat
     active = [tuple(a for a in aus if a in set(s)) for s in data.au_sets]
     combos = sorted(set(active))
     gtexts = [global_text(c, aus, prompts) for c in combos]
-    text_tail = backbone.TextTail(clip, k, int(clip.context_length)).to(device).eval()
+    visual_tail, text_tail = _tails(clip, k, int(clip.context_length))
+    text_tail = text_tail.to(device)
     au_g = _text_group(clip, model_cfg.arch, [t for pair in prompts for t in pair], k, text_tail, device)
     emo_g = _text_group(clip, model_cfg.arch, [emo[c] for c in MER_CLASSES], k, text_tail, device)
     glob_g = _text_group(clip, model_cfg.arch, gtexts, k, text_tail, device)
@@ -159,7 +275,7 @@ def compute_prefix(model_cfg, data, aus: Sequence[int], device: str = "cpu", bat
         grid=backbone.grid_size(clip), image=tuple(int(v) for v in flow.shape[-2:]),
         au_texts=au_g, emotion_texts=emo_g, global_texts=glob_g,
         global_index=np.array([combos.index(a) for a in active], dtype=np.int64),
-        visual_tail=copy.deepcopy(backbone.VisualTail(clip, k)).cpu(),
+        visual_tail=copy.deepcopy(visual_tail).cpu(),
         text_tail=copy.deepcopy(text_tail).cpu(),
         logit_scale=float(clip.logit_scale.exp().item()),
         timings={"load_s": t_load - t0, "visual_s": t_vis - t_load, "text_s": t_txt - t_vis,
@@ -170,13 +286,22 @@ def compute_prefix(model_cfg, data, aus: Sequence[int], device: str = "cpu", bat
 def cached_prefix(model_cfg, data, aus: Sequence[int], cache_dir, device: str = "cpu") -> Prefix:
     """`compute_prefix` through an on-disk cache in `cache_dir`, keyed by the prefix key (prepared-data
     key, backbone weights file identity, k, AUs, texts): a later run, a grid point added later or a
-    `fold` debug session reuses the prefix instead of running the frozen blocks again."""
-    _, _, weights = backbone.resolve_pretrained(model_cfg.arch, model_cfg.pretrained)
-    path = Path(cache_dir) / f"prefix-{prefix_key(_identity(model_cfg, data, [int(a) for a in aus], weights))}.pt"
+    `fold` debug session reuses the prefix instead of running the frozen blocks again. A file there that
+    is not a prefix of this key (torn, foreign, a planted pickle, an older schema) is deleted with a
+    warning on stderr and computed again; it is never unpickled."""
+    aus = [int(a) for a in aus]
+    _, quick_gelu, weights = backbone.resolve_pretrained(model_cfg.arch, model_cfg.pretrained)
+    key = prefix_key(_identity(model_cfg, data, aus, weights, quick_gelu))
+    path = Path(cache_dir) / f"prefix-{key}{SUFFIX}"
     if path.is_file():
         try:
-            return Prefix.load(path)
-        except ValueError:  # unreadable or of an older schema: computed again below
+            prefix = Prefix.load(path)
+            if prefix.key != key:
+                raise PrefixFileError(path, f"it holds the prefix {prefix.key}")
+            return prefix
+        except PrefixFileError as e:
+            print(f"warning: ignoring the cached prefix {e.path} ({e.why}); deleting it and computing the "
+                  f"prefix again", file=sys.stderr)
             path.unlink(missing_ok=True)
     prefix = compute_prefix(model_cfg, data, aus, device)
     prefix.save(path)
