@@ -300,7 +300,8 @@ def _format_errors(e: ValidationError, source: str, prefix: str = "") -> str:
         elif err["type"] == "missing":
             lines.append(f"{source}: missing key {loc!r}")
         else:
-            lines.append(f"{source}: {loc}: {err['msg']} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {loc}: {msg} (got {err.get('input')!r})")
     return "\n".join(lines)
 
 

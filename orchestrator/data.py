@@ -157,7 +157,7 @@ def prepared_or_recorded(spec: SweepSpec, warn=print) -> Dict[str, object]:
     try:
         found = prepare_all(spec, progress=False, cached_only=True)
         missing = sorted(i for i, d in found.items() if d is None)
-        reason = f"{', '.join(missing)} not prepared here yet" if missing else None
+        reason = f"{spec.source}: {', '.join(missing)} not prepared here yet" if missing else None
     except (ConfigError, DatasetError) as e:
         found, reason = {}, str(e).splitlines()[0]
     if reason is None:
@@ -167,8 +167,8 @@ def prepared_or_recorded(spec: SweepSpec, warn=print) -> Dict[str, object]:
     need = {i for i in ids if found.get(i) is None}
     if not need <= set(known):
         absent = sorted(need - set(known))
-        raise ConfigError(f"{spec.source}: {reason}, and no run has recorded {', '.join(absent)} in {path}; "
-                          f"run `microau-sweep run {spec.source}` first (report never preprocesses)")
+        raise ConfigError(f"{reason}\nNo earlier run recorded {', '.join(absent)} in {path} either: run "
+                          f"`microau-sweep run {spec.source}` first (report never preprocesses)")
     warn(f"note: {reason}\n      reporting from the results store with the dataset keys recorded by the "
          f"last run ({path})")
     out = {i: SimpleNamespace(**dataset_info(d)) for i, d in found.items() if d is not None}

@@ -38,6 +38,9 @@ class StoreError(RuntimeError):
 def ensure_writable(folder: Path, what: str, consequence: str) -> None:
     """Create `folder` and write (then remove) a probe file in it; a StoreError naming it otherwise."""
     probe = Path(folder) / ".write-test"
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise StoreError(f"{folder}: a file stands where the {what} should be; {consequence}. Move the file "
+                         f"away, or set `workdir:` in the sweep file to another folder. Nothing was trained.")
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         atomic_write_text(probe, "ok")

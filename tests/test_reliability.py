@@ -143,7 +143,7 @@ def test_run_with_an_unwritable_results_folder_stops_before_any_work(tiny_casme2
     (tmp_path / "wd").mkdir()
     (tmp_path / "wd" / "results").write_text("a file where the results folder should be")
     r = cli("run", path)
-    assert_clean_failure(r, "results: the results folder is not writable", "Nothing was trained")
+    assert_clean_failure(r, "results: a file stands where the results folder should be", "Nothing was trained")
     assert not (tmp_path / "wd" / "cache").exists()  # not even preprocessed
 
 

@@ -341,7 +341,7 @@ def test_unwritable_results_folder_is_found_before_training(tmp_path):
     from orchestrator.store import ensure_writable
 
     (tmp_path / "results").write_text("a file where the folder should be")
-    with pytest.raises(StoreError, match=r"results: the results folder is not writable .* Nothing was trained"):
+    with pytest.raises(StoreError, match=r"results: a file stands where the results folder should be.* Nothing was trained"):
         ResultsStore(tmp_path / "results").check_writable()
     ensure_writable(tmp_path / "ok", "reports folder", "x")
     assert (tmp_path / "ok").is_dir() and not list((tmp_path / "ok").iterdir())
