@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import List, Literal, Optional, Sequence, Tuple
 
@@ -133,8 +134,9 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
         raise DatasetError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
     cfg = cfg or PreprocessConfig()
     samples, key, path = _locate(reader, root, cfg, cache_dir, sheet)
-    if path.is_file():
-        return _cached(path, samples, on_error)
+    cached = _cached(path, samples, on_error) if path.is_file() else None
+    if cached is not None:
+        return cached
 
     good, problems = validate_samples(samples, clip=mag.needs_clip(cfg.magnification))
     if problems and on_error == "stop":
@@ -185,8 +187,16 @@ def _locate(reader: str, root, cfg: PreprocessConfig, cache_dir, sheet):
     return samples, key, cache_path(cache_dir, reader, key)
 
 
-def _cached(path: Path, samples: Sequence[Sample], on_error: str) -> PreparedDataset:
-    data = PreparedDataset.load(path)
+def _cached(path: Path, samples: Sequence[Sample], on_error: str) -> Optional[PreparedDataset]:
+    """The cached dataset at `path`; None (file removed, with a warning) when it cannot be read: it is
+    prepared again."""
+    try:
+        data = PreparedDataset.load(path)
+    except DatasetError as e:
+        print(f"warning: {str(e).split('; delete')[0]}; deleting it, the dataset is prepared again",
+              file=sys.stderr, flush=True)
+        path.unlink(missing_ok=True)
+        return None
     if on_error == "stop" and data.skipped:
         raise DatasetError(f"{len(data.skipped)} of {len(samples)} samples cannot be used (cached "
                            f"result of an earlier run that skipped them, {path}):\n" +

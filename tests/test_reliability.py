@@ -152,3 +152,19 @@ def test_run_and_report_with_a_workdir_that_is_a_file(tiny_casme2, tmp_path):
     (tmp_path / "wd").write_text("oops")
     for cmd in ("run", "report"):
         assert_clean_failure(cli(cmd, path), "wd is a file, not a folder")
+
+
+def test_damaged_prepared_dataset_cache_is_prepared_again(tiny_casme2, tmp_path, capsys):
+    from preprocessing import find_prepared, prepare_dataset
+    from preprocessing.config import PreprocessConfig
+
+    cfg = PreprocessConfig.model_validate(TEST_PREPROCESS)
+    first = prepare_dataset("casme2", tiny_casme2, cfg, tmp_path / "cache", progress=False)
+    (path,) = (tmp_path / "cache").glob("prepared-*.npz")
+    path.write_bytes(path.read_bytes()[:1000])  # cut short
+    assert find_prepared("casme2", tiny_casme2, cfg, tmp_path / "cache") is None  # report: not prepared
+    assert "cannot read the prepared dataset" in capsys.readouterr().err and not path.exists()
+    path.write_bytes(b"garbage")
+    again = prepare_dataset("casme2", tiny_casme2, cfg, tmp_path / "cache", progress=False)
+    assert "deleting it, the dataset is prepared again" in capsys.readouterr().err
+    assert again.key == first.key and (again.flow == first.flow).all() and path.is_file()
