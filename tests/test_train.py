@@ -144,3 +144,12 @@ def test_fold_with_one_more_than_a_multiple_of_the_batch_trains(data, prefix, ex
     r = train_fold(_spec(epochs=2), sub, "sub01", prefix=pre)
     assert r.n_train == 8 + extra and r.probs.shape == (8, 8)
     assert all(np.isfinite(v).all() for v in r.loss_curve.values())
+
+
+def test_a_subject_with_one_sample_is_a_fold_of_one(data, prefix):
+    idx = [data.subjects.index("sub01")] + [i for i, s in enumerate(data.subjects) if s != "sub01"]
+    sub = data.subset(idx)
+    r = train_fold(_spec(epochs=2), sub, "sub01", prefix=compute_prefix(MODEL, sub, CASME2_AUS))
+    assert r.probs.shape == (1, 8) and r.mer_scores.shape == (1, 3) and r.n_train == len(idx) - 1
+    m = metrics.pooled_metrics([r])
+    assert 0 <= m["f1"] <= 1 and 0 <= m["acc"] <= 1
