@@ -13,6 +13,9 @@ import click
 from orchestrator.config import ConfigError, load_sweep
 
 SWEEP = click.argument("sweep", type=click.Path(dir_okay=False))
+SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                   help="override a dotted key of the sweep file (repeatable), e.g. --set training.epochs=2; "
+                        "validated like the file, and part of the config hash")
 # A fold (or a small synthetic point) may have no positive sample of an AU: F1 is 0 by definition there.
 warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -44,9 +47,9 @@ def _friendly_errors():
         raise click.ClickException(str(e)) from None
 
 
-def _load(path: str):
+def _load(path: str, overrides=()):
     try:
-        return load_sweep(path)
+        return load_sweep(path, overrides)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -60,19 +63,20 @@ def _console(stderr: bool = False):
 # ------------------------------------------------------------------------------------------------------
 @click.command()
 @SWEEP
+@SET
 @click.option("--dataset", help="dataset name of the sweep file (default: its only dataset)")
 @click.option("--subject", required=True, help="test subject (trained on all the others)")
 @click.option("--point", type=int, default=0, show_default=True, help="grid point index (see `report`)")
 @click.option("--seed", type=int, help="seed (default: the sweep's first)")
 @click.option("--epochs", type=int, help="override training.epochs (quick debugging)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def fold(sweep: str, dataset: Optional[str], subject: str, point: int, seed: Optional[int],
+def fold(sweep: str, overrides, dataset: Optional[str], subject: str, point: int, seed: Optional[int],
          epochs: Optional[int], as_json: bool) -> None:
     """Run one LOSO fold in-process, with exactly the code a sweep trial runs (no Ray)."""
     from orchestrator.data import prepare
     from orchestrator.fold import prefix_for, run_fold
 
-    spec = _load(sweep)
+    spec = _load(sweep, overrides)
     if dataset is None:
         if len(spec.datasets) != 1:
             raise click.UsageError(f"{sweep} has datasets {sorted(spec.datasets)}; pick one with --dataset")
@@ -158,19 +162,20 @@ def _print_fold(doc: Dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------------
 @click.command()
 @SWEEP
+@SET
 @click.option("--address", help="join this Ray cluster (e.g. 10.0.0.1:6379 or auto); default: a local Ray")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: tracking.uri of the sweep file, else "
                                      "sqlite:///<workdir>/mlflow.db)")
 @click.option("--dashboard", is_flag=True, help="embedded Ray only: serve the Ray dashboard on "
                                                 "http://127.0.0.1:8265 while the sweep runs")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def run(sweep: str, address: Optional[str], tracking_uri: Optional[str], dashboard: bool,
+def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[str], dashboard: bool,
         as_json: bool) -> None:
     """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
     from orchestrator.runner import run_sweep
     from orchestrator.view import live_view, print_report
 
-    spec = _load(sweep)
+    spec = _load(sweep, overrides)
     if tracking_uri:
         spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
     console = _console(stderr=as_json)
@@ -191,15 +196,16 @@ def run(sweep: str, address: Optional[str], tracking_uri: Optional[str], dashboa
 # ------------------------------------------------------------------------------------------------------
 @click.command()
 @SWEEP
+@SET
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--compare", nargs=2, type=int, metavar="K L",
               help="paired difference in pooled F1 between points K and L (subject-bootstrap CI)")
-def report(sweep: str, as_json: bool, compare) -> None:
+def report(sweep: str, overrides, as_json: bool, compare) -> None:
     """Rebuild the table from the results store (no training)."""
     from orchestrator.report import compare_points, state_from_store
     from orchestrator.view import print_report
 
-    spec = _load(sweep)
+    spec = _load(sweep, overrides)
     console = _console(stderr=as_json)
     with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         state = state_from_store(spec)

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -305,8 +305,41 @@ def _format_errors(e: ValidationError, source: str, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def load_sweep(path: str | os.PathLike) -> SweepSpec:
-    """Read and validate a sweep file; every error names the file and the key."""
+def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str], source: str) -> Dict[str, Any]:
+    """`KEY=VALUE` items (the command line's `--set`) applied to a sweep file's mapping: KEY is dotted
+    (`training.epochs`, `datasets.casme2.root`, `seeds`), VALUE is read as YAML (`2`, `[1, 2]`,
+    `false`, `{cpu: 1}`). Section keys are checked against their schema here, so a typo is named with
+    the `--set` it came from; the rest is validated with the whole file."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        where = f"{source}: --set {item}"
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"{where}: write --set KEY=VALUE with a dotted KEY, e.g. --set training.epochs=2")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: the value is not valid YAML ({e})") from None
+        parts = key.split(".")
+        if parts[0] in SECTIONS:
+            if len(parts) > 1:  # a schema check of the path; the value is validated with the config
+                _set_dotted({s: {} for s in SECTIONS}, key, value, where)
+        elif parts[0] not in SweepSpec.model_fields or parts[0] == "source":
+            raise ConfigError(f"{where}: unknown key {parts[0]!r} (a sweep file has "
+                              f"{', '.join(k for k in SweepSpec.model_fields if k != 'source')})")
+        node = raw
+        for i, p in enumerate(parts[:-1]):
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {'.'.join(parts[:i + 1])} is not a mapping in the file")
+        node[parts[-1]] = value
+    return raw
+
+
+def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepSpec:
+    """Read and validate a sweep file, with `--set KEY=VALUE` overrides applied first (the effective
+    config is what is validated, hashed and stored); every error names the file and the key."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such sweep file")
@@ -317,6 +350,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a sweep file is a mapping with at least 'name' and 'datasets'")
     raw.setdefault("name", path.stem)
+    raw = apply_overrides(raw, overrides, str(path))
     try:
         spec = SweepSpec.model_validate({**raw, "source": str(path)})
     except ValidationError as e:

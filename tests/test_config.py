@@ -250,3 +250,33 @@ def test_workdir_that_is_a_file_is_named(tmp_path):
                                        "datasets": {"c": {"reader": "casme2", "root": "/x"}}}))
     with pytest.raises(ConfigError, match="workdir: .*wd is a file, not a folder"):
         spec.workdir_path()
+
+
+def test_set_overrides_change_the_effective_config_and_its_hash(tmp_path):
+    doc = {"name": "o", "datasets": {"c": {"reader": "casme2", "root": "/x"}}, "training": {"epochs": 5}}
+    path = write(tmp_path, doc)
+    base = load_sweep(path).trials()[0]
+    spec = load_sweep(path, ["training.epochs=2", "model.gsd=false", "seeds=[3, 4]",
+                             "datasets.c.root=/elsewhere", "resources.cpu=2"])
+    t = spec.trials()[0]
+    assert t.training.epochs == 2 and t.model.gsd is False and spec.seeds == [3, 4]
+    assert spec.datasets["c"].root == "/elsewhere" and spec.resources.cpu == 2
+    assert t.hash != base.hash
+    assert load_sweep(path, ["training.epochs=5"]).trials()[0].hash == base.hash  # same value, same hash
+    assert yaml.safe_load(path.read_text()) == doc  # the file itself is untouched
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("training.epochz=2", "--set training.epochz=2: unknown key 'training.epochz'"),
+    ("training.epochs=0", "training.epochs"),
+    ("training.epochs", "write --set KEY=VALUE"),
+    ("resourcez.cpu=1", "--set resourcez.cpu=1: unknown key 'resourcez'"),
+    ("resources.cpux=1", "unknown key 'resources.cpux'"),
+    ("name.x=1", "--set name.x=1: name is not a mapping"),
+    ("model.lsi=[", "not valid YAML"),
+])
+def test_bad_set_override_is_named(tmp_path, item, needle):
+    path = write(tmp_path, {"name": "o", "datasets": {"c": {"reader": "casme2", "root": "/x"}}})
+    with pytest.raises(ConfigError) as e:
+        load_sweep(path, [item])
+    assert str(path) in str(e.value) and needle in str(e.value), str(e.value)

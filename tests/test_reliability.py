@@ -168,3 +168,11 @@ def test_damaged_prepared_dataset_cache_is_prepared_again(tiny_casme2, tmp_path,
     again = prepare_dataset("casme2", tiny_casme2, cfg, tmp_path / "cache", progress=False)
     assert "deleting it, the dataset is prepared again" in capsys.readouterr().err
     assert again.key == first.key and (again.flow == first.flow).all() and path.is_file()
+
+
+@pytest.mark.parametrize("cmd", ["run", "report", "fold"])
+def test_bad_set_override_on_the_command_line(tiny_casme2, tmp_path, cmd):
+    path = sweep_file(tmp_path, tiny_casme2)
+    extra = ["--subject", "sub01"] if cmd == "fold" else []
+    r = cli(cmd, path, "--set", "training.epochz=1", *extra)
+    assert_clean_failure(r, "--set training.epochz=1: unknown key 'training.epochz'")
