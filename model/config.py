@@ -15,6 +15,10 @@ class ModelConfig(_Strict):
     pretrained: str = "openai"  # 'openai', a local checkpoint path, or 'none' (random init)
     trainable_blocks: int = Field(3, ge=0)  # last k blocks of both towers train (paper IV-A)
     lsi: bool = True  # Table II: LSI on/off
+    # What the AU features are when `lsi` is false (read only then; docs/model.md, "w/o LSI"):
+    # 'shared_global': every AU reads the one global image feature (CLIP's class token in the joint space);
+    # 'per_au_all_tokens': each AU pools all h*w patch tokens with its own `pooling` module.
+    lsi_off_feature: Literal["shared_global", "per_au_all_tokens"] = "shared_global"
     pooling: Literal["pta", "mean", "max"] = "pta"  # Table VI
     gsd: bool = True  # Table II: GSD on/off
     dependency: Literal["gda", "add_mlp", "cat_mlp"] = "gda"  # Table VII

@@ -75,24 +75,40 @@ class PTA(nn.Module):
 
 
 class LocalFeatures(nn.Module):
-    """F~_n for every AU from the patch tokens.
+    """F~_n for every AU, from the patch tokens (or, without LSI, the global image feature).
 
     lsi=True : each AU reads the tokens of its own landmarks (Eq. 1) and pools them with its own PTA
                (Eq. 2-3), or with mean / max pooling (Table VI).
-    lsi=False: no landmarks (Table II, "w/o LSI"): each AU reads all h*w patch tokens, pooled the same
-               way by its own pooling module, so AUs still get separate features but no region prior.
+    lsi=False (Table II, "w/o LSI"), as `lsi_off_feature` says:
+      'shared_global'     no per-AU channel at all: every AU's F~_n is the same global image feature
+                          (CLIP's class token after ln_post and proj), so the N features entering GSD
+                          are identical copies; `pooling` plays no part.
+      'per_au_all_tokens' each AU pools all h*w patch tokens with its own pooling module (its own PTA by
+                          default): separate AU features, no landmark region prior.
     """
 
-    def __init__(self, n_aus: int, d: int, pooling: str, lsi: bool, hidden: int):
+    def __init__(self, n_aus: int, d: int, pooling: str, lsi: bool, hidden: int, *, lsi_off_feature: str):
         super().__init__()
-        self.pooling, self.lsi = pooling, lsi
-        self.pta = nn.ModuleList([PTA(d, hidden) for _ in range(n_aus)]) if pooling == "pta" else None
+        if lsi_off_feature not in ("shared_global", "per_au_all_tokens"):
+            raise ValueError(f"model.lsi_off_feature: 'shared_global' or 'per_au_all_tokens', "
+                             f"got {lsi_off_feature!r}")
+        self.n_aus, self.pooling, self.lsi = n_aus, pooling, lsi
+        self.shared = not lsi and lsi_off_feature == "shared_global"
+        self.pta = (nn.ModuleList([PTA(d, hidden) for _ in range(n_aus)])
+                    if pooling == "pta" and not self.shared else None)
 
-    def forward(self, tokens: torch.Tensor, idx: Sequence[torch.Tensor]
-                ) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
-        """tokens (B, G, d), idx: per AU (B, N_L) token indices -> F~ (B, N, d), PTA weights per AU."""
+    def forward(self, tokens: torch.Tensor, idx: Sequence[torch.Tensor],
+                global_feat: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
+        """tokens (B, G, d), idx: per AU (B, N_L) token indices, global_feat (B, d) (read only by the
+        shared-feature variant) -> F~ (B, N, d), PTA weights per AU (None where no PTA runs)."""
+        if self.shared:
+            if global_feat is None:
+                raise ValueError("LocalFeatures with lsi_off_feature 'shared_global' needs the global "
+                                 "image feature (global_feat)")
+            # Table II "w/o LSI": one shared feature, the same for every AU
+            return global_feat.unsqueeze(1).expand(-1, self.n_aus, -1), [None] * self.n_aus
         feats, weights = [], []
-        for n in range(len(idx)):
+        for n in range(self.n_aus):
             if self.lsi:
                 k = torch.gather(tokens, 1, idx[n].unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
             else:

@@ -1,7 +1,8 @@
 """Micro-AU CLIP (paper Fig. 2): one model; every ablation of Tables II-VIII is a switch of ModelConfig.
 
   visual prefix (cached) -> VisualTail -> 7x7 patch tokens in the joint space
-    -> LocalFeatures (LSI: Eq. 1-3, or mean/max pooling, or no landmarks)   F~ (B, N, d)
+    -> LocalFeatures (LSI: Eq. 1-3, or mean/max pooling; w/o LSI: the       F~ (B, N, d)
+       global feature shared by all AUs, or per-AU pooling of all tokens)
     -> GSD (GDA Eq. 4-6, Add+MLP, Cat+MLP) or nothing                       final AU features (B, N, d)
     -> AUHeads (Eq. 7)                                                      logits (B, N, 2)
   text prefix (cached) -> TextTail (fine-tuned) or the cached final features (fixed) -> text features
@@ -34,7 +35,8 @@ class MicroAUCLIP(nn.Module):
         self.text_trains = (model_cfg.text == "finetune" and model_cfg.contrastive != "none"
                             and model_cfg.trainable_blocks > 0)
         self.text_tail = copy.deepcopy(prefix.text_tail) if self.text_trains else None
-        self.local = LocalFeatures(n_aus, d, model_cfg.pooling, model_cfg.lsi, model_cfg.pta_hidden)
+        self.local = LocalFeatures(n_aus, d, model_cfg.pooling, model_cfg.lsi, model_cfg.pta_hidden,
+                                   lsi_off_feature=model_cfg.lsi_off_feature)
         self.gsd = GSD(n_aus, d, model_cfg.dependency) if model_cfg.gsd else None
         self.heads = AUHeads(n_aus, d, model_cfg.head_hidden)
         self.register_buffer("logit_scale", torch.tensor(prefix.logit_scale), persistent=False)
@@ -52,9 +54,11 @@ class MicroAUCLIP(nn.Module):
         return [p for m in mods for p in m.parameters() if p.requires_grad]
 
     # -- visual -----------------------------------------------------------------------------------------
-    def au_forward(self, tokens: torch.Tensor, idx: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Patch tokens (B, G, d), per-AU token indices -> local / final AU features, W_d, logits."""
-        local, pta_w = self.local(tokens, idx)
+    def au_forward(self, tokens: torch.Tensor, idx: Sequence[torch.Tensor],
+                   global_feat: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Patch tokens (B, G, d), per-AU token indices, global image feature (B, d) -> local / final AU
+        features, W_d, logits."""
+        local, pta_w = self.local(tokens, idx, global_feat)
         if self.gsd is not None:
             final, w_d = self.gsd(local)
         else:
@@ -63,7 +67,7 @@ class MicroAUCLIP(nn.Module):
 
     def forward(self, visual_prefix: torch.Tensor, idx: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
         tokens, global_feat = self.visual_tail(visual_prefix)
-        out = self.au_forward(tokens, idx)
+        out = self.au_forward(tokens, idx, global_feat)
         out["global"] = global_feat
         return out
 

@@ -224,6 +224,62 @@ def test_shipped_sweeps_validate(path, monkeypatch):
     assert spec.trials()
 
 
+def _shipped(name, monkeypatch):
+    for var in ("CASME2_ROOT", "SAMM_ROOT", "MICROAU_MAGNET_WEIGHTS"):
+        monkeypatch.setenv(var, "/data")
+    return load_sweep(REPO / "sweeps" / f"{name}.yaml")
+
+
+def _changes(trial, full) -> dict:
+    """The model / training fields a trial sets differently from the full model (`full`)."""
+    out = {}
+    for section in ("model", "training"):
+        a, b = getattr(trial, section).model_dump(), getattr(full, section).model_dump()
+        out.update({f"{section}.{k}": v for k, v in a.items() if v != b[k]})
+    return out
+
+
+READING = "paper_numbers_reading_"
+
+
+@pytest.mark.parametrize("name,literal", [
+    ("lsi_gsd", [{"model.gsd": False}, {"model.lsi": False}, {}]),  # Table II: LSI only, GSD only, both
+    ("contrastive", [{"model.contrastive": "none"}, {"model.contrastive": "global_origcl"},  # Table VIII
+                     {"model.contrastive": "local_origcl"}, {}]),
+])
+def test_ablation_rows_change_one_thing_from_the_full_model(name, literal, monkeypatch):
+    """Tables II and VIII: each row is the full model with the row's one change; the combined reading of
+    the paper's numbers (w/o LSI == global OrigCL) is an extra point, labelled, and the same point (same
+    hash) in both files."""
+    spec = _shipped(name, monkeypatch)
+    full = _shipped("main", monkeypatch).trials("casme2")[0]
+    trials = spec.trials("casme2")
+    literal_trials = [t for t in trials if not (t.variant or "").startswith(READING)]
+    assert [_changes(t, full) for t in literal_trials] == literal
+    readings = [t for t in trials if (t.variant or "").startswith(READING)]
+    assert [(t.variant, _changes(t, full)) for t in readings] == [
+        ("paper_numbers_reading_lsi_off_global_origcl", {"model.lsi": False, "model.contrastive": "global_origcl"})]
+    other = "contrastive" if name == "lsi_gsd" else "lsi_gsd"
+    assert readings[0].hash in {t.hash for t in _shipped(other, monkeypatch).trials("casme2")}
+
+
+@pytest.mark.parametrize("name,key,values", [("text_encoder", "model.text", ["fixed", "finetune"]),
+                                             ("alpha", "training.alpha", [0.2, 0.4, 0.6, 0.8, 1.0]),
+                                             ("pooling", "model.pooling", ["mean", "max", "pta"])])
+def test_tables_iii_iv_vi_run_on_the_full_model_and_the_add_mlp_reading(name, key, values, monkeypatch):
+    """Each grid value runs on the full model (the text's reading: only the grid key changes) and, as a
+    labelled extra point, on Add+MLP (their default rows equal Table VII's Add+MLP numbers)."""
+    spec = _shipped(name, monkeypatch)
+    full = _shipped("main", monkeypatch).trials("casme2")[0]
+    section, field = key.split(".")
+    want = [(v, {key: v} if getattr(getattr(full, section), field) != v else {}) for v in values]
+    got = {}
+    for t in spec.trials("casme2"):
+        got.setdefault(t.variant, []).append((getattr(getattr(t, section), field), _changes(t, full)))
+    assert got == {"full": want,
+                   "paper_numbers_reading_add_mlp": [(v, {**c, "model.dependency": "add_mlp"}) for v, c in want]}
+
+
 def test_grid_over_preprocessing_prepares_each_setting_once(tiny_casme2, tmp_path):
     """A grid may vary preprocessing.*: each setting is its own prepared dataset, with its own key."""
     from conftest import TEST_PREPROCESS

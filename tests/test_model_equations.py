@@ -52,16 +52,36 @@ def test_pta_weights_sum_to_one_and_pick_the_heavier_token():
 def test_local_features_gather_each_aus_tokens_and_pooling_variants():
     tokens = torch.arange(2 * 49 * 3, dtype=torch.float32).view(2, 49, 3)
     idx = [torch.tensor([[0, 5], [1, 1]]), torch.tensor([[48], [10]])]
-    mean = LocalFeatures(2, 3, "mean", lsi=True, hidden=4)(tokens, idx)[0]
+    on = dict(lsi=True, hidden=4, lsi_off_feature="shared_global")  # lsi_off_feature is not read here
+    mean = LocalFeatures(2, 3, "mean", **on)(tokens, idx)[0]
     assert mean[0, 0].tolist() == ((tokens[0, 0] + tokens[0, 5]) / 2).tolist()
     assert mean[1, 1].tolist() == tokens[1, 10].tolist()
-    mx = LocalFeatures(2, 3, "max", lsi=True, hidden=4)(tokens, idx)[0]
+    mx = LocalFeatures(2, 3, "max", **on)(tokens, idx)[0]
     assert mx[0, 0].tolist() == tokens[0, 5].tolist()
-    # LSI off: every AU reads all 49 tokens
-    off = LocalFeatures(2, 3, "mean", lsi=False, hidden=4)(tokens, idx)[0]
+    # LSI off, per-AU reading: every AU pools all 49 tokens with its own module
+    per_au = dict(lsi=False, hidden=4, lsi_off_feature="per_au_all_tokens")
+    off = LocalFeatures(2, 3, "mean", **per_au)(tokens, idx)[0]
     assert off[0, 0].tolist() == pytest.approx(tokens[0].mean(0).tolist())
-    f, w = LocalFeatures(2, 3, "pta", lsi=False, hidden=4)(tokens, idx)
+    f, w = LocalFeatures(2, 3, "pta", **per_au)(tokens, idx)
     assert w[0].shape == (2, 49) and torch.allclose(w[0].sum(-1), torch.ones(2))
+
+
+@pytest.mark.parametrize("pooling", ["pta", "mean", "max"])
+def test_without_lsi_every_au_reads_the_one_global_feature(pooling):
+    """Table II "w/o LSI" (default reading): no per-AU channel, F~_n = the global image feature for every
+    n whatever `pooling` says; no PTA module exists and no landmark index is read."""
+    tokens = torch.randn(2, 49, 3, generator=torch.Generator().manual_seed(0))
+    glob = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
+    local = LocalFeatures(4, 3, pooling, lsi=False, hidden=4, lsi_off_feature="shared_global")
+    assert local.pta is None and list(local.parameters()) == []
+    f, w = local(tokens, [None] * 4, glob)
+    assert f.shape == (2, 4, 3) and w == [None] * 4
+    for n in range(4):
+        assert torch.equal(f[:, n], glob)
+    with pytest.raises(ValueError, match="global"):
+        local(tokens, [None] * 4)
+    with pytest.raises(ValueError, match="model.lsi_off_feature"):
+        LocalFeatures(4, 3, pooling, lsi=False, hidden=4, lsi_off_feature="cls")
 
 
 # -- Eq. 4-7 -------------------------------------------------------------------------------------------

@@ -7,12 +7,14 @@ import torch
 
 from model import compute_prefix, train_fold
 from model.config import ModelConfig, TrainConfig
+from model.lsi import au_token_indices, landmark_groups
 from model.net import MicroAUCLIP
 from test_model_data import CASME2_AUS, fake_prepared
 
 VARIANTS = {
     "full": {},
-    "II: w/o LSI": {"lsi": False},
+    "II: w/o LSI (one shared global feature)": {"lsi": False},
+    "II: w/o LSI, per-AU PTA over all tokens": {"lsi": False, "lsi_off_feature": "per_au_all_tokens"},
     "II: w/o GSD": {"gsd": False},
     "III: text fixed": {"text": "fixed"},
     "VI: meanpool": {"pooling": "mean"},
@@ -22,7 +24,9 @@ VARIANTS = {
     "VIII: No CL": {"contrastive": "none"},
     "VIII: global OrigCL": {"contrastive": "global_origcl"},
     "VIII: local OrigCL": {"contrastive": "local_origcl"},
-    "II: w/o LSI, meanpool": {"lsi": False, "pooling": "mean"},
+    "II: w/o LSI, per-AU meanpool over all tokens": {"lsi": False, "lsi_off_feature": "per_au_all_tokens",
+                                                     "pooling": "mean"},
+    "II/VIII paper-numbers reading: w/o LSI + global OrigCL": {"lsi": False, "contrastive": "global_origcl"},
 }
 
 
@@ -50,7 +54,9 @@ def test_variant_builds_and_trains(setup, name):
     assert (curve["gd"][0] > 0) == (cfg.gsd and cfg.dependency == "gda")
     assert (before.gsd is None) == (not cfg.gsd)
     assert (before.text_tail is None) == (cfg.text == "fixed" or cfg.contrastive == "none")
-    assert (before.local.pta is None) == (cfg.pooling != "pta")
+    shared = not cfg.lsi and cfg.lsi_off_feature == "shared_global"  # one feature for all AUs: no PTA
+    assert (before.local.pta is None) == (cfg.pooling != "pta" or shared)
+    assert bool(r.extras["pta"]) == (before.local.pta is not None)
     assert r.probs.shape == (4, 8) and r.features.shape == (4, 8, 64) and r.mer_scores.shape == (4, 3)
     # the text tower is frozen exactly when the config says so (Table III TextSi reads it)
     sims = np.array(list(r.extras["text_similarity"].values()))
@@ -58,6 +64,43 @@ def test_variant_builds_and_trains(setup, name):
     frozen = frozen / np.linalg.norm(frozen, axis=-1, keepdims=True)
     frozen_sim = (frozen[:, 0] * frozen[:, 1]).sum(-1)
     assert np.allclose(sims, frozen_sim, atol=1e-5) == (before.text_tail is None)
+
+
+def _forward(base, change, prefix, data):
+    cfg = ModelConfig.model_validate({**base.model_dump(), **change})
+    torch.manual_seed(0)
+    model = MicroAUCLIP(cfg, len(CASME2_AUS), prefix).eval()
+    idx = [torch.from_numpy(t) for t in au_token_indices(data.landmarks, landmark_groups(CASME2_AUS),
+                                                          prefix.grid, prefix.image)]
+    with torch.no_grad():
+        return model(torch.from_numpy(prefix.visual), idx)
+
+
+def test_without_lsi_all_au_features_are_one_shared_feature_before_gsd(setup):
+    """Table II "w/o LSI" (`lsi: false`, default reading): every AU's feature entering GSD is the same
+    global image feature, so GDA sees N identical inputs (its W_d then no longer depends on the sample);
+    the per-AU heads still give each AU its own logits."""
+    data, base, prefix = setup
+    out = _forward(base, {"lsi": False}, prefix, data)
+    local = out["local"]
+    assert local.shape == (prefix.visual.shape[0], 8, 64)
+    for n in range(1, 8):
+        assert torch.equal(local[:, n], local[:, 0])
+    assert torch.equal(local[:, 0], out["global"])  # CLIP's image feature (class token, joint space)
+    assert torch.allclose(out["final"], out["final"][:, :1].expand_as(out["final"]))
+    assert torch.allclose(out["w_d"], out["w_d"][:1].expand_as(out["w_d"]))
+    assert not torch.allclose(out["logits"][:, 0], out["logits"][:, 1])
+    assert out["pta"] == [None] * 8
+
+
+def test_per_au_all_tokens_option_keeps_one_channel_per_au(setup):
+    """`lsi_off_feature: per_au_all_tokens`: each AU pools all 49 tokens with its own PTA, so the AU
+    features differ before GSD (a different variant from the shared feature)."""
+    data, base, prefix = setup
+    out = _forward(base, {"lsi": False, "lsi_off_feature": "per_au_all_tokens"}, prefix, data)
+    local = out["local"]
+    assert all(not torch.allclose(local[:, n], local[:, 0]) for n in range(1, 8))
+    assert all(w.shape == (prefix.visual.shape[0], 49) for w in out["pta"])
 
 
 def test_every_paper_sweep_point_trains_a_step(setup):
