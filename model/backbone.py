@@ -9,10 +9,18 @@ constant per sample (visual) and per prompt (text). This module holds the two ha
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
+import pickle
+import pickletools
+import re
+import sys
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from model import _torchvision_guard  # noqa: F401  (must precede the first open_clip import)
 
@@ -31,7 +39,16 @@ class BackboneError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------------
-# weights
+# weights (docs/model.md "Backbone weights": the forms read, the QuickGELU rule, what is never unpickled)
+TORCHSCRIPT, STATE_DICT, SAFETENSORS = "torchscript", "state_dict", "safetensors"  # file forms, by content
+_FORM_NAMES = {TORCHSCRIPT: "OpenAI TorchScript archive", STATE_DICT: "state dict", SAFETENSORS: "safetensors"}
+_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # entries only OpenAI's archive has
+_FINGERPRINT_BYTES = 1 << 20  # the weights id hashes the first and the last MiB of the file
+_ANNOUNCED: set = set()  # (arch, file, activation) already named on stderr by this process
+_USE = ("use OpenAI's ViT-B-32.pt, open_clip's open_clip_pytorch_model.bin / open_clip_model.safetensors, "
+        "or a state dict saved with torch.save(model.state_dict())")
+
+
 def _check_arch(arch: str) -> None:
     if arch not in open_clip.list_models():
         raise BackboneError(f"model.arch: unknown open_clip model {arch!r}; "
@@ -39,35 +56,70 @@ def _check_arch(arch: str) -> None:
 
 
 def resolve_pretrained(arch: str, pretrained: str) -> Tuple[Optional[str], bool, str]:
-    """-> (checkpoint path or None, force QuickGELU, weights id for cache keys)."""
+    """-> (checkpoint path or None, QuickGELU, weights id for cache keys).
+
+    `pretrained` is 'none', an open_clip tag of `arch` whose file is already in ~/.cache/clip or the
+    Hugging Face cache, or a path to OpenAI's TorchScript archive, a state dict (.bin/.pt) or a
+    .safetensors file. QuickGELU follows from what the weights are (`_quick_gelu`). The weights id names
+    the file form, its size, a hash of its first and last MiB (not its path or mtime: a moved or copied
+    file keeps its id) and the activation. Reads at most a few MiB; no tensor is loaded."""
     _check_arch(arch)
     if pretrained.lower() == "none":
         return None, False, f"random-init(seed={BACKBONE_INIT_SEED})"
     path = Path(os.path.expanduser(pretrained))
     if path.is_file():
-        st = path.stat()
-        return str(path), False, f"file:{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+        form = file_form(path)
+        quick = _quick_gelu(arch, path, form)
+        return str(path), quick, _weights_id(path, form, quick)
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
-        if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors")):
-            raise BackboneError(f"model.pretrained: checkpoint file {pretrained!r} does not exist; "
-                                f"give the path of an open_clip/OpenAI checkpoint of {arch}")
+        if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise BackboneError(f"model.pretrained: checkpoint file {pretrained!r} does not exist; give the "
+                                f"path of a checkpoint of {arch} ({_USE})")
         tags = open_clip.list_pretrained_tags_by_model(arch)
         raise BackboneError(f"model.pretrained: {arch} has no pretrained tag {pretrained!r} (it has "
                             f"{tags or 'none'}); use one of those, a local checkpoint path, or 'none'")
     cached = _cached_file(cfg)
     if cached is None:
-        where = cfg.get("url") or f"https://huggingface.co/{cfg.get('hf_hub', '').rstrip('/')}"
-        raise BackboneError(
-            f"model.pretrained: {pretrained!r} weights of {arch} are not in the open_clip / Hugging Face "
-            f"cache, and this machine cannot download them. On a machine with internet, download\n"
-            f"    {where}\n"
-            f"copy the file here (for example to ~/models/{arch}-{pretrained}.pt) and set\n"
-            f"    model.pretrained: ~/models/{arch}-{pretrained}.pt\n"
-            f"in the sweep file (for OpenAI weights also set model.arch: {arch}-quickgelu, unless the arch "
-            f"already uses QuickGELU); or put it in ~/.cache/clip/ under its original name. "
-            f"model.pretrained: none trains from a random backbone.")
-    return cached, bool(cfg.get("quick_gelu", False)), f"{pretrained}:{Path(cached).name}"
+        raise BackboneError(_missing_weights(arch, pretrained, cfg))
+    path = Path(cached)
+    form = file_form(path)
+    quick = bool(cfg.get("quick_gelu")) or _quick_gelu(arch, path, form)
+    return cached, quick, _weights_id(path, form, quick)
+
+
+def _hub_repo(hub: str) -> Tuple[str, str]:
+    """open_clip's `hf_hub` ('org/name/' or 'org/name/file') -> (repo id, file name or '')."""
+    repo, filename = os.path.split(hub)
+    return (repo.rstrip("/"), filename) if filename else (hub.rstrip("/"), "")
+
+
+def _missing_weights(arch: str, tag: str, cfg: dict) -> str:
+    """What to do when the tag's file is not on this machine: every file that works and where it goes."""
+    url, hub = cfg.get("url", ""), cfg.get("hf_hub", "")
+    lines = [f"model.pretrained: the {tag!r} weights of {arch} are not on this machine, and this tool never "
+             f"downloads. Any one of these files works (download it on a machine with internet):"]
+    example = f"~/models/{arch}-{tag}.safetensors"
+    if url:
+        name = os.path.basename(url)
+        lines.append(f"  - OpenAI's original {name} (a TorchScript archive), {url}\n"
+                     f"    put it at ~/.cache/clip/{name}")
+        example = f"~/models/{arch}-{tag}.pt"
+    if hub:
+        repo, filename = _hub_repo(hub)
+        files = filename or "open_clip_model.safetensors (or open_clip_pytorch_model.bin)"
+        lines.append(f"  - {files} of the Hugging Face repo {repo}\n"
+                     f"    in the Hugging Face cache ($HF_HUB_CACHE, by default ~/.cache/huggingface/hub; "
+                     f"`huggingface-cli download {repo} {filename or 'open_clip_model.safetensors'}` puts it "
+                     f"there: copy the folder models--{repo.replace('/', '--')} over)")
+    lines.append(f"  - either file anywhere, with its path in the sweep file:\n"
+                 f"    model.pretrained: {example}")
+    if cfg.get("quick_gelu"):
+        lines.append(f"These weights use QuickGELU, which is chosen from the file: OpenAI's archive, the cache "
+                     f"folders above, or a file name containing {tag!r} (as in the example). Keep model.arch: "
+                     f"{arch}.")
+    lines.append("model.pretrained: none trains from a random backbone.")
+    return "\n".join(lines)
 
 
 def _cached_file(cfg: dict) -> Optional[str]:
@@ -82,14 +134,172 @@ def _cached_file(cfg: dict) -> Optional[str]:
             from huggingface_hub import try_to_load_from_cache
         except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
             return None
-        repo, filename = os.path.split(hub)
-        repo = repo.rstrip("/") if filename else hub.rstrip("/")
+        repo, filename = _hub_repo(hub)
         names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         for name in names:
             hit = try_to_load_from_cache(repo, name)
             if isinstance(hit, str) and Path(hit).is_file():
                 return hit
     return None
+
+
+def file_form(path) -> str:
+    """What a weights file is, from its bytes (not its name): TORCHSCRIPT (a zip with `constants.pkl`,
+    the test torch.load itself uses), SAFETENSORS (an 8-byte header length, then JSON) or STATE_DICT
+    (anything else: read by torch.load(weights_only=True), which names what is wrong with it)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                records = {name.split("/", 1)[-1] for name in z.namelist()}
+        except (zipfile.BadZipFile, OSError):
+            return STATE_DICT
+        return TORCHSCRIPT if "constants.pkl" in records else STATE_DICT
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return SAFETENSORS
+    return STATE_DICT
+
+
+def _tensor_names(path: Path, form: str) -> List[str]:
+    """The entry names of a safetensors file (its JSON header) or of a torch.save zip (the strings of its
+    data.pkl, listed by pickletools without unpickling); [] for other forms. Reads no tensor."""
+    try:
+        if form == SAFETENSORS:
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                return [k for k in json.loads(f.read(n)) if k != "__metadata__"]
+        if form == STATE_DICT and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                pkl = next((n for n in z.namelist() if n.split("/", 1)[-1] == "data.pkl"), None)
+                if pkl is None:
+                    return []
+                return [arg for op, arg, _ in pickletools.genops(z.read(pkl)) if isinstance(arg, str)]
+    except Exception:  # unreadable: the load names the problem
+        return []
+    return []
+
+
+def _quick_gelu(arch: str, path: Path, form: str) -> bool:
+    """Whether the weights in `path` were trained with QuickGELU (docs/model.md "Backbone weights"):
+    the arch is a `-quickgelu` config; or the file is OpenAI's (its TorchScript archive, or a state dict
+    still holding the archive's input_resolution/context_length/vocab_size entries); or, since the
+    tensors of a .bin/.safetensors cannot tell, the file sits in the Hugging Face cache folder of a tag of
+    `arch`, or its name contains a tag of `arch` as a word (`ViT-B-32-openai.safetensors`), and open_clip's
+    pretrained config of that tag says QuickGELU. Otherwise GELU."""
+    if (open_clip.get_model_config(arch) or {}).get("quick_gelu"):
+        return True
+    if form == TORCHSCRIPT or any(k in _OPENAI_EXTRAS for k in _tensor_names(path, form)):
+        return True
+    tags = {t: open_clip.get_pretrained_cfg(arch, t) for t in open_clip.list_pretrained_tags_by_model(arch)}
+    for cfg in tags.values():
+        repo, _ = _hub_repo(cfg.get("hf_hub", ""))
+        if repo and f"models--{repo.replace('/', '--')}" in path.parts:
+            return bool(cfg.get("quick_gelu"))
+    name = path.name.lower()
+    return any(cfg.get("quick_gelu") and re.search(rf"(?<![a-z0-9]){re.escape(t.lower())}(?![a-z0-9])", name)
+               for t, cfg in tags.items())
+
+
+def _weights_id(path: Path, form: str, quick_gelu: bool) -> str:
+    """form:size:hash:activation, the hash over the size and the first and last MiB of the file."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_FINGERPRINT_BYTES))
+        if size > _FINGERPRINT_BYTES:
+            f.seek(max(_FINGERPRINT_BYTES, size - _FINGERPRINT_BYTES))
+            h.update(f.read())
+    return f"{form}:{size}:{h.hexdigest()[:16]}:{'quickgelu' if quick_gelu else 'gelu'}"
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def read_weights(path, form: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The tensors of a weights file, by its form (`file_form`): a TorchScript archive through
+    torch.jit.load (this runs the archive's TorchScript code: the known limit, docs/model.md), a
+    .safetensors through safetensors, anything else through torch.load(weights_only=True), which builds
+    tensors and plain containers only and refuses any other object without creating it. Unwraps an
+    open_clip training checkpoint ('state_dict') and a DataParallel 'module.' prefix, and drops OpenAI's
+    three entries that are not weights (input_resolution, context_length, vocab_size)."""
+    form = form or file_form(path)
+    try:
+        if form == TORCHSCRIPT:
+            with warnings.catch_warnings():  # torch.jit is deprecated, and the only reader of OpenAI's file
+                warnings.simplefilter("ignore", DeprecationWarning)
+                sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+        elif form == SAFETENSORS:
+            from safetensors.torch import load_file
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise BackboneError(f"model.pretrained: {path} cannot be read as a {_FORM_NAMES[form]} "
+                                f"(UnpicklingError: {_first_line(e)}); {_USE}") from None
+        # weights_only refused it (an object other than tensors and plain containers, or bytes that are
+        # no pickle): nothing of it was built
+        m = re.search(r"WeightsUnpickler error:(.*?)(?:Please use|Check the documentation|$)", str(e), re.S)
+        why = " ".join((m.group(1) if m else _first_line(e)).split())
+        raise BackboneError(f"model.pretrained: {path} is not a plain checkpoint: torch.load(weights_only=True), "
+                            f"which builds tensors and plain containers only, refused it ({why}); nothing in "
+                            f"it was unpickled. {_USE[0].upper()}{_USE[1:]}") from None
+    except Exception as e:
+        raise BackboneError(f"model.pretrained: {path} cannot be read as a {_FORM_NAMES[form]} "
+                            f"({type(e).__name__}: {_first_line(e)}); {_USE}") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]  # an open_clip training checkpoint
+    if not isinstance(sd, dict) or not sd:
+        raise BackboneError(f"model.pretrained: {path} holds no state dict (it holds a {type(sd).__name__}); "
+                            f"{_USE}")
+    odd = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if odd:
+        raise BackboneError(f"model.pretrained: {path} is not a state dict: its entry {odd[0]!r} is not a "
+                            f"named tensor; {_USE}")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}  # saved from (Distributed)DataParallel
+    return {k: v for k, v in sd.items() if k not in _OPENAI_EXTRAS}
+
+
+def _few(names: List[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+    return f"tensor {names[0]}" if len(names) == 1 else f"{len(names)} tensors ({shown})"
+
+
+def load_weights(clip: nn.Module, state_dict: Dict[str, torch.Tensor], arch: str, path) -> None:
+    """open_clip's own key conversions (those of `open_clip.load_checkpoint`, without its resizing of
+    position embeddings: another grid is another architecture here), then a check that names the first
+    tensor that does not fit, then a strict load."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict
+
+    sd = convert_state_dict(clip, dict(state_dict))
+    if "positional_embedding" in sd and not hasattr(clip, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
+    if "logit_scale" in sd and clip.logit_scale.ndim != sd["logit_scale"].ndim:
+        sd["logit_scale"] = sd["logit_scale"].reshape(clip.logit_scale.shape)
+    want = clip.state_dict()
+    wrong = [k for k in want if k in sd and tuple(want[k].shape) != tuple(sd[k].shape)]
+    missing = [k for k in want if k not in sd]
+    extra = [k for k in sd if k not in want]
+    if wrong or missing or extra:
+        why = []
+        if wrong:
+            k = wrong[0]
+            n = len(wrong) - 1
+            more = f" ({n} more tensor{'s differ' if n > 1 else ' differs'} in shape)" if n else ""
+            why.append(f"tensor {k} is {tuple(want[k].shape)} in {arch} but {tuple(sd[k].shape)} in the "
+                       f"file{more}")
+        if missing:
+            why.append(f"the file lacks {_few(missing)} of {arch}")
+        if extra:
+            why.append(f"the file has {_few(extra)} that {arch} has not")
+        raise BackboneError(f"model.pretrained: {path} does not fit {arch}: {'; '.join(why)}; is it a "
+                            f"checkpoint of another architecture?")
+    clip.load_state_dict(sd, strict=True)
 
 
 def load_clip(arch: str, pretrained: str) -> Tuple[nn.Module, str]:
@@ -99,21 +309,30 @@ def load_clip(arch: str, pretrained: str) -> Tuple[nn.Module, str]:
 
 
 def create_clip(arch: str, path: Optional[str], quick_gelu: bool) -> nn.Module:
-    """`arch` on CPU in eval mode, float32: the checkpoint at `path`, or the seeded random init when None
-    (also what a cached prefix loads its tail weights into). `quick_gelu` as `resolve_pretrained` says."""
+    """`arch` on CPU in eval mode, float32: the seeded random init (also what a cached prefix loads its
+    tail weights into), then the weights of `path` when given (`read_weights`, `load_weights`; the first
+    load of a file in a process names it and its activation on stderr). `quick_gelu` as
+    `resolve_pretrained` says."""
     _check_arch(arch)
-    quiet = _no_random_init_warning() if path is None else contextlib.nullcontext()
-    with torch.random.fork_rng(devices=[]), quiet:
+    with torch.random.fork_rng(devices=[]), _no_random_init_warning():
         torch.manual_seed(BACKBONE_INIT_SEED)
-        try:
-            clip = open_clip.create_model(arch, pretrained=path, force_quick_gelu=quick_gelu or None,
-                                          device="cpu")
-        except (RuntimeError, KeyError) as e:
-            raise BackboneError(f"model.pretrained: loading {path} into {arch} failed ({e}); is the "
-                                f"checkpoint for this architecture?") from None
+        clip = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu or None, device="cpu")
     clip = clip.float().eval()
     _check_supported(clip, arch)
+    if path is not None:
+        form = file_form(path)
+        load_weights(clip, read_weights(path, form), arch, path)
+        _announce(clip, arch, path, form)
     return clip
+
+
+def _announce(clip: nn.Module, arch: str, path, form: str) -> None:
+    """One line on stderr per (arch, file, activation) and process: which weights the run uses."""
+    act = type(getattr(getattr(clip.visual.transformer.resblocks[0], "mlp", None), "gelu", None)).__name__
+    key = (arch, os.path.realpath(path), act)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(f"backbone: {arch} from {path} ({_FORM_NAMES[form]}, {act})", file=sys.stderr, flush=True)
 
 
 class _RandomInitFilter(logging.Filter):

@@ -310,8 +310,12 @@ def test_prefix_key_and_mismatch(data):
         train_fold(spec, data, "sub01", prefix=p1)
 
 
-def test_backbone_errors_say_what_to_do():
-    with pytest.raises(backbone.BackboneError, match="model.pretrained.*not in the open_clip"):
+def test_backbone_errors_say_what_to_do(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf
+    monkeypatch.setenv("HOME", str(tmp_path))  # no weights in ~/.cache/clip or the Hugging Face cache
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(backbone.BackboneError, match="model.pretrained: the 'openai' weights of ViT-B-32 are "
+                                                     "not on this machine"):
         backbone.resolve_pretrained("ViT-B-32", "openai")
     with pytest.raises(backbone.BackboneError, match="does not exist"):
         backbone.resolve_pretrained("ViT-B-32", "/nowhere/ViT-B-32.pt")
@@ -329,7 +333,7 @@ def test_local_checkpoint_path_loads(tmp_path):
     ckpt = tmp_path / "tiny.pt"
     torch.save(clip.state_dict(), ckpt)
     loaded, wid = backbone.load_clip("microau-tiny", str(ckpt))
-    assert torch.equal(loaded.visual.proj, clip.visual.proj) and wid.startswith("file:")
+    assert torch.equal(loaded.visual.proj, clip.visual.proj) and wid.startswith("state_dict:")
 
 
 def test_tiny_config_is_registered():
