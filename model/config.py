@@ -1,7 +1,7 @@
 """Model and training sections of a sweep file (paper III, IV-A; ablation switches of Tables II-VIII)."""
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, Sequence
+from typing import Dict, List, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,7 +29,8 @@ class ModelConfig(_Strict):
     # Optional overrides of the defaults in model/text.py and model/lsi.py, keyed by AU number.
     prompts: Optional[Dict[int, List[str]]] = None  # AU -> [positive text, negative text]
     landmark_groups: Optional[Dict[int, List[int]]] = None  # AU -> 0-based dlib indices (Table I)
-    emotion_texts: Optional[Dict[str, str]] = None  # MER class -> text (Eq. 13)
+    # MER class -> one label text or a list of them (Eq. 13: the best text decides); replaces the defaults
+    emotion_texts: Optional[Dict[str, Union[str, List[str]]]] = None
 
 
 class TrainConfig(_Strict):

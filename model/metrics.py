@@ -3,7 +3,8 @@
 Predictions of all folds are concatenated, then per AU the F1 of the positive class and the accuracy are
 computed with sklearn; the paper's F1 / ACC is the plain mean over AUs. MER, over the samples with a MER
 class: UF1 (macro F1) and UAR (mean recall), both over the classes present in the ground truth, and
-accuracy.
+accuracy. TextSi (Table III): the cosine similarity of each AU's positive and negative text features after
+training, averaged over AUs and folds.
 Confidence intervals: subject-level bootstrap (subjects resampled with replacement, fixed seed). The
 per-fold average is reported separately under `per_fold` and never replaces the pooled number.
 
@@ -73,6 +74,14 @@ def _mer_scores(y: Sequence[Optional[str]], p: Sequence[str]) -> Optional[Dict]:
             "uar": uar, "acc": float(accuracy_score(yt, yp)), "n": len(keep)}
 
 
+def _text_si(results) -> Optional[float]:
+    """Table III TextSi: mean over folds of the mean over AUs of cos(positive, negative text feature)
+    (FoldResult.extras["text_similarity"]); None when no fold carries it (records of older versions)."""
+    per_fold = [float(np.mean(list(sims.values()))) for r in results
+                if (sims := (r.extras or {}).get("text_similarity"))]
+    return float(np.mean(per_fold)) if per_fold else None
+
+
 # -- counts for the bootstrap ---------------------------------------------------------------------------
 def _au_counts(y, p, groups, names) -> np.ndarray:
     """(n_groups, A, 4) counts of TP, FP, FN, TN per group (subject)."""
@@ -136,10 +145,12 @@ def _ci(values: np.ndarray) -> List[float]:
 
 # -- public ---------------------------------------------------------------------------------------------
 def pooled_metrics(results, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Dict:
-    """Pooled F1/ACC (mean over AUs), per AU, MER, subject-bootstrap 95% CIs and the per-fold average."""
+    """Pooled F1/ACC (mean over AUs), per AU, MER, TextSi, subject-bootstrap 95% CIs and the per-fold
+    average."""
     d = _pool(results)
     out = _au_scores(d["y"], d["p"], d["aus"])
     out["mer"] = _mer_scores(d["mer_y"], d["mer_p"])
+    out["text_si"] = _text_si(d["results"])
     names = sorted(set(d["subjects"].tolist()))
     wts = _boot_weights(len(names), n_boot, seed)
     counts = _au_counts(d["y"], d["p"], d["subjects"], names)

@@ -34,15 +34,16 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from model import backbone
-from model.text import MER_CLASSES, au_prompts, emotion_texts, global_text
+from model.text import au_prompts, emotion_texts, global_text, label_texts
 from preprocessing.atomic import atomic_file
 
-SCHEMA_VERSION = 2  # bump when what the prefix holds, how it is computed or how it is stored changes
+SCHEMA_VERSION = 3  # bump when what the prefix holds, how it is computed or how it is stored changes
 FORMAT = "microau-prefix"  # the safetensors metadata's "format": what Prefix.load accepts
 SUFFIX = ".safetensors"
 _GROUPS = ("au_texts", "emotion_texts", "global_texts")
 _GROUP_ARRAYS = {"ids": torch.int64, "eot": torch.int64, "hidden": torch.float32, "features": torch.float32}
 _TAILS = ("visual_tail", "text_tail")
+_ARRAYS = ("visual", "global_index", "emotion_class")  # Prefix arrays stored as tensors of the same name
 
 
 class PrefixFileError(ValueError):
@@ -75,7 +76,8 @@ class Prefix:
     grid: Tuple[int, int]  # patch grid (h, w)
     image: Tuple[int, int]  # flow image size (h0, w0) the landmarks refer to (Eq. 1)
     au_texts: TextGroup  # 2 per AU: [AU1 pos, AU1 neg, AU2 pos, ...]
-    emotion_texts: TextGroup  # one per MER class, in MER_CLASSES order
+    emotion_texts: TextGroup  # the R label texts of Eq. 13, grouped by class in MER_CLASSES order
+    emotion_class: np.ndarray  # int64 (R,): each label text's class (index in MER_CLASSES)
     global_texts: TextGroup  # one per distinct active-AU set of the dataset (global OrigCL)
     global_index: np.ndarray  # int64 (S,): each sample's row in global_texts
     visual_tail: torch.nn.Module  # initial weights of visual blocks L-k+1..L, ln_post, proj
@@ -90,7 +92,7 @@ class Prefix:
     def save(self, path) -> Path:
         """Write one safetensors file atomically (temp file in the same folder, then os.replace): the
         arrays and the tails' state dicts as tensors, the rest as JSON metadata (module docstring)."""
-        tensors = {"visual": _tensor(self.visual), "global_index": _tensor(self.global_index)}
+        tensors = {name: _tensor(getattr(self, name)) for name in _ARRAYS}
         for g in _GROUPS:
             for name in _GROUP_ARRAYS:
                 tensors[f"{g}.{name}"] = _tensor(getattr(getattr(self, g), name))
@@ -182,7 +184,7 @@ def _from_stored(meta: Dict, tensors: Dict[str, torch.Tensor]) -> Prefix:
         texts = [str(t) for t in meta["texts"][g]]
         groups[g] = TextGroup(texts=texts, **{a: _array(tensors, f"{g}.{a}", dt, len(texts))
                                               for a, dt in _GROUP_ARRAYS.items()})
-    known = {"visual", "global_index"} | {f"{g}.{a}" for g in _GROUPS for a in _GROUP_ARRAYS}
+    known = set(_ARRAYS) | {f"{g}.{a}" for g in _GROUPS for a in _GROUP_ARRAYS}
     extra = [k for k in tensors if k not in known and not k.startswith(tuple(f"{t}." for t in _TAILS))]
     if extra:
         raise ValueError(f"unexpected tensors {extra[:3]}")
@@ -193,8 +195,18 @@ def _from_stored(meta: Dict, tensors: Dict[str, torch.Tensor]) -> Prefix:
         visual=_array(tensors, "visual", torch.float32, n), grid=tuple(int(v) for v in meta["grid"]),
         image=tuple(int(v) for v in meta["image"]), **groups,
         global_index=_array(tensors, "global_index", torch.int64, n),
+        emotion_class=_emotion_class(_array(tensors, "emotion_class", torch.int64,
+                                            len(groups["emotion_texts"].texts)), identity, groups),
         visual_tail=visual_tail, text_tail=text_tail, logit_scale=float(meta["logit_scale"]),
         timings={k: float(v) for k, v in meta["timings"].items()})
+
+
+def _emotion_class(classes: np.ndarray, identity: Dict, groups: Dict[str, TextGroup]) -> np.ndarray:
+    """The stored class of each label text, checked against the identity's texts per class."""
+    texts, want = label_texts(identity["emotion_texts"])
+    if groups["emotion_texts"].texts != texts or classes.tolist() != want:
+        raise ValueError("the stored label texts or their classes are not the identity's emotion_texts")
+    return classes
 
 
 def _rebuild_tails(tails: Dict, states: Dict[str, Dict[str, torch.Tensor]]):
@@ -266,14 +278,16 @@ def compute_prefix(model_cfg, data, aus: Sequence[int], device: str = "cpu", bat
     visual_tail, text_tail = _tails(clip, k, int(clip.context_length))
     text_tail = text_tail.to(device)
     au_g = _text_group(clip, model_cfg.arch, [t for pair in prompts for t in pair], k, text_tail, device)
-    emo_g = _text_group(clip, model_cfg.arch, [emo[c] for c in MER_CLASSES], k, text_tail, device)
+    emo_texts, emo_class = label_texts(emo)
+    emo_g = _text_group(clip, model_cfg.arch, emo_texts, k, text_tail, device)
     glob_g = _text_group(clip, model_cfg.arch, gtexts, k, text_tail, device)
     t_txt = time.perf_counter()
 
     return Prefix(
         key=prefix_key(identity), identity=identity, sample_ids=list(data.sample_ids), visual=visual,
         grid=backbone.grid_size(clip), image=tuple(int(v) for v in flow.shape[-2:]),
-        au_texts=au_g, emotion_texts=emo_g, global_texts=glob_g,
+        au_texts=au_g, emotion_texts=emo_g, emotion_class=np.array(emo_class, dtype=np.int64),
+        global_texts=glob_g,
         global_index=np.array([combos.index(a) for a in active], dtype=np.int64),
         visual_tail=copy.deepcopy(visual_tail).cpu(),
         text_tail=copy.deepcopy(text_tail).cpu(),

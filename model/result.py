@@ -25,12 +25,14 @@ class FoldResult:
     labels: np.ndarray  # uint8 (n, A)
     features: np.ndarray  # float32 (n, A, d): final AU visual features (Eq. 7's F_G + F~_n)
     mer_classes: List[str]  # order of the columns of mer_scores
-    mer_scores: np.ndarray  # float32 (n, R): Eq. 13 summed similarities
+    mer_scores: np.ndarray  # float32 (n, C): per class, the best Eq. 13 summed similarity of its label texts
     mer_labels: List[Optional[str]]  # ground-truth MER class (None: excluded); never used in training
     loss_curve: Dict[str, List[float]] = field(default_factory=dict)  # term -> value per epoch
     timings: Dict[str, float] = field(default_factory=dict)  # seconds: prefix, build, train, eval, total
     n_train: int = 0
-    extras: Dict[str, Any] = field(default_factory=dict)  # e.g. text_similarity (Table III TextSi)
+    # e.g. text_similarity (Table III TextSi), mer_texts ([class, text] of the R label texts) and
+    # mer_best_text (each sample's best text)
+    extras: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def preds(self) -> np.ndarray:

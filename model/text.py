@@ -20,14 +20,22 @@ AU_PROMPTS: Dict[int, Tuple[str, str]] = {
     17: ("The chin is raising", "The chin is not raising"),
 }
 
-# MER classes (DESIGN.md) and the AU-emotion correspondence of paper III-E, filtered to the AUs the
-# paper detects: happiness AU6+12 -> 12; surprise AU1+2(+5+26) -> 1, 2; the negative emotions (anger
-# AU4+7, disgust/contempt AU14, sadness AU1+4+15+17, repression AU15/17) -> 4, 7, 14, 15, 17.
+# MER classes (DESIGN.md): positive = happiness; negative = disgust, repression (CASME II) and anger,
+# contempt, disgust, fear, sadness (SAMM); surprise = surprise.
 MER_CLASSES: Tuple[str, ...] = ("positive", "negative", "surprise")
-EMOTION_AUS: Dict[str, Tuple[int, ...]] = {
-    "positive": (12,),
-    "negative": (4, 7, 14, 15, 17),
-    "surprise": (1, 2),
+# The AU combinations that code each emotion in FACS-based ME coding (FACS/EMFACS prototypes and the
+# CASME II coding criteria), per MER class and emotion. Each combination, filtered to the AUs the dataset
+# detects, is one label text LF_r of Eq. 13 (paper IV-F); a combination with no detected AU is dropped.
+# Contempt is AU14 alone: its unilateral AU12 would read as happiness.
+EMOTION_COMBINATIONS: Dict[str, Dict[str, Tuple[Tuple[int, ...], ...]]] = {
+    "positive": {"happiness": ((6, 12), (12,))},
+    "negative": {"disgust": ((4, 7), (9,), (10,), (14,)),
+                 "repression": ((14,), (15,), (17,), (15, 17)),
+                 "anger": ((4, 5, 7, 23),),
+                 "contempt": ((14,),),
+                 "fear": ((1, 2, 4, 5, 7, 20, 26),),
+                 "sadness": ((1, 4, 15), (17,))},
+    "surprise": {"surprise": ((1, 2, 5, 26), (2,))},
 }
 NO_ACTION_TEXT = "The face is not moving"
 
@@ -61,28 +69,55 @@ def _join(sentences: Sequence[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def _override(cls: str, value) -> List[str]:
+    """`model.emotion_texts[cls]`: one text or a list of texts -> the list (repeats dropped, order kept)."""
+    texts = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise TextConfigError(f"model.emotion_texts[{cls}]: give one non-empty text or a non-empty list of "
+                              f"non-empty texts, got {value!r}")
+    return list(dict.fromkeys(texts))
+
+
 def emotion_texts(aus: Sequence[int], prompts: Sequence[Tuple[str, str]],
-                  overrides: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """MER class -> label text LF_r (Eq. 13): the positive prompts of the class's AUs that the dataset
-    detects, joined into one sentence; overrides from `model.emotion_texts` win."""
+                  overrides: Optional[Mapping[str, object]] = None) -> Dict[str, List[str]]:
+    """MER class -> its label texts LF_r (Eq. 13), in MER_CLASSES order. By default one text per AU
+    combination of the class's emotions (EMOTION_COMBINATIONS) filtered to the AUs the dataset detects:
+    the positive prompts of those AUs joined into one sentence; combinations left with no AU are dropped,
+    repeats removed, order kept. `model.emotion_texts` (a text or a list of texts per class) replaces a
+    class's defaults."""
     overrides = dict(overrides or {})
-    unknown = set(overrides) - set(MER_CLASSES)
+    unknown = [c for c in overrides if c not in MER_CLASSES]
     if unknown:
-        raise TextConfigError(f"model.emotion_texts: unknown MER class(es) {sorted(unknown)}; "
-                              f"the classes are {list(MER_CLASSES)}")
+        raise TextConfigError(f"model.emotion_texts: unknown MER class(es) {unknown}; the classes are "
+                              f"{list(MER_CLASSES)}: rename or remove {unknown[0]!r}")
     pos = {au: p for au, (p, _) in zip(aus, prompts)}
-    out = {}
+    out: Dict[str, List[str]] = {}
     for cls in MER_CLASSES:
         if cls in overrides:
-            out[cls] = overrides[cls]
+            out[cls] = _override(cls, overrides[cls])
             continue
-        mine = [pos[a] for a in EMOTION_AUS[cls] if a in pos]
-        if not mine:
-            raise TextConfigError(f"model.emotion_texts: none of the {cls} AUs {list(EMOTION_AUS[cls])} "
-                                  f"is among the dataset's AUs {list(aus)}; set "
-                                  f"`emotion_texts: {{{cls}: \"...\"}}` in the model section")
-        out[cls] = _join(mine)
+        combos = [c for combos in EMOTION_COMBINATIONS[cls].values() for c in combos]
+        texts = [_join([pos[a] for a in c if a in pos]) for c in combos if any(a in pos for a in c)]
+        if not texts:
+            raise TextConfigError(f"model.emotion_texts: no AU of the {cls} combinations "
+                                  f"{[list(c) for c in combos]} is among the dataset's AUs {list(aus)}; set "
+                                  f"`emotion_texts: {{{cls}: [\"...\"]}}` in the model section")
+        out[cls] = list(dict.fromkeys(texts))
+    owner: Dict[str, str] = {}
+    for cls, texts in out.items():
+        for t in texts:
+            if t in owner:
+                raise TextConfigError(f"model.emotion_texts: the text {t!r} is a label text of both "
+                                      f"{owner[t]} and {cls}; a text names one class: change it in "
+                                      f"`emotion_texts: {{{cls}: [...]}}`")
+            owner[t] = cls
     return out
+
+
+def label_texts(texts: Mapping[str, Sequence[str]]) -> Tuple[List[str], List[int]]:
+    """emotion_texts' dict -> all R label texts in MER_CLASSES order and each one's class index."""
+    flat = [(t, i) for i, cls in enumerate(MER_CLASSES) for t in texts[cls]]
+    return [t for t, _ in flat], [i for _, i in flat]
 
 
 def global_text(active: Sequence[int], aus: Sequence[int], prompts: Sequence[Tuple[str, str]]) -> str:

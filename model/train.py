@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from model import losses
 from model.config import DATASET_DEFAULTS
 from model.lsi import au_token_indices, landmark_groups
-from model.mer import mer_scores
+from model.mer import mer_class_scores, mer_scores
 from model.net import MicroAUCLIP, TextTensors, as_tensor
 from model.prefix import Prefix, compute_prefix
 from model.result import FoldResult
@@ -119,6 +119,7 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
     tok = [torch.from_numpy(t).to(device) for t in tok]
     au_txt = TextTensors(prefix.au_texts, device)
     emo_txt = TextTensors(prefix.emotion_texts, device)
+    emo_class = as_tensor(prefix.emotion_class, device)
     glob_txt = TextTensors(prefix.global_texts, device)
     glob_idx = as_tensor(prefix.global_index, device)
 
@@ -166,8 +167,8 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
         ti = torch.from_numpy(test_idx).to(device)
         out = model(vis[ti], [t[ti] for t in tok])
         probs = torch.softmax(out["logits"], dim=-1)[..., 1]
-        emo = model.text_features(emo_txt)
-        scores = mer_scores(out["final"], emo)  # Eq. 13
+        text_scores = mer_scores(out["final"], model.text_features(emo_txt))  # Eq. 13, per label text
+        scores, best_text = mer_class_scores(text_scores, emo_class, len(MER_CLASSES))  # best text per class
         au_t = F.normalize(model.text_features(au_txt), dim=-1).view(len(aus), 2, -1)
         text_sim = (au_t[:, 0] * au_t[:, 1]).sum(-1)  # Table III TextSi: cos(positive, negative) per AU
     t_eval = time.perf_counter() - t0
@@ -187,6 +188,10 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
                 # weights over its landmark tokens (n, N_L), for plots like the paper's Fig. 5
                 "w_d": None if out["w_d"] is None else out["w_d"].cpu().tolist(),
                 "pta": {str(a): w.cpu().tolist() for a, w in zip(aus, out["pta"]) if w is not None},
+                # Eq. 13's label texts as (class, text) and each test sample's best text (index)
+                "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(prefix.emotion_class.tolist(),
+                                                                 prefix.emotion_texts.texts)],
+                "mer_best_text": best_text.cpu().tolist(),
                 "prefix_key": prefix.key, "device": str(device), "alpha": w["alpha"], "beta": w["beta"]},
     )
 

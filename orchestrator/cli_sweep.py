@@ -136,7 +136,7 @@ def fold_document(trial, subject: str, result: Dict[str, Any]) -> Dict[str, Any]
             p["mer_label"], p["mer_pred"] = r.mer_labels[i], mer_preds[i]
         predictions.append(p)
     m = pooled_metrics([r])
-    metrics = {k: m.get(k) for k in ("f1", "acc", "per_au", "mer")}
+    metrics = {k: m.get(k) for k in ("f1", "acc", "per_au", "mer", "text_si")}
     return {"dataset": trial.dataset, "subject": subject, "point": trial.point_label, "seed": trial.seed,
             "config_hash": trial.hash, "predictions": predictions, "metrics": metrics,
             "loss_curve": r.loss_curve, "timings": r.timings}

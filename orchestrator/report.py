@@ -19,7 +19,7 @@ from orchestrator.plan import Fold
 from orchestrator.store import ResultsStore, atomic_write_text
 from orchestrator.tracking import Tracker, flat_metrics
 
-_POOLED_KEYS = ("f1", "acc", "per_au", "ci", "mer")
+_POOLED_KEYS = ("f1", "acc", "per_au", "ci", "mer", "text_si")
 
 
 @dataclass
@@ -172,7 +172,8 @@ class SweepState:
         m = pooled_metrics([r], n_boot=1)  # one fold: its own F1/ACC/MER (no CI)
         if m.get("mer"):
             m["mer"] = {k: v for k, v in m["mer"].items() if k != "ci"}
-        metrics = flat_metrics({k: m[k] for k in ("f1", "acc", "per_au", "mer") if m.get(k) is not None})
+        metrics = flat_metrics({k: m[k] for k in ("f1", "acc", "per_au", "mer", "text_si")
+                                if m.get(k) is not None})
         metrics.update(n_test=len(r.sample_ids), n_train=r.n_train,
                        **{f"time_{k}": v for k, v in r.timings.items()})
         for term, curve in r.loss_curve.items():

@@ -64,13 +64,15 @@ def live_view(console: Console):
 
 
 def points_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
-    """The final table of one dataset: F1, ACC (means over AUs), F1 CI, MER (UF1, UAR, ACC)."""
+    """The final table of one dataset: F1, ACC (means over AUs), F1 CI, MER (UF1, UAR, ACC), TextSi
+    (Table III; a column when some point has it)."""
     rows = [r for r in rows if r["dataset"] == dataset]
     has_mer = any(r.get("mer") for r in rows)
+    has_si = any(r.get("text_si") is not None for r in rows)
     t = Table(title=f"{dataset}: pooled LOSO metrics (F1/ACC = mean over AUs)", title_justify="left",
               box=box.SIMPLE_HEAD)
     for col in ["#", "point", "seed", "folds", "F1", "ACC", "F1 95% CI"] + (
-            ["MER UF1", "MER UAR", "MER ACC"] if has_mer else []):
+            ["MER UF1", "MER UAR", "MER ACC"] if has_mer else []) + (["TextSi"] if has_si else []):
         t.add_column(col, justify="left" if col == "point" else "right", no_wrap=True)
     for r in rows:
         folds = f"{r['folds_done']}/{r['folds_total']}" + ("" if r["complete"] else " incomplete")
@@ -79,6 +81,8 @@ def points_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
         if has_mer:
             m = r.get("mer") or {}
             cells += [_f(m.get("uf1")), _f(m.get("uar")), _f(m.get("acc"))]
+        if has_si:
+            cells.append(_f(r.get("text_si")))
         t.add_row(*cells, style="" if r["complete"] else "yellow")
     return t
 

@@ -186,6 +186,10 @@ def test_device_and_threads_do_not_change_the_hash(tmp_path):
     ({"datasets": {"c": {"reader": "casme2", "root": "/x", "aus": [4, 4]}}}, "listed once"),
     ({"datasets": {"c": {"reader": "casme2", "root": "/x", "aus": [99]}},
       "model": {"prompts": {99: ["a", "b"]}}}, "model.landmark_groups: AU99 is not in Table I"),
+    ({"model": {"emotion_texts": {"positive": ["a smile", "a grin"], "anger": "a frown"}}},
+     "point base: model.emotion_texts: unknown MER class(es) ['anger']"),
+    ({"variants": {"v": {"model.emotion_texts": {"negative": []}}}},
+     "point v: model.emotion_texts[negative]: give one non-empty text or a non-empty list"),
 ])
 def test_errors_name_file_and_key(tmp_path, patch, needle):
     doc = {"name": "e", "datasets": {"c": {"reader": "casme2", "root": "/x"}}}

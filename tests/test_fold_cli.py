@@ -41,7 +41,7 @@ def test_fold_json(sweep):
     for p in preds:
         assert set(p["labels"]) == set(aus) and all(0 <= v <= 1 for v in p["probs"].values())
     m = doc["metrics"]
-    assert {"f1", "acc", "per_au"} <= set(m)
+    assert {"f1", "acc", "per_au"} <= set(m) and -1 <= m["text_si"] <= 1  # Table III TextSi of the fold
     y = np.array([[p["labels"][a] for a in aus] for p in preds])
     yhat = np.array([[p["probs"][a] > 0.5 for a in aus] for p in preds]).astype(int)
     assert m["f1"] == pytest.approx(np.mean([f1_score(y[:, j], yhat[:, j], zero_division=0)

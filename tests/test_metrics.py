@@ -97,3 +97,15 @@ def test_pooling_errors(folds):
         metrics.pooled_metrics([])
     assert metrics.pooled_metrics([f.to_dict() for f in folds])["f1"] == metrics.pooled_metrics(folds)["f1"]
     assert metrics.pooled_metrics([_fold("s", [[0, 0]], [[0.1, 0.1]])])["mer"] is None
+
+
+def test_text_si_is_the_mean_over_aus_and_folds(folds):
+    """Table III TextSi: cos(positive, negative text feature) per AU (FoldResult.extras), averaged over
+    the AUs of each fold, then over the folds; absent (None) when no fold carries it."""
+    assert metrics.pooled_metrics(folds)["text_si"] is None
+    for f, sims in zip(folds, ({"1": 0.9, "2": 0.5}, {"1": -0.9, "2": -0.7}, {"1": 0.1, "2": 0.4})):
+        f.extras = {"text_similarity": sims}
+    want = ((0.9 + 0.5) / 2 + (-0.9 - 0.7) / 2 + (0.1 + 0.4) / 2) / 3
+    assert metrics.pooled_metrics(folds)["text_si"] == pytest.approx(want, abs=1e-12)
+    assert metrics.pooled_metrics([f.to_dict() for f in folds])["text_si"] == pytest.approx(want, abs=1e-12)
+    assert metrics.pooled_metrics(folds[:1])["text_si"] == pytest.approx(0.7)

@@ -8,7 +8,7 @@ import torch
 from model.gsd import GDA, GSD, AUHeads
 from model.lsi import PTA, TABLE_I, LandmarkError, LocalFeatures, landmark_groups, landmark_to_token
 from model.mer import mer_predict, mer_scores
-from model.text import AU_PROMPTS, EMOTION_AUS, TextConfigError, au_prompts, emotion_texts, global_text
+from model.text import AU_PROMPTS, MER_CLASSES, TextConfigError, au_prompts, emotion_texts, global_text
 
 
 # -- Eq. 1 ---------------------------------------------------------------------------------------------
@@ -133,22 +133,105 @@ def test_eq13_scores_sum_cosines_and_argmax():
     assert mer_predict(s, ["positive", "negative", "surprise"]) == ["positive", "negative"]
 
 
-def test_prompts_and_emotion_texts():
+def test_prompts_and_global_text():
     casme = [1, 2, 4, 7, 12, 14, 15, 17]
     assert au_prompts([4]) == [("The eyebrows are lowering", "The eyebrows are not lowering")]  # Fig. 2
     assert set(casme) <= set(AU_PROMPTS)
-    emo = emotion_texts(casme, au_prompts(casme))
-    assert emo["positive"] == "The lip corners are pulling up"
-    assert emo["surprise"] == "The inner eyebrows are raising and the outer eyebrows are raising"
-    samm = [2, 4, 7, 12]  # restricted to the dataset's AUs
-    emo = emotion_texts(samm, au_prompts(samm))
-    assert emo["negative"] == "The eyebrows are lowering and the lower eyelids are tightening"
-    assert emo["surprise"] == "The outer eyebrows are raising"
-    assert set(EMOTION_AUS) == {"positive", "negative", "surprise"}
-    with pytest.raises(TextConfigError, match="model.emotion_texts"):
-        emotion_texts([4], au_prompts([4]))  # no positive AU
-    assert emotion_texts([4], au_prompts([4]), {"positive": "smile", "surprise": "wow"})["positive"] == "smile"
     with pytest.raises(TextConfigError, match="model.prompts: AU9"):
         au_prompts([9])
     assert global_text([12, 4], casme, au_prompts(casme)) == \
         "The eyebrows are lowering and the lip corners are pulling up"
+
+
+def test_default_label_texts_are_the_emotions_au_combinations_filtered_to_the_dataset():
+    """Several texts per class: one per AU combination of its emotions, filtered to the detected AUs;
+    combinations with no detected AU dropped, repeats removed, order kept (paper IV-F)."""
+    from model.text import EMOTION_COMBINATIONS, label_texts
+
+    assert set(EMOTION_COMBINATIONS) == set(MER_CLASSES)
+    casme = [1, 2, 4, 7, 12, 14, 15, 17]
+    assert emotion_texts(casme, au_prompts(casme)) == {
+        "positive": ["The lip corners are pulling up"],  # happiness 6+12 and 12: AU6 is not detected
+        "negative": ["The eyebrows are lowering and the lower eyelids are tightening",  # disgust 4+7 (= anger)
+                     "The lip corners are dimpling inward",  # disgust / repression / contempt 14
+                     "The lip corners are pulling down",  # repression 15
+                     "The chin is raising",  # repression 17 (= sadness 17)
+                     "The lip corners are pulling down and the chin is raising",  # repression 15+17
+                     "The inner eyebrows are raising, the outer eyebrows are raising, the eyebrows are lowering "
+                     "and the lower eyelids are tightening",  # fear 1+2+4+5+7+20+26
+                     "The inner eyebrows are raising, the eyebrows are lowering and the lip corners are "
+                     "pulling down"],  # sadness 1+4+15
+        "surprise": ["The inner eyebrows are raising and the outer eyebrows are raising",  # 1+2+5+26
+                     "The outer eyebrows are raising"]}  # 2
+    samm = [2, 4, 7, 12]
+    assert emotion_texts(samm, au_prompts(samm)) == {
+        "positive": ["The lip corners are pulling up"],
+        "negative": ["The eyebrows are lowering and the lower eyelids are tightening",
+                     "The outer eyebrows are raising, the eyebrows are lowering and the lower eyelids are "
+                     "tightening",  # fear
+                     "The eyebrows are lowering"],  # sadness 1+4+15
+        "surprise": ["The outer eyebrows are raising"]}  # 1+2+5+26 and 2 give the same text
+    texts, classes = label_texts(emotion_texts(samm, au_prompts(samm)))
+    assert len(texts) == 5 and classes == [0, 1, 1, 1, 2]
+    with pytest.raises(TextConfigError, match=r"model.emotion_texts: no AU of the positive combinations.*"
+                                              r"emotion_texts: \{positive: "):
+        emotion_texts([4], au_prompts([4]))  # no happiness AU: the class needs its own text
+
+
+def test_emotion_text_override_is_a_text_or_a_list_of_texts():
+    prompts = au_prompts([4])
+    got = emotion_texts([4], prompts, {"positive": "smile", "surprise": ["wow", "oh", "wow"]})
+    assert got == {"positive": ["smile"],  # a single string, as before: one text
+                   "negative": ["The eyebrows are lowering"],  # defaults for the classes not overridden
+                   "surprise": ["wow", "oh"]}  # repeats dropped, order kept
+    for bad in ([], [""], "  "):
+        with pytest.raises(TextConfigError, match=r"model.emotion_texts\[surprise\]: give one non-empty text"):
+            emotion_texts([4], prompts, {"positive": "smile", "surprise": bad})
+    with pytest.raises(TextConfigError, match="'smile' is a label text of both positive and surprise"):
+        emotion_texts([4], prompts, {"positive": "smile", "surprise": ["wow", "smile"]})
+
+
+def test_unknown_emotion_class_in_the_override_is_named():
+    from model.config import ModelConfig, check_aus
+
+    cfg = ModelConfig(emotion_texts={"positive": ["a smile", "a grin"], "anger": "a frown"})
+    with pytest.raises(TextConfigError, match=r"model.emotion_texts: unknown MER class\(es\) \['anger'\]; the "
+                                              r"classes are \['positive', 'negative', 'surprise'\]: rename or "
+                                              r"remove 'anger'"):
+        check_aus(cfg, [1, 2, 4, 12])
+    check_aus(ModelConfig(emotion_texts={"positive": ["a smile", "a grin"]}), [1, 2, 4, 12])
+
+
+def test_eq13_maxme_over_every_label_text():
+    """A class's score is its best text's summed similarity; the prediction is the class of the best text."""
+    from model.mer import mer_class_scores
+
+    texts = torch.tensor([[1.0, 0.0],  # text 0: positive
+                          [-1.0, 0.0], [0.0, 1.0],  # texts 1, 2: negative
+                          [1.0, 1.0]])  # text 3: surprise
+    text_class = torch.tensor([0, 1, 1, 2])
+    au = torch.tensor([[[0.0, 1.0], [0.0, 2.0]],  # sample 0: text 2 (negative's second) wins
+                       [[1.0, 0.0], [3.0, 0.0]]])  # sample 1: text 0 wins; negative's best is text 2 (0 > -2)
+    text_scores = mer_scores(au, texts)
+    r = 1 / math.sqrt(2)
+    assert text_scores.tolist() == [pytest.approx([0, 0, 2, 2 * r], abs=1e-6),
+                                    pytest.approx([2, -2, 0, 2 * r], abs=1e-6)]
+    scores, best = mer_class_scores(text_scores, text_class, 3)
+    assert best.tolist() == [2, 0]
+    assert scores.tolist() == [pytest.approx([0, 2, 2 * r], abs=1e-6), pytest.approx([2, 0, 2 * r], abs=1e-6)]
+    assert mer_predict(scores, MER_CLASSES) == ["negative", "positive"]
+    assert [MER_CLASSES[text_class[i]] for i in best] == ["negative", "positive"]
+    with pytest.raises(ValueError, match=r"MER classes \[2\] have no label text"):
+        mer_class_scores(text_scores[:, :3], text_class[:3], 3)
+
+
+def test_docs_list_the_default_label_texts_the_code_builds():
+    """docs/model.md pastes scripts/emotion_texts.py's tables: they must still be what the code builds."""
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tables = runpy.run_path(str(root / "scripts" / "emotion_texts.py"))["tables"]()
+    assert "| 9 | surprise | 2 |" in tables  # CASME II has R = 10 texts
+    assert tables in (root / "docs" / "model.md").read_text(), \
+        "docs/model.md: paste the output of scripts/emotion_texts.py into its MER label texts section"

@@ -105,13 +105,15 @@ class _Planted:
         return open, (self.marker, "w")
 
 
-def _rewrite(src, dst, drop=(), **meta):
-    """Copy a prefix file with tensors dropped and/or safetensors metadata entries replaced (None: removed)."""
+def _rewrite(src, dst, drop=(), put=None, **meta):
+    """Copy a prefix file with tensors dropped or replaced (`put`) and/or safetensors metadata entries
+    replaced (None: removed)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
     with safe_open(str(src), framework="pt") as f:
         header = {**f.metadata(), **meta}
         tensors = {k: f.get_tensor(k) for k in f.keys() if k not in drop}
+    tensors.update(put or {})
     save_file(tensors, str(dst), metadata={k: v for k, v in header.items() if v is not None})
     return dst
 
@@ -146,7 +148,8 @@ def test_prefix_file_round_trip(data, tiny_prefix, tmp_path, monkeypatch):
     assert back.identity["quick_gelu"] is False and back.matches(cfg, data, CASME2_AUS) is None
     assert {k: v for k, v in back.timings.items() if k != "read_s"} == prefix.timings
     groups = ("au_texts", "emotion_texts", "global_texts")
-    pairs = [(back.visual, prefix.visual), (back.global_index, prefix.global_index)] + [
+    pairs = [(back.visual, prefix.visual), (back.global_index, prefix.global_index),
+             (back.emotion_class, prefix.emotion_class)] + [
         (getattr(getattr(back, g), n), getattr(getattr(prefix, g), n))
         for g in groups for n in ("ids", "eot", "hidden", "features")]
     for a, b in pairs:
@@ -223,6 +226,9 @@ def test_foreign_torn_and_other_schema_files_are_refused(tiny_prefix, tmp_path):
     _rewrite(good, tmp_path / "other.safetensors", format="something-else")
     _rewrite(good, tmp_path / "novisual.safetensors", drop=("visual",))
     _rewrite(good, tmp_path / "notail.safetensors", drop=("text_tail.ln_final.weight",))
+    _rewrite(good, tmp_path / "noclass.safetensors", drop=("emotion_class",))
+    _rewrite(good, tmp_path / "reclassed.safetensors",  # label texts moved to another MER class
+             put={"emotion_class": torch.zeros(len(tiny_prefix.emotion_class), dtype=torch.int64)})
     _rewrite(good, tmp_path / "nojson.safetensors", prefix="{not json")
     _rewrite(good, tmp_path / "nojsonkey.safetensors", prefix=None)
     _rewrite(good, tmp_path / "rekeyed.safetensors", prefix=json.dumps({**stored, "key": "0" * 16}))
@@ -233,7 +239,8 @@ def test_foreign_torn_and_other_schema_files_are_refused(tiny_prefix, tmp_path):
     cases = {"random": "SafetensorError", "torn": "SafetensorError", "empty": "SafetensorError",
              "nometa": "no microau-prefix metadata", "schema1": "written with schema 1",
              "other": "no microau-prefix metadata", "novisual": "tensor 'visual' missing",
-             "notail": "Missing key.*ln_final.weight", "nojson": "JSONDecodeError", "nojsonkey": "KeyError",
+             "notail": "Missing key.*ln_final.weight", "noclass": "tensor 'emotion_class' missing",
+             "reclassed": "not the identity's emotion_texts", "nojson": "JSONDecodeError", "nojsonkey": "KeyError",
              "rekeyed": "key is not the hash", "noarch": "unknown open_clip model", "wrongk": "Missing key"}
     for name, why in cases.items():
         with pytest.raises(PrefixFileError, match=rf"{name}\.safetensors: not a frozen prefix of schema \d+ "

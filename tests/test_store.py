@@ -21,7 +21,8 @@ AUS = [2, 4, 7, 12]
 SUBJECTS = ["006", "007", "008"]
 
 
-def fake_result(subject: str, seed: int = 0, n: int = 5) -> dict:
+def fake_result(subject: str, seed: int = 0, n: int = 5, text_similarity=None) -> dict:
+    """A FoldResult dict; `text_similarity`: one value per AU (Table III TextSi), else no extras."""
     rng = np.random.default_rng(zlib.crc32(f"{subject}:{seed}".encode()))
     ids = [f"{subject}/{subject}_{i}" for i in range(n)]
     mer = ["positive", "negative", "surprise", None, "negative"][:n]
@@ -31,7 +32,9 @@ def fake_result(subject: str, seed: int = 0, n: int = 5) -> dict:
                       features=rng.standard_normal((n, len(AUS), 8)).astype(np.float32),
                       mer_classes=["positive", "negative", "surprise"],
                       mer_scores=rng.standard_normal((n, 3)).astype(np.float32), mer_labels=mer,
-                      loss_curve={"total": [2.0, 1.0]}, timings={"total_s": 0.1}, n_train=10).to_dict()
+                      loss_curve={"total": [2.0, 1.0]}, timings={"total_s": 0.1}, n_train=10,
+                      extras={} if text_similarity is None else
+                      {"text_similarity": {str(a): float(v) for a, v in zip(AUS, text_similarity)}}).to_dict()
 
 
 @pytest.fixture
@@ -345,3 +348,42 @@ def test_unwritable_results_folder_is_found_before_training(tmp_path):
         ResultsStore(tmp_path / "results").check_writable()
     ensure_writable(tmp_path / "ok", "reports folder", "x")
     assert (tmp_path / "ok").is_dir() and not list((tmp_path / "ok").iterdir())
+
+
+def test_text_si_reaches_the_table_json_csv_and_mlflow_parents(spec):
+    """Table III TextSi, pooled by model.metrics (mean over AUs, then folds): a `text_si` per point in
+    the JSON, a CSV column, a TextSi table column and a `text_si` metric on each MLflow parent."""
+    from mlflow import MlflowClient
+    from rich.console import Console
+
+    from orchestrator.view import points_table
+
+    store = ResultsStore(spec.workdir_path() / "results")
+    folds, state = _state(spec, store)
+    state.begin(folds)
+    sims = {"006": [0.9, 0.8, 0.7, 0.6], "007": [0.5, 0.5, 0.5, 0.5], "008": [-0.1, 0.1, 0.3, 0.5]}
+    for f in folds:
+        state.finished(f.key, fake_result(f.subject, text_similarity=sims[f.subject]), {})
+    state.close()
+    want = (0.75 + 0.5 + 0.2) / 3
+    doc = json.loads(json.dumps(state.to_json(6, 0)))
+    assert [p["text_si"] for p in doc["points"]] == [pytest.approx(want, abs=1e-12)] * 2
+    paths = state.write_reports()
+    import pandas as pd
+
+    assert [p["text_si"] for p in json.loads(open(paths["json"]).read())["points"]] == [pytest.approx(want)] * 2
+    assert pd.read_csv(paths["csv"])["text_si"].tolist() == [pytest.approx(want, rel=1e-5)] * 2
+    out = Console(record=True, width=200)
+    out.print(points_table(state.rows(), "samm"))
+    text = out.export_text()  # (and clears the recording)
+    assert "TextSi" in text and f"{want:.3f}" in text
+    out.print(points_table([{**r, "text_si": None} for r in state.rows()], "samm"))
+    assert "TextSi" not in out.export_text()  # no column when no point has it (records of older versions)
+
+    client = MlflowClient(spec.tracking_uri())
+    exp = client.get_experiment_by_name("unit")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("microau.kind") == "parent"]
+    assert len(parents) == 2 and all(r.data.metrics["text_si"] == pytest.approx(want) for r in parents)
+    child = {r.data.tags["subject"]: r for r in runs if r.data.tags.get("microau.kind") == "fold"}["007"]
+    assert child.data.metrics["text_si"] == pytest.approx(0.5)

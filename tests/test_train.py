@@ -153,3 +153,24 @@ def test_a_subject_with_one_sample_is_a_fold_of_one(data, prefix):
     assert r.probs.shape == (1, 8) and r.mer_scores.shape == (1, 3) and r.n_train == len(idx) - 1
     m = metrics.pooled_metrics([r])
     assert 0 <= m["f1"] <= 1 and 0 <= m["acc"] <= 1
+
+
+def test_mer_class_score_is_its_best_label_text(data, prefix):
+    """Eq. 13 over all R label texts (several per class): with the text tower fixed, the stored class
+    scores are the per-class maxima of the summed similarities to the prefix's text features, and the
+    predicted class is the class of the best text (extras["mer_best_text"])."""
+    import torch
+
+    from model.mer import mer_scores
+    from model.text import MER_CLASSES, au_prompts, emotion_texts, label_texts
+
+    texts, classes = label_texts(emotion_texts(CASME2_AUS, au_prompts(CASME2_AUS)))
+    assert prefix.emotion_texts.texts == texts and prefix.emotion_class.tolist() == classes
+    assert len(texts) == 10 and prefix.emotion_texts.features.shape[0] == 10
+    r = train_fold(_spec(epochs=2, model=MODEL.model_copy(update={"text": "fixed"})), data, "sub02", prefix=prefix)
+    per_text = mer_scores(torch.from_numpy(r.features), torch.from_numpy(prefix.emotion_texts.features)).numpy()
+    want = np.stack([per_text[:, prefix.emotion_class == c].max(1) for c in range(3)], 1)
+    assert r.mer_scores.shape == (len(r.sample_ids), 3) and np.allclose(r.mer_scores, want, atol=1e-5)
+    assert r.extras["mer_best_text"] == per_text.argmax(1).tolist()
+    assert r.extras["mer_texts"] == [[MER_CLASSES[c], t] for c, t in zip(classes, texts)]
+    assert r.mer_preds == [MER_CLASSES[classes[i]] for i in r.extras["mer_best_text"]]
