@@ -11,6 +11,7 @@ Modules (data flows top to bottom):
                   with bounded waits: an unreachable store fails within seconds
     report.py     SweepState: store + MLflow + pooled metrics as folds finish; table rows, CSV/JSON; MLflow
                   failures are one warning and turn tracking off for the run
+    lock.py       WorkdirLock: `<workdir>/run.lock` (fcntl.flock), one `run` per workdir at a time
     runner.py     `run_sweep(spec, address=None)`: Ray Tune with tune.with_parameters/with_resources
     view.py       rich live view and final tables
     cli_sweep.py  `microau-sweep fold | run | report`
