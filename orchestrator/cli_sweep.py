@@ -23,10 +23,11 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 
 def _known_errors():
     """Errors whose message already says what is wrong and what to do: shown without a traceback."""
+    from orchestrator.lock import LockError
     from orchestrator.runner import ResourceError
     from orchestrator.store import StoreError
 
-    errs = [ConfigError, ResourceError, StoreError, FileNotFoundError]
+    errs = [ConfigError, ResourceError, StoreError, LockError, FileNotFoundError]
     for mod, name in (("preprocessing.errors", "DatasetError"), ("model.backbone", "BackboneError"),
                       ("model.train", "FoldError"), ("model.text", "TextConfigError"),
                       ("model.lsi", "LandmarkError")):
@@ -207,6 +208,8 @@ def report(sweep: str, overrides, as_json: bool, compare) -> None:
 
     spec = _load(sweep, overrides)
     console = _console(stderr=as_json)
+    # No workdir lock (orchestrator.lock): report only reads the results store, whose folds are written
+    # atomically, and writes its report files atomically, so it runs fine beside a sweep and never waits.
     with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         state = state_from_store(spec)
         comparison = compare_points(state, *compare) if compare else None

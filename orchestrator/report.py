@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional
 from orchestrator.config import SweepSpec, TrialConfig
 from orchestrator.plan import Fold
 from orchestrator.store import ResultsStore, atomic_write_text
-from orchestrator.tracking import Tracker, flat_metrics
+from orchestrator.tracking import Tracker, flat_metrics, reason, redact
 
 _POOLED_KEYS = ("f1", "acc", "per_au", "ci", "mer", "text_si")
 
@@ -53,10 +53,19 @@ class SweepState:
         for f in folds:
             g = self.groups.setdefault(f.group, Group(f.group, f.trial, f.data_key, [], data_id=data_id(f.trial)))
             g.folds.append(f)
-        self.tracker = Tracker(spec) if tracking else None
+        # MLflow is a side channel: the results store is the record. Any failure to reach, create or write
+        # the tracking store, here or later, is one warning; tracking is then off for the rest of this run
+        # and the next run logs what MLflow missed (begin()).
+        self.tracker: Optional[Tracker] = None
+        self.tracking_uri = spec.tracking_uri() if tracking else None  # a ConfigError stops the run
+        self.tracking_errors: List[str] = []
+        if tracking:
+            try:
+                self.tracker = Tracker(spec)
+            except Exception as e:  # noqa: BLE001 - any tracking-backend error
+                self._tracking_failed(e)
         self.errors: Dict[str, str] = {}  # fold key -> error of a fold that kept failing
         self.retries: Dict[str, int] = {}
-        self.tracking_errors: List[str] = []
         self.epochs: Dict[str, int] = {}
         self.trained = 0
         self.todo: List[str] = []
@@ -65,10 +74,11 @@ class SweepState:
         for g in self.groups.values():
             g.done = sum(self.store.intact(f.key, warn) for f in g.folds)  # damaged records set aside
             if self.tracker is not None:
-                g.parent_id = self.tracker.parent(g.key, g.trial, g.data_key, len(g.folds))
+                g.parent_id = self._track(self.tracker.parent, g.key, g.trial, g.data_key, len(g.folds))
                 skipped, dropped = self.skipped(g)
-                if skipped or dropped:
-                    self.tracker.note_skipped(g.parent_id, skipped, dropped)
+                if (skipped or dropped) and self.tracker is not None:
+                    self._track(self.tracker.note_skipped, g.parent_id, skipped, dropped)
+            if self.tracker is not None:
                 # new, or left RUNNING by a killed driver
                 g.dirty = self.tracker.parent_status.get(g.key) == "RUNNING"
 
@@ -81,11 +91,13 @@ class SweepState:
             self.groups[self.folds[key].group].dirty = True
         for g in self.groups.values():
             if self.tracker is not None and g.done:
-                known = self.tracker.children(g.parent_id)
+                known = self._track(self.tracker.children, g.parent_id)
                 for f in g.folds:
+                    if self.tracker is None:
+                        break
                     if f.key not in known and self.store.has(f.key):
                         rec = self.store.get(f.key)
-                        self._track_fold(g, f, rec["result"], rec["meta"])
+                        self._track(self._track_fold, g, f, rec["result"], rec["meta"])
                         g.dirty = True
             self._refresh(g, track=False)
 
@@ -126,10 +138,7 @@ class SweepState:
         if self.tracker is not None:
             # The results store is the record: an MLflow hiccup must not stop the sweep. The next run
             # logs the folds MLflow is missing (begin()).
-            try:
-                self._track_fold(g, f, result, meta)
-            except Exception as e:  # noqa: BLE001 - any tracking-backend error
-                self._tracking_failed(e)
+            self._track(self._track_fold, g, f, result, meta)
         self._refresh(g)
 
     def close(self) -> None:
@@ -153,17 +162,24 @@ class SweepState:
         results = self.group_results(g)
         g.pooled = pooled_metrics(results) if results else None
         if track and self.tracker is not None and (results or final):
-            try:
-                self.tracker.update_parent(g.parent_id, g.pooled, g.done, len(g.folds),
-                                           failed=sorted(g.failed), final=final)
-            except Exception as e:  # noqa: BLE001 - any tracking-backend error
-                self._tracking_failed(e)
+            self._track(self.tracker.update_parent, g.parent_id, g.pooled, g.done, len(g.folds),
+                        failed=sorted(g.failed), final=final)
+
+    def _track(self, call, *args, **kwargs):
+        """`call(...)`, or None when it fails: then tracking is off for the rest of this run."""
+        try:
+            return call(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any tracking-backend error
+            self._tracking_failed(e)
+            return None
 
     def _tracking_failed(self, e: Exception) -> None:
-        self.tracking_errors.append(str(e))
+        self.tracking_errors.append(reason(e))
+        self.tracker = None  # a store that failed once is not waited on again in this run
         if len(self.tracking_errors) == 1:
-            print(f"warning: MLflow ({self.tracker.uri}) failed: {e}. Training goes on and results are "
-                  f"stored; run the sweep again later to bring MLflow up to date.", file=sys.stderr)
+            print(f"warning: MLflow ({redact(self.tracking_uri or '?')}) unavailable: {reason(e)}. Training "
+                  f"goes on; results are stored; run the sweep again later to log them to MLflow.",
+                  file=sys.stderr, flush=True)
 
     def _track_fold(self, g: Group, f: Fold, result: Dict[str, Any], meta: Dict[str, Any]) -> None:
         from model.metrics import pooled_metrics

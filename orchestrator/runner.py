@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 from orchestrator.config import SweepSpec, TrialConfig
 from orchestrator.data import data_id, dataset_info, prepare_all, record_prepared
 from orchestrator.fold import dumps, prefix_for, prefix_group, run_fold
+from orchestrator.lock import WorkdirLock
 from orchestrator.plan import Fold, expand
 from orchestrator.report import SweepState
 from orchestrator.store import ResultsStore, ensure_writable
@@ -179,8 +180,18 @@ def run_sweep(spec: SweepSpec, address: Optional[str] = None, *, quiet: bool = F
               dashboard: bool = False) -> RunOutcome:
     """Run every fold of the sweep not yet in the results store; return the updated state.
 
-    `view(state)` is a context manager for a live display (rich) or None.
+    `view(state)` is a context manager for a live display (rich) or None. Holds `<workdir>/run.lock`
+    throughout (orchestrator.lock); raises LockError when another run holds it.
     """
+    workdir = spec.workdir_path()
+    ensure_writable(workdir, "workdir", "nothing could be stored")
+    # One run per workdir, taken before data, tracking or scheduling: a second run stops here (LockError)
+    with WorkdirLock(workdir, sweep=str(Path(spec.source).resolve()) if spec.source else spec.name):
+        return _run_locked(spec, address, quiet=quiet, progress=progress, view=view, dashboard=dashboard)
+
+
+def _run_locked(spec: SweepSpec, address: Optional[str], *, quiet: bool, progress: bool,
+                view: Optional[Callable[[SweepState], Any]], dashboard: bool) -> RunOutcome:
     workdir = spec.workdir_path()
     store = ResultsStore(workdir / "results")
     warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731

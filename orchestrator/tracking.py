@@ -7,7 +7,12 @@ finds them again instead of creating duplicates.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import math
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -56,8 +61,104 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
+# -- bounded waits ----------------------------------------------------------------------------------
+# MLflow is a side channel (the results store is the record): when it does not answer, the sweep must
+# notice within seconds, warn once and go on without it (report.SweepState). Left alone, MLflow waits
+# far longer: an HTTP server that does not answer costs 7 retries with exponential backoff (over 4
+# minutes) per call, a SQLite file it cannot open 10 engine retries (~100 s), a locked one sqlite's busy
+# timeout (5 s; 20 s inside MLflow's sessions).
+#
+# Remote stores (http, https, databricks): MLflow's own HTTP settings (mlflow/environment_variables.py),
+# set for the duration of each of the driver's calls only, and only where the user has not set them.
+# The first contact (the experiment lookup in Tracker()) is one request with a 3 s timeout: a server
+# that refuses fails at once, one that accepts and never answers after 3 s, so a run falls back to "no
+# MLflow" well under 10 s. Later calls get a 10 s timeout and 2 retries with backoff (a transient hiccup
+# survives; a server that dies mid-run costs one wait of at most 3 x 10 s + 3 s, then tracking is off).
+# These are MLflow's own transport settings (its auth, TLS and proxy handling stay as they are), where a
+# separate health probe could disagree with the requests MLflow then makes; per call, not process-wide,
+# so nothing else in the process (or a test after it) sees them.
+_HTTP_FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+_HTTP_LATER = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1"}
+# SQLite stores: one direct check before MLflow opens the file (Tracker._check_sqlite), since MLflow's
+# engine retries and busy timeouts are not configurable. It opens the file exactly as SQLAlchemy would
+# and takes the write lock, waiting at most this long for another writer: a read-only, unopenable or
+# locked store is found in at most this many seconds. (A lock taken later, mid-run, costs MLflow's own
+# 20 s busy timeout once; then tracking is off for the rest of the run.)
+SQLITE_WAIT_S = 3.0
+
+
+@contextlib.contextmanager
+def _env(values: Dict[str, str]):
+    """`values` in os.environ for the block, except the variables the user has set."""
+    mine = [k for k in values if k not in os.environ]
+    os.environ.update({k: values[k] for k in mine})
+    try:
+        yield
+    finally:
+        for k in mine:
+            os.environ.pop(k, None)
+
+
+def _bounded(method):
+    """A Tracker method whose MLflow HTTP calls wait at most the `_HTTP_LATER` bounds."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with _env(_HTTP_LATER):
+            return method(*args, **kwargs)
+    return wrapper
+
+
+class _DropHandledErrors(logging.Filter):
+    """MLflow logs a traceback for database errors before raising them; the driver reports them itself
+    (one warning line, report.SweepState), so those log records are dropped."""
+    _PREFIXES = ("SQLAlchemy database error", "SQLAlchemy engine could not be created")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._PREFIXES)
+
+
+def _quiet_mlflow_db_errors() -> None:
+    log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _DropHandledErrors) for f in log.filters):
+        log.addFilter(_DropHandledErrors())
+
+
+def reason(e: BaseException) -> str:
+    """One line saying why a tracking call failed: the database's own message (`attempt to write a
+    readonly database`, `database is locked`), the socket error (`Connection refused`), else the first
+    line of the error, shortened."""
+    seen = set()
+    err: Optional[BaseException] = e
+    while err is not None and id(err) not in seen:  # MLflow wraps SQLAlchemy errors, which wrap sqlite's
+        seen.add(id(err))
+        if getattr(err, "orig", None) is not None:
+            return str(err.orig).splitlines()[0][:300] or type(err.orig).__name__
+        err = err.__cause__ or err.__context__
+    if isinstance(e, OSError) and e.strerror:  # e.g. the store's folder cannot be created
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    text = str(e).strip()
+    m = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", text)
+    if m:
+        return m.group(1).strip()
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return "no answer (timed out)"
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
+def redact(uri: str) -> str:
+    """The URI without a password (`http://user:***@host`)."""
+    return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1:***@", uri)
+
+
 class Tracker:
-    """Thin wrapper over `MlflowClient` for one sweep's experiment."""
+    """Thin wrapper over `MlflowClient` for one sweep's experiment.
+
+    Construction reaches the store (and creates the experiment): it raises when the store cannot be
+    reached, created or written, within the bounds above.
+    """
 
     def __init__(self, spec: SweepSpec):
         import mlflow
@@ -65,11 +166,13 @@ class Tracker:
 
         self.spec = spec
         self.uri = spec.tracking_uri()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self._mlflow = mlflow
-        self.experiment_id = self._experiment()
+        _quiet_mlflow_db_errors()
+        if self.uri.startswith("sqlite:"):
+            _check_sqlite(self.uri)
+        with _env(_HTTP_FIRST_CONTACT):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self._mlflow = mlflow
+            self.experiment_id = self._experiment()
         self._parents: Dict[str, str] = {}
         self.parent_status: Dict[str, str] = {}  # group -> MLflow status when found or created
         self._children: Dict[str, Dict[str, str]] = {}
@@ -89,6 +192,7 @@ class Tracker:
         return self.client.create_experiment(name, artifact_location=artifacts,
                                              tags={TAG_SWEEP: self.spec.name})
 
+    @_bounded
     def parent(self, group: str, trial: TrialConfig, data_key: str, folds_total: int) -> str:
         """The parent run of a (dataset, point, seed): found by tag, else created with its params."""
         if group in self._parents:
@@ -111,6 +215,7 @@ class Tracker:
         self._parents[group] = run_id
         return run_id
 
+    @_bounded
     def children(self, parent_id: str) -> Dict[str, str]:
         """fold key -> child run id, for the folds already tracked under `parent_id`."""
         if parent_id not in self._children:
@@ -129,6 +234,7 @@ class Tracker:
             self._children[parent_id] = found
         return self._children[parent_id]
 
+    @_bounded
     def log_fold(self, parent_id: str, key: str, meta: Dict[str, Any], metrics: Dict[str, float],
                  predictions_csv: str, extra: Optional[Dict[str, Any]] = None) -> str:
         """One nested child run for a finished fold (skipped when the fold is tracked already)."""
@@ -153,6 +259,7 @@ class Tracker:
         known[key] = run_id
         return run_id
 
+    @_bounded
     def update_parent(self, parent_id: str, pooled: Optional[Dict[str, Any]], folds_done: int,
                       folds_total: int, failed: Iterable[str] = (), final: bool = False) -> None:
         """Pooled metrics so far (step = folds in); at the end the run is closed, FAILED if incomplete."""
@@ -189,3 +296,28 @@ class Tracker:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 100])
+
+
+def _check_sqlite(uri: str) -> None:
+    """Raise at once when the SQLite store cannot be created, opened or written, or stays locked by
+    another writer for `SQLITE_WAIT_S` (see above). Opens the file with the arguments SQLAlchemy
+    would pass to sqlite3, takes the write lock and writes in a transaction that is rolled back."""
+    import sqlite3
+
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(uri)
+    db = url.database or ""
+    if db in ("", ":memory:") or db.startswith("file::memory:"):
+        return
+    path = Path(db.removeprefix("file:").split("?")[0]).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would: a fresh workdir has none
+    args, kwargs = sqlalchemy.create_engine(url).dialect.create_connect_args(url)
+    kwargs.update(timeout=SQLITE_WAIT_S, isolation_level=None)
+    con = sqlite3.connect(*args, **kwargs)
+    try:
+        con.execute("BEGIN IMMEDIATE")  # waits for (at most SQLITE_WAIT_S) and takes the write lock
+        con.execute("CREATE TABLE main.microau_write_check (x)")  # read-only files fail here
+        con.execute("ROLLBACK")
+    finally:
+        con.close()

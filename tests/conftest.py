@@ -45,3 +45,14 @@ def prepared_casme2(synth_casme2, tmp_path_factory):
     from preprocessing.config import PreprocessConfig
     return prepare_dataset("casme2", synth_casme2, PreprocessConfig.model_validate(TEST_PREPROCESS),
                            tmp_path_factory.mktemp("cache"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory):
+    """An empty MLflow SQLite store with every migration applied (creating one takes ~10 s): tests copy it
+    to `<workdir>/mlflow.db` instead of migrating a fresh database each."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 
 import numpy as np
 import pytest
@@ -12,29 +11,12 @@ from sklearn.metrics import accuracy_score, f1_score
 from model.result import FoldResult
 from orchestrator.config import load_sweep
 from orchestrator.plan import expand
-from sweep_helpers import by_data_id
+from sweep_helpers import AUS, by_data_id, fake_result
 from orchestrator.report import SweepState, predictions_csv
 from orchestrator.store import ResultsStore, StoreError, atomic_write_text, fold_key
 from orchestrator.tracking import Tracker, flat_metrics
 
-AUS = [2, 4, 7, 12]
 SUBJECTS = ["006", "007", "008"]
-
-
-def fake_result(subject: str, seed: int = 0, n: int = 5, text_similarity=None) -> dict:
-    """A FoldResult dict; `text_similarity`: one value per AU (Table III TextSi), else no extras."""
-    rng = np.random.default_rng(zlib.crc32(f"{subject}:{seed}".encode()))
-    ids = [f"{subject}/{subject}_{i}" for i in range(n)]
-    mer = ["positive", "negative", "surprise", None, "negative"][:n]
-    return FoldResult(test_subject=subject, seed=1, aus=AUS, sample_ids=ids, subjects=[subject] * n,
-                      probs=rng.random((n, len(AUS))).astype(np.float32),
-                      labels=(rng.random((n, len(AUS))) > 0.5).astype(np.uint8),
-                      features=rng.standard_normal((n, len(AUS), 8)).astype(np.float32),
-                      mer_classes=["positive", "negative", "surprise"],
-                      mer_scores=rng.standard_normal((n, 3)).astype(np.float32), mer_labels=mer,
-                      loss_curve={"total": [2.0, 1.0]}, timings={"total_s": 0.1}, n_train=10,
-                      extras={} if text_similarity is None else
-                      {"text_similarity": {str(a): float(v) for a, v in zip(AUS, text_similarity)}}).to_dict()
 
 
 @pytest.fixture
