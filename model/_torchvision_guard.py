@@ -1,4 +1,4 @@
-"""Make `import open_clip` work where torchvision's C++ ops cannot load (DESIGN.md, dependency facts).
+"""Make `import open_clip` work where torchvision's C++ ops cannot load (docs/install.md, "The torchvision guard").
 
 The torchvision 0.28.0 wheel reachable on CPU machines here is a CUDA build: next to the CPU torch its
 `_C.so` does not load, and `torchvision/_meta_registrations.py` then fails on

@@ -408,7 +408,7 @@ def visual_prefix(clip: nn.Module, flow01: torch.Tensor, k: int) -> torch.Tensor
 
 
 class VisualTail(nn.Module):
-    """Visual blocks L-k+1..L, then ln_post and proj on every token (DESIGN.md: patch tokens)."""
+    """Visual blocks L-k+1..L, then ln_post and proj on every token (docs/protocol.md: patch tokens)."""
 
     def __init__(self, clip: nn.Module, k: int):
         super().__init__()

@@ -10,7 +10,7 @@ from torch import nn
 
 
 class GDA(nn.Module):
-    """Global dependency attention over the N AU features (DESIGN.md reading)."""
+    """Global dependency attention over the N AU features (docs/protocol.md reading)."""
 
     def __init__(self, n_aus: int, d: int):
         super().__init__()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-# Table I: AU -> 0-based dlib 68-point indices (DESIGN.md: 48 and 54 are the mouth corners).
+# Table I: AU -> 0-based dlib 68-point indices (docs/protocol.md: 48 and 54 are the mouth corners).
 TABLE_I: Dict[int, Tuple[int, ...]] = {
     1: (19, 20, 21, 22, 23, 24),
     2: (19, 20, 21, 22, 23, 24),

@@ -1,4 +1,4 @@
-"""Pooled LOSO metrics (paper IV-A; DESIGN.md "Evaluation protocol").
+"""Pooled LOSO metrics (paper IV-A; docs/protocol.md "Evaluation protocol").
 
 Predictions of all folds are concatenated, then per AU the F1 of the positive class and the accuracy are
 computed with sklearn; the paper's F1 / ACC is the plain mean over AUs. MER, over the samples with a MER

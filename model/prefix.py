@@ -1,4 +1,4 @@
-"""The frozen prefix of both towers, computed once and reused (DESIGN.md "Performance levers").
+"""The frozen prefix of both towers, computed once and reused (docs/protocol.md "Why the frozen prefix is exact").
 
 With only the last k blocks training and no input augmentation, the output of visual blocks 1..L-k is a
 constant per sample and the output of text blocks 1..L-k a constant per prompt. `compute_prefix` runs

@@ -20,7 +20,7 @@ AU_PROMPTS: Dict[int, Tuple[str, str]] = {
     17: ("The chin is raising", "The chin is not raising"),
 }
 
-# MER classes (DESIGN.md): positive = happiness; negative = disgust, repression (CASME II) and anger,
+# MER classes (docs/protocol.md): positive = happiness; negative = disgust, repression (CASME II) and anger,
 # contempt, disgust, fear, sadness (SAMM); surprise = surprise.
 MER_CLASSES: Tuple[str, ...] = ("positive", "negative", "surprise")
 # The AU combinations that code each emotion in FACS-based ME coding (FACS/EMFACS prototypes and the
