@@ -1,10 +1,11 @@
 """Dataset -> `PreparedDataset`, cached by content (paper III-A/B, IV-A).
 
 Per sample: dlib landmarks on the apex frame -> square face box from them, the same for every frame ->
-crop to size x size -> magnification of the onset..apex clip -> onset->apex optical flow image
-(u, v, strain). The result is cached in `cache_dir` under a hash of the annotation sheet's bytes, the
-frame files (path relative to the root, size, mtime), the preprocessing config, the predictor/weights
-files (name, size) and SCHEMA_VERSION.
+face crops at the frame's native resolution -> magnification of the onset..apex clip -> onset->apex
+optical flow on the native grey crops -> flow image (u, v, strain) resized to size x size (u, v scaled
+with it), landmarks mapped by the same crop offset and scale. The result is cached in `cache_dir` under a
+hash of the annotation sheet's bytes, the frame files (path relative to the root, size, mtime), the
+preprocessing config, the predictor/weights files (name, size) and SCHEMA_VERSION.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from preprocessing.landmarks import NoFaceError, crop, detect_landmarks, face_bo
 # Bump when the prepared output of the same input and config changes (crop, flow, normalisation, ...).
 # 2: landmarks mapped with the pixel-centre convention. 3: frames decoded with Pillow, which fails on a
 # file cut short where OpenCV filled it in: an older cache may hold such damaged samples under the same key.
-SCHEMA_VERSION = 3
+# 4: flow on the native-resolution face crop, then resized; learned magnification on RGB with amp = factor.
+SCHEMA_VERSION = 4
 
 
 def load_frame(sample: Sample, number: int) -> np.ndarray:
@@ -44,7 +46,12 @@ def load_frame(sample: Sample, number: int) -> np.ndarray:
 
 
 def process_sample(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, np.ndarray]:
-    """-> (flow image float32 (3, size, size), apex landmarks float32 (68, 2) in that grid)."""
+    """-> (flow image float32 (3, size, size), apex landmarks float32 (68, 2) in that grid).
+
+    The face box is cut from every frame at its native resolution (side x side pixels of the frame);
+    magnification and optical flow run on those crops, and the flow image (u, v, strain) is then resized
+    to size x size, u and v scaled with it (`flow.flow_image`). The landmarks are mapped by the same
+    crop offset and scale (`landmarks.to_crop_grid`)."""
     apex = load_frame(sample, sample.apex)
     try:
         lm = detect_landmarks(apex, cfg.predictor, cfg.detector_upsample)
@@ -53,13 +60,9 @@ def process_sample(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, n
                                     f"or raise preprocessing.detector_upsample") from None
     box = face_box(lm, cfg.crop_margin)
     numbers = sample.needed_frames(mag.needs_clip(cfg.magnification))
-    clip = []
-    for n in numbers:
-        img = apex if n == sample.apex else load_frame(sample, n)
-        grey = cv2.cvtColor(crop(img, box, cfg.size), cv2.COLOR_RGB2GRAY)
-        clip.append(grey.astype(np.float32) / 255.0)
-    onset, apex_m = mag.magnify(np.stack(clip), cfg.magnification)
-    return flow_image(optical_flow(onset, apex_m, cfg.flow)), to_crop_grid(lm, box, cfg.size)
+    clip = np.stack([crop(apex if n == sample.apex else load_frame(sample, n), box) for n in numbers])
+    onset, apex_m = mag.magnify(clip, cfg.magnification)  # RGB crops in, grey float out
+    return flow_image(optical_flow(onset, apex_m, cfg.flow), cfg.size), to_crop_grid(lm, box, cfg.size)
 
 
 # ---------------------------------------------------------------------------------------------------
