@@ -487,7 +487,7 @@ def validate_samples(samples: Sequence[Sample], clip: bool, corrections_where: O
             continue
         if missing:
             shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
-            why = (f" (the apex is estimated from the frames onset..offset)" if s.apex_missing else "")
+            why = " (the apex is estimated from the frames onset..offset)" if s.apex_missing else ""
             problems.append(SampleProblem(s, f"frame(s) {shown} missing in {s.frames_dir} "
                                              f"(it has {len(s.frames)} frames){why}"))
             continue
