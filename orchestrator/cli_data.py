@@ -55,12 +55,15 @@ def synth(out, layout, subjects, per_subject, seed, intensity, noise):
               help="Checkpoint of the learned magnification network (with --magnification learned).")
 @click.option("--predictor", type=click.Path(dir_okay=False), default=None,
               help="dlib 68-point predictor .dat [default: the one in face-recognition-models].")
+@click.option("--corrections", "corrections_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of fixes of sheet rows, {sample id: {onset?, apex?, offset?, aus?}}, e.g. "
+                   "'006/006_1_2': {aus: '14'}; applied before validation, the sheet is not edited.")
 @click.option("--skip-bad", is_flag=True, help="Skip unusable samples (listed in the summary) instead of "
                                                "stopping with the list of problems and caching nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def preprocess(reader, root, sheet, cache_dir, flow, magnification, factor, magnet_weights, predictor,
-               skip_bad, as_json, quiet):
+               corrections_file, skip_bad, as_json, quiet):
     """Read, validate and preprocess a dataset (landmarks, magnification, optical flow) into the cache,
     and print its summary. A second run with nothing changed is a cache hit."""
     from pydantic import ValidationError
@@ -88,8 +91,14 @@ def preprocess(reader, root, sheet, cache_dir, flow, magnification, factor, magn
     except ValidationError as e:
         _fail(f"invalid preprocessing options: {e}")
     try:
+        if corrections_file:
+            from preprocessing.corrections import load_file
+            fixes = {"corrections": load_file(corrections_file), "corrections_where": str(corrections_file)}
+        else:
+            fixes = {"corrections_where": "a corrections file (--corrections FILE.yaml)"}
         data = prepare_dataset(reader, root, cfg, cache_dir, sheet=sheet,
-                               on_error="skip" if skip_bad else "stop", progress=not quiet and not as_json)
+                               on_error="skip" if skip_bad else "stop", progress=not quiet and not as_json,
+                               **fixes)
     except DatasetError as e:
         _fail(str(e))
     summary = data.summary()
@@ -101,6 +110,7 @@ def preprocess(reader, root, sheet, cache_dir, flow, magnification, factor, magn
 
 def _print_summary(s: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -126,3 +136,22 @@ def _print_summary(s: dict) -> None:
         for d in s["skipped"]:
             t.add_row(d["sample"], d["reason"])
         console.print(t)
+    if s.get("corrected"):
+        t = Table(title=f"Corrected ({len(s['corrected'])})")
+        t.add_column("sample")
+        t.add_column("fields (sheet -> corrected)")
+        for d in s["corrected"]:
+            t.add_row(d["sample"], "; ".join(f"{k}: {v['sheet']!r} -> {v['corrected']!r}"
+                                             for k, v in d["fields"].items()))
+        console.print(t)
+    if s.get("apex_estimated"):
+        t = Table(title=f"Apex estimated ({len(s['apex_estimated'])})",
+                  caption="no apex frame in the sheet: the frame of largest optical flow from the onset")
+        t.add_column("sample")
+        t.add_column("sheet cell")
+        t.add_column("apex", justify="right")
+        for d in s["apex_estimated"]:
+            t.add_row(d["sample"], repr(d["sheet"]), str(d["apex"]))
+        console.print(t)
+    for d in s.get("warnings") or []:
+        console.print(f"[yellow]warning:[/yellow] {escape(d['warning'])}", highlight=False, soft_wrap=True)

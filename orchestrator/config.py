@@ -68,11 +68,21 @@ class DatasetSpec(_Strict):
     overrides: Dict[str, Any] = Field(default_factory=dict)  # dotted keys for this dataset only
     synthetic: Optional[SynthSpec] = None
     on_error: Literal["stop", "skip"] = "stop"
+    # Fixes of coding-sheet rows without editing the licensed sheet: {sample id: {onset?, apex?, offset?,
+    # aus?}}, e.g. {'006/006_1_2': {aus: '14'}}. A plain dict for the data layer (preprocessing.corrections
+    # checks it here and applies it); part of the prepared-data key.
+    corrections: Dict[str, Dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("subjects", mode="before")
     @classmethod
     def _subjects_as_str(cls, v):
         return None if v is None else [str(s) for s in v]
+
+    @field_validator("corrections", mode="before")
+    @classmethod
+    def _corrections(cls, v):
+        from preprocessing.corrections import normalise
+        return normalise(v)  # a DatasetError is a ValueError: reported with the key
 
     @field_validator("aus")
     @classmethod

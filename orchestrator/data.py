@@ -69,10 +69,12 @@ def prepare(spec: SweepSpec, name: str, preprocessing=None, progress: bool = Tru
     sheet = expand_env(ds.sheet, f"{spec.source}: datasets.{name}.sheet") if ds.sheet else None
     cache = spec.workdir_path() / "cache"
     cfg = expand_paths(preprocessing, f"{spec.source}: preprocessing")
+    fixes = {"corrections": dict(ds.corrections),
+             "corrections_where": f"datasets.{name}.corrections (in {spec.source})"}
     if cached_only:
-        return find_prepared(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error)
+        return find_prepared(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error, **fixes)
     return prepare_dataset(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error,
-                           progress=progress)
+                           progress=progress, **fixes)
 
 
 def expand_paths(cfg, where: str):

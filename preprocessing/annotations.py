@@ -46,14 +46,34 @@ def _integer_text(text: str) -> str:
 _AU_CODE = re.compile(r"^(?:(?:[LR]|AU)?\s*(\d+)\s*[A-E]?\s*\??|\?)$", re.IGNORECASE)
 
 
+_OR = re.compile(r"\s+or\s+", re.IGNORECASE)
+
+
+class AUAlternatives(ValueError):
+    """An AU cell that offers alternatives (`R14 or 15`, as 5 cells of SAMM do): AU codes, but not one
+    label. `alternatives` holds the AU numbers of each alternative, in the cell's order."""
+
+    def __init__(self, text: str, alternatives: List[List[int]]):
+        self.text = text
+        self.alternatives = alternatives
+        super().__init__(f"AU cell {text!r} gives alternatives ({alternatives_text(alternatives)}), not one "
+                         f"set of AU codes; choose one with a correction of the sample's aus")
+
+
+def alternatives_text(alternatives: Sequence[Sequence[int]]) -> str:
+    """[[14], [4, 15]] -> `14 | 4+15` (`?` for an alternative without AU numbers)."""
+    return " | ".join("+".join(map(str, a)) or "?" for a in alternatives)
+
+
 def parse_aus(text) -> set[int]:
     """AU cell of a coding sheet -> set of AU numbers; a ValueError for a cell that is not AU codes.
 
     `4+R12` -> {4, 12}; `L10 + R12` -> {10, 12}; `R14A` -> {14}; `12` -> {12}; `?` -> set() (uncertain,
     nothing coded); `4 + ?` -> {4}. Side letters (L/R), intensity letters (A-E) and `?` marks are
     dropped; a cell Excel stored as a number (12 or 12.0), or a CSV export wrote as one (`12.0`), is
-    that AU. Anything else - an empty cell, words, `12.5`, alternatives (`14 or 15`) - is a ValueError
-    saying what was found: it would otherwise become a wrong label.
+    that AU. Anything else - an empty cell, words, `12.5` - is a ValueError saying what was found: it
+    would otherwise become a wrong label. AU codes joined by `or` (`R14 or 15`) are an `AUAlternatives`
+    (a ValueError of its own): which one is meant is for a person to choose (a correction).
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         raise ValueError("the AU cell is empty")
@@ -64,6 +84,14 @@ def parse_aus(text) -> set[int]:
     cell = _integer_text(str(text)).strip()
     if not cell:
         raise ValueError("the AU cell is empty")
+    if _OR.search(cell):
+        parts = _OR.split(cell)
+        try:
+            alternatives = [sorted(parse_aus(part)) for part in parts]
+        except ValueError:
+            alternatives = None
+        if alternatives is not None and len(parts) > 1:
+            raise AUAlternatives(str(text), alternatives)
     codes = [_AU_CODE.match(part.strip()) for part in cell.split("+")]
     if not all(codes):
         raise ValueError(f"AU cell {str(text)!r} is not AU codes (AU numbers with optional L/R side and A-E "
@@ -96,6 +124,7 @@ class Sample:
     frames: Dict[int, Path] = field(default_factory=dict)  # frame number -> file, found by globbing
     raw_frames: Tuple[str, str, str] = ("", "", "")  # onset/apex/offset cells as written
     au_problem: Optional[str] = None  # why the AU cell does not parse (then aus is None)
+    au_alternatives: Optional[List[List[int]]] = None  # AU cell `R14 or 15`: [[14], [15]] (aus is None)
 
     @property
     def id(self) -> str:
@@ -108,8 +137,24 @@ class Sample:
     def where(self) -> str:
         return f"{self.sheet}: row {self.row}: sample {self.id}"
 
+    @property
+    def apex_missing(self) -> bool:
+        """The sheet gives no apex frame (a non-numeric cell: `/` in CASME II, empty in SAMM): the
+        pipeline estimates it. A number that is not a frame number (`12.5`) is a problem instead."""
+        return self.apex is None and not _is_number(self.raw_frames[1])
+
+    @property
+    def last_frame(self) -> Optional[int]:
+        """The highest frame number in the sample's folder (None when it has no frames)."""
+        return max(self.frames) if self.frames else None
+
     def needed_frames(self, clip: bool) -> List[int]:
-        """Frame numbers the pipeline reads: onset and apex, or every frame onset..apex (clip=True)."""
+        """Frame numbers the pipeline reads: onset and apex, or every frame onset..apex (clip=True); with
+        a missing apex, every frame onset..offset that the folder reaches (the apex is estimated among
+        them)."""
+        if self.apex_missing:
+            last = self.offset if self.last_frame is None else min(self.offset, self.last_frame)
+            return list(range(self.onset, max(last, self.onset) + 1))
         if clip:
             return list(range(self.onset, self.apex + 1))
         return [self.onset, self.apex] if self.apex != self.onset else [self.onset]
@@ -185,6 +230,14 @@ def _cell(v) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v).strip()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _frame_number(v) -> Optional[int]:
@@ -307,11 +360,12 @@ def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> L
     for row, r in rows:
         subject, filename = subject_fn(r["subject"]), _cell(r["filename"])
         folder = frames_root / subject / filename
-        aus, au_problem = _aus_cell(r["actionunits"])
+        aus, au_problem, alternatives = _aus_cell(r["actionunits"])
         out.append(Sample(
             reader=reader, subject=subject, filename=filename,
             onset=_frame_number(r["onsetframe"]), apex=_frame_number(r["apexframe"]),
             offset=_frame_number(r["offsetframe"]), aus=aus, au_problem=au_problem,
+            au_alternatives=alternatives,
             au_text=_cell(r["actionunits"]), emotion=_cell(r["estimatedemotion"]), sheet=sheet_path,
             row=row, frames_dir=folder, frames=find_frames(folder),
             raw_frames=(_cell(r["onsetframe"]), _cell(r["apexframe"]), _cell(r["offsetframe"]))))
@@ -320,13 +374,15 @@ def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> L
     return out
 
 
-def _aus_cell(cell) -> Tuple[Optional[List[int]], Optional[str]]:
-    """(sorted AU numbers, None), or (None, why) when the cell does not parse (validate_samples reports
-    it with the row)."""
+def _aus_cell(cell) -> Tuple[Optional[List[int]], Optional[str], Optional[List[List[int]]]]:
+    """(sorted AU numbers, None, None), or (None, why, alternatives or None) when the cell does not parse
+    (validate_samples reports it with the row)."""
     try:
-        return sorted(parse_aus(cell)), None
+        return sorted(parse_aus(cell)), None, None
+    except AUAlternatives as e:
+        return None, str(e), e.alternatives
     except ValueError as e:
-        return None, str(e)
+        return None, str(e), None
 
 
 def read_casme2(root, sheet=None) -> List[Sample]:
@@ -359,10 +415,23 @@ def get_reader(name: str) -> Callable[..., List[Sample]]:
 # ---------------------------------------------------------------------------------------------------
 # Validation (one function, run when a dataset is built)
 # ---------------------------------------------------------------------------------------------------
-def validate_samples(samples: Sequence[Sample], clip: bool) -> Tuple[List[Sample], List[SampleProblem]]:
+def correction_hint(sample: Sample, fields: str, where: Optional[str] = None) -> str:
+    """`add to datasets.samm.corrections: {'006/006_1_2': {aus: '14'}}`: the entry that fixes a sample
+    without editing the sheet. `where`: where corrections are given (a sweep file's key, a --corrections
+    file); default `datasets.<reader>.corrections`."""
+    return f"add to {where or f'datasets.{sample.reader}.corrections'}: {{'{sample.id}': {{{fields}}}}}"
+
+
+def validate_samples(samples: Sequence[Sample], clip: bool, corrections_where: Optional[str] = None
+                     ) -> Tuple[List[Sample], List[SampleProblem]]:
     """Check every sample before any work: frame numbers are numbers, onset <= apex <= offset, the
     sample folder and every needed frame exist and are non-empty image files that decode whole (Pillow;
     a file cut short fails), ids are unique.
+
+    A missing apex (a non-numeric cell) is no problem: the pipeline estimates it from the frames
+    onset..offset, which must then be there from the onset on (an offset past the folder's last frame is
+    a warning, `sample_warnings`). An AU cell with alternatives (`R14 or 15`) is a problem whose message
+    shows the correction to add (`corrections_where` names where corrections go, see `correction_hint`).
 
     Returns (good samples, problems). `pipeline.load_frame` decodes the same way and reports a frame that
     fails then (changed since) alike.
@@ -376,13 +445,32 @@ def validate_samples(samples: Sequence[Sample], clip: bool) -> Tuple[List[Sample
         seen[s.id] = s.row
         names = ("onset", "apex", "offset")
         bad = [f"{n} frame {raw!r} is not a frame number" for n, raw, v in
-               zip(names, s.raw_frames, (s.onset, s.apex, s.offset)) if v is None]
-        if s.aus is None:
-            bad.append(s.au_problem or f"AU cell {s.au_text!r} does not parse")
+               zip(names, s.raw_frames, (s.onset, s.apex, s.offset))
+               if v is None and not (n == "apex" and s.apex_missing)]
         if bad:
-            problems.append(SampleProblem(s, "; ".join(bad) + "; correct the cell in the sheet (or skip the sample with on_error: skip)"))
+            field = next(n for n, v in zip(names, (s.onset, s.apex, s.offset)) if v is None)
+            bad[-1] += (f"; correct the cell in the sheet or "
+                        f"{correction_hint(s, f'{field}: N', corrections_where)} with the frame number N")
+        if s.aus is None:
+            if s.au_alternatives:
+                first = "+".join(map(str, s.au_alternatives[0]))
+                bad.append(f"AU cell {s.au_text!r} gives alternatives ({alternatives_text(s.au_alternatives)})"
+                           f", which would be a guessed label; choose one: "
+                           f"{correction_hint(s, f'aus: {first!r}', corrections_where)} or another of them")
+            else:
+                bad.append((s.au_problem or f"AU cell {s.au_text!r} does not parse") +
+                           f"; correct the cell in the sheet or "
+                           f"{correction_hint(s, 'aus: <AU codes>', corrections_where)}")
+        if bad:
+            problems.append(SampleProblem(s, "; ".join(bad) + " (or skip the sample with on_error: skip)"))
             continue
-        if not s.onset <= s.apex <= s.offset:
+        if s.apex_missing:
+            if not s.onset < s.offset:
+                problems.append(SampleProblem(s, f"the apex cell {s.raw_frames[1]!r} gives no frame and "
+                                                 f"onset..offset {s.onset}..{s.offset} has no frame after "
+                                                 f"the onset to estimate it from; correct the sheet"))
+                continue
+        elif not s.onset <= s.apex <= s.offset:
             problems.append(SampleProblem(s, f"apex frame {s.apex} is outside onset..offset "
                                              f"{s.onset}..{s.offset}; correct the sheet"))
             continue
@@ -390,18 +478,25 @@ def validate_samples(samples: Sequence[Sample], clip: bool) -> Tuple[List[Sample
             problems.append(SampleProblem(s, f"frames folder {s.frames_dir} does not exist; put the "
                                              f"sample's frames there"))
             continue
-        missing = [n for n in s.needed_frames(clip) if n not in s.frames]
+        needed = s.needed_frames(clip)
+        missing = [n for n in needed if n not in s.frames]
+        if s.apex_missing and not missing and len(needed) < 2:
+            problems.append(SampleProblem(s, f"the apex cell {s.raw_frames[1]!r} gives no frame and "
+                                             f"{s.frames_dir} has no frame after the onset {s.onset} "
+                                             f"(its last is {s.last_frame}) to estimate it from"))
+            continue
         if missing:
             shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            why = " (the apex is estimated from the frames onset..offset)" if s.apex_missing else ""
             problems.append(SampleProblem(s, f"frame(s) {shown} missing in {s.frames_dir} "
-                                             f"(it has {len(s.frames)} frames)"))
+                                             f"(it has {len(s.frames)} frames){why}"))
             continue
-        empty = [s.frames[n] for n in s.needed_frames(clip) if s.frames[n].stat().st_size == 0]
+        empty = [s.frames[n] for n in needed if s.frames[n].stat().st_size == 0]
         if empty:
             problems.append(SampleProblem(s, f"frame file {empty[0]} is empty; restore it from the "
                                              f"dataset archive"))
             continue
-        damaged = next(((s.frames[n], why) for n in s.needed_frames(clip)
+        damaged = next(((s.frames[n], why) for n in needed
                         if (why := image_problem(s.frames[n])) is not None), None)
         if damaged:
             problems.append(SampleProblem(s, f"frame file {damaged[0]} cannot be read as an image "
@@ -409,3 +504,21 @@ def validate_samples(samples: Sequence[Sample], clip: bool) -> Tuple[List[Sample
             continue
         good.append(s)
     return good, problems
+
+
+def sample_warnings(samples: Sequence[Sample], corrections_where: Optional[str] = None
+                    ) -> List[SampleProblem]:
+    """Quirks that do not stop a sample (run on the good samples of `validate_samples`): an offset past
+    the last frame of the sample's folder (the pipeline reads only onset..apex; a missing apex is then
+    estimated among the frames up to the last one)."""
+    out = []
+    for s in samples:
+        last = s.last_frame
+        if last is not None and s.offset is not None and s.offset > last:
+            what = (f"the missing apex is estimated within {s.onset}..{last}" if s.apex_missing else
+                    "prepared anyway: only onset..apex frames are read")
+            out.append(SampleProblem(s, f"offset frame {s.offset} is past the last frame {last} in "
+                                        f"{s.frames_dir}; {what}. To record the right offset, correct the "
+                                        f"sheet or {correction_hint(s, f'offset: {last}', corrections_where)}"
+                                        f" (if {last} is the offset)"))
+    return out

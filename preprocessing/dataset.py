@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +26,10 @@ class PreparedDataset:
     emotions: List[str]  # emotion as written in the sheet
     mer: List[Optional[str]]  # positive | negative | surprise | None (excluded)
     skipped: List[Dict[str, str]] = field(default_factory=list)  # {sample, reason}
+    # Sheet quirks handled (empty in files written before they were recorded):
+    apex_estimated: List[Dict[str, Any]] = field(default_factory=list)  # {sample, apex, sheet: the cell}
+    warnings: List[Dict[str, str]] = field(default_factory=list)  # {sample, warning}
+    corrected: List[Dict[str, Any]] = field(default_factory=list)  # {sample, fields: {f: {sheet, corrected}}}
 
     def __post_init__(self):
         n = len(self.sample_ids)
@@ -55,11 +59,13 @@ class PreparedDataset:
         return PreparedDataset(reader=self.reader, key=self.key, sample_ids=pick(self.sample_ids),
                                subjects=pick(self.subjects), flow=self.flow[idx],
                                landmarks=self.landmarks[idx], au_sets=pick(self.au_sets),
-                               emotions=pick(self.emotions), mer=pick(self.mer), skipped=list(self.skipped))
+                               emotions=pick(self.emotions), mer=pick(self.mer), skipped=list(self.skipped),
+                               apex_estimated=list(self.apex_estimated), warnings=list(self.warnings),
+                               corrected=list(self.corrected))
 
     def summary(self) -> Dict:
         """Counts for people and for `--json`: samples, subjects, au_counts, emotion_counts, mer_counts,
-        skipped."""
+        skipped, apex_estimated, warnings, corrected."""
         au = Counter(a for s in self.au_sets for a in s)
         return {
             "reader": self.reader,
@@ -71,6 +77,9 @@ class PreparedDataset:
             "emotion_counts": dict(sorted(Counter(self.emotions).items())),
             "mer_counts": dict(sorted(Counter(m or "excluded" for m in self.mer).items())),
             "skipped": list(self.skipped),
+            "apex_estimated": list(self.apex_estimated),
+            "warnings": list(self.warnings),
+            "corrected": list(self.corrected),
         }
 
     # ---------------------------------------------------------------------------------------------
@@ -80,7 +89,8 @@ class PreparedDataset:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"reader": self.reader, "key": self.key, "sample_ids": self.sample_ids,
                 "subjects": self.subjects, "au_sets": self.au_sets, "emotions": self.emotions,
-                "mer": self.mer, "skipped": self.skipped}
+                "mer": self.mer, "skipped": self.skipped, "apex_estimated": self.apex_estimated,
+                "warnings": self.warnings, "corrected": self.corrected}
         with atomic_file(path) as f:
             np.savez(f, flow=self.flow.astype(np.float32), landmarks=self.landmarks.astype(np.float32),
                      meta=np.array(json.dumps(meta)))

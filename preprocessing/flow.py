@@ -1,6 +1,15 @@
 """Onset -> apex optical flow image (paper III-A): channels u, v and optical strain, each min-max
-normalised per image to [0, 1]."""
+normalised per image to [0, 1].
+
+The flow is computed on the face crop at its native resolution (the frame's pixels); the 3-channel image
+(u, v, strain) is then resized to the flow image's size, u and v multiplied by the resize's scale (so they
+are in pixels of that grid; strain, a ratio of lengths, needs no scaling), and only then normalised.
+Per-image min-max normalisation makes a positive global scale of u and v irrelevant to the result; the
+scaling keeps the unnormalised field right, should the normalisation change.
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -44,6 +53,26 @@ def minmax(channel: np.ndarray) -> np.ndarray:
     return ((channel - lo) / (hi - lo)).astype(np.float32)
 
 
-def flow_image(flow: np.ndarray) -> np.ndarray:
-    """(H, W, 2) flow -> float32 (3, H, W): u, v, optical strain, each min-max normalised to [0, 1]."""
-    return np.stack([minmax(flow[..., 0]), minmax(flow[..., 1]), minmax(optical_strain(flow))])
+def resize_flow(channels: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, C>=2) flow channels (u, v first, in pixels of the H x W image) -> (size, size, C) float32,
+    u scaled by size / W and v by size / H (pixels of the new grid); further channels (strain) as they
+    are. Area averaging when shrinking, bilinear when enlarging (no overshoot), pixel centres mapped as
+    `landmarks.to_crop_grid` maps landmarks."""
+    h, w = channels.shape[:2]
+    if (h, w) == (size, size):
+        return channels.astype(np.float32)
+    interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+    out = cv2.resize(channels.astype(np.float32), (size, size), interpolation=interp)
+    out = out.reshape(size, size, -1)
+    out[..., 0] *= size / w
+    out[..., 1] *= size / h
+    return out
+
+
+def flow_image(flow: np.ndarray, size: Optional[int] = None) -> np.ndarray:
+    """(H, W, 2) flow -> float32 (3, size, size) (size None: H x W): u, v, optical strain computed at the
+    flow's resolution, resized (`resize_flow`), each channel then min-max normalised to [0, 1]."""
+    channels = np.dstack([flow[..., 0], flow[..., 1], optical_strain(flow)]).astype(np.float32)
+    if size is not None:
+        channels = resize_flow(channels, size)
+    return np.stack([minmax(channels[..., c]) for c in range(3)])

@@ -65,20 +65,24 @@ def face_box(landmarks: np.ndarray, margin: float) -> Tuple[int, int, int]:
     return int(round(cx - side_i / 2)), int(round(cy - side_i / 2)), side_i
 
 
-def crop(image: np.ndarray, box: Tuple[int, int, int], size: int) -> np.ndarray:
-    """The box of an image resized to size x size; parts outside the image repeat its border."""
+def crop(image: np.ndarray, box: Tuple[int, int, int], size: Optional[int] = None) -> np.ndarray:
+    """The box of an image, at its native resolution (side x side pixels of the frame, size=None) or
+    resized to size x size; parts outside the image repeat its border."""
     x0, y0, side = box
     h, w = image.shape[:2]
     pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
     if pad:
         image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     patch = image[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
+    if size is None or size == side:
+        return np.ascontiguousarray(patch)
     interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     return cv2.resize(patch, (size, size), interpolation=interp)
 
 
 def to_crop_grid(landmarks: np.ndarray, box: Tuple[int, int, int], size: int) -> np.ndarray:
-    """Landmarks in image pixels -> pixels of the size x size crop (the flow image's grid, Eq. 1), with
-    pixel centres at integer coordinates in both (as cv2.resize maps them)."""
+    """Landmarks in image pixels -> pixels of the size x size flow image (its grid, Eq. 1): the crop's
+    offset, then the scale size / side of resizing the native crop (or the flow image computed on it),
+    with pixel centres at integer coordinates in both (as cv2.resize maps them)."""
     x0, y0, side = box
     return ((landmarks - np.array([x0, y0], np.float32) + 0.5) * (size / side) - 0.5).astype(np.float32)

@@ -1,12 +1,15 @@
 """Motion magnification of the onset..apex clip (paper IV-A: learning-based, factor 3).
 
 `factor` is the total motion magnification: the apex-onset displacement leaves it `factor` times larger.
+The clip comes in as the face crops at native resolution, RGB uint8 (T, H, W, 3); what comes out is the
+onset and the magnified apex as grey float images in [0, 1], on which the optical flow is computed.
 
 - `none`: frames unchanged.
 - `eulerian`: linear Eulerian magnification (Wu et al. 2012) on a Laplacian pyramid with an ideal temporal
-  band-pass over the onset..apex frames; needs no weights.
+  band-pass over the onset..apex frames, on the grey clip; needs no weights.
 - `learned`: the two-frame network of Oh et al. 2018, with module names and shapes of the public PyTorch
-  port ZhengPeng7/motion_magnification_learning-based (`magnet.py`), so its checkpoints load as they are.
+  port ZhengPeng7/motion_magnification_learning-based (`magnet.py`), so its checkpoints load as they are,
+  run as that port's inference code runs it (`learned`): RGB frames in [-1, 1], amplification `factor`.
 """
 from __future__ import annotations
 
@@ -141,11 +144,12 @@ def _build_magnet():
 
         def forward(self, frame_a, frame_b, amp):
             """Frames (N, 3, H, W) in [-1, 1], amp (N, 1, 1, 1) -> frame_b with the a->b motion
-            magnified, (N, 3, H, W) in about [-1, 1]."""
+            magnified, in about [-1, 1]: (N, 3, 2 ceil(H/2), 2 ceil(W/2)), as the port's decoder gives
+            it (one pixel larger for an odd size; `learned` resizes it back as the port's inference
+            code does)."""
             _, m_a = self.encoder(frame_a)
             t_b, m_b = self.encoder(frame_b)
-            out = self.decoder(t_b, self.manipulator(m_a, m_b, amp))
-            return out[..., :frame_b.shape[-2], :frame_b.shape[-1]]
+            return self.decoder(t_b, self.manipulator(m_a, m_b, amp))
 
     return MagNet()
 
@@ -197,21 +201,32 @@ def load_magnet(weights: str):
 
 
 def learned(onset: np.ndarray, apex: np.ndarray, factor: float, weights: str) -> np.ndarray:
-    """Grey float onset/apex in [0, 1] -> the magnified apex frame, grey float32 in [0, 1] (the grey image
-    is fed as 3 equal channels in [-1, 1], as the port's data loader scales RGB)."""
+    """The apex magnified against the onset, as the port's inference code (`test_video.py`, and the
+    notebook `VMM_learning_based_demo.ipynb`) computes a frame.
+
+    In: RGB frames (H, W, 3), uint8 or float in 0..255 (a grey frame as grey copied to three channels).
+    Each is scaled to [-1, 1] as the port's data loader does (x / 127.5 - 1, channels first); the network
+    gets (reference frame A = onset, frame B = apex, amplification `factor`): the port's inference passes
+    the factor itself, and its training data (Oh et al.'s synthetic set) gives the total magnification of
+    the motion relative to the reference frame. Out: RGB uint8 (H, W, 3), the output clipped to [-1, 1]
+    and mapped back with round((y + 1) * 127.5); where the decoder gives one pixel more (an odd size) it
+    is resized to the input's size with cubic interpolation, as the port's post-processing does.
+    """
     import torch
     net = load_magnet(weights)
 
     def as_input(img):
-        x = torch.from_numpy(img.astype(np.float32) * 2 - 1)
-        return x[None, None].expand(1, 3, *img.shape).contiguous()
+        x = np.asarray(img, dtype=np.float64) / 127.5 - 1.0  # in float64, then float32, as the port
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))[None]
 
-    # The port's manipulator adds amp * motion(onset -> apex) to the apex (amp 0 returns the apex), so the
-    # total magnification `factor` relative to the onset is amp + 1.
     with torch.no_grad():
-        out = net(as_input(onset), as_input(apex), torch.full((1, 1, 1, 1), float(factor) - 1.0))
-    grey = (out[0].mean(0).numpy() + 1) / 2
-    return np.clip(grey, 0.0, 1.0).astype(np.float32)
+        out = net(as_input(onset), as_input(apex), torch.full((1, 1, 1, 1), float(factor)))
+    y = np.clip(out[0].numpy(), -1, 1)
+    y = np.round((y.transpose(1, 2, 0) + 1.0) * 127.5).astype(np.uint8)
+    h, w = apex.shape[:2]
+    if y.shape[:2] != (h, w):
+        y = cv2.resize(y, (w, h), interpolation=cv2.INTER_CUBIC)
+    return y
 
 
 def needs_clip(cfg: MagnificationConfig) -> bool:
@@ -228,14 +243,30 @@ def check(cfg: MagnificationConfig) -> None:
         load_magnet(str(cfg.weights))
 
 
+def _grey(frames: np.ndarray) -> np.ndarray:
+    """(..., H, W, 3) RGB uint8 -> (..., H, W) grey float32 in [0, 1]; a grey float clip as it is."""
+    if frames.ndim >= 3 and frames.shape[-1] == 3 and frames.dtype == np.uint8:
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in flat])
+        return (grey.reshape(frames.shape[:-1]).astype(np.float32) / 255.0)
+    return frames.astype(np.float32)
+
+
 def magnify(clip: np.ndarray, cfg: MagnificationConfig):
-    """(T, H, W) grey clip in [0, 1] (onset first, apex last) -> (onset, apex) after magnification."""
+    """Clip (onset first, apex last) -> (onset, apex) after magnification, grey float32 in [0, 1].
+
+    `clip`: RGB uint8 (T, H, W, 3), as the pipeline passes the face crops, or grey float (T, H, W) in
+    [0, 1]. `eulerian` and `none` work on its grey version; `learned` on the RGB frames (a grey clip as
+    grey copied to three channels), its magnified apex then made grey."""
+    rgb = clip.ndim == 4
     if cfg.method == "none" or clip.shape[0] < 2:
-        return clip[0], clip[-1]
+        return _grey(clip[0]), _grey(clip[-1])
     if cfg.method == "eulerian":
-        out = eulerian(clip, cfg.factor, cfg.low, cfg.high, cfg.levels)
+        out = eulerian(_grey(clip), cfg.factor, cfg.low, cfg.high, cfg.levels)
         return out[0], out[-1]
     if cfg.method == "learned":
         check(cfg)
-        return clip[0], learned(clip[0], clip[-1], cfg.factor, str(cfg.weights))
+        frames = clip if rgb else np.repeat(clip[..., None] * 255.0, 3, axis=-1)
+        apex = learned(frames[0], frames[-1], cfg.factor, str(cfg.weights))
+        return _grey(clip[0]), _grey(apex)
     raise ValueError(f"unknown magnification method {cfg.method!r}")

@@ -1,24 +1,28 @@
 """Dataset -> `PreparedDataset`, cached by content (paper III-A/B, IV-A).
 
 Per sample: dlib landmarks on the apex frame -> square face box from them, the same for every frame ->
-crop to size x size -> magnification of the onset..apex clip -> onset->apex optical flow image
-(u, v, strain). The result is cached in `cache_dir` under a hash of the annotation sheet's bytes, the
-frame files (path relative to the root, size, mtime), the preprocessing config, the predictor/weights
-files (name, size) and SCHEMA_VERSION.
+face crops at the frame's native resolution -> magnification of the onset..apex clip -> onset->apex
+optical flow on the native grey crops -> flow image (u, v, strain) resized to size x size (u, v scaled
+with it), landmarks mapped by the same crop offset and scale. A missing apex (non-numeric cell) is
+estimated first (`estimate_apex`). The result is cached in `cache_dir` under a hash of the annotation
+sheet's bytes, the corrections, the frame files (path relative to the root, size, mtime), the
+preprocessing config, the predictor/weights files (name, size) and SCHEMA_VERSION.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import List, Literal, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
+from preprocessing import corrections as corr
 from preprocessing import magnify as mag
-from preprocessing.annotations import Sample, get_reader, read_image, validate_samples
+from preprocessing.annotations import Sample, get_reader, read_image, sample_warnings, validate_samples
 from preprocessing.config import PreprocessConfig
 from preprocessing.dataset import PreparedDataset
 from preprocessing.errors import DatasetError, SampleProblem
@@ -28,7 +32,13 @@ from preprocessing.landmarks import NoFaceError, crop, detect_landmarks, face_bo
 # Bump when the prepared output of the same input and config changes (crop, flow, normalisation, ...).
 # 2: landmarks mapped with the pixel-centre convention. 3: frames decoded with Pillow, which fails on a
 # file cut short where OpenCV filled it in: an older cache may hold such damaged samples under the same key.
-SCHEMA_VERSION = 3
+# 4: flow on the native-resolution face crop, then resized; learned magnification on RGB with amp = factor;
+# missing apex frames estimated.
+SCHEMA_VERSION = 4
+
+# Apex estimation (a sheet without the apex frame number): DIS flow (OpenCV's medium preset) from the
+# onset's face crop, resized to this side, to each later frame's.
+ESTIMATE_SIZE = 128
 
 
 def load_frame(sample: Sample, number: int) -> np.ndarray:
@@ -45,7 +55,12 @@ def load_frame(sample: Sample, number: int) -> np.ndarray:
 
 
 def process_sample(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, np.ndarray]:
-    """-> (flow image float32 (3, size, size), apex landmarks float32 (68, 2) in that grid)."""
+    """-> (flow image float32 (3, size, size), apex landmarks float32 (68, 2) in that grid).
+
+    The face box is cut from every frame at its native resolution (side x side pixels of the frame);
+    magnification and optical flow run on those crops, and the flow image (u, v, strain) is then resized
+    to size x size, u and v scaled with it (`flow.flow_image`). The landmarks are mapped by the same
+    crop offset and scale (`landmarks.to_crop_grid`)."""
     apex = load_frame(sample, sample.apex)
     try:
         lm = detect_landmarks(apex, cfg.predictor, cfg.detector_upsample)
@@ -54,13 +69,39 @@ def process_sample(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, n
                                     f"or raise preprocessing.detector_upsample") from None
     box = face_box(lm, cfg.crop_margin)
     numbers = sample.needed_frames(mag.needs_clip(cfg.magnification))
-    clip = []
-    for n in numbers:
-        img = apex if n == sample.apex else load_frame(sample, n)
-        grey = cv2.cvtColor(crop(img, box, cfg.size), cv2.COLOR_RGB2GRAY)
-        clip.append(grey.astype(np.float32) / 255.0)
-    onset, apex_m = mag.magnify(np.stack(clip), cfg.magnification)
-    return flow_image(optical_flow(onset, apex_m, cfg.flow)), to_crop_grid(lm, box, cfg.size)
+    clip = np.stack([crop(apex if n == sample.apex else load_frame(sample, n), box) for n in numbers])
+    onset, apex_m = mag.magnify(clip, cfg.magnification)  # RGB crops in, grey float out
+    return flow_image(optical_flow(onset, apex_m, cfg.flow), cfg.size), to_crop_grid(lm, box, cfg.size)
+
+
+def estimate_apex(sample: Sample, cfg: PreprocessConfig) -> int:
+    """The apex frame of a sample whose sheet gives none: of the frames after the onset within
+    onset..offset (up to the folder's last frame), the one whose optical flow from the onset has the
+    largest mean magnitude over the face crop. Landmarks (so the face box) come from the onset frame;
+    the flow is DIS (medium preset) on grey crops resized to ESTIMATE_SIZE pixels, which is cheap."""
+    onset = load_frame(sample, sample.onset)
+    try:
+        lm = detect_landmarks(onset, cfg.predictor, cfg.detector_upsample)
+    except NoFaceError as e:
+        raise SampleProblem(sample, f"{e} in the onset frame {sample.frames[sample.onset]}, which places the "
+                                    f"face for estimating the missing apex (apex cell "
+                                    f"{sample.raw_frames[1]!r}); check the frame, raise "
+                                    f"preprocessing.detector_upsample, or give the apex as a correction"
+                                    ) from None
+    box = face_box(lm, cfg.crop_margin)
+
+    def grey(img):
+        return cv2.cvtColor(crop(img, box, ESTIMATE_SIZE), cv2.COLOR_RGB2GRAY)
+
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    ref = grey(onset)
+    best, best_motion = sample.onset, -1.0
+    for n in sample.needed_frames(clip=False)[1:]:
+        flow = dis.calc(ref, grey(load_frame(sample, n)), None)
+        motion = float(np.hypot(flow[..., 0], flow[..., 1]).mean())
+        if motion > best_motion:
+            best, best_motion = n, motion
+    return best
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,14 +124,17 @@ def _model_stamp(path: Path) -> List:
     return [path.name, path.stat().st_size]
 
 
-def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, root) -> str:
-    """sha256 over: SCHEMA_VERSION, reader, the preprocessing config, the sheet's bytes, every frame file
-    of every coded sample (path relative to `root`, size, mtime), and the predictor / magnification
-    weights files (file name and size: not where an installation keeps them)."""
+def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, root,
+              corrections: Optional[Dict] = None) -> str:
+    """sha256 over: SCHEMA_VERSION, reader, the preprocessing config, the corrections (normalised), the
+    sheet's bytes, every frame file of every coded sample (path relative to `root`, size, mtime), and the
+    predictor / magnification weights files (file name and size: not where an installation keeps them)."""
     root = Path(root).expanduser().resolve()
     h = hashlib.sha256()
-    h.update(json.dumps({"schema": SCHEMA_VERSION, "reader": reader,
-                         "config": _config_for_key(cfg)}, sort_keys=True).encode())
+    head = {"schema": SCHEMA_VERSION, "reader": reader, "config": _config_for_key(cfg)}
+    if corrections:
+        head["corrections"] = corr.normalise(corrections, "corrections")
+    h.update(json.dumps(head, sort_keys=True).encode())
     for sheet in sorted({s.sheet for s in samples}):
         h.update(hashlib.sha256(Path(sheet).read_bytes()).digest())
     for s in samples:
@@ -123,31 +167,44 @@ def _problems_error(problems: Sequence[SampleProblem], total: int) -> DatasetErr
 
 # ---------------------------------------------------------------------------------------------------
 def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, cache_dir=".microau/cache",
-                    *, sheet=None, on_error: Literal["stop", "skip"] = "stop",
-                    progress: bool = True) -> PreparedDataset:
+                    *, sheet=None, on_error: Literal["stop", "skip"] = "stop", progress: bool = True,
+                    corrections: Optional[Dict] = None, corrections_where: Optional[str] = None
+                    ) -> PreparedDataset:
     """Read, validate and preprocess a dataset, or load it from the cache when nothing changed.
 
     on_error="stop": any bad sample raises a DatasetError listing every problem (file, row, sample), and
     nothing is cached. on_error="skip": bad samples are left out and listed in `skipped`.
+    corrections: {sample id: {onset?, apex?, offset?, aus?}} applied to the sheet's rows before
+    validation (`preprocessing.corrections`), part of the key, listed in `corrected`; corrections_where
+    names where they come from in messages (default `datasets.<reader>.corrections`).
+    A missing apex is estimated (listed in `apex_estimated`); an offset past the sample's last frame is
+    a warning (listed in `warnings`).
     """
     if on_error not in ("stop", "skip"):
         raise DatasetError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
     cfg = cfg or PreprocessConfig()
-    samples, key, path = _locate(reader, root, cfg, cache_dir, sheet)
+    samples, corrected, key, path = _locate(reader, root, cfg, cache_dir, sheet, corrections, corrections_where)
     cached = _cached(path, samples, on_error) if path.is_file() else None
     if cached is not None:
         return cached
 
-    good, problems = validate_samples(samples, clip=mag.needs_clip(cfg.magnification))
+    good, problems = validate_samples(samples, clip=mag.needs_clip(cfg.magnification),
+                                      corrections_where=corrections_where)
     if problems and on_error == "stop":
         raise _problems_error(problems, len(samples))
+    warnings = sample_warnings(good, corrections_where)
 
-    flows, lms, done = [], [], []
+    flows, lms, done, estimated = [], [], [], []
     bar = _progress(progress)
     with bar:
         task = bar.add_task(f"preprocess {reader}", total=len(good))
         for s in good:
             try:
+                note = None
+                if s.apex_missing:
+                    note = {"sample": s.id, "apex": None, "sheet": s.raw_frames[1]}
+                    s = dataclasses.replace(s, apex=estimate_apex(s, cfg))
+                    note["apex"] = s.apex
                 f, lm = process_sample(s, cfg)
             except SampleProblem as p:
                 problems.append(p)
@@ -157,34 +214,46 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
                 flows.append(f)
                 lms.append(lm)
                 done.append(s)
+                if note:
+                    estimated.append(note)
             bar.advance(task)
     if not done:
         raise _problems_error(problems, len(samples)) if problems else DatasetError(
             f"{root}: no samples to prepare")
+    kept = {s.id for s in done}
     data = PreparedDataset(
         reader=reader, key=key, sample_ids=[s.id for s in done], subjects=[s.subject for s in done],
         flow=np.stack(flows).astype(np.float32), landmarks=np.stack(lms).astype(np.float32),
         au_sets=[list(s.aus) for s in done], emotions=[s.emotion for s in done], mer=[s.mer for s in done],
-        skipped=[{"sample": p.sample.id, "reason": str(p)} for p in problems])
+        skipped=[{"sample": p.sample.id, "reason": str(p)} for p in problems],
+        apex_estimated=estimated,
+        warnings=[{"sample": w.sample.id, "warning": str(w)} for w in warnings if w.sample.id in kept],
+        corrected=corrected)
     data.save(path)
     return data
 
 
 def find_prepared(reader: str, root, cfg: Optional[PreprocessConfig] = None, cache_dir=".microau/cache",
-                  *, sheet=None, on_error: Literal["stop", "skip"] = "stop") -> Optional[PreparedDataset]:
-    """The cached `PreparedDataset` of this dataset and config, or None when it has not been prepared;
-    never preprocesses (reads the sheet and stats the frames to compute the key)."""
+                  *, sheet=None, on_error: Literal["stop", "skip"] = "stop",
+                  corrections: Optional[Dict] = None, corrections_where: Optional[str] = None
+                  ) -> Optional[PreparedDataset]:
+    """The cached `PreparedDataset` of this dataset, corrections and config, or None when it has not been
+    prepared; never preprocesses (reads the sheet and stats the frames to compute the key)."""
     cfg = cfg or PreprocessConfig()
-    samples, _, path = _locate(reader, root, cfg, cache_dir, sheet)
+    samples, _, _, path = _locate(reader, root, cfg, cache_dir, sheet, corrections, corrections_where)
     return _cached(path, samples, on_error) if path.is_file() else None
 
 
-def _locate(reader: str, root, cfg: PreprocessConfig, cache_dir, sheet):
-    """-> (samples of the sheet, prepared-data key, cache file)."""
+def _locate(reader: str, root, cfg: PreprocessConfig, cache_dir, sheet, corrections=None,
+            corrections_where=None):
+    """-> (samples of the sheet with the corrections applied, what they changed, prepared-data key,
+    cache file)."""
     samples = get_reader(reader)(root, sheet=sheet)
+    where = corrections_where or f"datasets.{reader}.corrections"
+    samples, corrected = corr.apply(samples, corrections or {}, where)
     mag.check(cfg.magnification)  # missing or unusable weights fail here, before the key stamps the file
-    key = cache_key(reader, samples, cfg, root)
-    return samples, key, cache_path(cache_dir, reader, key)
+    key = cache_key(reader, samples, cfg, root, corrections)
+    return samples, corrected, key, cache_path(cache_dir, reader, key)
 
 
 def _cached(path: Path, samples: Sequence[Sample], on_error: str) -> Optional[PreparedDataset]:

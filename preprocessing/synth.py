@@ -213,7 +213,8 @@ def generate(out, layout: str = "casme2", subjects: int = 4, per_subject: int = 
 
     Written to a temporary sibling folder and renamed into place, so `out` either holds a complete
     dataset or does not exist. `out` must not exist or be empty. Also writes `synth.json` (parameters and
-    per-sample truth: AUs with amplitudes in px, emotion), which the readers ignore.
+    per-sample truth: onset, apex and offset frames, AUs with amplitudes in px, emotion), which the
+    readers ignore.
     """
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
@@ -282,6 +283,7 @@ def _generate_into(root: Path, layout, n_subjects, per_subject, seed, intensity,
                 rows.append([subject_cell, filename, int(rng.integers(1, 8)), onset, apex, offset,
                              offset - onset + 1, "Micro - 1/2", text, "", emotion])
             truth.append({"sample": f"{subject}/{filename}", "emotion": emotion,
+                          "onset": onset, "apex": apex, "offset": offset,
                           "aus": {str(a): {"amplitude_px": round(v[0], 4), "side": v[1]}
                                   for a, v in sorted(aus.items())}})
     if layout == "casme2":

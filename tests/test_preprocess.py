@@ -99,6 +99,63 @@ def test_flow_image_channels():
     assert (flow_image(np.zeros((8, 8, 2), np.float32)) == 0).all()  # no motion: no division by zero
 
 
+def test_resize_flow_scales_the_vectors_with_the_image():
+    """Flow in pixels of a 200 px crop -> pixels of the 224 grid (x 1.12); strain (a ratio) unscaled."""
+    from preprocessing.flow import resize_flow
+    field = np.dstack([np.full((200, 200), 1.0), np.full((200, 200), -0.5), np.full((200, 200), 0.02)])
+    up = resize_flow(field.astype(np.float32), 224)
+    assert up.shape == (224, 224, 3)
+    assert np.allclose(up[..., 0], 1.12) and np.allclose(up[..., 1], -0.56) and np.allclose(up[..., 2], 0.02)
+    down = resize_flow(np.dstack([np.full((448, 448), 2.0)] * 2).astype(np.float32), 224)
+    assert np.allclose(down, 1.0)
+
+
+def _textured(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 1.5)
+
+
+def test_flow_on_the_native_crop_and_landmarks_in_the_patch_token_grid(tmp_path, monkeypatch):
+    """The flow is computed on the face box at the frame's resolution (200 x 200 here, not 224), the flow image
+    is resized to 224, and a landmark at a known frame pixel lands in the 7x7 patch token (Eq. 1,
+    model.lsi.landmark_to_token) where the flow image shows the motion that was put there."""
+    from model.lsi import landmark_to_token
+    from preprocessing.annotations import Sample
+    box = (50, 20, 200)  # x0, y0, side in frame pixels
+    at = np.array([100.0, 170.0])  # a landmark's frame pixel: crop (50, 150) -> 224 grid (56.06, 168.06)
+    lm = np.tile(np.array([[150.0, 120.0]], np.float32), (68, 1))
+    lm[0] = at
+    frame = _textured(240, 320)
+    ys, xs = np.mgrid[0:240, 0:320].astype(np.float32)
+    bump = 1.5 * np.exp(-((xs - at[0]) ** 2 + (ys - at[1]) ** 2) / (2 * 7.0 ** 2))  # moves right at `at`
+    moved = cv2.remap(frame, (xs - bump).astype(np.float32), ys, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    frames = {}
+    for n, img in ((1, frame), (2, moved)):
+        frames[n] = tmp_path / f"img{n}.png"
+        cv2.imwrite(str(frames[n]), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    s = Sample(reader="casme2", subject="sub01", filename="EP01", onset=1, apex=2, offset=3, aus=[12],
+               au_text="12", emotion="happiness", sheet=tmp_path / "sheet.xlsx", row=2, frames_dir=tmp_path,
+               frames=frames, raw_frames=("1", "2", "3"))
+    monkeypatch.setattr(pipeline, "detect_landmarks", lambda *a, **k: lm.copy())
+    monkeypatch.setattr(pipeline, "face_box", lambda landmarks, margin: box)
+    shapes, real = [], pipeline.optical_flow
+
+    def spy(onset, apex, method):
+        shapes.append((onset.shape, apex.shape))
+        return real(onset, apex, method)
+
+    monkeypatch.setattr(pipeline, "optical_flow", spy)
+    img, grid = pipeline.process_sample(s, PreprocessConfig(flow="dis", magnification={"method": "none"}))
+    assert shapes == [((200, 200), (200, 200))]  # native crop, not resized first
+    assert img.shape == (3, 224, 224) and grid.shape == (68, 2)
+    assert grid[0] == pytest.approx([(100 - 50 + 0.5) * 224 / 200 - 0.5, (170 - 20 + 0.5) * 224 / 200 - 0.5])
+    token = int(landmark_to_token(grid[0], (7, 7), (224, 224)))
+    assert token == 5 * 7 + 1  # row 5 (y 168 of 224), column 1 (x 56)
+    dev = np.abs(img[:2] - np.median(img[:2], axis=(1, 2), keepdims=True)).sum(0)
+    per_token = dev.reshape(7, 32, 7, 32).mean(axis=(1, 3))
+    assert int(np.argmax(per_token)) == token
+
+
 # -- magnification -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("frames", [5, 30])  # 30: a CASME II / SAMM onset->apex at 200 fps
 def test_eulerian_multiplies_the_motion(face224, frames):
@@ -160,9 +217,121 @@ def test_learned_network_matches_the_public_port(magnet_checkpoint):
     assert torch.equal(net.state_dict()["decoder.cba_2.conv2d.weight"],
                        saved["module.decoder.cba_2.conv2d.weight"])
     rng = np.random.default_rng(0)
-    a, b = rng.random((224, 224), dtype=np.float32), rng.random((224, 224), dtype=np.float32)
+    a, b = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     out = mag.learned(a, b, 3.0, str(magnet_checkpoint))
-    assert out.shape == (224, 224) and out.dtype == np.float32 and 0 <= out.min() <= out.max() <= 1
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+
+
+def _reference_magnet(state, batch_A, batch_B, amp_factor):
+    """magnet.py's `MagNet.forward(batch_A, batch_B, 0, 0, amp_factor, mode='evaluate')` of the public port
+    (ZhengPeng7/motion_magnification_learning-based), re-stated with torch.nn.functional on its state_dict:
+    Conv2D_activa = reflection pad, bias-free conv, optional ReLU; ResBlk = x + cba_2(cba_1(x)); Encoder,
+    Manipulator and Decoder (UpsamplingNearest2d(2), texture interpolated to the motion's size when they
+    differ, no crop of the output) as written there."""
+    import torch
+    F = torch.nn.functional
+
+    def cba(x, name, stride, padding, relu):
+        if padding:
+            x = F.pad(x, (padding,) * 4, mode="reflect")
+        x = F.conv2d(x, state[f"{name}.conv2d.weight"], None, stride)
+        return F.relu(x) if relu else x
+
+    def resblk(x, name):
+        return cba(cba(x, f"{name}.cba_1", 1, 1, True), f"{name}.cba_2", 1, 1, False) + x
+
+    def blocks(x, name, n):
+        for i in range(n):
+            x = resblk(x, f"{name}.{i}")
+        return x
+
+    def encoder(x):
+        x = blocks(cba(cba(x, "encoder.cba_1", 1, 3, True), "encoder.cba_2", 2, 1, True), "encoder.resblks", 3)
+        texture = blocks(cba(x, "encoder.texture_cba", 2, 1, True), "encoder.texture_resblks", 2)
+        motion = blocks(cba(x, "encoder.motion_cba", 1, 1, True), "encoder.motion_resblks", 2)
+        return texture, motion
+
+    def manipulator(motion_A, motion_B, amp):
+        delta = resblk(cba(cba(motion_B - motion_A, "manipulator.g", 1, 1, True) * amp, "manipulator.h_conv",
+                           1, 1, False), "manipulator.h_resblk")
+        return motion_B + delta
+
+    def decoder(texture, motion):
+        texture = F.interpolate(texture, scale_factor=2, mode="nearest")
+        if motion.shape != texture.shape:
+            texture = F.interpolate(texture, size=motion.shape[-2:])
+        x = F.interpolate(blocks(torch.cat([texture, motion], 1), "decoder.resblks", 9), scale_factor=2,
+                          mode="nearest")
+        return cba(cba(x, "decoder.cba_1", 1, 1, True), "decoder.cba_2", 1, 3, False)
+
+    texture_A, motion_A = encoder(batch_A)
+    texture_B, motion_B = encoder(batch_B)
+    return decoder(texture_B, manipulator(motion_A, motion_B, amp_factor))
+
+
+@pytest.mark.parametrize("side", [96, 97])  # 97: the decoder's output is a pixel larger, resized back
+def test_learned_is_one_forward_of_the_reference_inference(astronaut, magnet_checkpoint, side):
+    """`magnify.learned` equals the port's inference (test_video.py / VMM_learning_based_demo.ipynb, data.py),
+    re-stated here: RGB frames -> x / 127.5 - 1, channels first (unit_preprocessing); the network called with
+    (frame A, frame B, amp) where amp is the magnification factor itself (3 for the paper's x3, not 3 - 1);
+    the output clipped to [-1, 1], round((y + 1) * 127.5) to uint8, resized with cubic interpolation to
+    the video's size when it differs (unit_postprocessing)."""
+    import torch
+    state = {k.replace("module.", "", 1): v for k, v in torch.load(magnet_checkpoint).items()}
+    lm = detect_landmarks(astronaut)
+    a = crop(astronaut, face_box(lm, 0.15), side)
+    b = cv2.warpAffine(a, np.float32([[1, 0, 0.6], [0, 1, -0.4]]), (side, side), flags=cv2.INTER_CUBIC,
+                       borderMode=cv2.BORDER_REPLICATE)
+
+    def unit_preprocessing(unit):  # BGR -> RGB after load_unit's RGB -> BGR: the RGB frame as read
+        return np.transpose(unit / 127.5 - 1.0, (2, 0, 1))
+
+    def unit_postprocessing(unit, vid_size):
+        unit = np.clip(unit.squeeze().cpu().detach().numpy(), -1, 1)
+        unit = np.round((np.transpose(unit, (1, 2, 0)) + 1.0) * 127.5).astype(np.uint8)
+        if unit.shape[:2][::-1] != vid_size:
+            unit = cv2.resize(unit, vid_size, interpolation=cv2.INTER_CUBIC)
+        return unit
+
+    batch_A = torch.from_numpy(np.asarray([unit_preprocessing(a)])).float()
+    batch_B = torch.from_numpy(np.asarray([unit_preprocessing(b)])).float()
+    amp_factor = torch.from_numpy(np.asarray(3.0)).float()
+    for _ in range(len(batch_A.shape) - len(amp_factor.shape)):
+        amp_factor = amp_factor.unsqueeze(-1)
+    with torch.no_grad():
+        y_hat = _reference_magnet(state, batch_A, batch_B, amp_factor)
+    assert y_hat.shape[-1] == side + side % 2
+    expected = unit_postprocessing(y_hat[0], vid_size=(side, side))
+
+    got = mag.learned(a, b, 3.0, str(magnet_checkpoint))
+    assert got.shape == (side, side, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, expected)
+    # what magnify returns for the pipeline: the onset and that output, made grey for the flow
+    onset, apex = mag.magnify(np.stack([a, b]), MagnificationConfig(method="learned", factor=3.0,
+                                                                   weights=str(magnet_checkpoint)))
+    assert np.array_equal(onset, cv2.cvtColor(a, cv2.COLOR_RGB2GRAY) / np.float32(255))
+    assert np.array_equal(apex, cv2.cvtColor(got, cv2.COLOR_RGB2GRAY) / np.float32(255))
+
+
+def test_learned_magnification_gets_the_rgb_face_crops(tiny_casme2, synth_samm, magnet_checkpoint, monkeypatch):
+    """The pipeline hands `learned` the colour crops of a colour dataset (CASME II) at the face box's native
+    size, and a grey set's frames (SAMM) as grey copied to three channels."""
+    from preprocessing.annotations import read_casme2, read_samm
+    seen = []
+
+    def spy(onset, apex, factor, weights):
+        seen.append((onset, apex, factor))
+        return apex
+
+    monkeypatch.setattr(mag, "learned", spy)
+    cfg = PreprocessConfig(flow="dis", magnification={"method": "learned", "weights": str(magnet_checkpoint)})
+    for s in (read_casme2(tiny_casme2)[0], read_samm(synth_samm)[0]):
+        pipeline.process_sample(s, cfg)
+        side = face_box(detect_landmarks(pipeline.load_frame(s, s.apex)), cfg.crop_margin)[2]
+        onset, apex, factor = seen[-1]
+        assert onset.shape == apex.shape == (side, side, 3) and onset.dtype == np.uint8 and factor == 3.0
+        colour = bool((onset[..., 0] != onset[..., 1]).any())
+        assert colour == (s.reader == "casme2"), s.id
 
 
 def test_learned_without_or_with_wrong_weights(tmp_path):
