@@ -189,7 +189,7 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
         sys.stdout.write(json.dumps(outcome.state.to_json(outcome.trained, outcome.reused), default=str) + "\n")
     else:
         print_report(console, outcome.state.rows(), outcome.trained, outcome.reused, paths,
-                     skipped=outcome.state.data_notes())
+                     notes=outcome.state.data_notes())
     if outcome.failed or not all(r["complete"] for r in outcome.state.rows()):
         raise SystemExit(1)  # a fold kept failing or the run was interrupted: some point is incomplete
 
@@ -220,7 +220,7 @@ def report(sweep: str, overrides, as_json: bool, compare) -> None:
             doc["compare"] = comparison
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
         return
-    print_report(console, state.rows(), paths=paths, skipped=state.data_notes())
+    print_report(console, state.rows(), paths=paths, notes=state.data_notes())
     if comparison is not None:
         for c in comparison:
             console.print(f"{c['dataset']} seed {c['seed']}: F1({c['a']}) - F1({c['b']}) = "

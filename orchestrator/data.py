@@ -129,13 +129,19 @@ def _read_manifest(path: Path, warn=print) -> Dict[str, dict]:
     return {}
 
 
+NOTES = ("skipped", "dropped_subjects", "apex_estimated", "corrected", "warnings")  # listed in every report
+
+
 def dataset_info(d) -> Dict[str, object]:
-    """What the sweep keeps of a prepared dataset: key, subjects, skipped samples and the subjects left
-    with no sample (dropped from LOSO)."""
+    """What the sweep keeps of a prepared dataset: key, subjects, and the notes every report lists:
+    skipped samples, subjects left with no sample (dropped from LOSO), samples whose apex was estimated,
+    samples corrected by `corrections:`, and warnings (e.g. an offset past the last frame)."""
     subjects = sorted(set(map(str, d.subjects)))
     skipped = [dict(s) for s in (getattr(d, "skipped", None) or [])]
     lost = {str(s["sample"]).split("/")[0] for s in skipped} - set(subjects)
-    return {"key": d.key, "subjects": subjects, "skipped": skipped, "dropped_subjects": sorted(lost)}
+    return {"key": d.key, "subjects": subjects, "skipped": skipped, "dropped_subjects": sorted(lost),
+            **{k: [dict(x) for x in (getattr(d, k, None) or [])] for k in ("apex_estimated", "corrected",
+                                                                           "warnings")}}
 
 
 def record_prepared(spec: SweepSpec, datasets: Dict[str, object], warn=print) -> None:
@@ -174,5 +180,5 @@ def prepared_or_recorded(spec: SweepSpec, warn=print) -> Dict[str, object]:
     warn(f"note: {reason}\n      reporting from the results store with the dataset keys recorded by the "
          f"last run ({path})")
     out = {i: SimpleNamespace(**dataset_info(d)) for i, d in found.items() if d is not None}
-    out.update({i: SimpleNamespace(**{"skipped": [], "dropped_subjects": [], **known[i]}) for i in need})
+    out.update({i: SimpleNamespace(**{**{k: [] for k in NOTES}, **known[i]}) for i in need})
     return out

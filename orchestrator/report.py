@@ -75,9 +75,9 @@ class SweepState:
             g.done = sum(self.store.intact(f.key, warn) for f in g.folds)  # damaged records set aside
             if self.tracker is not None:
                 g.parent_id = self._track(self.tracker.parent, g.key, g.trial, g.data_key, len(g.folds))
-                skipped, dropped = self.skipped(g)
-                if (skipped or dropped) and self.tracker is not None:
-                    self._track(self.tracker.note_skipped, g.parent_id, skipped, dropped)
+                note = self.note(g)
+                if note and self.tracker is not None:
+                    self._track(self.tracker.note_dataset, g.parent_id, note)
             if self.tracker is not None:
                 # new, or left RUNNING by a killed driver
                 g.dirty = self.tracker.parent_status.get(g.key) == "RUNNING"
@@ -198,10 +198,14 @@ class SweepState:
         self.tracker.log_fold(g.parent_id, f.key, meta, metrics, predictions_csv(r),
                               extra={"meta": meta, "loss_curve": r.loss_curve, "timings": r.timings})
 
-    def skipped(self, g: Group):
-        """(skipped samples [{sample, reason}], subjects dropped from LOSO) of the group's dataset."""
+    def note(self, g: Group) -> Dict[str, Any]:
+        """What the reports list about the group's prepared dataset (orchestrator.data.NOTES: skipped
+        samples, dropped subjects, estimated apexes, corrections, warnings); {} when there is nothing."""
+        from orchestrator.data import NOTES
+
         info = self.data.get(g.data_id) or {}
-        return list(info.get("skipped") or []), list(info.get("dropped_subjects") or [])
+        note = {k: list(info.get(k) or []) for k in NOTES}
+        return note if any(note.values()) else {}
 
     # -- output -------------------------------------------------------------------------------------
     def rows(self) -> List[Dict[str, Any]]:
@@ -213,9 +217,10 @@ class SweepState:
                    "params": dict(t.params), "seed": t.seed, "config_hash": t.hash,
                    "folds_done": g.done, "folds_total": len(g.folds), "complete": g.done == len(g.folds),
                    "failed": [{"subject": s, "error": e} for s, e in sorted(g.failed.items())]}
-            skipped, dropped = self.skipped(g)
-            row["skipped_samples"] = [s["sample"] for s in skipped]
-            row["dropped_subjects"] = dropped
+            note = self.note(g)
+            row["skipped_samples"] = [s["sample"] for s in note.get("skipped", [])]
+            row["dropped_subjects"] = note.get("dropped_subjects", [])
+            row["apex_estimated"] = [f"{a['sample']}:{a['apex']}" for a in note.get("apex_estimated", [])]
             pooled = g.pooled or {}
             for k in _POOLED_KEYS:
                 row[k] = pooled.get(k)
@@ -226,19 +231,19 @@ class SweepState:
         return out
 
     def data_notes(self) -> List[Dict[str, Any]]:
-        """Per prepared dataset with skipped samples: {dataset, data_id, skipped, dropped_subjects}."""
+        """Per prepared dataset with something to say: {dataset, data_id, skipped, dropped_subjects,
+        apex_estimated, corrected, warnings}."""
         out, seen = [], set()
         for g in self.groups.values():
-            skipped, dropped = self.skipped(g)
-            if (skipped or dropped) and g.data_id not in seen:
+            note = self.note(g)
+            if note and g.data_id not in seen:
                 seen.add(g.data_id)
-                out.append({"dataset": g.trial.dataset, "data_id": g.data_id, "skipped": skipped,
-                            "dropped_subjects": dropped})
+                out.append({"dataset": g.trial.dataset, "data_id": g.data_id, **note})
         return out
 
     def to_json(self, trained: int, reused: int) -> Dict[str, Any]:
         return {"sweep": self.spec.name, "trained_folds": trained, "reused_folds": reused,
-                "points": self.rows(), "skipped": self.data_notes()}
+                "points": self.rows(), "data_notes": self.data_notes()}
 
     def write_reports(self) -> Dict[str, str]:
         """`<workdir>/reports/<sweep>.csv` and `.json` (atomic)."""
@@ -253,6 +258,7 @@ class SweepState:
             base["failed_subjects"] = ",".join(x["subject"] for x in r["failed"])
             base["skipped_samples"] = ";".join(r["skipped_samples"])
             base["dropped_subjects"] = ",".join(r["dropped_subjects"])
+            base["apex_estimated"] = ";".join(r["apex_estimated"])
             base.update(flat_metrics({k: r[k] for k in _POOLED_KEYS if r[k] is not None}))
             flat.append(base)
         buf = io.StringIO()
@@ -260,7 +266,7 @@ class SweepState:
         csv_path, json_path = folder / f"{self.spec.name}.csv", folder / f"{self.spec.name}.json"
         atomic_write_text(csv_path, buf.getvalue())
         atomic_write_text(json_path, json.dumps({"sweep": self.spec.name, "points": rows,
-                                                 "skipped": self.data_notes()}, indent=1, default=_jsonable))
+                                                 "data_notes": self.data_notes()}, indent=1, default=_jsonable))
         return {"csv": str(csv_path), "json": str(json_path)}
 
     def elapsed(self) -> float:

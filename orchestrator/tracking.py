@@ -275,13 +275,20 @@ class Tracker:
             status = "FINISHED" if folds_done == folds_total else "FAILED"
             self.client.set_terminated(parent_id, status)
 
-    def note_skipped(self, parent_id: str, skipped: List[Dict[str, str]], dropped: List[str]) -> None:
-        """Samples left out with on_error: skip, and subjects left with none, on the parent run: tags
-        (ids), a metric (count) and skipped.json (each sample with its reason)."""
-        self.client.set_tag(parent_id, "skipped_samples", ";".join(s["sample"] for s in skipped)[:5000])
-        self.client.set_tag(parent_id, "dropped_subjects", ",".join(dropped)[:5000])
-        self.client.log_batch(parent_id, metrics=self._metrics({"n_skipped": len(skipped)}, step=0))
-        self.client.log_dict(parent_id, {"skipped": skipped, "dropped_subjects": dropped}, "skipped.json")
+    def note_dataset(self, parent_id: str, note: Dict[str, List[Any]]) -> None:
+        """What the reports list about the parent's prepared dataset (skipped samples, subjects dropped
+        from LOSO, estimated apexes, corrections, warnings): tags of the ids, counts as metrics, and
+        dataset_notes.json with every entry and its reason."""
+        ids = lambda k: ";".join(str(x["sample"]) for x in note.get(k, []))  # noqa: E731
+        self.client.set_tag(parent_id, "skipped_samples", ids("skipped")[:5000])
+        self.client.set_tag(parent_id, "dropped_subjects", ",".join(note.get("dropped_subjects", []))[:5000])
+        self.client.set_tag(parent_id, "apex_estimated", ";".join(
+            f"{a['sample']}:{a['apex']}" for a in note.get("apex_estimated", []))[:5000])
+        self.client.set_tag(parent_id, "corrected_samples", ids("corrected")[:5000])
+        self.client.log_batch(parent_id, metrics=self._metrics(
+            {"n_skipped": len(note.get("skipped", [])), "n_apex_estimated": len(note.get("apex_estimated", []))},
+            step=0))
+        self.client.log_dict(parent_id, note, "dataset_notes.json")
 
     # -- helpers ------------------------------------------------------------------------------------
     def _metrics(self, values: Dict[str, float], step: int) -> List[Any]:

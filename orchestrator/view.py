@@ -121,7 +121,9 @@ def console(stderr: bool = False) -> Console:
 
 def print_report(console: Console, rows: List[Dict[str, Any]], trained: Optional[int] = None,
                  reused: Optional[int] = None, paths: Optional[Dict[str, str]] = None,
-                 skipped: Optional[List[Dict[str, Any]]] = None) -> None:
+                 notes: Optional[List[Dict[str, Any]]] = None) -> None:
+    """The tables of every dataset, failed and incomplete points, and the notes on each prepared dataset
+    (SweepState.data_notes: skipped samples, dropped subjects, estimated apexes, corrections, warnings)."""
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     for d in datasets:
         console.print(points_table(rows, d))
@@ -133,15 +135,29 @@ def print_report(console: Console, rows: List[Dict[str, Any]], trained: Optional
         if not r["complete"] and not r["failed"]:
             console.print(f"[yellow]incomplete[/yellow] {r['dataset']} {r['label']} seed {r['seed']}: "
                           f"{r['folds_done']}/{r['folds_total']} folds; run the sweep again to finish it")
-    for d in skipped or []:
-        console.print(f"[yellow]skipped[/yellow] {d['dataset']}: {len(d['skipped'])} sample(s) left out "
-                      f"(on_error: skip); the metrics above do not include them:", highlight=False, soft_wrap=True)
+    for d in notes or []:
+        if d["skipped"]:
+            console.print(f"[yellow]skipped[/yellow] {d['dataset']}: {len(d['skipped'])} sample(s) left out "
+                          f"(on_error: skip); the metrics above do not include them:", highlight=False,
+                          soft_wrap=True)
         for s in d["skipped"]:
             console.print(f"  {s['reason']}", highlight=False, markup=False, soft_wrap=True)
         if d["dropped_subjects"]:
             console.print(f"[yellow]dropped[/yellow] {d['dataset']}: subject(s) "
                           f"{', '.join(d['dropped_subjects'])} have no usable sample and are not in LOSO",
                           highlight=False, soft_wrap=True)
+        if d.get("apex_estimated"):
+            console.print(f"[yellow]apex estimated[/yellow] {d['dataset']}: the sheet gives no apex frame for "
+                          f"{len(d['apex_estimated'])} sample(s); the frame of largest motion was used: " +
+                          ", ".join(f"{a['sample']} ({a['apex']})" for a in d["apex_estimated"]),
+                          highlight=False, soft_wrap=True)
+        if d.get("corrected"):
+            console.print(f"corrected {d['dataset']}: " + ", ".join(
+                f"{c['sample']} ({', '.join(c.get('fields', {}))})" for c in d["corrected"]),
+                highlight=False, soft_wrap=True)
+        for w in d.get("warnings") or []:
+            console.print(f"[yellow]warning[/yellow] {w['warning']}", highlight=False, soft_wrap=True,
+                          markup=False)
     if trained is not None:
         console.print(f"trained {trained} fold(s), reused {reused} from the results store")
     if paths:

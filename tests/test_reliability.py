@@ -81,13 +81,13 @@ def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_p
         assert f"sample {sid}: frame(s)" in r.output
     assert "dropped casme2: subject(s) sub03 have no usable sample and are not in LOSO" in r.output
     doc = json.loads((spec.workdir_path() / "reports" / "rel.json").read_text())
-    assert sorted(s["sample"] for s in doc["skipped"][0]["skipped"]) == gone
-    assert doc["skipped"][0]["dropped_subjects"] == ["sub03"]
+    assert sorted(s["sample"] for s in doc["data_notes"][0]["skipped"]) == gone
+    assert doc["data_notes"][0]["dropped_subjects"] == ["sub03"]
     assert sorted(doc["points"][0]["skipped_samples"]) == gone
     csv = (spec.workdir_path() / "reports" / "rel.csv").read_text()
     assert "skipped_samples" in csv.splitlines()[0] and "sub03" in csv.splitlines()[1]
     rj = cli("report", path, "--json")
-    assert json.loads(rj.stdout)["skipped"][0]["dropped_subjects"] == ["sub03"]
+    assert json.loads(rj.stdout)["data_notes"][0]["dropped_subjects"] == ["sub03"]
 
     # MLflow: the parent run of each point carries them
     info = {i: dataset_info(d) for i, d in datasets.items()}

@@ -183,3 +183,44 @@ def test_sweep_file_corrections_reach_the_data_layer(tmp_path, monkeypatch):
         load_sweep(path)
     assert str(path) in str(e.value) and "datasets.c.corrections" in str(e.value)
     assert "sub01/EP02_01f: unknown field(s) 'apx'" in str(e.value)
+
+
+def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme2_copy, tmp_path):
+    """The sweep's report (text, JSON, CSV) and each MLflow parent name the samples whose apex was
+    estimated and the corrected ones, so a table is never read as if the sheet had been complete."""
+    from mlflow import MlflowClient
+
+    from conftest import TEST_PREPROCESS
+    from orchestrator.config import load_sweep
+    from orchestrator.data import dataset_info, prepare_all
+    from orchestrator.plan import expand
+    from orchestrator.report import SweepState
+    from orchestrator.store import ResultsStore
+
+    root, samples = casme2_copy
+    edit_sheet(samples[0].sheet, "casme2", {samples[1].row: {"apex": "/"}})
+    fix = {samples[2].id: {"aus": "4"}}
+    doc = {"name": "notes", "workdir": str(tmp_path / "wd"), "preprocessing": TEST_PREPROCESS,
+           "datasets": {"casme2": {"reader": "casme2", "root": str(root), "corrections": fix}},
+           "model": {"arch": "microau-tiny", "pretrained": "none", "trainable_blocks": 1}}
+    path = tmp_path / "notes.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    spec = load_sweep(path)
+    datasets = prepare_all(spec, progress=False)
+    r = CliRunner().invoke(main, ["report", str(path)])
+    assert r.exit_code == 0, r.output
+    (est,) = next(iter(datasets.values())).apex_estimated
+    assert f"apex estimated casme2: the sheet gives no apex frame for 1 sample(s)" in r.output
+    assert f"{samples[1].id} ({est['apex']})" in r.output and f"corrected casme2: {samples[2].id} (aus)" in r.output
+    report = json.loads((tmp_path / "wd" / "reports" / "notes.json").read_text())
+    assert report["data_notes"][0]["apex_estimated"][0]["sample"] == samples[1].id
+    assert report["points"][0]["apex_estimated"] == [f"{samples[1].id}:{est['apex']}"]
+    assert f"{samples[1].id}:{est['apex']}" in (tmp_path / "wd" / "reports" / "notes.csv").read_text()
+    folds = expand(spec, {i: d.subjects for i, d in datasets.items()}, {i: d.key for i, d in datasets.items()})
+    SweepState(spec, folds, ResultsStore(tmp_path / "wd" / "results"),
+               datasets={i: dataset_info(d) for i, d in datasets.items()})
+    client = MlflowClient(spec.tracking_uri())
+    (parent,) = client.search_runs([client.get_experiment_by_name("notes").experiment_id])
+    assert parent.data.tags["apex_estimated"] == f"{samples[1].id}:{est['apex']}"
+    assert parent.data.tags["corrected_samples"] == samples[2].id
+    assert parent.data.metrics["n_apex_estimated"] == 1
