@@ -21,7 +21,7 @@ from preprocessing.errors import DatasetError, SampleProblem
 # Paper IV-A: the AUs evaluated per dataset.
 DEFAULT_AUS = {"casme2": [1, 2, 4, 7, 12, 14, 15, 17], "samm": [2, 4, 7, 12]}
 
-# DESIGN.md "Evaluation protocol": 3-class MER; emotions not listed are excluded (None).
+# docs/protocol.md "Evaluation protocol": 3-class MER; emotions not listed are excluded (None).
 _MER = {
     "casme2": {"happiness": "positive", "disgust": "negative", "repression": "negative",
                "surprise": "surprise"},
