@@ -18,6 +18,7 @@ from orchestrator.config import SweepSpec, TrialConfig
 from orchestrator.plan import Fold
 from orchestrator.store import ResultsStore, atomic_write_text
 from orchestrator.tracking import Tracker, flat_metrics, reason, redact
+from orchestrator.version import code_version
 
 _POOLED_KEYS = ("f1", "acc", "per_au", "ci", "mer", "text_si")
 
@@ -123,7 +124,7 @@ class SweepState:
     def finished(self, key: str, result: Dict[str, Any], node: Dict[str, Any]) -> None:
         f = self.folds[key]
         g = self.groups[f.group]
-        meta = {**f.meta(), **{k: v for k, v in node.items() if v is not None}}
+        meta = {**f.meta(), **{k: v for k, v in node.items() if v is not None}, "code": code_version()}
         try:
             self.store.put(key, result, meta)
         except OSError as e:  # disk full, folder gone: the fold is lost, the others go on

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 from orchestrator.config import SweepSpec, TrialConfig
+from orchestrator.version import mlflow_tags
 
 TAG_GROUP = "microau.group"
 TAG_FOLD = "microau.fold"
@@ -203,7 +204,7 @@ class Tracker:
             run_id = runs[0].info.run_id
             self.parent_status[group] = runs[0].info.status
         else:
-            tags = {TAG_GROUP: group, TAG_KIND: "parent", TAG_SWEEP: self.spec.name,
+            tags = {**mlflow_tags(), TAG_GROUP: group, TAG_KIND: "parent", TAG_SWEEP: self.spec.name,
                     "dataset": trial.dataset, "point": trial.point_label, "seed": str(trial.seed),
                     "config_hash": trial.hash, "data_key": data_key}
             run = self.client.create_run(self.experiment_id, tags=tags,
@@ -241,7 +242,7 @@ class Tracker:
         known = self.children(parent_id)
         if key in known:
             return known[key]
-        tags = {_PARENT_ID: parent_id, TAG_FOLD: key, TAG_KIND: "fold", TAG_SWEEP: self.spec.name,
+        tags = {**mlflow_tags(), _PARENT_ID: parent_id, TAG_FOLD: key, TAG_KIND: "fold", TAG_SWEEP: self.spec.name,
                 "dataset": str(meta["dataset"]), "point": str(meta["point_label"]),
                 "seed": str(meta["seed"]), "subject": str(meta["subject"])}
         for k in ("node_ip", "node_id", "hostname"):
@@ -266,7 +267,12 @@ class Tracker:
         values = flat_metrics(pooled) if pooled else {}
         values.update(folds_done=folds_done, folds_total=folds_total,
                       complete=float(folds_done == folds_total))
-        self.client.log_batch(parent_id, metrics=self._metrics(values, step=folds_done))
+        from mlflow.entities import RunTag
+
+        # the code that last updated it (a parent spans the runs that trained its folds; each child
+        # carries the version that trained it)
+        self.client.log_batch(parent_id, metrics=self._metrics(values, step=folds_done),
+                              tags=[RunTag(k, v) for k, v in mlflow_tags().items()])
         failed = list(failed)
         self.client.set_tag(parent_id, "complete", str(folds_done == folds_total).lower())
         if failed:

@@ -369,3 +369,24 @@ def test_text_si_reaches_the_table_json_csv_and_mlflow_parents(spec):
     assert len(parents) == 2 and all(r.data.metrics["text_si"] == pytest.approx(want) for r in parents)
     child = {r.data.tags["subject"]: r for r in runs if r.data.tags.get("microau.kind") == "fold"}["007"]
     assert child.data.metrics["text_si"] == pytest.approx(0.5)
+
+
+def test_runs_and_fold_records_carry_the_code_version(spec):
+    """Every fold record and MLflow run names the package version and the git commit it came from."""
+    from mlflow import MlflowClient
+
+    from orchestrator.version import code_version
+
+    v = code_version()
+    assert v["package"] == "0.1.0" and len(v["git_commit"] or "") == 40 and v["git_dirty"] in ("true", "false")
+    store = ResultsStore(spec.workdir_path() / "results")
+    folds, state = _state(spec, store)
+    state.begin(folds)
+    state.finished(folds[0].key, fake_result(folds[0].subject), {})
+    state.close()
+    assert store.get(folds[0].key)["meta"]["code"] == v
+    client = MlflowClient(spec.tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    assert runs and all(r.data.tags["mlflow.source.git.commit"] == v["git_commit"] and
+                        r.data.tags["microau.git_dirty"] == v["git_dirty"] and
+                        r.data.tags["microau.version"] == "0.1.0" for r in runs)
