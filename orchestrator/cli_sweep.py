@@ -174,13 +174,16 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
         as_json: bool) -> None:
     """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
     from orchestrator.runner import run_sweep
-    from orchestrator.view import live_view, print_report
+    from orchestrator.view import live_view, log_view, print_report
 
     spec = _load(sweep, overrides)
     if tracking_uri:
         spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
     console = _console(stderr=as_json)
-    view = None if as_json or not console.is_terminal else live_view(console)
+    if console.is_terminal and not as_json:
+        view = live_view(console)
+    else:  # a log, a pipe, a batch job: one plain line per fold (stderr under --json)
+        view = log_view(sys.stderr if as_json else sys.stdout)
     with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         outcome = run_sweep(spec, address=address, quiet=as_json, progress=True, view=view,
                             dashboard=dashboard)

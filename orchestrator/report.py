@@ -65,6 +65,7 @@ class SweepState:
                 self.tracker = Tracker(spec)
             except Exception as e:  # noqa: BLE001 - any tracking-backend error
                 self._tracking_failed(e)
+        self.listeners: List[Any] = []  # fn(event, fold key) after a fold "finished" or "failed"
         self.errors: Dict[str, str] = {}  # fold key -> error of a fold that kept failing
         self.retries: Dict[str, int] = {}
         self.epochs: Dict[str, int] = {}
@@ -120,6 +121,11 @@ class SweepState:
         g.failed[f.subject] = error
         g.dirty = True
         self.errors[key] = error
+        self._tell("failed", key)
+
+    def _tell(self, event: str, key: str) -> None:
+        for fn in self.listeners:
+            fn(event, key)
 
     def finished(self, key: str, result: Dict[str, Any], node: Dict[str, Any]) -> None:
         f = self.folds[key]
@@ -141,6 +147,7 @@ class SweepState:
             # logs the folds MLflow is missing (begin()).
             self._track(self._track_fold, g, f, result, meta)
         self._refresh(g)
+        self._tell("finished", key)
 
     def close(self) -> None:
         """Final pooled metrics on every parent this run touched; those with missing folds are marked

@@ -87,6 +87,11 @@ def connect(spec: SweepSpec, address: Optional[str], quiet: bool, dashboard: boo
 
     if ray.is_initialized():
         return False
+    for name in _RAY_STARTUP_LOGGERS:
+        log = logging.getLogger(name)
+        for f in [f for f in log.filters if isinstance(f, _ToLogFile)]:
+            log.removeFilter(f)  # an earlier sweep of this process
+        log.addFilter(_ToLogFile(spec.workdir_path() / "logs" / "ray.log"))
     common = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
     if address:
         ray.init(address=address, **common)
@@ -213,7 +218,8 @@ def _run_locked(spec: SweepSpec, address: Optional[str], *, quiet: bool, progres
             prefixes, plan = _prefixes_and_plan(spec, todo, datasets)
             tuner = _tuner(spec, todo, plan, datasets, prefixes, state)
             try:
-                with (view(state) if view else contextlib.nullcontext()), _tune_interrupt_notice(spec):
+                with (view(state) if view else contextlib.nullcontext()), _tune_interrupt_notice(spec), \
+                        _stdout_to(workdir / "logs" / "tune.log"):
                     tuner.fit()
             finally:
                 state.close()
@@ -240,6 +246,38 @@ def _prefixes_and_plan(spec: SweepSpec, todo: List[Fold], datasets: Dict[str, An
         plan[f.key] = {"trial": f.trial.model_dump(mode="json"), "subject": f.subject, "prefix": group,
                        "threads": threads}
     return prefixes, plan
+
+
+@contextlib.contextmanager
+def _stdout_to(path: Path):
+    """Ray Tune prints its experiment box and result paths on stdout: into `path` (appended) instead,
+    out of the user's way. Our views hold the real stream (orchestrator.view.console)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as log, contextlib.redirect_stdout(log):
+        print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} microau-sweep run", flush=True)
+        yield
+
+
+class _ToLogFile(logging.Filter):
+    """Moves the records of one logger from the console into a log file (Ray's start-up notices)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {record.levelname} {record.name}: "
+                        f"{record.getMessage()}\n")
+        except OSError:
+            return True  # no log file: show it after all
+        return False
+
+
+# Ray's start-up notices that are about Ray, not the sweep (token authentication is on by default)
+_RAY_STARTUP_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
 
 
 class _InterruptNotice(logging.Filter):

@@ -1,6 +1,10 @@
 """Terminal output with rich: the live sweep view and the final table of points."""
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
+import time
 from typing import Any, Dict, List, Optional
 
 from rich import box
@@ -63,6 +67,69 @@ def live_view(console: Console):
     return lambda state: LiveView(state, console)()
 
 
+class LogLines:
+    """Progress for logs (nohup, batch jobs, `| tee`): one plain line per finished or failed fold, and a
+    heartbeat line while folds run when nothing was printed for `heartbeat_s` seconds."""
+
+    def __init__(self, state: SweepState, out, heartbeat_s: float = 60.0):
+        self.state, self.out, self.heartbeat_s = state, out, heartbeat_s
+        self.last = time.time()
+        self.done = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def _print(self, text: str) -> None:
+        with self._lock:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.out, flush=True)
+            self.last = time.time()
+
+    def on_event(self, event: str, key: str) -> None:
+        s = self.state
+        f = s.folds[key]
+        g = s.groups[f.group]
+        self.done += 1
+        where = f"{f.trial.dataset} {f.trial.point_label} seed {f.trial.seed} subject {f.subject}"
+        k = f"{self.done}/{len(s.todo)}"
+        if event == "failed":
+            self._print(f"fold {k} FAILED  {where}: {s.errors.get(key, '?')}")
+            return
+        from model.metrics import pooled_metrics
+
+        fold_f1 = pooled_metrics([s.result(key)], n_boot=1)["f1"]
+        point = _f((g.pooled or {}).get("f1"))
+        self._print(f"fold {k} done  {where}  fold F1 {fold_f1:.3f}  point F1 so far {point} "
+                    f"({g.done}/{len(g.folds)} folds)  ETA {_duration(s.remaining())}")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(5.0, self.heartbeat_s)):
+            if time.time() - self.last < self.heartbeat_s:
+                continue
+            s = self.state
+            running = [k for g in list(s.groups.values()) for k in list(g.running)]
+            epochs = ", ".join(f"{s.folds[k].trial.dataset} {s.folds[k].subject}@epoch {s.epochs.get(k, 0)}"
+                               for k in running[:6])
+            self._print(f"running {len(running)} fold(s){': ' + epochs if epochs else ''}; {self.done}/"
+                        f"{len(s.todo)} finished this run; elapsed {_duration(s.elapsed())}, "
+                        f"ETA {_duration(s.remaining())}")
+
+    @contextlib.contextmanager
+    def __call__(self):
+        self.state.listeners.append(self.on_event)
+        beat = threading.Thread(target=self._heartbeat, name="microau-heartbeat", daemon=True)
+        beat.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            beat.join(timeout=10)
+            self.state.listeners.remove(self.on_event)
+
+
+def log_view(out, heartbeat_s: float = 60.0):
+    """`view` argument of run_sweep for a stream that is not a terminal: plain progress lines."""
+    return lambda state: LogLines(state, out, heartbeat_s)()
+
+
 def points_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
     """The final table of one dataset: F1, ACC (means over AUs), F1 CI, MER (UF1, UAR, ACC), TextSi
     (Table III; a column when some point has it)."""
@@ -114,9 +181,12 @@ def _lookup(per_au: Dict[Any, Any], au: str) -> Dict[str, Any]:
 
 
 def console(stderr: bool = False) -> Console:
-    """A rich console; 120 columns when the output is not a terminal (logs, pipes) so tables stay whole."""
-    c = Console(stderr=stderr)
-    return c if c.is_terminal else Console(stderr=stderr, width=max(c.width, 120))
+    """A rich console on the process's stdout (or stderr) as it is now (so Tune's own prints, which
+    `run` sends to the workdir's log, do not take it along); 120 columns when the output is not a
+    terminal (logs, pipes) so tables stay whole."""
+    stream = sys.stderr if stderr else sys.stdout
+    c = Console(file=stream)
+    return c if c.is_terminal else Console(file=stream, width=max(c.width, 120))
 
 
 def print_report(console: Console, rows: List[Dict[str, Any]], trained: Optional[int] = None,

@@ -176,3 +176,36 @@ def test_bad_set_override_on_the_command_line(tiny_casme2, tmp_path, cmd):
     extra = ["--subject", "sub01"] if cmd == "fold" else []
     r = cli(cmd, path, "--set", "training.epochz=1", *extra)
     assert_clean_failure(r, "--set training.epochz=1: unknown key 'training.epochz'")
+
+
+def test_run_in_a_log_prints_one_line_per_fold_and_heartbeats(tmp_path, monkeypatch):
+    """Under nohup, a batch job or `| tee` (stdout not a terminal) `run` prints a plain line per finished
+    or failed fold, and a heartbeat while folds run."""
+    import time
+
+    import orchestrator.view as view
+    from sweep_helpers import fake_training
+
+    fake_training(monkeypatch.setattr)
+    real = view.log_view
+    monkeypatch.setattr(view, "log_view", lambda out, heartbeat_s=60.0: real(out, heartbeat_s=0.2))
+    import orchestrator.report as report
+
+    finished = report.SweepState.finished
+
+    def slow(self, *a, **k):  # a fold takes a moment: the heartbeat has something to say
+        time.sleep(0.5)
+        return finished(self, *a, **k)
+
+    monkeypatch.setattr(report.SweepState, "finished", slow)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "logs", "workdir": str(tmp_path / "wd"),
+                                    "datasets": {"samm": {"reader": "samm", "root": "/nowhere"}},
+                                    "variants": {"a": {}, "b": {"model.gsd": False}}}))
+    r = cli("run", path)
+    assert r.exit_code == 0, r.output
+    lines = [l for l in r.stdout.splitlines() if " fold " in f" {l}" and "done" in l]
+    assert len(lines) == 6, r.stdout
+    assert "fold 1/6 done  samm a seed 1 subject 006  fold F1 " in lines[0] and "point F1 so far" in lines[0]
+    assert "(1/3 folds)  ETA " in lines[0] and "fold 6/6 done  samm b seed 1 subject 008" in lines[-1]
+    assert "finished this run; elapsed" in r.stdout  # heartbeat
