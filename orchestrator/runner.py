@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -53,7 +54,7 @@ def fold_trainable(config: Dict[str, Any], plan: Dict[str, Dict[str, Any]], data
 
     # prepared arrays arrive read-only from the object store; the model only reads them
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    job = plan[config["fold"]]
+    job = plan[config["fold"]["key"]]
     trial = TrialConfig.model_validate(job["trial"])
     ctx = ray.get_runtime_context()
     node = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
@@ -65,7 +66,12 @@ def fold_trainable(config: Dict[str, Any], plan: Dict[str, Dict[str, Any]], data
 
     result = run_fold(trial, datasets[data_id(trial)], job["subject"], prefix=prefixes.get(job["prefix"]),
                       on_epoch=on_epoch, threads=job.get("threads"))
-    tune.report({RESULT_KEY: dumps(result), "finished": 1, **node})
+    from model.metrics import pooled_metrics
+    from model.result import FoldResult
+
+    m = pooled_metrics([FoldResult.from_dict(result)], n_boot=1)  # this fold alone, for Tune's own table
+    tune.report({RESULT_KEY: dumps(result), "finished": 1, "fold_f1": m["f1"], "fold_acc": m["acc"],
+                 "n_test": len(result["sample_ids"]), **node})
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -141,10 +147,10 @@ def _tune_callback(state: SweepState):
         """Driver side: every finished fold goes to the results store, MLflow and the live view."""
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            state.started(trial.config["fold"])
+            state.started(trial.config["fold"]["key"])
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            key = trial.config["fold"]
+            key = trial.config["fold"]["key"]
             blob = result.pop(RESULT_KEY, None)  # keep Tune's own trial state small
             if blob is None:
                 state.progress(key, result)
@@ -153,10 +159,10 @@ def _tune_callback(state: SweepState):
             state.finished(key, json.loads(blob), node)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            state.retrying(key=trial.config["fold"], error=_trial_error(trial))
+            state.retrying(key=trial.config["fold"]["key"], error=_trial_error(trial))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            state.failed(trial.config["fold"], _trial_error(trial))
+            state.failed(trial.config["fold"]["key"], _trial_error(trial))
 
         def __reduce__(self):  # Tune pickles its run config; the live state stays in this process
             return (_NullCallback, ())
@@ -277,7 +283,8 @@ class _ToLogFile(logging.Filter):
 
 
 # Ray's start-up notices that are about Ray, not the sweep (token authentication is on by default)
-_RAY_STARTUP_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+_RAY_STARTUP_LOGGERS = ("ray._private.authentication.authentication_token_setup",
+                        "ray.tune.utils.util")  # "... may be a performance bottleneck" (our callback logs to MLflow)
 
 
 class _InterruptNotice(logging.Filter):
@@ -312,21 +319,34 @@ def _tune_interrupt_notice(spec: SweepSpec):
 
 
 def _tuner(spec: SweepSpec, todo: List[Fold], plan, datasets, prefixes, state: SweepState):
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the results store is the record
-    # ... so Tune's end-of-run analysis finds no result.json and would warn about every trial
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    """One Tune trial per fold to train. Each trial's config names its fold (key, dataset, point, seed,
+    subject) and its last result carries the fold's F1/ACC, so Ray's own tools (`ExperimentAnalysis`,
+    `ResultGrid.get_dataframe()`) show a real table; the experiment folder is `<workdir>/ray_results/
+    <sweep name>`, the same for every run of the sweep."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # JSON + CSV below; no TensorBoard
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     trainable = tune.with_parameters(fold_trainable, plan=plan, datasets=datasets, prefixes=prefixes)
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     run_config = tune.RunConfig(
-        name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        name=spec.name,
         storage_path=str((spec.workdir_path() / "ray_results").resolve()),
         failure_config=tune.FailureConfig(max_failures=spec.retries),
-        callbacks=[_tune_callback(state)],
+        # ours first: it takes the FoldResult out of the last result before the loggers write it
+        callbacks=[_tune_callback(state), JsonLoggerCallback(), CSVLoggerCallback()],
         verbose=0,
     )
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent,
-                                  reuse_actors=True)  # a worker process trains fold after fold
-    return tune.Tuner(trainable, param_space={"fold": tune.grid_search([f.key for f in todo])},
+                                  reuse_actors=True,  # a worker process trains fold after fold
+                                  trial_dirname_creator=_trial_dirname)
+    folds = [{"key": f.key, "dataset": f.trial.dataset, "point": f.trial.point, "label": f.trial.point_label,
+              "seed": f.trial.seed, "subject": f.subject} for f in todo]
+    return tune.Tuner(trainable, param_space={"fold": tune.grid_search(folds)},
                       tune_config=tune_config, run_config=run_config)
+
+
+def _trial_dirname(trial) -> str:
+    f = trial.config["fold"]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{f['dataset']}-p{f['point']}-s{f['seed']}-{f['subject']}-"
+                                            f"{trial.trial_id}")

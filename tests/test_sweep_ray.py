@@ -206,6 +206,26 @@ def test_fold_command_runs_exactly_the_sweep_trial(first_run):
     assert np.array_equal(np.array(got, dtype=np.float32), np.array(stored["probs"], dtype=np.float32))
 
 
+def test_ray_tools_show_one_row_per_trained_fold(first_run):
+    """Ray's own tools read the sweep: one row per fold trained, its fold F1 and what fold it is."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    from model.metrics import pooled_metrics
+    from model.result import FoldResult
+
+    path, spec, outcome = first_run
+    exp = spec.workdir_path() / "ray_results"
+    assert sorted(p.name for p in exp.iterdir() if p.is_dir()) == ["two_nodes"]
+    df = ResultGrid(ExperimentAnalysis(str(exp / "two_nodes"))).get_dataframe()
+    assert len(df) == outcome.trained == 8
+    store = ResultsStore(spec.workdir_path() / "results")
+    for _, row in df.iterrows():
+        assert row["config/fold/dataset"] == "casme2" and row["config/fold/label"] in ("full", "no_gsd")
+        r = FoldResult.from_dict(store.get(row["config/fold/key"])["result"])
+        assert r.test_subject == row["config/fold/subject"]
+        assert row["fold_f1"] == pytest.approx(pooled_metrics([r], n_boot=1)["f1"])
+
+
 def test_adding_a_point_trains_only_its_folds(first_run, cluster, tmp_path):
     path, spec, outcome = first_run
     doc = yaml.safe_load(path.read_text())
@@ -215,6 +235,8 @@ def test_adding_a_point_trains_only_its_folds(first_run, cluster, tmp_path):
     more = run_sweep(load_sweep(path2), address=cluster.address, quiet=True, progress=False)
     assert more.trained == 4 and more.reused == 8
     assert [r["label"] for r in more.state.rows()] == ["full", "no_gsd", "no_cl"]
+    exp = spec.workdir_path() / "ray_results"  # the same Tune experiment folder, not one per run
+    assert sorted(p.name for p in exp.iterdir() if p.is_dir()) == ["two_nodes"]
 
 
 def test_killed_driver_resumes_where_it_stopped(cluster, synth_casme2, tmp_path):
