@@ -23,6 +23,7 @@ import numpy as np
 from preprocessing import corrections as corr
 from preprocessing import magnify as mag
 from preprocessing.annotations import Sample, get_reader, read_image, sample_warnings, validate_samples
+from preprocessing.atomic import atomic_file
 from preprocessing.config import PreprocessConfig
 from preprocessing.dataset import PreparedDataset
 from preprocessing.errors import DatasetError, SampleProblem
@@ -107,15 +108,59 @@ def estimate_apex(sample: Sample, cfg: PreprocessConfig) -> int:
 # ---------------------------------------------------------------------------------------------------
 # Cache key
 # ---------------------------------------------------------------------------------------------------
-def _file_stamp(path: Path, root: Path) -> List:
-    """(path, size, mtime) of a frame file; the path relative to the dataset root where it lies under it,
-    so a dataset moved or mounted elsewhere keeps its key (and so its finished folds)."""
-    st = path.stat()
+def _relative(path: Path, root: Path) -> str:
+    """The path relative to the dataset root where it lies under it (a moved dataset keeps its names)."""
     try:
-        name = str(path.resolve().relative_to(root))
+        return str(path.resolve().relative_to(root))
     except ValueError:
+        return str(path.resolve())
+
+
+class FrameDigests:
+    """sha256 of frame files, remembered in `<cache_dir>/frame-digests.json` by (path, size, mtime): a
+    file is read once, and again only when it changes. The key hashes what the frames hold, so a
+    copied or moved dataset (new paths, new mtimes) gets the same key once its frames are read."""
+
+    FILE = "frame-digests.json"
+
+    def __init__(self, cache_dir=None):
+        self.path = Path(cache_dir).expanduser() / self.FILE if cache_dir is not None else None
+        self.known: Dict[str, List] = {}
+        self.changed = False
+        if self.path is not None and self.path.is_file():
+            try:
+                known = json.loads(self.path.read_text())
+                self.known = known if isinstance(known, dict) else {}
+            except (OSError, ValueError):
+                self.known = {}  # a damaged memo only costs reading the frames again
+
+    def digest(self, path: Path) -> str:
+        st = path.stat()
         name = str(path.resolve())
-    return [name, st.st_size, st.st_mtime_ns]
+        hit = self.known.get(name)
+        if isinstance(hit, list) and hit[:2] == [st.st_size, st.st_mtime_ns]:
+            return hit[2]
+        d = hashlib.sha256(path.read_bytes()).hexdigest()
+        self.known[name] = [st.st_size, st.st_mtime_ns, d]
+        self.changed = True
+        return d
+
+    def save(self) -> None:
+        if self.path is not None and self.changed:
+            try:
+                with atomic_file(self.path, "w") as f:
+                    json.dump(self.known, f)
+            except OSError:
+                pass  # the memo is an optimisation
+
+
+def _frames_read(s: Sample, clip: bool) -> List[int]:
+    """The frames of `s` the pipeline reads, those present (validation reports the others)."""
+    try:
+        needed = s.needed_frames(clip)
+    except TypeError:  # a frame cell that is not a number: validation reports the sample
+        return []
+    return [n for n in needed if n in s.frames]
 
 
 def _model_stamp(path: Path) -> List:
@@ -125,11 +170,14 @@ def _model_stamp(path: Path) -> List:
 
 
 def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, root,
-              corrections: Optional[Dict] = None) -> str:
+              corrections: Optional[Dict] = None, digests: Optional[FrameDigests] = None) -> str:
     """sha256 over: SCHEMA_VERSION, reader, the preprocessing config, the corrections (normalised), the
-    sheet's bytes, every frame file of every coded sample (path relative to `root`, size, mtime), and the
-    predictor / magnification weights files (file name and size: not where an installation keeps them)."""
+    sheet's bytes, per coded sample the frame numbers its folder holds and the content (sha256) of every
+    frame the pipeline reads, and the predictor / magnification weights files (file name and size: not
+    where an installation keeps them). No path or modification time: a copied dataset keeps its key."""
     root = Path(root).expanduser().resolve()
+    digests = digests or FrameDigests()
+    clip = mag.needs_clip(cfg.magnification)
     h = hashlib.sha256()
     head = {"schema": SCHEMA_VERSION, "reader": reader, "config": _config_for_key(cfg)}
     if corrections:
@@ -138,7 +186,9 @@ def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, roo
     for sheet in sorted({s.sheet for s in samples}):
         h.update(hashlib.sha256(Path(sheet).read_bytes()).digest())
     for s in samples:
-        h.update(json.dumps([s.id, s.row, [_file_stamp(s.frames[n], root) for n in sorted(s.frames)]]).encode())
+        read = [[n, _relative(s.frames[n], root), digests.digest(s.frames[n])] for n in _frames_read(s, clip)]
+        h.update(json.dumps([s.id, s.row, sorted(s.frames), read]).encode())
+    digests.save()
     extra = [_model_stamp(predictor_path(cfg.predictor))]
     if cfg.magnification.method == "learned" and cfg.magnification.weights:
         extra.append(_model_stamp(Path(cfg.magnification.weights).expanduser()))
@@ -252,7 +302,7 @@ def _locate(reader: str, root, cfg: PreprocessConfig, cache_dir, sheet, correcti
     where = corrections_where or f"datasets.{reader}.corrections"
     samples, corrected = corr.apply(samples, corrections or {}, where)
     mag.check(cfg.magnification)  # missing or unusable weights fail here, before the key stamps the file
-    key = cache_key(reader, samples, cfg, root, corrections)
+    key = cache_key(reader, samples, cfg, root, corrections, FrameDigests(cache_dir))
     return samples, corrected, key, cache_path(cache_dir, reader, key)
 
 

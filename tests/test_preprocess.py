@@ -388,23 +388,27 @@ def _cfg(**kw):
 def test_cache_hit_and_key(tiny_casme2, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False)
-    files = list(cache.iterdir())
-    assert [f.name for f in files] == [f"prepared-casme2-{first.key}.npz"]
+    assert sorted(f.name for f in cache.iterdir()) == ["frame-digests.json", f"prepared-casme2-{first.key}.npz"]
     with monkeypatch.context() as m:  # a cache hit preprocesses nothing
         m.setattr(pipeline, "process_sample", lambda *a: pytest.fail("cache hit expected"))
         again = prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False)
-        moved = tmp_path / "elsewhere" / "CASME2"  # the same dataset in another folder: the same key
-        shutil.copytree(tiny_casme2, moved)  # copy2 keeps modification times
+        moved = tmp_path / "elsewhere" / "CASME2"  # `cp -r`: another folder, new modification times
+        shutil.copytree(tiny_casme2, moved, copy_function=shutil.copy)
         assert prepare_dataset("casme2", moved, _cfg(), cache, progress=False).key == first.key
+        frame = sorted(next((tiny_casme2 / "CASME2_RAW_selected" / "sub01").iterdir()).iterdir())[0]
+        st = frame.stat()
+        os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))  # touched, same bytes
+        try:
+            assert prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False).key == first.key
+        finally:
+            os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert again.key == first.key and np.array_equal(again.flow, first.flow)
     assert prepare_dataset("casme2", tiny_casme2, _cfg(flow="farneback"), cache, progress=False).key != first.key
-    frame = sorted(next((tiny_casme2 / "CASME2_RAW_selected" / "sub01").iterdir()).iterdir())[0]
-    st = frame.stat()
-    os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
-    try:
-        assert prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False).key != first.key
-    finally:
-        os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns))
+    from preprocessing.annotations import read_casme2
+
+    s = read_casme2(moved)[0]
+    s.frames[s.onset].write_bytes(s.frames[s.apex].read_bytes())  # a frame the pipeline reads, changed
+    assert pipeline.cache_key("casme2", read_casme2(moved), _cfg(), moved) != first.key
 
 
 def test_failed_run_leaves_no_cache(tiny_casme2, tmp_path, monkeypatch):

@@ -209,3 +209,26 @@ def test_run_in_a_log_prints_one_line_per_fold_and_heartbeats(tmp_path, monkeypa
     assert "fold 1/6 done  samm a seed 1 subject 006  fold F1 " in lines[0] and "point F1 so far" in lines[0]
     assert "(1/3 folds)  ETA " in lines[0] and "fold 6/6 done  samm b seed 1 subject 008" in lines[-1]
     assert "finished this run; elapsed" in r.stdout  # heartbeat
+
+
+def test_a_copied_dataset_and_workdir_reuse_every_fold(tiny_casme2, tmp_path, monkeypatch):
+    """`cp -r` of the dataset and of the workdir (new paths, new modification times): `report` finds
+    every fold and `run` trains none, because the prepared-data key hashes what the files hold."""
+    import orchestrator.runner as runner
+    from sweep_helpers import fake_training
+
+    real_prepare = runner.prepare_all
+    calls = fake_training(monkeypatch.setattr)
+    monkeypatch.setattr(runner, "prepare_all", real_prepare)  # real data and keys, fake training
+    a = tmp_path / "a"
+    a.mkdir()
+    shutil.copytree(tiny_casme2, a / "data")
+    first = cli("run", sweep_file(a, a / "data"))
+    assert first.exit_code == 0 and calls["trained"] == 2, first.output
+    b = tmp_path / "b"
+    shutil.copytree(a, b, copy_function=shutil.copy)  # as `cp -r` does: new mtimes
+    path_b = sweep_file(b, b / "data")
+    r = cli("report", path_b)
+    assert r.exit_code == 0 and " 2/2 " in r.output and "incomplete" not in r.output, r.output
+    again = cli("run", path_b)
+    assert again.exit_code == 0 and calls["trained"] == 2 and "reused 2" in again.output, again.output
