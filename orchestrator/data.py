@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from orchestrator.config import ConfigError, SweepSpec, TrialConfig, expand_env, stable_hash
 
@@ -151,7 +151,10 @@ def record_prepared(spec: SweepSpec, datasets: Dict[str, object], warn=print) ->
 
     path = spec.workdir_path() / MANIFEST
     known = _read_manifest(path, warn)
-    known.update({i: dataset_info(d) for i, d in datasets.items()})
+    for i, d in datasets.items():
+        old = known.get(i) or {}
+        earlier = [k for k in [old.get("key")] + list(old.get("earlier_keys") or []) if k and k != d.key]
+        known[i] = {**dataset_info(d), "earlier_keys": list(dict.fromkeys(earlier))[:20]}
     with atomic_file(path, "w") as f:
         json.dump(known, f, indent=1, sort_keys=True)
 
@@ -182,3 +185,10 @@ def prepared_or_recorded(spec: SweepSpec, warn=print) -> Dict[str, object]:
     out = {i: SimpleNamespace(**dataset_info(d)) for i, d in found.items() if d is not None}
     out.update({i: SimpleNamespace(**{**{k: [] for k in NOTES}, **known[i]}) for i in need})
     return out
+
+
+def earlier_keys(spec: SweepSpec) -> Dict[str, List[str]]:
+    """data id -> prepared-data keys this workdir recorded for it before the current one (newest first):
+    the folds stored under them were made from other data or preprocessing inputs."""
+    known = _read_manifest(spec.workdir_path() / MANIFEST, warn=lambda m: None)
+    return {i: list(v.get("earlier_keys") or []) for i, v in known.items()}

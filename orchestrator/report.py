@@ -338,7 +338,27 @@ def state_from_store(spec: SweepSpec) -> SweepState:
     state = SweepState(spec, folds, ResultsStore(spec.workdir_path() / "results"), tracking=False,
                        datasets=datasets)
     state.begin([])
+    _warn_other_keys(state, lambda m: print(m, file=sys.stderr))
     return state
+
+
+def _warn_other_keys(state: SweepState, warn) -> None:
+    """Say so when folds of this sweep are stored under a prepared-data key recorded earlier for the same
+    dataset: they exist, but were made from other inputs and are not in the table."""
+    from orchestrator.data import data_id, earlier_keys
+    from orchestrator.store import fold_key
+
+    earlier = earlier_keys(state.spec)
+    for g in state.groups.values():
+        missing = [f for f in g.folds if not state.store.has(f.key)]
+        for old in earlier.get(g.data_id, []):
+            n = sum(state.store.has(fold_key(f.trial.hash, f.subject, f.trial.seed, old)) for f in missing)
+            if n:
+                warn(f"note: {n} fold(s) of {g.trial.dataset} {g.trial.point_label} seed {g.trial.seed} are "
+                     f"stored under an earlier prepared-data key ({old}) of {data_id(g.trial)}: the "
+                     f"dataset's coding sheet, frames, corrections or model files differed then (the key "
+                     f"hashes their content), so they are not used; run the sweep to train them on this data")
+                break
 
 
 def compare_points(state: SweepState, a: int, b: int) -> List[Dict[str, Any]]:

@@ -232,3 +232,25 @@ def test_a_copied_dataset_and_workdir_reuse_every_fold(tiny_casme2, tmp_path, mo
     assert r.exit_code == 0 and " 2/2 " in r.output and "incomplete" not in r.output, r.output
     again = cli("run", path_b)
     assert again.exit_code == 0 and calls["trained"] == 2 and "reused 2" in again.output, again.output
+
+
+def test_report_says_when_folds_are_stored_under_an_earlier_data_key(tiny_casme2, tmp_path, monkeypatch):
+    import orchestrator.runner as runner
+    from orchestrator.data import prepare_all, record_prepared
+    from preprocessing.annotations import read_casme2
+    from sweep_helpers import fake_training
+
+    real_prepare = runner.prepare_all
+    fake_training(monkeypatch.setattr)
+    monkeypatch.setattr(runner, "prepare_all", real_prepare)
+    root = shutil.copytree(tiny_casme2, tmp_path / "data")
+    path = sweep_file(tmp_path, root)
+    assert cli("run", path).exit_code == 0
+    s = read_casme2(root)[0]
+    s.frames[s.onset].write_bytes(s.frames[s.apex].read_bytes())  # the data changed since
+    spec = load_sweep(path)
+    record_prepared(spec, prepare_all(spec, progress=False))  # e.g. a run that stopped before training
+    r = CliRunner().invoke(main, ["report", str(path)])
+    assert r.exit_code == 0 and " 0/2 incomplete" in r.output
+    assert "note: 2 fold(s) of casme2 base seed 1 are stored under an earlier prepared-data key" in r.stderr
+    assert "hashes their content" in r.stderr
