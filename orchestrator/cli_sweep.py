@@ -11,6 +11,7 @@ import warnings
 import click
 
 from orchestrator.config import ConfigError, load_sweep
+from orchestrator.store import claim_name
 
 SWEEP = click.argument("sweep", type=click.Path(dir_okay=False))
 SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -170,8 +171,10 @@ def _print_fold(doc: Dict[str, Any]) -> None:
 @click.option("--dashboard", is_flag=True, help="embedded Ray only: serve the Ray dashboard on "
                                                 "http://127.0.0.1:8265 while the sweep runs")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+@click.option("--share-name", is_flag=True, help="another sweep file of this workdir has the same name on "
+                                                  "purpose: share its MLflow experiment and report file")
 def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[str], dashboard: bool,
-        as_json: bool) -> None:
+        as_json: bool, share_name: bool) -> None:
     """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
     from orchestrator.runner import run_sweep
     from orchestrator.view import live_view, log_view, print_report
@@ -185,6 +188,7 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
     else:  # a log, a pipe, a batch job: one plain line per fold (stderr under --json)
         view = log_view(sys.stderr if as_json else sys.stdout)
     with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        claim_name(spec, share=share_name)
         outcome = run_sweep(spec, address=address, quiet=as_json, progress=True, view=view,
                             dashboard=dashboard)
         paths = outcome.state.write_reports()
@@ -204,7 +208,9 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--compare", nargs=2, type=int, metavar="K L",
               help="paired difference in pooled F1 between points K and L (subject-bootstrap CI)")
-def report(sweep: str, overrides, as_json: bool, compare) -> None:
+@click.option("--share-name", is_flag=True, help="another sweep file of this workdir has the same name on "
+                                                  "purpose (see run --share-name)")
+def report(sweep: str, overrides, as_json: bool, compare, share_name: bool) -> None:
     """Rebuild the table from the results store (no training)."""
     from orchestrator.report import compare_points, state_from_store
     from orchestrator.view import print_report
@@ -214,6 +220,7 @@ def report(sweep: str, overrides, as_json: bool, compare) -> None:
     # No workdir lock (orchestrator.lock): report only reads the results store, whose folds are written
     # atomically, and writes its report files atomically, so it runs fine beside a sweep and never waits.
     with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        claim_name(spec, share=share_name)
         state = state_from_store(spec)
         comparison = compare_points(state, *compare) if compare else None
         paths = state.write_reports()

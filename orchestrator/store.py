@@ -147,3 +147,38 @@ class ResultsStore:
         if self.root.is_dir():
             for p in sorted(self.root.glob("*.json")):
                 yield p.stem
+
+
+# -- which sweep file owns a name in this workdir ------------------------------------------------------
+NAMES = "sweeps.json"  # in <workdir>: sweep name -> {file, config}
+
+
+def claim_name(spec, share: bool = False) -> None:
+    """A sweep's name picks its MLflow experiment and its report files: refuse a second sweep FILE with
+    the same name and other contents in one workdir (a copied and edited sweep file, say) unless `share`
+    says it is meant. The same file edited (a point added) keeps its name."""
+    from orchestrator.config import ConfigError, stable_hash
+
+    if not spec.source:
+        return
+    path = Path(spec.workdir_path()) / NAMES
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}  # a damaged registry is written again
+    me = {"file": str(Path(spec.source).resolve()),
+          "config": stable_hash(spec.model_dump(mode="json", exclude={"source", "tracking"}))}
+    other = known.get(spec.name)
+    if isinstance(other, dict) and other.get("file") != me["file"] and other.get("config") != me["config"] \
+            and not share and Path(str(other.get("file"))).is_file():
+        raise ConfigError(f"{spec.source}: name {spec.name!r} is already used in the workdir {spec.workdir_path()} "
+                          f"by {other['file']}, with other contents: the two would share one MLflow "
+                          f"experiment and one report file. Give this sweep its own `name:` (or "
+                          f"--set name=...), or pass --share-name if they are meant to share it")
+    if known.get(spec.name) != me:
+        known[spec.name] = me
+        try:
+            atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True))
+        except OSError:
+            pass  # the results folder check reports an unwritable workdir

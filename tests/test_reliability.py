@@ -254,3 +254,24 @@ def test_report_says_when_folds_are_stored_under_an_earlier_data_key(tiny_casme2
     assert r.exit_code == 0 and " 0/2 incomplete" in r.output
     assert "note: 2 fold(s) of casme2 base seed 1 are stored under an earlier prepared-data key" in r.stderr
     assert "hashes their content" in r.stderr
+
+
+def test_a_second_sweep_file_with_the_same_name_is_refused_naming_both(tmp_path, monkeypatch):
+    from sweep_helpers import fake_training
+
+    fake_training(monkeypatch.setattr)
+    doc = {"name": "same", "workdir": str(tmp_path / "wd"), "datasets": {"samm": {"reader": "samm", "root": "/x"}}}
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(yaml.safe_dump(doc))
+    second.write_text(yaml.safe_dump({**doc, "training": {"epochs": 3}}))
+    assert cli("run", first).exit_code == 0
+    for cmd in ("run", "report"):
+        r = cli(cmd, second)
+        assert_clean_failure(r, f"{second}: name 'same' is already used in the workdir", str(first.resolve()),
+                             "--share-name")
+    assert cli("run", second, "--share-name").exit_code == 0  # on purpose
+    first.write_text(yaml.safe_dump({**doc, "seeds": [1, 2]}))  # the same file, edited, is the same sweep
+    assert cli("run", first, "--share-name").exit_code == 0 and cli("report", first).exit_code == 0
+    copy = tmp_path / "copy.yaml"  # a copy with the same contents is the same sweep
+    copy.write_text(first.read_text())
+    assert cli("report", copy).exit_code == 0
