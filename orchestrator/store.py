@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator
 
 from orchestrator.config import stable_hash
 from preprocessing.atomic import atomic_file
+from preprocessing.errors import MicroAUError
 
 STORE_VERSION = 1
 
@@ -31,7 +32,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-class StoreError(RuntimeError):
+class StoreError(MicroAUError, RuntimeError):
     pass
 
 

@@ -60,16 +60,14 @@ def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_p
     from mlflow import MlflowClient
 
     from orchestrator.data import prepare_all
-    from orchestrator.plan import expand
-    from orchestrator.report import SweepState
-    from orchestrator.store import ResultsStore
-    from orchestrator.data import dataset_info
+    from orchestrator.plan import make_plan
+    from orchestrator.state import SweepState
 
     root, gone = gappy
     path = sweep_file(tmp_path, root, datasets={"casme2": {"reader": "casme2", "root": str(root),
                                                            "on_error": "skip"}})
     spec = load_sweep(path)
-    datasets = prepare_all(spec, progress=False)
+    datasets = prepare_all(spec, spec.trials(), progress=False)
     (data,) = datasets.values()
     assert sorted(d["sample"] for d in data.skipped) == gone and sorted(set(data.subjects)) == ["sub01", "sub02"]
 
@@ -90,9 +88,7 @@ def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_p
     assert json.loads(rj.stdout)["data_notes"][0]["dropped_subjects"] == ["sub03"]
 
     # MLflow: the parent run of each point carries them
-    info = {i: dataset_info(d) for i, d in datasets.items()}
-    folds = expand(spec, {i: d.subjects for i, d in datasets.items()}, {i: d.key for i, d in datasets.items()})
-    SweepState(spec, folds, ResultsStore(spec.workdir_path() / "results"), tracking=True, datasets=info)
+    SweepState(make_plan(spec, datasets), tracking=True)
     client = MlflowClient(spec.tracking_uri())
     (parent,) = client.search_runs([client.get_experiment_by_name("rel").experiment_id])
     assert sorted(parent.data.tags["skipped_samples"].split(";")) == gone
@@ -122,7 +118,7 @@ def test_damaged_dataset_manifest_is_set_aside_and_rewritten(tiny_casme2, tmp_pa
     manifest = spec.workdir_path() / MANIFEST
     manifest.parent.mkdir(parents=True)
     manifest.write_text("{this is not json")
-    record_prepared(spec, prepare_all(spec, progress=False))
+    record_prepared(spec, prepare_all(spec, spec.trials(), progress=False))
     assert "datasets.json is damaged" in capsys.readouterr().out
     assert manifest.with_name(MANIFEST + ".damaged").read_text() == "{this is not json"
     assert list(json.loads(manifest.read_text()).values())[0]["subjects"] == ["sub01", "sub02"]

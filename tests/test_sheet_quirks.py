@@ -192,10 +192,9 @@ def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme
 
     from conftest import TEST_PREPROCESS
     from orchestrator.config import load_sweep
-    from orchestrator.data import dataset_info, prepare_all
-    from orchestrator.plan import expand
-    from orchestrator.report import SweepState
-    from orchestrator.store import ResultsStore
+    from orchestrator.data import prepare_all
+    from orchestrator.plan import make_plan
+    from orchestrator.state import SweepState
 
     root, samples = casme2_copy
     edit_sheet(samples[0].sheet, "casme2", {samples[1].row: {"apex": "/"}})
@@ -206,7 +205,7 @@ def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme
     path = tmp_path / "notes.yaml"
     path.write_text(yaml.safe_dump(doc))
     spec = load_sweep(path)
-    datasets = prepare_all(spec, progress=False)
+    datasets = prepare_all(spec, spec.trials(), progress=False)
     r = CliRunner().invoke(main, ["report", str(path)])
     assert r.exit_code == 0, r.output
     (est,) = next(iter(datasets.values())).apex_estimated
@@ -216,9 +215,7 @@ def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme
     assert report["data_notes"][0]["apex_estimated"][0]["sample"] == samples[1].id
     assert report["points"][0]["apex_estimated"] == [f"{samples[1].id}:{est['apex']}"]
     assert f"{samples[1].id}:{est['apex']}" in (tmp_path / "wd" / "reports" / "notes.csv").read_text()
-    folds = expand(spec, {i: d.subjects for i, d in datasets.items()}, {i: d.key for i, d in datasets.items()})
-    SweepState(spec, folds, ResultsStore(tmp_path / "wd" / "results"),
-               datasets={i: dataset_info(d) for i, d in datasets.items()})
+    SweepState(make_plan(spec, datasets))
     client = MlflowClient(spec.tracking_uri())
     (parent,) = client.search_runs([client.get_experiment_by_name("notes").experiment_id])
     assert parent.data.tags["apex_estimated"] == f"{samples[1].id}:{est['apex']}"

@@ -99,7 +99,7 @@ def test_pooled_metrics_equal_a_single_node_in_process_run(first_run):
     from model.metrics import pooled_metrics
     from orchestrator.data import prepare
     from model import compute_prefix
-    from orchestrator.fold import run_fold
+    from orchestrator.trial import run_fold
 
     path, spec, outcome = first_run
     data = prepare(spec, "casme2", progress=False)
