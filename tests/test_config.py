@@ -286,7 +286,7 @@ def test_tables_iii_iv_vi_run_on_the_full_model_and_the_add_mlp_reading(name, ke
 
 def test_grid_over_preprocessing_prepares_each_setting_once(tiny_casme2, tmp_path):
     """A grid may vary preprocessing.*: each setting is its own prepared dataset, with its own key."""
-    from conftest import TEST_PREPROCESS
+    from helpers import TEST_PREPROCESS
     from orchestrator.data import data_id, prepare_all
 
     doc = {"name": "flows", "workdir": str(tmp_path / "wd"),

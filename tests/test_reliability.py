@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import TEST_PREPROCESS
+from helpers import TEST_PREPROCESS
 from orchestrator.cli import main
 from orchestrator.config import load_sweep
 
