@@ -27,6 +27,7 @@ from model import _torchvision_guard  # noqa: F401  (must precede the first open
 import open_clip  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from preprocessing.errors import MicroAUError  # noqa: E402
 
 TINY = "microau-tiny"  # 2 layers, width 64, ViT patch 32 at 224 (7x7 grid): for tests and quick starts
 open_clip.add_model_config(Path(__file__).parent / "configs" / f"{TINY}.json")
@@ -34,7 +35,7 @@ open_clip.add_model_config(Path(__file__).parent / "configs" / f"{TINY}.json")
 BACKBONE_INIT_SEED = 0  # pretrained: none -> the random backbone is the same for every trial and fold
 
 
-class BackboneError(ValueError):
+class BackboneError(MicroAUError, ValueError):
     """The backbone cannot be built from the config; the message says which key and what to do."""
 
 

@@ -56,6 +56,13 @@ DATASET_DEFAULTS = {
 }
 
 
+def with_dataset_defaults(training: TrainConfig, reader: Optional[str]) -> TrainConfig:
+    """`training` with alpha/beta, where unset, taken from the reader's paper defaults (DATASET_DEFAULTS).
+    The one place they are filled: the sweep's resolution and `train_fold` both call it."""
+    fill = {k: v for k, v in DATASET_DEFAULTS.get(reader, {}).items() if getattr(training, k) is None}
+    return training.model_copy(update=fill) if fill else training
+
+
 def check_aus(model: ModelConfig, aus: Sequence[int]) -> None:
     """Every AU has its landmark group (Table I or `model.landmark_groups`), its prompts and the MER
     texts it needs, so a config is refused when it is read rather than when a fold starts. Raises the

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from preprocessing.errors import MicroAUError
+
 # Table I: AU -> 0-based dlib 68-point indices (docs/protocol.md: 48 and 54 are the mouth corners).
 TABLE_I: Dict[int, Tuple[int, ...]] = {
     1: (19, 20, 21, 22, 23, 24),
@@ -21,7 +23,7 @@ TABLE_I: Dict[int, Tuple[int, ...]] = {
 }
 
 
-class LandmarkError(ValueError):
+class LandmarkError(MicroAUError, ValueError):
     """Landmark groups or coordinates are unusable; the message names the AU / sample."""
 
 

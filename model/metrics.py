@@ -21,12 +21,13 @@ import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from model.result import FoldResult
+from preprocessing.errors import MicroAUError
 
 N_BOOT = 1000
 BOOT_SEED = 0
 
 
-class MetricsError(ValueError):
+class MetricsError(MicroAUError, ValueError):
     pass
 
 

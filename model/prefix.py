@@ -36,6 +36,7 @@ from safetensors.torch import save as safetensors_bytes
 from model import backbone
 from model.text import au_prompts, emotion_texts, global_text, label_texts
 from preprocessing.atomic import atomic_file
+from preprocessing.errors import MicroAUError
 
 SCHEMA_VERSION = 3  # bump when what the prefix holds, how it is computed or how it is stored changes
 FORMAT = "microau-prefix"  # the safetensors metadata's "format": what Prefix.load accepts
@@ -46,7 +47,7 @@ _TAILS = ("visual_tail", "text_tail")
 _ARRAYS = ("visual", "global_index", "emotion_class")  # Prefix arrays stored as tensors of the same name
 
 
-class PrefixFileError(ValueError):
+class PrefixFileError(MicroAUError, ValueError):
     """A file that is not a frozen prefix this version reads (never unpickled): the message names it."""
 
     def __init__(self, path, why: str):
@@ -147,12 +148,18 @@ class Prefix:
         return None if not diff else ", ".join(diff)
 
 
+# The ModelConfig fields a frozen prefix depends on: all `_identity` reads of the config. Configs that agree
+# on these (and on the data and the AU list) share one prefix, whatever their head, losses or training.
+PREFIX_FIELDS = ("arch", "pretrained", "trainable_blocks", "prompts", "emotion_texts")
+
+
 def _identity(model_cfg, data, aus, weights: Optional[str], quick_gelu: Optional[bool] = None) -> Dict:
-    prompts = au_prompts(aus, model_cfg.prompts)
-    out = {"schema": SCHEMA_VERSION, "data": data.key, "arch": model_cfg.arch,
-           "pretrained": model_cfg.pretrained, "k": model_cfg.trainable_blocks, "aus": [int(a) for a in aus],
+    c = {k: getattr(model_cfg, k) for k in PREFIX_FIELDS}
+    prompts = au_prompts(aus, c["prompts"])
+    out = {"schema": SCHEMA_VERSION, "data": data.key, "arch": c["arch"],
+           "pretrained": c["pretrained"], "k": c["trainable_blocks"], "aus": [int(a) for a in aus],
            "prompts": [list(p) for p in prompts],
-           "emotion_texts": emotion_texts(aus, prompts, model_cfg.emotion_texts)}
+           "emotion_texts": emotion_texts(aus, prompts, c["emotion_texts"])}
     if weights is not None:  # what resolve_pretrained says: the weights file and the activation it needs
         out["weights"] = weights
         out["quick_gelu"] = bool(quick_gelu)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from preprocessing.errors import MicroAUError
+
 # AU -> (positive text, negative text). AU4 is the paper's Fig. 2 example; the others follow it:
 # the FACS name of the movement, "is/are <verb>ing" / "is/are not <verb>ing".
 AU_PROMPTS: Dict[int, Tuple[str, str]] = {
@@ -40,7 +42,7 @@ EMOTION_COMBINATIONS: Dict[str, Dict[str, Tuple[Tuple[int, ...], ...]]] = {
 NO_ACTION_TEXT = "The face is not moving"
 
 
-class TextConfigError(ValueError):
+class TextConfigError(MicroAUError, ValueError):
     """A prompt or emotion text is missing for an AU / class; the message names the config key."""
 
 

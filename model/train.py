@@ -14,16 +14,17 @@ import torch
 import torch.nn.functional as F
 
 from model import losses
-from model.config import DATASET_DEFAULTS
+from model.config import with_dataset_defaults
 from model.lsi import au_token_indices, landmark_groups
 from model.mer import mer_class_scores, mer_scores
 from model.net import MicroAUCLIP, TextTensors, as_tensor
 from model.prefix import Prefix, compute_prefix
 from model.result import FoldResult
 from model.text import MER_CLASSES
+from preprocessing.errors import MicroAUError
 
 
-class FoldError(ValueError):
+class FoldError(MicroAUError, ValueError):
     """The fold cannot run as configured; the message says what to change."""
 
 
@@ -38,18 +39,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _weights(spec) -> Dict[str, float]:
-    t = spec.training
-    defaults = DATASET_DEFAULTS.get(getattr(spec, "reader", None), {})
-    out = {}
+    reader = getattr(spec, "reader", None)
+    t = with_dataset_defaults(spec.training, reader)
     for k in ("alpha", "beta"):
-        v = getattr(t, k)
-        if v is None:
-            if k not in defaults:
-                raise FoldError(f"training.{k} is not set and reader {getattr(spec, 'reader', None)!r} has "
-                                f"no default; set training.{k}")
-            v = defaults[k]
-        out[k] = float(v)
-    return out
+        if getattr(t, k) is None:
+            raise FoldError(f"training.{k} is not set and reader {reader!r} has no default; set training.{k}")
+    return {"alpha": float(t.alpha), "beta": float(t.beta)}
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.Tensor]:
@@ -194,6 +189,24 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
                 "mer_best_text": best_text.cpu().tolist(),
                 "prefix_key": prefix.key, "device": str(device), "alpha": w["alpha"], "beta": w["beta"]},
     )
+
+
+def loso(spec, data, prefix: Optional[Prefix] = None, subjects: Optional[Sequence[str]] = None,
+         on_fold: Optional[Callable[[FoldResult], None]] = None,
+         on_epoch: Optional[Callable[[Dict], None]] = None) -> List[FoldResult]:
+    """The LOSO loop, written once: `train_fold` with each subject of `subjects` (default: every subject
+    of `data`, sorted) held out in turn, on one frozen prefix (computed here when None). `on_fold(result)`
+    after each fold. The tests, bench/ and `microau-sweep fold` (one subject) call it; a sweep runs its
+    folds as separate Ray trials through the same `train_fold`."""
+    if prefix is None:
+        prefix = compute_prefix(spec.model, data, [int(a) for a in spec.aus],
+                                device=str(resolve_device(spec.training.device)))
+    out = []
+    for s in (sorted(set(map(str, data.subjects))) if subjects is None else subjects):
+        out.append(train_fold(spec, data, s, prefix=prefix, on_epoch=on_epoch))
+        if on_fold is not None:
+            on_fold(out[-1])
+    return out
 
 
 def step_losses(model: MicroAUCLIP, mcfg, vis: torch.Tensor, tok: Sequence[torch.Tensor], y: torch.Tensor,

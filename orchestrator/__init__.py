@@ -1,18 +1,24 @@
-"""Sweeps: YAML schema, expansion into LOSO folds, the Ray Tune runner, MLflow tracking, results store.
+"""Sweeps: YAML schema, the plan of LOSO folds, the Ray Tune runner, MLflow tracking, results store.
 
-Modules (data flows top to bottom):
-    config.py     SweepSpec / TrialConfig: one validated sweep file, one resolved config per
-                  (dataset, point, seed), with a stable hash
-    plan.py       Fold: a TrialConfig + test subject + prepared-data key; `expand(spec, subjects, keys)` (keyed by `data.data_id`)
-    data.py       `prepare(spec, name)`: ${ENV} roots, synthetic data on first use, the dataset cache
-    fold.py       `run_fold(trial, data, subject, prefix)`: what every trial and `microau-sweep fold` run
+Modules, in the order a sweep file goes through them (`run`):
+    config.py     SweepSpec / TrialConfig: one validated sweep file (`--set` applied), expanded once into one
+                  resolved config per (dataset, point, seed), each with a stable hash
+    data.py       `prepare_all(spec, trials)`: ${ENV} roots, synthetic data on first use, the dataset cache;
+                  `prepared_or_recorded` (report, plan: never preprocesses), `datasets.json`
     store.py      ResultsStore: one atomic JSON per finished fold, keyed by `fold_key(...)`
+    plan.py       Fold and Plan: `make_plan(spec, datasets)` -> every fold, the datasets, which folds are
+                  stored; built once and handed to run, report, fold and plan
+    lock.py       WorkdirLock: `<workdir>/run.lock` (fcntl.flock), one `run` per workdir at a time
+    trial.py      `run_fold(trial, data, subject, prefix)`: what every Ray trial and `microau-sweep fold`
+                  run (model.train.loso for one subject); `prefix_for`, `prefix_group`
     tracking.py   Tracker: MLflow parent run per (dataset, point, seed), child run per fold (driver only),
                   with bounded waits: an unreachable store fails within seconds
-    report.py     SweepState: store + MLflow + pooled metrics as folds finish; table rows, CSV/JSON; MLflow
-                  failures are one warning and turn tracking off for the run
-    lock.py       WorkdirLock: `<workdir>/run.lock` (fcntl.flock), one `run` per workdir at a time
+    state.py      SweepState: the live state of a sweep built from its Plan; writes finished folds to the
+                  store and MLflow, keeps pooled metrics current; MLflow failures are one warning
     runner.py     `run_sweep(spec, address=None)`: Ray Tune with tune.with_parameters/with_resources
+    report.py     tables and exports: rows, `--json`, reports/<sweep>.{csv,json}, predictions.csv,
+                  `--compare`, the `plan` summary
     view.py       rich live view and final tables
-    cli_sweep.py  `microau-sweep fold | run | report`
+    cli_errors.py the one way a command fails: a MicroAUError (preprocessing/errors.py) -> `Error: ...`
+    cli_sweep.py  `microau-sweep plan | fold | run | report`
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from orchestrator.cli_data import preprocess, synth
-from orchestrator.cli_sweep import fold, report, run
+from orchestrator.cli_sweep import fold, plan_cmd, report, run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,7 +13,7 @@ def main() -> None:
     """Micro-AU CLIP micro-expression AU detection as Ray Tune LOSO sweeps tracked in MLflow."""
 
 
-for _cmd in (synth, preprocess, fold, run, report):
+for _cmd in (synth, preprocess, plan_cmd, fold, run, report):
     main.add_command(_cmd)
 
 if __name__ == "__main__":

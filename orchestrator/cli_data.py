@@ -2,16 +2,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from preprocessing.errors import DatasetError
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+from orchestrator.cli_errors import friendly_errors
 
 
 @click.command("synth")
@@ -29,11 +23,9 @@ def _fail(message: str) -> None:
 def synth(out, layout, subjects, per_subject, seed, intensity, noise):
     """Write a synthetic micro-expression dataset in the real CASME II or SAMM layout to OUT."""
     from preprocessing.synth import generate
-    try:
+    with friendly_errors():
         root = generate(out, layout=layout, subjects=subjects, per_subject=per_subject, seed=seed,
                         intensity=intensity, noise=noise)
-    except DatasetError as e:
-        _fail(str(e))
     click.echo(f"wrote {subjects * per_subject} {layout} samples of {subjects} subjects to {root}")
     click.echo(f"next: microau-sweep preprocess --reader {layout} --root {root}")
 
@@ -89,8 +81,8 @@ def preprocess(reader, root, sheet, cache_dir, flow, magnification, factor, magn
     try:
         cfg = PreprocessConfig.model_validate(update)
     except ValidationError as e:
-        _fail(f"invalid preprocessing options: {e}")
-    try:
+        raise click.ClickException(f"invalid preprocessing options: {e}") from None
+    with friendly_errors():
         if corrections_file:
             from preprocessing.corrections import load_file
             fixes = {"corrections": load_file(corrections_file), "corrections_where": str(corrections_file)}
@@ -99,8 +91,6 @@ def preprocess(reader, root, sheet, cache_dir, flow, magnification, factor, magn
         data = prepare_dataset(reader, root, cfg, cache_dir, sheet=sheet,
                                on_error="skip" if skip_bad else "stop", progress=not quiet and not as_json,
                                **fixes)
-    except DatasetError as e:
-        _fail(str(e))
     summary = data.summary()
     if as_json:
         click.echo(json.dumps(summary))

@@ -1,4 +1,5 @@
-"""`microau-sweep fold | run | report`: one fold in-process, the Ray Tune sweep, the table from the store."""
+"""`microau-sweep plan | fold | run | report`: the dry run, one fold in-process, the Ray Tune sweep, the table
+from the store. Each builds the sweep's `Plan` once (orchestrator/plan.py) and reads it."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,8 @@ import warnings
 
 import click
 
-from orchestrator.config import ConfigError, load_sweep
+from orchestrator.cli_errors import friendly_errors
+from orchestrator.config import load_sweep
 from orchestrator.store import claim_name
 
 SWEEP = click.argument("sweep", type=click.Path(dir_okay=False))
@@ -22,38 +24,21 @@ warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
-def _known_errors():
-    """Errors whose message already says what is wrong and what to do: shown without a traceback."""
-    from orchestrator.lock import LockError
-    from orchestrator.runner import ResourceError
-    from orchestrator.store import StoreError
-
-    errs = [ConfigError, ResourceError, StoreError, LockError, FileNotFoundError]
-    for mod, name in (("preprocessing.errors", "DatasetError"), ("model.backbone", "BackboneError"),
-                      ("model.train", "FoldError"), ("model.text", "TextConfigError"),
-                      ("model.lsi", "LandmarkError")):
-        try:
-            errs.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errs)
-
-
-@contextlib.contextmanager
-def _friendly_errors():
-    try:
-        yield
-    except click.ClickException:
-        raise
-    except _known_errors() as e:
-        raise click.ClickException(str(e)) from None
-
-
 def _load(path: str, overrides=()):
-    try:
+    with friendly_errors():
         return load_sweep(path, overrides)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
+
+
+def _plan_from_store(spec, strict: bool):
+    """The sweep's plan without preprocessing: prepared or recorded datasets (strict: one that is neither
+    is an error; else it is left out, to be prepared first) and the results store."""
+    from orchestrator.data import prepared_or_recorded
+    from orchestrator.plan import make_plan
+
+    warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    datasets = prepared_or_recorded(spec, spec.trials(), warn=warn, strict=strict)
+    recorded = [i for i, d in datasets.items() if d is not None and d.origin == "recorded"]
+    return make_plan(spec, datasets, warn, recorded=recorded)
 
 
 def _console(stderr: bool = False):
@@ -75,8 +60,9 @@ def _console(stderr: bool = False):
 def fold(sweep: str, overrides, dataset: Optional[str], subject: str, point: int, seed: Optional[int],
          epochs: Optional[int], as_json: bool) -> None:
     """Run one LOSO fold in-process, with exactly the code a sweep trial runs (no Ray)."""
-    from orchestrator.data import prepare
-    from orchestrator.fold import prefix_for, run_fold
+    from orchestrator.data import data_id, prepare
+    from orchestrator.plan import make_plan
+    from orchestrator.trial import prefix_for, run_fold
 
     spec = _load(sweep, overrides)
     if dataset is None:
@@ -91,13 +77,16 @@ def fold(sweep: str, overrides, dataset: Optional[str], subject: str, point: int
                                f"({', '.join(p.label for p in points)})")
     seed = spec.seeds[0] if seed is None else seed
     out = sys.stderr if as_json else sys.stdout
-    with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        trial = spec.resolve(dataset, points[point], seed)
+    with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        trial = spec.trial(dataset, point, seed)
+        did = data_id(trial)
+        plan = make_plan(spec, {did: prepare(spec, dataset, trial.preprocessing, progress=True)},
+                         warn=lambda m: print(m, file=sys.stderr, flush=True))
+        data = plan.datasets[did]
         if epochs is not None:
             if epochs < 1:
                 raise click.UsageError("--epochs must be at least 1")
             trial = trial.with_training(epochs=epochs)
-        data = prepare(spec, dataset, trial.preprocessing, progress=True)
         subjects = sorted(set(data.subjects))
         if subject not in subjects:
             raise click.UsageError(f"--subject {subject!r} is not in dataset {dataset} (subjects: "
@@ -187,10 +176,9 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
         view = live_view(console)
     else:  # a log, a pipe, a batch job: one plain line per fold (stderr under --json)
         view = log_view(sys.stderr if as_json else sys.stdout)
-    with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        claim_name(spec, share=share_name)
+    with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         outcome = run_sweep(spec, address=address, quiet=as_json, progress=True, view=view,
-                            dashboard=dashboard)
+                            dashboard=dashboard, share_name=share_name)
         paths = outcome.state.write_reports()
     if as_json:
         sys.stdout.write(json.dumps(outcome.state.to_json(outcome.trained, outcome.reused), default=str) + "\n")
@@ -212,16 +200,17 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
                                                   "purpose (see run --share-name)")
 def report(sweep: str, overrides, as_json: bool, compare, share_name: bool) -> None:
     """Rebuild the table from the results store (no training)."""
-    from orchestrator.report import compare_points, state_from_store
+    from orchestrator.report import compare_points
+    from orchestrator.state import state_from_store
     from orchestrator.view import print_report
 
     spec = _load(sweep, overrides)
     console = _console(stderr=as_json)
     # No workdir lock (orchestrator.lock): report only reads the results store, whose folds are written
     # atomically, and writes its report files atomically, so it runs fine beside a sweep and never waits.
-    with _friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         claim_name(spec, share=share_name)
-        state = state_from_store(spec)
+        state = state_from_store(_plan_from_store(spec, strict=True))
         comparison = compare_points(state, *compare) if compare else None
         paths = state.write_reports()
     if as_json:
@@ -236,3 +225,68 @@ def report(sweep: str, overrides, as_json: bool, compare, share_name: bool) -> N
             console.print(f"{c['dataset']} seed {c['seed']}: F1({c['a']}) - F1({c['b']}) = "
                           f"{c['diff']:+.4f}  95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] "
                           f"over {c['subjects']} subjects")
+
+
+# ------------------------------------------------------------------------------------------------------
+@click.command("plan")
+@SWEEP
+@SET
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+def plan_cmd(sweep: str, overrides, as_json: bool) -> None:
+    """Dry run: the datasets, points, seeds, folds stored and to train, resources and an estimate of the
+    wall time. Trains nothing; preprocesses nothing (datasets not prepared yet are counted from the
+    sweep file or their coding sheet)."""
+    import os
+
+    from orchestrator.report import plan_document
+
+    spec = _load(sweep, overrides)
+    with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        plan = _plan_from_store(spec, strict=False)
+        doc = plan_document(plan, cpus=os.cpu_count() or 1, gpus=_gpus() if spec.resources.gpu else 0)
+    if as_json:
+        sys.stdout.write(json.dumps(doc, default=str) + "\n")
+        return
+    _print_plan(doc)
+
+
+def _gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:  # pragma: no cover
+        return 0
+
+
+def _print_plan(doc: Dict[str, Any]) -> None:
+    out = lambda *a: click.echo(" ".join(str(x) for x in a))  # noqa: E731
+    na = lambda v: "?" if v is None else v  # noqa: E731
+    out(f"sweep {doc['sweep']} ({doc['source']}), workdir {doc['workdir']}")
+    out("datasets:")
+    for d in doc["datasets"]:
+        what = {"prepared": "prepared here", "recorded": "recorded by the last run (not prepared here)",
+                "to prepare": "not prepared yet: `run` prepares it first"}[d["state"]]
+        key = f"key {d['key']}" if d["key"] else "key unknown until prepared"
+        out(f"  {d['name']} ({d['data_id']}): reader {d['reader']}, {na(d['samples'])} samples, "
+            f"{na(d['subjects'])} subjects, {key}; {what}")
+    out("points:")
+    for p in doc["points"]:
+        out(f"  #{p['index']} {p['label']}  {json.dumps(p['params']) if p['params'] else '(the base config)'}")
+    out(f"seeds: {', '.join(map(str, doc['seeds']))}")
+    out("folds (total / stored / to train):")
+    for g in doc["groups"]:
+        t = "" if g["fold_seconds"] is None else f"  ~{g['fold_seconds']:.1f} s per fold"
+        out(f"  {g['dataset']} #{g['point']} {g['label']} seed {g['seed']}: {na(g['folds_total'])} / "
+            f"{g['folds_stored']} / {na(g['folds_to_train'])}{t}")
+    f = doc["folds"]
+    out(f"  all: {na(f['total'])} / {f['stored']} / {na(f['to_train'])}")
+    r, m = doc["resources"], doc["machine"]
+    cap = f", max_concurrent {r['max_concurrent']}" if r["max_concurrent"] else ""
+    out(f"resources per fold: cpu {r['cpu']:g}, gpu {r['gpu']:g}{cap}; this machine: {m['cpus']} CPUs, "
+        f"{m['gpus']} GPUs -> {m['slots']} fold(s) at once")
+    e = doc["estimate"]
+    if e["seconds"] is None:
+        out(f"estimate: {e['basis']}")
+    else:
+        out(f"estimate: {e['seconds']:.0f} s of training ({e['basis']})")

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from model.config import DATASET_DEFAULTS, ModelConfig, TrainConfig, check_aus
+from model.config import ModelConfig, TrainConfig, check_aus, with_dataset_defaults
 from preprocessing.config import PreprocessConfig
+from preprocessing.errors import MicroAUError
 
 SECTIONS = ("preprocessing", "model", "training")
 _SECTION_MODELS = {"preprocessing": PreprocessConfig, "model": ModelConfig, "training": TrainConfig}
@@ -27,7 +28,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class ConfigError(ValueError):
+class ConfigError(MicroAUError, ValueError):
     """A sweep file is invalid; the message names the file and the key at fault."""
 
 
@@ -120,6 +121,7 @@ class SweepSpec(_Strict):
     retries: int = Field(2, ge=0)  # Ray Tune max_failures per trial
     max_concurrent: Optional[int] = Field(None, ge=1)
     source: Optional[str] = Field(None, exclude=True)  # the file it was read from (for messages)
+    _trials: Optional[List["TrialConfig"]] = PrivateAttr(None)  # the expansion, made once (trials())
 
     @field_validator("name")
     @classmethod
@@ -172,12 +174,28 @@ class SweepSpec(_Strict):
         return out
 
     def trials(self, dataset: Optional[str] = None) -> List["TrialConfig"]:
-        """Resolved configs, one per (dataset, point, seed)."""
-        names = [dataset] if dataset else list(self.datasets)
-        for n in names:
-            if n not in self.datasets:
-                raise ConfigError(f"{self.source}: no dataset {n!r}; the file has {sorted(self.datasets)}")
-        return [self.resolve(n, p, s) for n in names for p in self.points() for s in self.seeds]
+        """Resolved configs, one per (dataset, point, seed), in sweep order. The sweep is expanded once
+        (`load_sweep` does it, which validates every point) and the same list is handed out after."""
+        if dataset is not None and dataset not in self.datasets:
+            raise ConfigError(f"{self.source}: no dataset {dataset!r}; the file has {sorted(self.datasets)}")
+        if self._trials is None:
+            self._trials = [self.resolve(n, p, s) for n in self.datasets for p in self.points()
+                            for s in self.seeds]
+        return [t for t in self._trials if dataset is None or t.dataset == dataset]
+
+    def trial(self, dataset: str, point: int, seed: int) -> "TrialConfig":
+        """The resolved config of one (dataset, point index, seed) of the expansion."""
+        for t in self.trials(dataset):
+            if t.point == point and t.seed == seed:
+                return t
+        raise ConfigError(f"{self.source}: no point {point} with seed {seed} (points 0..{len(self.points()) - 1}, "
+                          f"seeds {self.seeds})")
+
+    def model_copy(self, *, update=None, deep: bool = False):
+        copy_ = super().model_copy(update=update, deep=deep)
+        if update:
+            copy_._trials = None  # a changed field may change the expansion
+        return copy_
 
     def resolve(self, dataset: str, point: "Point", seed: int) -> "TrialConfig":
         ds = self.datasets[dataset]
@@ -193,11 +211,7 @@ class SweepSpec(_Strict):
                 sections[name] = cls.model_validate(tree[name])
             except ValidationError as e:
                 raise ConfigError(_format_errors(e, f"{self.source}", prefix=name)) from None
-        train = sections["training"]
-        defaults = DATASET_DEFAULTS.get(ds.reader, {})
-        fill = {k: v for k, v in defaults.items() if getattr(train, k) is None}
-        if fill:
-            sections["training"] = train.model_copy(update=fill)
+        sections["training"] = with_dataset_defaults(sections["training"], ds.reader)
         from preprocessing.annotations import DEFAULT_AUS  # dataset knowledge lives in preprocessing
         aus = list(ds.aus) if ds.aus else list(DEFAULT_AUS[ds.reader])
         try:
@@ -368,5 +382,5 @@ def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepS
     for k in spec.grid:
         if not spec.grid[k]:
             raise ConfigError(f"{path}: grid.{k} has no values")
-    spec.trials()  # validate every point of every dataset now, not when its trial starts
+    spec.trials()  # the one expansion: every point of every dataset validated now, not when its trial starts
     return spec

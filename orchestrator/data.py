@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from orchestrator.config import ConfigError, SweepSpec, TrialConfig, expand_env, stable_hash
 
@@ -49,17 +49,15 @@ def data_id(trial: TrialConfig) -> str:
     return f"{trial.dataset}@{stable_hash(trial.preprocessing.model_dump(mode='json'))}"
 
 
-def prepare(spec: SweepSpec, name: str, preprocessing=None, progress: bool = True, cached_only: bool = False):
-    """The `PreparedDataset` of `datasets.<name>` under `preprocessing` (default: the setting of the
-    sweep's first point), synthetic data generated first when asked for.
+def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, cached_only: bool = False):
+    """The `PreparedDataset` of `datasets.<name>` under `preprocessing` (a trial's), synthetic data
+    generated first when asked for.
 
     cached_only: only what the cache holds (None when the dataset is not prepared): no synthetic data is
     generated and nothing is preprocessed."""
     from preprocessing import find_prepared, prepare_dataset
 
     ds = spec.datasets[name]
-    if preprocessing is None:
-        preprocessing = spec.trials(name)[0].preprocessing
     if not cached_only:
         ensure_synthetic(spec, name, progress=progress)
     root = dataset_root(spec, name)
@@ -93,11 +91,12 @@ def expand_paths(cfg, where: str):
     return cfg.model_copy(update=update) if update else cfg
 
 
-def prepare_all(spec: SweepSpec, progress: bool = True, cached_only: bool = False) -> Dict[str, object]:
-    """Every prepared dataset the sweep's trials read, keyed by `data_id` (cached_only: see `prepare`;
-    a dataset not prepared yet maps to None)."""
+def prepare_all(spec: SweepSpec, trials: Sequence[TrialConfig], progress: bool = True,
+                cached_only: bool = False) -> Dict[str, object]:
+    """Every prepared dataset the `trials` (the sweep's expansion) read, keyed by `data_id` (cached_only:
+    see `prepare`; a dataset not prepared yet maps to None)."""
     out: Dict[str, object] = {}
-    for trial in spec.trials():
+    for trial in trials:
         key = data_id(trial)
         if key not in out:
             out[key] = prepare(spec, trial.dataset, trial.preprocessing, progress=progress,
@@ -139,7 +138,9 @@ def dataset_info(d) -> Dict[str, object]:
     subjects = sorted(set(map(str, d.subjects)))
     skipped = [dict(s) for s in (getattr(d, "skipped", None) or [])]
     lost = {str(s["sample"]).split("/")[0] for s in skipped} - set(subjects)
-    return {"key": d.key, "subjects": subjects, "skipped": skipped, "dropped_subjects": sorted(lost),
+    samples = len(d.sample_ids) if getattr(d, "sample_ids", None) is not None else getattr(d, "samples", None)
+    return {"key": d.key, "subjects": subjects, "samples": samples, "skipped": skipped,
+            "dropped_subjects": sorted(lost),
             **{k: [dict(x) for x in (getattr(d, k, None) or [])] for k in ("apex_estimated", "corrected",
                                                                            "warnings")}}
 
@@ -159,31 +160,35 @@ def record_prepared(spec: SweepSpec, datasets: Dict[str, object], warn=print) ->
         json.dump(known, f, indent=1, sort_keys=True)
 
 
-def prepared_or_recorded(spec: SweepSpec, warn=print) -> Dict[str, object]:
-    """What `report` needs of each dataset (key, subjects, skipped samples), without preprocessing: the
-    cached prepared dataset, else what the last run recorded of it."""
-    from preprocessing import DatasetError
+def prepared_or_recorded(spec: SweepSpec, trials: Sequence[TrialConfig], warn=print,
+                         strict: bool = True) -> Dict[str, Optional[SimpleNamespace]]:
+    """What `report` and `plan` need of each dataset the `trials` read (key, subjects, notes), without
+    preprocessing: the cached prepared dataset, else what the last run recorded of it. Each value's
+    `origin` says which ("prepared" or "recorded"). A dataset that is neither is a ConfigError, or maps
+    to None when not `strict` (`plan`: it will be prepared first)."""
+    from preprocessing.errors import MicroAUError
 
     path = spec.workdir_path() / MANIFEST
     try:
-        found = prepare_all(spec, progress=False, cached_only=True)
+        found = prepare_all(spec, trials, progress=False, cached_only=True)
         missing = sorted(i for i, d in found.items() if d is None)
         reason = f"{spec.source}: {', '.join(missing)} not prepared here yet" if missing else None
-    except (ConfigError, DatasetError) as e:
+    except MicroAUError as e:
         found, reason = {}, str(e).splitlines()[0]
+    out = {i: SimpleNamespace(**dataset_info(d), origin="prepared") for i, d in found.items() if d is not None}
     if reason is None:
-        return {i: SimpleNamespace(**dataset_info(d)) for i, d in found.items()}
+        return out
     known = _read_manifest(path, warn)
-    ids = {data_id(t) for t in spec.trials()}
-    need = {i for i in ids if found.get(i) is None}
-    if not need <= set(known):
-        absent = sorted(need - set(known))
+    need = {data_id(t) for t in trials} - set(out)
+    absent = sorted(need - set(known))
+    if absent and strict:
         raise ConfigError(f"{reason}\nNo earlier run recorded {', '.join(absent)} in {path} either: run "
                           f"`microau-sweep run {spec.source}` first (report never preprocesses)")
-    warn(f"note: {reason}\n      reporting from the results store with the dataset keys recorded by the "
-         f"last run ({path})")
-    out = {i: SimpleNamespace(**dataset_info(d)) for i, d in found.items() if d is not None}
-    out.update({i: SimpleNamespace(**{**{k: [] for k in NOTES}, **known[i]}) for i in need})
+    if need - set(absent):
+        warn(f"note: {reason}\n      using the dataset keys recorded by the last run ({path})")
+    out.update({i: SimpleNamespace(**{**{k: [] for k in NOTES}, **known[i]}, origin="recorded")
+                for i in need if i in known})
+    out.update({i: None for i in absent})
     return out
 
 

@@ -27,10 +27,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from preprocessing.errors import MicroAUError
+
 LOCK_NAME = "run.lock"
 
 
-class LockError(RuntimeError):
+class LockError(MicroAUError, RuntimeError):
     """Another `run` holds the workdir."""
 
 

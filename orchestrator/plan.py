@@ -1,15 +1,20 @@
-"""Expansion of a sweep into folds: datasets x points (variants x grid) x seeds x test subjects.
+"""The plan of a sweep: its folds (datasets x points (variants x grid) x seeds x test subjects), the
+prepared datasets they read and which of them the results store already holds, built once and handed on.
 
 `SweepSpec.trials()` gives one resolved `TrialConfig` per (dataset, point, seed); a fold adds the test
-subject and the prepared-data key, which together make the results-store key.
+subject and the prepared-data key, which together make the results-store key. `make_plan` assembles a
+`Plan` from the datasets at hand: prepared ones (`run`, `fold`), or what was recorded of them (`report`,
+`plan`; orchestrator.data.prepared_or_recorded). `run`, `report`, `fold` and `plan` all read this one
+object; nothing after it expands the sweep again.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Sequence
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence
 
 from orchestrator.config import ConfigError, SweepSpec, TrialConfig, stable_hash
-from orchestrator.store import fold_key
+from orchestrator.store import ResultsStore, fold_key
 
 
 @dataclass(frozen=True)
@@ -62,22 +67,69 @@ def expand(spec: SweepSpec, subjects: Dict[str, Sequence[str]], data_keys: Dict[
 
     Both mappings are keyed by `orchestrator.data.data_id(trial)` (a dataset under one preprocessing
     setting): `subjects[id]` are the subjects present in that prepared dataset, `data_keys[id]` its key.
+    Trials whose data id is in neither (a dataset not prepared yet: `plan` only) get no folds.
     """
     from orchestrator.data import data_id
 
     folds = []
-    for name in spec.datasets:
-        for trial in spec.trials(name):
-            did = data_id(trial)
-            present = subjects[did]
-            if len(set(map(str, present))) < 2:
-                raise ConfigError(f"{spec.source}: datasets.{name}: LOSO needs at least 2 subjects, the "
-                                  f"prepared dataset has {sorted(set(present))}")
-            for s in test_subjects(spec, name, present):
-                folds.append(Fold(trial=trial, subject=s, data_key=data_keys[did]))
+    for trial in spec.trials():
+        did = data_id(trial)
+        if did not in subjects:
+            continue
+        present = subjects[did]
+        if len(set(map(str, present))) < 2:
+            raise ConfigError(f"{spec.source}: datasets.{trial.dataset}: LOSO needs at least 2 subjects, the "
+                              f"prepared dataset has {sorted(set(present))}")
+        for s in test_subjects(spec, trial.dataset, present):
+            folds.append(Fold(trial=trial, subject=s, data_key=data_keys[did]))
     keys = [f.key for f in folds]
     if len(set(keys)) != len(keys):
         dup = sorted({f.trial.point_label for f in folds if keys.count(f.key) > 1})
         raise ConfigError(f"{spec.source}: points {dup} resolve to the same configuration; remove the "
                           f"duplicates from grid/variants")
     return folds
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A sweep expanded once: everything `run`, `report`, `fold` and `plan` need to know before training."""
+    spec: SweepSpec
+    # data id -> the prepared dataset, or what the last run recorded of it (key, subjects, notes); None
+    # when it is neither prepared here nor recorded (only `plan` builds such a plan)
+    datasets: Dict[str, Any]
+    folds: List[Fold]
+    stored: FrozenSet[str]  # keys of the folds the results store holds intact
+    store: ResultsStore
+    recorded: FrozenSet[str] = field(default_factory=frozenset)  # data ids known only from the record
+
+    @property
+    def trials(self) -> List[TrialConfig]:
+        return self.spec.trials()
+
+    @property
+    def todo(self) -> List[Fold]:
+        """The folds to train, in sweep order."""
+        return [f for f in self.folds if f.key not in self.stored]
+
+    def info(self) -> Dict[str, Dict[str, Any]]:
+        """data id -> what the sweep keeps of each known dataset (orchestrator.data.dataset_info)."""
+        from orchestrator.data import dataset_info
+
+        return {i: dataset_info(d) for i, d in self.datasets.items() if d is not None}
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_plan(spec: SweepSpec, datasets: Dict[str, Any], warn: Callable[[str], None] = _stderr,
+              store: Optional[ResultsStore] = None, recorded: Sequence[str] = ()) -> Plan:
+    """The plan of `spec` over `datasets` (data id -> prepared dataset or its recorded info, None when
+    unknown): every fold, and which are stored intact (a damaged record is set aside with a warning and
+    its fold counts as not stored)."""
+    store = store or ResultsStore(spec.workdir_path() / "results")
+    known = {i: d for i, d in datasets.items() if d is not None}
+    folds = expand(spec, {i: d.subjects for i, d in known.items()}, {i: d.key for i, d in known.items()})
+    stored = frozenset(f.key for f in folds if store.intact(f.key, warn))
+    return Plan(spec=spec, datasets=dict(datasets), folds=folds, stored=stored, store=store,
+                recorded=frozenset(recorded))

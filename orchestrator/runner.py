@@ -22,18 +22,19 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from orchestrator.config import SweepSpec, TrialConfig
-from orchestrator.data import data_id, dataset_info, prepare_all, record_prepared
-from orchestrator.fold import dumps, prefix_for, prefix_group, run_fold
+from orchestrator.data import data_id, prepare_all, record_prepared
+from orchestrator.trial import dumps, prefix_for, prefix_group, run_fold
 from orchestrator.lock import WorkdirLock
-from orchestrator.plan import Fold, expand
-from orchestrator.report import SweepState
-from orchestrator.store import ResultsStore, ensure_writable
+from orchestrator.plan import Fold, make_plan
+from orchestrator.state import SweepState
+from orchestrator.store import ResultsStore, claim_name, ensure_writable
+from preprocessing.errors import MicroAUError
 
 RESULT_KEY = "fold_result"  # the tune.report key carrying the FoldResult (JSON text), popped by the driver
 _MAX_SOCKET_DIR = 60  # Ray's Unix socket paths (<temp>/session_<date>_<pid>/sockets/...) must stay < 108
 
 
-class ResourceError(RuntimeError):
+class ResourceError(MicroAUError, RuntimeError):
     """The cluster cannot run a trial of this sweep (e.g. GPUs asked for, none present)."""
 
 
@@ -188,16 +189,18 @@ def _trial_error(trial) -> str:
 
 def run_sweep(spec: SweepSpec, address: Optional[str] = None, *, quiet: bool = False,
               progress: bool = True, view: Optional[Callable[[SweepState], Any]] = None,
-              dashboard: bool = False) -> RunOutcome:
+              dashboard: bool = False, share_name: bool = False) -> RunOutcome:
     """Run every fold of the sweep not yet in the results store; return the updated state.
 
     `view(state)` is a context manager for a live display (rich) or None. Holds `<workdir>/run.lock`
-    throughout (orchestrator.lock); raises LockError when another run holds it.
+    throughout (orchestrator.lock); raises LockError when another run holds it. `share_name`: see
+    orchestrator.store.claim_name.
     """
     workdir = spec.workdir_path()
     ensure_writable(workdir, "workdir", "nothing could be stored")
     # One run per workdir, taken before data, tracking or scheduling: a second run stops here (LockError)
     with WorkdirLock(workdir, sweep=str(Path(spec.source).resolve()) if spec.source else spec.name):
+        claim_name(spec, share=share_name)  # one sweep file per name in a workdir
         return _run_locked(spec, address, quiet=quiet, progress=progress, view=view, dashboard=dashboard)
 
 
@@ -208,21 +211,20 @@ def _run_locked(spec: SweepSpec, address: Optional[str], *, quiet: bool, progres
     warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     store.check_writable()  # before any work: a fold that cannot be stored is a fold lost
     ensure_writable(workdir / "reports", "reports folder", "the table could not be written at the end")
-    datasets = prepare_all(spec, progress=progress)
+    datasets = prepare_all(spec, spec.trials(), progress=progress)
     record_prepared(spec, datasets, warn)
-    folds = expand(spec, {n: d.subjects for n, d in datasets.items()}, {n: d.key for n, d in datasets.items()})
-    todo = [f for f in folds if not store.intact(f.key, warn)]  # damaged records are set aside, retrained
+    plan = make_plan(spec, datasets, warn, store=store)  # damaged records are set aside, retrained
+    todo = plan.todo
     started = False
     try:
         if todo:  # resources are checked before anything is tracked or scheduled
             started = connect(spec, address, quiet=quiet, dashboard=dashboard)
             check_resources(spec, address)
-        state = SweepState(spec, folds, store, tracking=True,  # MLflow experiment and parent runs
-                           datasets={i: dataset_info(d) for i, d in datasets.items()})
+        state = SweepState(plan, tracking=True)  # MLflow experiment and parent runs
         state.begin(todo)
         if todo:
-            prefixes, plan = _prefixes_and_plan(spec, todo, datasets)
-            tuner = _tuner(spec, todo, plan, datasets, prefixes, state)
+            prefixes, jobs = _prefixes_and_plan(spec, todo, datasets)
+            tuner = _tuner(spec, todo, jobs, datasets, prefixes, state)
             try:
                 with (view(state) if view else contextlib.nullcontext()), _tune_interrupt_notice(spec), \
                         _stdout_to(workdir / "logs" / "tune.log"):
@@ -236,7 +238,7 @@ def _run_locked(spec: SweepSpec, address: Optional[str], *, quiet: bool, progres
             import ray
 
             ray.shutdown()
-    return RunOutcome(state=state, trained=state.trained, reused=len(folds) - len(todo),
+    return RunOutcome(state=state, trained=state.trained, reused=len(plan.folds) - len(todo),
                       failed=dict(state.errors))
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator
 
 from orchestrator.config import stable_hash
 from preprocessing.atomic import atomic_file
+from preprocessing.errors import MicroAUError
 
 STORE_VERSION = 1
 
@@ -31,7 +32,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-class StoreError(RuntimeError):
+class StoreError(MicroAUError, RuntimeError):
     pass
 
 
@@ -155,8 +156,9 @@ NAMES = "sweeps.json"  # in <workdir>: sweep name -> {file, config}
 
 def claim_name(spec, share: bool = False) -> None:
     """A sweep's name picks its MLflow experiment and its report files: refuse a second sweep FILE with
-    the same name and other contents in one workdir (a copied and edited sweep file, say) unless `share`
-    says it is meant. The same file edited (a point added) keeps its name."""
+    the same name and other trials in one workdir (a copied and edited sweep file, say) unless `share`
+    says it is meant. The same file edited (a point added) keeps its name; a copy that resolves to the
+    same trials (other dataset roots or workdir) is the same sweep."""
     from orchestrator.config import ConfigError, stable_hash
 
     if not spec.source:
@@ -168,7 +170,9 @@ def claim_name(spec, share: bool = False) -> None:
     except (OSError, ValueError):
         known = {}  # a damaged registry is written again
     me = {"file": str(Path(spec.source).resolve()),
-          "config": stable_hash(spec.model_dump(mode="json", exclude={"source", "tracking"}))}
+          # what it computes (every resolved trial), not where: a copy with other roots or workdir is the
+          # same sweep
+          "config": stable_hash(sorted([t.dataset, t.hash] for t in spec.trials()))}
     other = known.get(spec.name)
     if isinstance(other, dict) and other.get("file") != me["file"] and other.get("config") != me["config"] \
             and not share and Path(str(other.get("file"))).is_file():

@@ -64,7 +64,7 @@ def _is_number(v: Any) -> bool:
 
 # -- bounded waits ----------------------------------------------------------------------------------
 # MLflow is a side channel (the results store is the record): when it does not answer, the sweep must
-# notice within seconds, warn once and go on without it (report.SweepState). Left alone, MLflow waits
+# notice within seconds, warn once and go on without it (state.SweepState). Left alone, MLflow waits
 # far longer: an HTTP server that does not answer costs 7 retries with exponential backoff (over 4
 # minutes) per call, a SQLite file it cannot open 10 engine retries (~100 s), a locked one sqlite's busy
 # timeout (5 s; 20 s inside MLflow's sessions).
@@ -113,7 +113,7 @@ def _bounded(method):
 
 class _DropHandledErrors(logging.Filter):
     """MLflow logs a traceback for database errors before raising them; the driver reports them itself
-    (one warning line, report.SweepState), so those log records are dropped."""
+    (one warning line, state.SweepState), so those log records are dropped."""
     _PREFIXES = ("SQLAlchemy database error", "SQLAlchemy engine could not be created")
 
     def filter(self, record: logging.LogRecord) -> bool:

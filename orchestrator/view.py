@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.report import SweepState
+from orchestrator.state import SweepState
 
 
 def _f(v: Optional[float], digits: int = 3) -> str:

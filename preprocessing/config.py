@@ -41,3 +41,8 @@ class PreprocessConfig(_Strict):
     crop_margin: float = Field(0.15, ge=0, le=1)  # face box = landmark box grown by this share per side
     detector_upsample: int = Field(1, ge=0, le=3)  # dlib frontal detector upsampling
     predictor: Optional[str] = None  # dlib 68-point predictor .dat; default: face-recognition-models'
+
+
+# The fastest sensible preprocessing of generated data (tests, bench/): DIS flow (0.03 s/pair vs ~0.4 s for
+# TV-L1), Eulerian x3 magnification (no weights), everything else at the paper's defaults (224 flow image).
+QUICK_PREPROCESS = {"flow": "dis", "magnification": {"method": "eulerian", "factor": 3.0}}

@@ -1,8 +1,14 @@
-"""The one error type of the data layer."""
+"""The error types of the data layer, and `MicroAUError`: the base of every error whose message says what
+is wrong and what to do (the CLI shows those without a traceback). It lives here, in the lowest layer, so
+that preprocessing, model and orchestrator can all derive from it (imports only point down)."""
 from __future__ import annotations
 
 
-class DatasetError(ValueError):
+class MicroAUError(Exception):
+    """An error the user can fix from its message alone: the CLI prints it as `Error: ...` and exits 1."""
+
+
+class DatasetError(MicroAUError, ValueError):
     """A dataset cannot be read or prepared. The message names the file, the row and the sample at fault
     and says what to do; for several problems it lists each on its own line."""
 

@@ -188,7 +188,6 @@ def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, roo
     for s in samples:
         read = [[n, _relative(s.frames[n], root), digests.digest(s.frames[n])] for n in _frames_read(s, clip)]
         h.update(json.dumps([s.id, s.row, sorted(s.frames), read]).encode())
-    digests.save()
     extra = [_model_stamp(predictor_path(cfg.predictor))]
     if cfg.magnification.method == "learned" and cfg.magnification.weights:
         extra.append(_model_stamp(Path(cfg.magnification.weights).expanduser()))
@@ -233,7 +232,8 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
     if on_error not in ("stop", "skip"):
         raise DatasetError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
     cfg = cfg or PreprocessConfig()
-    samples, corrected, key, path = _locate(reader, root, cfg, cache_dir, sheet, corrections, corrections_where)
+    samples, corrected, key, path, digests = _locate(reader, root, cfg, cache_dir, sheet, corrections,
+                                                     corrections_where)
     cached = _cached(path, samples, on_error) if path.is_file() else None
     if cached is not None:
         return cached
@@ -280,6 +280,7 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
         warnings=[{"sample": w.sample.id, "warning": str(w)} for w in warnings if w.sample.id in kept],
         corrected=corrected)
     data.save(path)
+    digests.save()
     return data
 
 
@@ -290,20 +291,24 @@ def find_prepared(reader: str, root, cfg: Optional[PreprocessConfig] = None, cac
     """The cached `PreparedDataset` of this dataset, corrections and config, or None when it has not been
     prepared; never preprocesses (reads the sheet and stats the frames to compute the key)."""
     cfg = cfg or PreprocessConfig()
-    samples, _, _, path = _locate(reader, root, cfg, cache_dir, sheet, corrections, corrections_where)
+    samples, _, _, path, _ = _locate(reader, root, cfg, cache_dir, sheet, corrections, corrections_where)
     return _cached(path, samples, on_error) if path.is_file() else None
 
 
 def _locate(reader: str, root, cfg: PreprocessConfig, cache_dir, sheet, corrections=None,
             corrections_where=None):
     """-> (samples of the sheet with the corrections applied, what they changed, prepared-data key,
-    cache file)."""
+    cache file, the frame digests read)."""
     samples = get_reader(reader)(root, sheet=sheet)
     where = corrections_where or f"datasets.{reader}.corrections"
     samples, corrected = corr.apply(samples, corrections or {}, where)
     mag.check(cfg.magnification)  # missing or unusable weights fail here, before the key stamps the file
-    key = cache_key(reader, samples, cfg, root, corrections, FrameDigests(cache_dir))
-    return samples, corrected, key, cache_path(cache_dir, reader, key)
+    digests = FrameDigests(cache_dir)
+    key = cache_key(reader, samples, cfg, root, corrections, digests)
+    path = cache_path(cache_dir, reader, key)
+    if path.is_file():
+        digests.save()  # remembered only beside a prepared dataset: a failed run leaves the cache as it was
+    return samples, corrected, key, path, digests
 
 
 def _cached(path: Path, samples: Sequence[Sample], on_error: str) -> Optional[PreparedDataset]:

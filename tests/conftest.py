@@ -8,9 +8,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-# Fastest sensible preprocessing for tests: DIS flow (0.03 s/pair vs ~0.4 s for TV-L1), Eulerian x3
-# magnification (no weights), everything else at the paper's defaults (224 flow image).
-TEST_PREPROCESS = {"flow": "dis", "magnification": {"method": "eulerian", "factor": 3.0}}
+from helpers import TEST_PREPROCESS  # noqa: E402
 
 
 @pytest.fixture(scope="session")

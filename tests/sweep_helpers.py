@@ -17,6 +17,13 @@ def by_data_id(spec, subjects_by_dataset, keys_by_dataset):
     return ({i: subjects_by_dataset[n] for i, n in ids.items()}, {i: keys_by_dataset[n] for i, n in ids.items()})
 
 
+def fake_datasets(spec, subjects_by_dataset, keys_by_dataset):
+    """Stand-ins of the prepared datasets (key and subjects only), keyed by data id as `make_plan` takes
+    them."""
+    subjects, keys = by_data_id(spec, subjects_by_dataset, keys_by_dataset)
+    return {i: SimpleNamespace(key=keys[i], subjects=list(subjects[i])) for i in subjects}
+
+
 def fake_result(subject: str, seed: int = 0, n: int = 5, text_similarity=None) -> dict:
     """A FoldResult dict as a trial would report it (random but reproducible per subject and seed);
     `text_similarity`: one value per AU (Table III TextSi), else no extras."""
@@ -45,9 +52,9 @@ def fake_training(setattr, subjects=("006", "007", "008"), data_key="datakey", c
 
     calls = {"prepared": 0, "trained": 0} if calls is None else calls
 
-    def prepare_all(spec, progress=True):
+    def prepare_all(spec, trials, progress=True):
         calls["prepared"] += 1
-        return {data_id(t): SimpleNamespace(key=data_key, subjects=list(subjects)) for t in spec.trials()}
+        return {data_id(t): SimpleNamespace(key=data_key, subjects=list(subjects)) for t in trials}
 
     class Tuner:
         def __init__(self, todo, state):

@@ -286,7 +286,7 @@ def test_tables_iii_iv_vi_run_on_the_full_model_and_the_add_mlp_reading(name, ke
 
 def test_grid_over_preprocessing_prepares_each_setting_once(tiny_casme2, tmp_path):
     """A grid may vary preprocessing.*: each setting is its own prepared dataset, with its own key."""
-    from conftest import TEST_PREPROCESS
+    from helpers import TEST_PREPROCESS
     from orchestrator.data import data_id, prepare_all
 
     doc = {"name": "flows", "workdir": str(tmp_path / "wd"),
@@ -294,7 +294,7 @@ def test_grid_over_preprocessing_prepares_each_setting_once(tiny_casme2, tmp_pat
            "preprocessing": TEST_PREPROCESS, "grid": {"preprocessing.flow": ["dis", "farneback"],
                                                       "training.beta": [0.2, 0.4]}}
     spec = load_sweep(write(tmp_path, doc))
-    datasets = prepare_all(spec, progress=False)
+    datasets = prepare_all(spec, spec.trials(), progress=False)
     assert len(datasets) == 2  # two flow methods; beta does not touch the data
     assert len({d.key for d in datasets.values()}) == 2
     folds = expand(spec, {i: d.subjects for i, d in datasets.items()}, {i: d.key for i, d in datasets.items()})

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 from sklearn.metrics import f1_score
 
-from conftest import TEST_PREPROCESS
+from helpers import TEST_PREPROCESS
 from orchestrator.cli import main
 
 

@@ -13,7 +13,7 @@ from model.config import ModelConfig, TrainConfig
 from model.lsi import au_token_indices, landmark_groups
 from model.net import MicroAUCLIP
 from model.train import FoldError
-from test_model_data import CASME2_AUS, fake_prepared
+from helpers import CASME2_AUS, fake_prepared
 
 TINY = dict(arch="microau-tiny", pretrained="none")
 

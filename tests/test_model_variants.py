@@ -9,7 +9,7 @@ from model import compute_prefix, train_fold
 from model.config import ModelConfig, TrainConfig
 from model.lsi import au_token_indices, landmark_groups
 from model.net import MicroAUCLIP
-from test_model_data import CASME2_AUS, fake_prepared
+from helpers import CASME2_AUS, fake_prepared
 
 VARIANTS = {
     "full": {},

@@ -15,7 +15,7 @@ from torch import nn
 
 from model import backbone, compute_prefix
 from model.config import ModelConfig
-from test_model_data import CASME2_AUS, fake_prepared
+from helpers import CASME2_AUS, fake_prepared
 
 import open_clip  # noqa: E402  (after model.backbone: the torchvision guard)
 

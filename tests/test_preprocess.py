@@ -381,7 +381,7 @@ def test_prepared_dataset_contract(prepared_casme2, tmp_path):
 
 # -- cache ---------------------------------------------------------------------------------------------
 def _cfg(**kw):
-    from conftest import TEST_PREPROCESS
+    from helpers import TEST_PREPROCESS
     return PreprocessConfig.model_validate({**TEST_PREPROCESS, **kw})
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import TEST_PREPROCESS
+from helpers import TEST_PREPROCESS
 from orchestrator.cli import main
 from orchestrator.config import load_sweep
 
@@ -60,16 +60,14 @@ def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_p
     from mlflow import MlflowClient
 
     from orchestrator.data import prepare_all
-    from orchestrator.plan import expand
-    from orchestrator.report import SweepState
-    from orchestrator.store import ResultsStore
-    from orchestrator.data import dataset_info
+    from orchestrator.plan import make_plan
+    from orchestrator.state import SweepState
 
     root, gone = gappy
     path = sweep_file(tmp_path, root, datasets={"casme2": {"reader": "casme2", "root": str(root),
                                                            "on_error": "skip"}})
     spec = load_sweep(path)
-    datasets = prepare_all(spec, progress=False)
+    datasets = prepare_all(spec, spec.trials(), progress=False)
     (data,) = datasets.values()
     assert sorted(d["sample"] for d in data.skipped) == gone and sorted(set(data.subjects)) == ["sub01", "sub02"]
 
@@ -90,9 +88,7 @@ def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_p
     assert json.loads(rj.stdout)["data_notes"][0]["dropped_subjects"] == ["sub03"]
 
     # MLflow: the parent run of each point carries them
-    info = {i: dataset_info(d) for i, d in datasets.items()}
-    folds = expand(spec, {i: d.subjects for i, d in datasets.items()}, {i: d.key for i, d in datasets.items()})
-    SweepState(spec, folds, ResultsStore(spec.workdir_path() / "results"), tracking=True, datasets=info)
+    SweepState(make_plan(spec, datasets), tracking=True)
     client = MlflowClient(spec.tracking_uri())
     (parent,) = client.search_runs([client.get_experiment_by_name("rel").experiment_id])
     assert sorted(parent.data.tags["skipped_samples"].split(";")) == gone
@@ -122,7 +118,7 @@ def test_damaged_dataset_manifest_is_set_aside_and_rewritten(tiny_casme2, tmp_pa
     manifest = spec.workdir_path() / MANIFEST
     manifest.parent.mkdir(parents=True)
     manifest.write_text("{this is not json")
-    record_prepared(spec, prepare_all(spec, progress=False))
+    record_prepared(spec, prepare_all(spec, spec.trials(), progress=False))
     assert "datasets.json is damaged" in capsys.readouterr().out
     assert manifest.with_name(MANIFEST + ".damaged").read_text() == "{this is not json"
     assert list(json.loads(manifest.read_text()).values())[0]["subjects"] == ["sub01", "sub02"]
@@ -189,15 +185,15 @@ def test_run_in_a_log_prints_one_line_per_fold_and_heartbeats(tmp_path, monkeypa
     fake_training(monkeypatch.setattr)
     real = view.log_view
     monkeypatch.setattr(view, "log_view", lambda out, heartbeat_s=60.0: real(out, heartbeat_s=0.2))
-    import orchestrator.report as report
+    import orchestrator.state as state
 
-    finished = report.SweepState.finished
+    finished = state.SweepState.finished
 
     def slow(self, *a, **k):  # a fold takes a moment: the heartbeat has something to say
         time.sleep(0.5)
         return finished(self, *a, **k)
 
-    monkeypatch.setattr(report.SweepState, "finished", slow)
+    monkeypatch.setattr(state.SweepState, "finished", slow)
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "logs", "workdir": str(tmp_path / "wd"),
                                     "datasets": {"samm": {"reader": "samm", "root": "/nowhere"}},
@@ -249,7 +245,7 @@ def test_report_says_when_folds_are_stored_under_an_earlier_data_key(tiny_casme2
     s = read_casme2(root)[0]
     s.frames[s.onset].write_bytes(s.frames[s.apex].read_bytes())  # the data changed since
     spec = load_sweep(path)
-    record_prepared(spec, prepare_all(spec, progress=False))  # e.g. a run that stopped before training
+    record_prepared(spec, prepare_all(spec, spec.trials(), progress=False))  # e.g. a run that stopped before training
     r = CliRunner().invoke(main, ["report", str(path)])
     assert r.exit_code == 0 and " 0/2 incomplete" in r.output
     assert "note: 2 fold(s) of casme2 base seed 1 are stored under an earlier prepared-data key" in r.stderr

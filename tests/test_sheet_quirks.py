@@ -83,7 +83,7 @@ def test_slash_apex_and_offset_past_the_last_frame_prepare_every_sample(casme2_c
 def test_empty_samm_apex_cells_are_estimated(synth_samm, tmp_path):
     """SAMM leaves the apex cell empty for 3 samples: those are estimated (within one frame of the truth)
     and listed, the others keep their coded apex."""
-    from conftest import TEST_PREPROCESS
+    from helpers import TEST_PREPROCESS
     root = shutil.copytree(synth_samm, tmp_path / "samm")
     samples = read_samm(root)
     blank = [samples[0], samples[5], samples[10]]
@@ -102,7 +102,7 @@ def test_au_alternatives_name_the_row_and_a_correction_fixes_it(casme2_copy, tmp
     """An 'R14 or 15' cell stops with its row and the entry to add; with that correction (sweep-file map or
     --corrections file) the sample is prepared with AU 14, the correction is listed, and it is part of the
     prepared-data key."""
-    from conftest import TEST_PREPROCESS
+    from helpers import TEST_PREPROCESS
     root, samples = casme2_copy
     s = samples[1]
     edit_sheet(s.sheet, "casme2", {s.row: {"aus": "R14 or 15"}})
@@ -173,7 +173,7 @@ def test_sweep_file_corrections_reach_the_data_layer(tmp_path, monkeypatch):
     assert spec.datasets["c"].corrections == {"sub01/EP02_01f": {"apex": 59, "aus": "R14"}}
     seen = {}
     monkeypatch.setattr(pipeline, "prepare_dataset", lambda *a, **k: seen.update(k) or "prepared")
-    assert odata.prepare(spec, "c", progress=False) == "prepared"
+    assert odata.prepare(spec, "c", spec.trials("c")[0].preprocessing, progress=False) == "prepared"
     assert seen["corrections"] == {"sub01/EP02_01f": {"apex": 59, "aus": "R14"}}
     assert type(seen["corrections"]) is dict
     assert seen["corrections_where"] == f"datasets.c.corrections (in {path})"
@@ -190,12 +190,11 @@ def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme
     estimated and the corrected ones, so a table is never read as if the sheet had been complete."""
     from mlflow import MlflowClient
 
-    from conftest import TEST_PREPROCESS
+    from helpers import TEST_PREPROCESS
     from orchestrator.config import load_sweep
-    from orchestrator.data import dataset_info, prepare_all
-    from orchestrator.plan import expand
-    from orchestrator.report import SweepState
-    from orchestrator.store import ResultsStore
+    from orchestrator.data import prepare_all
+    from orchestrator.plan import make_plan
+    from orchestrator.state import SweepState
 
     root, samples = casme2_copy
     edit_sheet(samples[0].sheet, "casme2", {samples[1].row: {"apex": "/"}})
@@ -206,7 +205,7 @@ def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme
     path = tmp_path / "notes.yaml"
     path.write_text(yaml.safe_dump(doc))
     spec = load_sweep(path)
-    datasets = prepare_all(spec, progress=False)
+    datasets = prepare_all(spec, spec.trials(), progress=False)
     r = CliRunner().invoke(main, ["report", str(path)])
     assert r.exit_code == 0, r.output
     (est,) = next(iter(datasets.values())).apex_estimated
@@ -216,9 +215,7 @@ def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme
     assert report["data_notes"][0]["apex_estimated"][0]["sample"] == samples[1].id
     assert report["points"][0]["apex_estimated"] == [f"{samples[1].id}:{est['apex']}"]
     assert f"{samples[1].id}:{est['apex']}" in (tmp_path / "wd" / "reports" / "notes.csv").read_text()
-    folds = expand(spec, {i: d.subjects for i, d in datasets.items()}, {i: d.key for i, d in datasets.items()})
-    SweepState(spec, folds, ResultsStore(tmp_path / "wd" / "results"),
-               datasets={i: dataset_info(d) for i, d in datasets.items()})
+    SweepState(make_plan(spec, datasets))
     client = MlflowClient(spec.tracking_uri())
     (parent,) = client.search_runs([client.get_experiment_by_name("notes").experiment_id])
     assert parent.data.tags["apex_estimated"] == f"{samples[1].id}:{est['apex']}"

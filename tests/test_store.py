@@ -11,8 +11,10 @@ from sklearn.metrics import accuracy_score, f1_score
 from model.result import FoldResult
 from orchestrator.config import load_sweep
 from orchestrator.plan import expand
-from sweep_helpers import AUS, by_data_id, fake_result
-from orchestrator.report import SweepState, predictions_csv
+from sweep_helpers import AUS, by_data_id, fake_datasets, fake_result
+from orchestrator.plan import make_plan
+from orchestrator.report import predictions_csv
+from orchestrator.state import SweepState
 from orchestrator.store import ResultsStore, StoreError, atomic_write_text, fold_key
 from orchestrator.tracking import Tracker, flat_metrics
 
@@ -82,8 +84,8 @@ def test_flat_metrics_names():
 
 
 def _state(spec, store, tracking=True):
-    folds = expand(spec, *by_data_id(spec, {"samm": SUBJECTS}, {"samm": "datakey"}))
-    return folds, SweepState(spec, folds, store, tracking=tracking)
+    plan = make_plan(spec, fake_datasets(spec, {"samm": SUBJECTS}, {"samm": "datakey"}), store=store)
+    return plan.folds, SweepState(plan, tracking=tracking)
 
 
 def test_state_tracks_pools_and_marks_failed_points_incomplete(spec):
@@ -155,7 +157,7 @@ def test_begin_restores_children_missing_from_mlflow(spec):
     store = ResultsStore(spec.workdir_path() / "results")
     folds = expand(spec, *by_data_id(spec, {"samm": SUBJECTS}, {"samm": "datakey"}))
     store.put(folds[0].key, fake_result(folds[0].subject), folds[0].meta())  # stored, never tracked
-    state = SweepState(spec, folds, store)
+    state = SweepState(make_plan(spec, fake_datasets(spec, {"samm": SUBJECTS}, {"samm": "datakey"}), store=store))
     state.begin([f for f in folds if not store.has(f.key)])
     client = MlflowClient(spec.tracking_uri())
     exp = client.get_experiment_by_name("unit")

@@ -21,7 +21,7 @@ import yaml
 from click.testing import CliRunner
 from sklearn.metrics import accuracy_score, f1_score
 
-from conftest import TEST_PREPROCESS
+from helpers import TEST_PREPROCESS
 from orchestrator.config import load_sweep
 from orchestrator.runner import ResourceError, run_sweep
 from orchestrator.store import ResultsStore
@@ -99,10 +99,10 @@ def test_pooled_metrics_equal_a_single_node_in_process_run(first_run):
     from model.metrics import pooled_metrics
     from orchestrator.data import prepare
     from model import compute_prefix
-    from orchestrator.fold import run_fold
+    from orchestrator.trial import run_fold
 
     path, spec, outcome = first_run
-    data = prepare(spec, "casme2", progress=False)
+    data = prepare(spec, "casme2", spec.trials("casme2")[0].preprocessing, progress=False)
     rows = {r["label"]: r for r in outcome.state.rows()}
     store = ResultsStore(spec.workdir_path() / "results")
     for g in outcome.state.groups.values():

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from model import FoldResult, compute_prefix, metrics, train_fold
+from model.train import loso as run_loso
 from model.config import ModelConfig, TrainConfig
 from model.train import FoldError
-from test_model_data import CASME2_AUS, fake_prepared
+from helpers import CASME2_AUS, fake_prepared
 
 MODEL = ModelConfig(arch="microau-tiny", pretrained="none", trainable_blocks=1)
 
@@ -30,7 +31,7 @@ def prefix(data):
 
 
 def _loso(data, prefix, spec):
-    return [train_fold(spec, data, s, prefix=prefix) for s in sorted(set(data.subjects))]
+    return run_loso(spec, data, prefix=prefix)
 
 
 @pytest.fixture(scope="module")

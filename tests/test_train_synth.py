@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from model import compute_prefix, metrics, train_fold
+from model import compute_prefix, loso, metrics, train_fold
 from model.config import ModelConfig, TrainConfig
 
 AUS = [1, 2, 4, 7, 12, 14, 15, 17]
@@ -16,7 +16,7 @@ SPEC = SimpleNamespace(reader="casme2", aus=AUS, seed=1, model=MODEL,
 
 
 def _loso(data, prefix):
-    return [train_fold(SPEC, data, s, prefix=prefix) for s in sorted(set(data.subjects))]
+    return loso(SPEC, data, prefix=prefix)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_synthetic_loso_is_repeatable_bit_for_bit(runs):
 
 def test_samm_layout_fold_with_samm_defaults(synth_samm, tmp_path_factory):
     """SAMM: 4 AUs, subjects like '006', the paper's SAMM alpha/beta filled in when unset."""
-    from conftest import TEST_PREPROCESS
+    from helpers import TEST_PREPROCESS
     from preprocessing import prepare_dataset
     from preprocessing.config import PreprocessConfig
 

@@ -1,7 +1,8 @@
-"""One LOSO fold: exactly the code a sweep trial runs, callable without Ray (`microau-sweep fold`).
+"""What one sweep trial executes: one LOSO fold, callable without Ray (`microau-sweep fold`).
 
-The Ray trainable (orchestrator/runner.py) and the `fold` command both call `run_fold`; the frozen
-prefix is computed by `prefix_for` on the driver (once per dataset and backbone) and handed in.
+The Ray trainable (orchestrator/runner.py) and the `fold` command both call `run_fold`, which runs the
+model's LOSO loop (`model.train.loso`) for one test subject; the frozen prefix is computed by
+`prefix_for` on the driver (once per `prefix_group`: dataset and backbone) and handed in.
 """
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ from typing import Any, Callable, Dict, Optional
 
 from orchestrator.config import TrialConfig, stable_hash
 
-# The ModelConfig fields the frozen prefix depends on (model/prefix.py `_identity`): configs that agree
-# on these (and on data and AUs) share one prefix, whatever their head, losses or training settings.
-_PREFIX_FIELDS = ("arch", "pretrained", "trainable_blocks", "prompts", "emotion_texts")
-
 
 def prefix_group(trial: TrialConfig, data_key: str) -> str:
-    """Which trials can share one frozen prefix: same prepared data, AU list and backbone/prompt config."""
-    model = {k: v for k, v in trial.model.model_dump(mode="json").items() if k in _PREFIX_FIELDS}
+    """Which trials can share one frozen prefix: same prepared data, AU list and the config fields the
+    prefix depends on (model.prefix.PREFIX_FIELDS)."""
+    from model.prefix import PREFIX_FIELDS
+
+    model = {k: v for k, v in trial.model.model_dump(mode="json").items() if k in PREFIX_FIELDS}
     return stable_hash({"data": data_key, "aus": trial.aus, "model": model})
 
 
@@ -41,9 +41,9 @@ def run_fold(trial: TrialConfig, data, subject: str, prefix=None,
     n = trial.training.threads or threads
     if n:
         torch.set_num_threads(int(n))
-    from model import train_fold
+    from model import loso
 
-    return train_fold(trial, data, subject, prefix=prefix, on_epoch=on_epoch).to_dict()
+    return loso(trial, data, prefix=prefix, subjects=[subject], on_epoch=on_epoch)[0].to_dict()
 
 
 def dumps(result: Dict[str, Any]) -> str:
