@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from model import _torchvision_guard  # noqa: F401  (must precede the first open_clip import)
+from preprocessing.checkpoints import mismatch  # noqa: E402
 
 import open_clip  # noqa: E402
 import torch  # noqa: E402
@@ -265,11 +266,6 @@ def read_weights(path, form: Optional[str] = None) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if k not in _OPENAI_EXTRAS}
 
 
-def _few(names: List[str], n: int = 3) -> str:
-    shown = ", ".join(names[:n]) + (", ..." if len(names) > n else "")
-    return f"tensor {names[0]}" if len(names) == 1 else f"{len(names)} tensors ({shown})"
-
-
 def load_weights(clip: nn.Module, state_dict: Dict[str, torch.Tensor], arch: str, path) -> None:
     """open_clip's own key conversions (those of `open_clip.load_checkpoint`, without its resizing of
     position embeddings: another grid is another architecture here), then a check that names the first
@@ -282,24 +278,10 @@ def load_weights(clip: nn.Module, state_dict: Dict[str, torch.Tensor], arch: str
         sd = convert_to_custom_text_state_dict(sd)
     if "logit_scale" in sd and clip.logit_scale.ndim != sd["logit_scale"].ndim:
         sd["logit_scale"] = sd["logit_scale"].reshape(clip.logit_scale.shape)
-    want = clip.state_dict()
-    wrong = [k for k in want if k in sd and tuple(want[k].shape) != tuple(sd[k].shape)]
-    missing = [k for k in want if k not in sd]
-    extra = [k for k in sd if k not in want]
-    if wrong or missing or extra:
-        why = []
-        if wrong:
-            k = wrong[0]
-            n = len(wrong) - 1
-            more = f" ({n} more tensor{'s differ' if n > 1 else ' differs'} in shape)" if n else ""
-            why.append(f"tensor {k} is {tuple(want[k].shape)} in {arch} but {tuple(sd[k].shape)} in the "
-                       f"file{more}")
-        if missing:
-            why.append(f"the file lacks {_few(missing)} of {arch}")
-        if extra:
-            why.append(f"the file has {_few(extra)} that {arch} has not")
-        raise BackboneError(f"model.pretrained: {path} does not fit {arch}: {'; '.join(why)}; is it a "
-                            f"checkpoint of another architecture?")
+    why = mismatch(clip.state_dict(), sd, arch)
+    if why:
+        raise BackboneError(f"model.pretrained: {path} does not fit {arch}: {why}; is it a checkpoint of "
+                            f"another architecture?")
     clip.load_state_dict(sd, strict=True)
 
 

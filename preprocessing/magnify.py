@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from preprocessing.config import MagnificationConfig
+from preprocessing.checkpoints import mismatch
 from preprocessing.errors import DatasetError
 
 
@@ -182,20 +183,10 @@ def load_magnet(weights: str):
             state = state[key]
     state = {k.replace("module.", "", 1) if k.startswith("module.") else k: v for k, v in state.items()}
     net = _build_magnet()
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:4]}{' ...' if len(missing) > 4 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}")
-        if wrong:
-            parts.append(f"wrong shapes for {wrong[:4]}")
-        raise DatasetError(f"{path}: not a checkpoint of the Oh et al. magnification network "
-                           f"({'; '.join(parts)}); {WEIGHTS_HINT}")
+    why = mismatch(net.state_dict(), state, "the network")
+    if why:
+        raise DatasetError(f"{path}: not a checkpoint of the Oh et al. magnification network ({why}); "
+                           f"{WEIGHTS_HINT}")
     net.load_state_dict(state)
     return net.eval()
 

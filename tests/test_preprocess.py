@@ -341,7 +341,7 @@ def test_learned_without_or_with_wrong_weights(tmp_path):
         mag.check(MagnificationConfig(method="learned", weights=str(tmp_path / "none.pth")))
     import torch
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(DatasetError, match=r"other.pth: not a checkpoint of the Oh et al.*missing keys"):
+    with pytest.raises(DatasetError, match=r"other.pth: not a checkpoint of the Oh et al.*the file lacks"):
         mag.check(MagnificationConfig(method="learned", weights=str(tmp_path / "other.pth")))
 
 
