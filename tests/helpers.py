@@ -81,3 +81,15 @@ def fake_prepared(subjects: int = 4, per_subject: int = 8, seed: int = 0, signal
         reader="casme2", key=f"fake-{subjects}x{per_subject}-seed{seed}-s{signal}-n{noise}",
         sample_ids=[f"{s}/EP{i:02d}" for i, s in enumerate(subj)], subjects=subj, flow=flow, landmarks=lms,
         au_sets=[sorted(s[0]) for s in sets], emotions=[s[1] for s in sets], mer=[s[2] for s in sets])
+
+
+def beats_constant_baselines(results, margin: float, folds: int, samples: int):
+    """Pooled metrics of `results` after checking the fold and sample counts and that F1 beats both
+    constant predictors (all positive, all negative) by `margin` on the same labels."""
+    from model import metrics
+
+    m, base = metrics.pooled_metrics(results), metrics.baselines(results)
+    assert m["n_folds"] == folds and m["n_samples"] == samples
+    assert m["f1"] > base["all_positive"]["f1"] + margin, (m["f1"], base)
+    assert m["f1"] > base["all_negative"]["f1"] + margin, (m["f1"], base)
+    return m, base
