@@ -45,7 +45,7 @@ def test_preprocess_json_summary_and_cache_hit(tiny_casme2, tmp_path):
     assert s["samples"] == 4 and s["subjects"] == 2 and s["skipped"] == []
     assert sum(s["emotion_counts"].values()) == 4 and all(isinstance(v, int) for v in s["au_counts"].values())
     again = preprocess(tiny_casme2, tmp_path / "cache")
-    assert json.loads(again.stdout) == s and len(list((tmp_path / "cache").iterdir())) == 1
+    assert json.loads(again.stdout) == s and len(list((tmp_path / "cache").glob("prepared-*"))) == 1
 
 
 def test_missing_frame(broken):

@@ -232,7 +232,8 @@ def test_adding_a_point_trains_only_its_folds(first_run, cluster, tmp_path):
     doc["variants"]["no_cl"] = {"model.contrastive": "none"}
     path2 = path.with_name("two_nodes_more.yaml")
     path2.write_text(yaml.safe_dump(doc, sort_keys=False))
-    more = run_sweep(load_sweep(path2), address=cluster.address, quiet=True, progress=False)
+    # another file with the same name: meant here (share_name), refused by default (test_reliability)
+    more = run_sweep(load_sweep(path2), address=cluster.address, quiet=True, progress=False, share_name=True)
     assert more.trained == 4 and more.reused == 8
     assert [r["label"] for r in more.state.rows()] == ["full", "no_gsd", "no_cl"]
     exp = spec.workdir_path() / "ray_results"  # the same Tune experiment folder, not one per run
