@@ -266,7 +266,9 @@ def _print_plan(doc: Dict[str, Any]) -> None:
     out("datasets:")
     for d in doc["datasets"]:
         what = {"prepared": "prepared here", "recorded": "recorded by the last run (not prepared here)",
-                "to prepare": "not prepared yet: `run` prepares it first"}[d["state"]]
+                "to prepare": "not prepared yet: `run` prepares it first",
+                "changed": f"changed since the last run prepared it (key {d.get('recorded_key')}): `run` "
+                           f"prepares it again and trains every fold"}[d["state"]]
         key = f"key {d['key']}" if d["key"] else "key unknown until prepared"
         out(f"  {d['name']} ({d['data_id']}): reader {d['reader']}, {na(d['samples'])} samples, "
             f"{na(d['subjects'])} subjects, {key}; {what}")

@@ -54,8 +54,8 @@ def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, ca
     generated first when asked for.
 
     cached_only: only what the cache holds (None when the dataset is not prepared): no synthetic data is
-    generated and nothing is preprocessed."""
-    from preprocessing import find_prepared, prepare_dataset
+    generated and nothing is preprocessed; "key": only the prepared-data key the data has now."""
+    from preprocessing import find_prepared, prepare_dataset, prepared_key
 
     ds = spec.datasets[name]
     if not cached_only:
@@ -69,6 +69,8 @@ def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, ca
     cfg = expand_paths(preprocessing, f"{spec.source}: preprocessing")
     fixes = {"corrections": dict(ds.corrections),
              "corrections_where": f"datasets.{name}.corrections (in {spec.source})"}
+    if cached_only == "key":
+        return prepared_key(ds.reader, root, cfg, cache, sheet=sheet, **fixes)
     if cached_only:
         return find_prepared(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error, **fixes)
     return prepare_dataset(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error,
@@ -189,6 +191,21 @@ def prepared_or_recorded(spec: SweepSpec, trials: Sequence[TrialConfig], warn=pr
     out.update({i: SimpleNamespace(**{**{k: [] for k in NOTES}, **known[i]}, origin="recorded")
                 for i in need if i in known})
     out.update({i: None for i in absent})
+    by_id = {data_id(t): t for t in trials}
+    for i in sorted(need - set(absent)):
+        if found.get(i, "unknown") is not None:
+            continue  # the data is not at hand here: the recorded key is all there is
+        t = by_id[i]
+        try:
+            now = prepare(spec, t.dataset, t.preprocessing, progress=False, cached_only="key")
+        except MicroAUError:
+            continue
+        if now != out[i].key:
+            out[i].current_key = now
+            warn(f"note: the data of {i} here has the prepared-data key {now}, not the recorded {out[i].key}: "
+                 f"its coding sheet, frames, corrections or preprocessing model files differ from what the "
+                 f"last run prepared (or this version keys them differently). The table shows the folds of "
+                 f"the recorded key; `run` prepares the data as it is now and trains every fold of it.")
     return out
 
 

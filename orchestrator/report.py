@@ -153,7 +153,10 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
             continue
         d = plan.datasets.get(did)
         row = {"name": trial.dataset, "data_id": did, "reader": trial.reader}
-        if d is not None:
+        if d is not None and getattr(d, "current_key", None):
+            row.update(state="changed", key=d.current_key, samples=None, subjects=len(set(d.subjects)),
+                       subject_names=sorted(set(map(str, d.subjects))), recorded_key=d.key)
+        elif d is not None:
             row.update(state="recorded" if did in plan.recorded else "prepared", key=d.key,
                        samples=getattr(d, "samples", None), subjects=len(set(d.subjects)),
                        subject_names=sorted(set(map(str, d.subjects))))
@@ -168,7 +171,9 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
     for trial in plan.trials:
         folds = [f for f in plan.folds if f.trial is trial]
         info = by_id[data_id(trial)]
-        if info["state"] == "to prepare":
+        if info["state"] == "changed":  # `run` prepares the data anew: none of its folds is stored yet
+            total, stored = len(folds), 0
+        elif info["state"] == "to prepare":
             n = info["subjects"] if spec.datasets[trial.dataset].subjects is None else \
                 len(spec.datasets[trial.dataset].subjects)
             total, stored = n, 0

@@ -9,11 +9,11 @@ from __future__ import annotations
 from preprocessing.dataset import PreparedDataset
 from preprocessing.errors import DatasetError
 
-__all__ = ["DatasetError", "PreparedDataset", "prepare_dataset", "find_prepared", "SCHEMA_VERSION"]
+__all__ = ["DatasetError", "PreparedDataset", "prepare_dataset", "find_prepared", "prepared_key", "SCHEMA_VERSION"]
 
 
 def __getattr__(name):
-    if name in ("prepare_dataset", "find_prepared", "SCHEMA_VERSION"):
+    if name in ("prepare_dataset", "find_prepared", "prepared_key", "prepared_key", "SCHEMA_VERSION"):
         from preprocessing import pipeline
         return getattr(pipeline, name)
     raise AttributeError(f"module 'preprocessing' has no attribute {name!r}")

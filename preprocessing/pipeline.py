@@ -295,6 +295,13 @@ def find_prepared(reader: str, root, cfg: Optional[PreprocessConfig] = None, cac
     return _cached(path, samples, on_error) if path.is_file() else None
 
 
+def prepared_key(reader: str, root, cfg: Optional[PreprocessConfig] = None, cache_dir=".microau/cache",
+                 *, sheet=None, corrections: Optional[Dict] = None, corrections_where: Optional[str] = None) -> str:
+    """The prepared-data key this dataset and config have now (reads the sheet, hashes the frames the
+    pipeline reads; never preprocesses)."""
+    return _locate(reader, root, cfg or PreprocessConfig(), cache_dir, sheet, corrections, corrections_where)[2]
+
+
 def _locate(reader: str, root, cfg: PreprocessConfig, cache_dir, sheet, corrections=None,
             corrections_where=None):
     """-> (samples of the sheet with the corrections applied, what they changed, prepared-data key,

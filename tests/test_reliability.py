@@ -271,3 +271,27 @@ def test_a_second_sweep_file_with_the_same_name_is_refused_naming_both(tmp_path,
     copy = tmp_path / "copy.yaml"  # a copy with the same contents is the same sweep
     copy.write_text(first.read_text())
     assert cli("report", copy).exit_code == 0
+
+
+def test_plan_and_report_say_when_the_data_here_changed_since_the_last_run(tiny_casme2, tmp_path, monkeypatch):
+    """The data at hand no longer gives the recorded key (a frame was replaced): `plan` counts every fold
+    as to train (run prepares it again) and `report` says its table is the recorded data's."""
+    import orchestrator.runner as runner
+    from preprocessing.annotations import read_casme2
+    from sweep_helpers import fake_training
+
+    real_prepare = runner.prepare_all
+    fake_training(monkeypatch.setattr)
+    monkeypatch.setattr(runner, "prepare_all", real_prepare)
+    root = shutil.copytree(tiny_casme2, tmp_path / "data")
+    path = sweep_file(tmp_path, root)
+    assert cli("run", path).exit_code == 0
+    s = read_casme2(root)[0]
+    s.frames[s.onset].write_bytes(s.frames[s.apex].read_bytes())
+    p = CliRunner().invoke(main, ["plan", str(path), "--json"])
+    assert p.exit_code == 0, p.output
+    doc = json.loads(p.stdout)
+    assert doc["datasets"][0]["state"] == "changed" and doc["folds"]["to_train"] == 2
+    assert "differ from what the last run prepared" in p.stderr
+    r = CliRunner().invoke(main, ["report", str(path)])
+    assert r.exit_code == 0 and " 2/2 " in r.output and "`run` prepares the data as it is now" in r.stderr
