@@ -67,7 +67,7 @@ def check_aus(model: ModelConfig, aus: Sequence[int]) -> None:
     """Every AU has its landmark group (Table I or `model.landmark_groups`), its prompts and the MER
     texts it needs, so a config is refused when it is read rather than when a fold starts. Raises the
     model's ValueError naming the AU and the key to add."""
-    from model.lsi import landmark_groups  # imported here: torch comes with it
+    from model.regions import landmark_groups
     from model.text import au_prompts, emotion_texts
 
     prompts = au_prompts(aus, model.prompts)

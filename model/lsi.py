@@ -8,39 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from preprocessing.errors import MicroAUError
-
-# Table I: AU -> 0-based dlib 68-point indices (docs/protocol.md: 48 and 54 are the mouth corners).
-TABLE_I: Dict[int, Tuple[int, ...]] = {
-    1: (19, 20, 21, 22, 23, 24),
-    2: (19, 20, 21, 22, 23, 24),
-    4: (19, 20, 21, 22, 23, 24),
-    7: (38, 41, 44, 47),
-    12: (48, 54),
-    14: (55, 59, 60, 64),
-    15: (48, 54),
-    17: (7, 8, 9, 57),
-}
-
-
-class LandmarkError(MicroAUError, ValueError):
-    """Landmark groups or coordinates are unusable; the message names the AU / sample."""
-
-
-def landmark_groups(aus: Sequence[int], overrides: Optional[Mapping[int, Sequence[int]]] = None
-                    ) -> List[List[int]]:
-    table = {int(k): list(v) for k, v in (overrides or {}).items()}
-    out = []
-    for au in aus:
-        g = table.get(au, TABLE_I.get(au))
-        if g is None:
-            raise LandmarkError(f"model.landmark_groups: AU{au} is not in Table I (which covers "
-                                f"{sorted(TABLE_I)}); add `landmark_groups: {{{au}: [dlib indices]}}`")
-        if not g or any(not 0 <= int(i) < 68 for i in g):
-            raise LandmarkError(f"model.landmark_groups[{au}]: give 0-based dlib indices in 0..67, got {g}")
-        out.append([int(i) for i in g])
-    return out
-
+from model.regions import TABLE_I, LandmarkError, landmark_groups  # noqa: F401  (Table I lives there)
 
 def landmark_to_token(xy: np.ndarray, grid: Tuple[int, int], image: Tuple[int, int]) -> np.ndarray:
     """Eq. 1: landmark (x, y) in an h0 x w0 image -> index of its patch token in the h x w grid,
