@@ -3,15 +3,20 @@
 class. A class's score is the best of its texts' scores."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
-import torch
-import torch.nn.functional as F
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used: reports read predictions without it
+    import torch
 
 
 def mer_scores(au_features: torch.Tensor, emotion_features: torch.Tensor) -> torch.Tensor:
     """Eq. 13 before MaxME: score_r = sum_n CS(F_n^V, LF_r^T), one per label text r.
     au_features (S, N, d) final AU visual features; emotion_features (R, d) -> (S, R)."""
+    import torch
+    import torch.nn.functional as F
+
     v = F.normalize(au_features, dim=-1)
     e = F.normalize(emotion_features, dim=-1)
     return torch.einsum("snd,rd->sr", v, e)
@@ -22,6 +27,8 @@ def mer_class_scores(text_scores: torch.Tensor, text_class: torch.Tensor, n_clas
     """Eq. 13's MaxME over all R texts, kept per class: text_scores (S, R), text_class (R,) the class
     index of each text -> (class scores (S, C): the best score of each class's texts, best text (S,):
     the argmax over all R texts). The argmax of the class scores is the class of the best text."""
+    import torch
+
     text_class = torch.as_tensor(text_class, device=text_scores.device)
     missing = [c for c in range(n_classes) if not bool((text_class == c).any())]
     if missing:
@@ -32,5 +39,5 @@ def mer_class_scores(text_scores: torch.Tensor, text_class: torch.Tensor, n_clas
 
 def mer_predict(scores, classes: Sequence[str]) -> List[str]:
     """Eq. 13: MaxME, the class with the largest summed similarity (per class: its best text's)."""
-    idx = torch.as_tensor(scores).argmax(dim=-1).tolist()
+    idx = np.asarray(scores).argmax(axis=-1).tolist()  # the first of equal maxima, as torch.argmax
     return [classes[i] for i in idx]
