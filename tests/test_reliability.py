@@ -230,9 +230,11 @@ def test_a_copied_dataset_and_workdir_reuse_every_fold(tiny_casme2, tmp_path, mo
     assert again.exit_code == 0 and calls["trained"] == 2 and "reused 2" in again.output, again.output
 
 
-def test_report_says_when_folds_are_stored_under_an_earlier_data_key(tiny_casme2, tmp_path, monkeypatch):
+@pytest.fixture
+def ran_then_changed(tiny_casme2, tmp_path, monkeypatch):
+    """A sweep over a copy of the tiny set run once (real data and keys, fake training), then one frame the
+    pipeline reads replaced: the data here no longer gives the recorded prepared-data key."""
     import orchestrator.runner as runner
-    from orchestrator.data import prepare_all, record_prepared
     from preprocessing.annotations import read_casme2
     from sweep_helpers import fake_training
 
@@ -243,7 +245,14 @@ def test_report_says_when_folds_are_stored_under_an_earlier_data_key(tiny_casme2
     path = sweep_file(tmp_path, root)
     assert cli("run", path).exit_code == 0
     s = read_casme2(root)[0]
-    s.frames[s.onset].write_bytes(s.frames[s.apex].read_bytes())  # the data changed since
+    s.frames[s.onset].write_bytes(s.frames[s.apex].read_bytes())
+    return path
+
+
+def test_report_says_when_folds_are_stored_under_an_earlier_data_key(ran_then_changed):
+    from orchestrator.data import prepare_all, record_prepared
+
+    path = ran_then_changed
     spec = load_sweep(path)
     record_prepared(spec, prepare_all(spec, spec.trials(), progress=False))  # e.g. a run that stopped before training
     r = CliRunner().invoke(main, ["report", str(path)])
@@ -273,21 +282,10 @@ def test_a_second_sweep_file_with_the_same_name_is_refused_naming_both(tmp_path,
     assert cli("report", copy).exit_code == 0
 
 
-def test_plan_and_report_say_when_the_data_here_changed_since_the_last_run(tiny_casme2, tmp_path, monkeypatch):
+def test_plan_and_report_say_when_the_data_here_changed_since_the_last_run(ran_then_changed):
     """The data at hand no longer gives the recorded key (a frame was replaced): `plan` counts every fold
     as to train (run prepares it again) and `report` says its table is the recorded data's."""
-    import orchestrator.runner as runner
-    from preprocessing.annotations import read_casme2
-    from sweep_helpers import fake_training
-
-    real_prepare = runner.prepare_all
-    fake_training(monkeypatch.setattr)
-    monkeypatch.setattr(runner, "prepare_all", real_prepare)
-    root = shutil.copytree(tiny_casme2, tmp_path / "data")
-    path = sweep_file(tmp_path, root)
-    assert cli("run", path).exit_code == 0
-    s = read_casme2(root)[0]
-    s.frames[s.onset].write_bytes(s.frames[s.apex].read_bytes())
+    path = ran_then_changed
     p = CliRunner().invoke(main, ["plan", str(path), "--json"])
     assert p.exit_code == 0, p.output
     doc = json.loads(p.stdout)
