@@ -146,7 +146,8 @@ def _print_fold(doc: Dict[str, Any]) -> None:
         t.add_row(p["id"], *[f"{p['probs'][a]:.2f} ({p['labels'][a]})" for a in aus])
     c.print(t)
     m = doc["metrics"]
-    per = "  ".join(f"AU{str(au).removeprefix('AU')}: F1 {v['f1']:.3f}" for au, v in (m.get("per_au") or {}).items())
+    per = "  ".join(f"AU{str(au).removeprefix('AU')}: F1 {v['f1']:.3f}"
+                    for au, v in (m.get("per_au") or {}).items())
     c.print(f"fold F1 {m['f1']:.3f}  ACC {m['acc']:.3f}   {per}")
 
 
