@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import logging
 import math
 import os
@@ -24,6 +26,7 @@ TAG_GROUP = "microau.group"
 TAG_FOLD = "microau.fold"
 TAG_SWEEP = "microau.sweep"
 TAG_KIND = "microau.kind"  # parent | fold
+TAG_NOTES = "microau.notes"  # digest of the dataset notes logged on a parent (logged once)
 _PARENT_ID = "mlflow.parentRunId"
 
 
@@ -175,6 +178,7 @@ class Tracker:
             self._mlflow = mlflow
             self.experiment_id = self._experiment()
         self._parents: Dict[str, str] = {}
+        self._parent_tags: Dict[str, Dict[str, str]] = {}  # parent run id -> its tags when found
         self.parent_status: Dict[str, str] = {}  # group -> MLflow status when found or created
         self._children: Dict[str, Dict[str, str]] = {}
 
@@ -203,6 +207,7 @@ class Tracker:
         if runs:
             run_id = runs[0].info.run_id
             self.parent_status[group] = runs[0].info.status
+            self._parent_tags[run_id] = dict(runs[0].data.tags)
         else:
             tags = {**mlflow_tags(), TAG_GROUP: group, TAG_KIND: "parent", TAG_SWEEP: self.spec.name,
                     "dataset": trial.dataset, "point": trial.point_label, "seed": str(trial.seed),
@@ -285,16 +290,20 @@ class Tracker:
         """What the reports list about the parent's prepared dataset (skipped samples, subjects dropped
         from LOSO, estimated apexes, corrections, warnings): tags of the ids, counts as metrics, and
         dataset_notes.json with every entry and its reason."""
+        from mlflow.entities import RunTag
+
+        digest = hashlib.sha256(json.dumps(note, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        if self._parent_tags.get(parent_id, {}).get(TAG_NOTES) == digest:
+            return  # logged by an earlier run: the notes of a parent's prepared data never change
         ids = lambda k: ";".join(str(x["sample"]) for x in note.get(k, []))  # noqa: E731
-        self.client.set_tag(parent_id, "skipped_samples", ids("skipped")[:5000])
-        self.client.set_tag(parent_id, "dropped_subjects", ",".join(note.get("dropped_subjects", []))[:5000])
-        self.client.set_tag(parent_id, "apex_estimated", ";".join(
-            f"{a['sample']}:{a['apex']}" for a in note.get("apex_estimated", []))[:5000])
-        self.client.set_tag(parent_id, "corrected_samples", ids("corrected")[:5000])
+        tags = {"skipped_samples": ids("skipped"), "dropped_subjects": ",".join(note.get("dropped_subjects", [])),
+                "apex_estimated": ";".join(f"{a['sample']}:{a['apex']}" for a in note.get("apex_estimated", [])),
+                "corrected_samples": ids("corrected")}
+        self.client.log_dict(parent_id, note, "dataset_notes.json")
         self.client.log_batch(parent_id, metrics=self._metrics(
             {"n_skipped": len(note.get("skipped", [])), "n_apex_estimated": len(note.get("apex_estimated", []))},
-            step=0))
-        self.client.log_dict(parent_id, note, "dataset_notes.json")
+            step=0), tags=[RunTag(k, v[:5000]) for k, v in tags.items()] + [RunTag(TAG_NOTES, digest)])
+        self._parent_tags.setdefault(parent_id, {})[TAG_NOTES] = digest
 
     # -- helpers ------------------------------------------------------------------------------------
     def _metrics(self, values: Dict[str, float], step: int) -> List[Any]:

@@ -93,6 +93,12 @@ def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_p
     (parent,) = client.search_runs([client.get_experiment_by_name("rel").experiment_id])
     assert sorted(parent.data.tags["skipped_samples"].split(";")) == gone
     assert parent.data.tags["dropped_subjects"] == "sub03" and parent.data.metrics["n_skipped"] == 3
+    # logged once: a later run finds them on the parent and does not write them again
+    from unittest import mock
+
+    with mock.patch("mlflow.MlflowClient.log_dict", side_effect=AssertionError("notes logged again")):
+        again = SweepState(make_plan(spec, datasets), tracking=True)
+    assert again.tracker is not None and again.tracking_errors == []
 
 
 def test_report_never_preprocesses(tiny_casme2, tmp_path):
