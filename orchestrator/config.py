@@ -163,14 +163,26 @@ class SweepSpec(_Strict):
         return self.tracking.experiment or self.name
 
     def points(self) -> List["Point"]:
-        """Grid points: every variant (or none) crossed with the product of the grid's values."""
-        variants = list(self.variants.items()) or [(None, {})]
+        """Grid points: every variant (or none) crossed with the product of the grid's values. A variant's
+        `paper:` key and a grid value written `{value: V, paper: {...}}` give the paper's numbers of the
+        point (orchestrator/paper.py); they are not config and never reach a trial's params or hash."""
+        from orchestrator import paper
+
+        ds, src = list(self.datasets), self.source
+        variants = [(n, {k: v for k, v in p.items() if k != "paper"},
+                     paper.parse(p.get("paper"), f"variants.{n}.paper", ds, src))
+                    for n, p in self.variants.items()] or [(None, {}, {})]
         keys = list(self.grid)
+        values = [[paper.split_grid_value(v, f"grid.{k}[{i}]", ds, src) for i, v in enumerate(self.grid[k])]
+                  for k in keys]
         out = []
-        for vname, vparams in variants:
-            for values in itertools.product(*(self.grid[k] for k in keys)):
-                grid = dict(zip(keys, values))
-                out.append(Point(index=len(out), variant=vname, params={**vparams, **grid}, grid=grid))
+        for vname, vparams, vpaper in variants:
+            for combo in itertools.product(*values):
+                grid = {k: v for k, (v, _) in zip(keys, combo)}
+                point = Point(index=len(out), variant=vname, params={**vparams, **grid}, grid=grid)
+                parts = [(f"variants.{vname}.paper", vpaper)] + [
+                    (f"grid.{k} value {v!r}", numbers) for k, (v, numbers) in zip(keys, combo)]
+                out.append(point.model_copy(update={"paper": paper.merge(parts, point.label, src)}))
         return out
 
     def trials(self, dataset: Optional[str] = None) -> List["TrialConfig"]:
@@ -228,6 +240,7 @@ class Point(BaseModel):
     variant: Optional[str]
     params: Dict[str, Any]  # every dotted key the point sets (variant's and grid's)
     grid: Dict[str, Any]  # the grid's part alone
+    paper: Dict[str, Dict[str, float]] = {}  # the paper's numbers, {dataset: {metric: value}}; not config
 
     @property
     def label(self) -> str:
