@@ -208,3 +208,39 @@ def paired_difference(results_a, results_b, n_boot: int = N_BOOT, seed: int = BO
             "acc_a": sa["acc"], "acc_b": sb["acc"], "acc_diff": sa["acc"] - sb["acc"], "acc_diff_ci": _ci(aa - ab),
             "p_boot": float(min(1.0, 2 * min((df <= 0).mean(), (df >= 0).mean()))),
             "n_samples": len(a["ids"]), "n_subjects": len(names), "n_boot": n_boot, "seed": seed}
+
+
+def seed_summary(results_by_seed: Dict[int, Sequence]) -> Dict:
+    """One point run with several seeds (each a full LOSO over the same samples): the mean and sample
+    standard deviation (ddof=1) over seeds of the pooled F1/ACC, per-AU F1 and MER UF1, and the pooled
+    numbers over all seeds: every seed's predictions concatenated (each test sample counts once per seed),
+    then F1/ACC per AU and the mean over AUs as for one seed."""
+    if len(results_by_seed) < 2:
+        raise MetricsError(f"a summary over seeds needs at least two seeds, got {sorted(results_by_seed)}")
+    pools = {s: _pool(r) for s, r in results_by_seed.items()}
+    first_seed, first = next(iter(pools.items()))
+    for s, d in pools.items():
+        if d["aus"] != first["aus"] or set(d["ids"]) != set(first["ids"]):
+            raise MetricsError(f"seeds {first_seed} and {s} were not scored on the same samples and AUs; "
+                               f"summarise seeds whose folds are all finished")
+    per_seed = {s: _au_scores(d["y"], d["p"], d["aus"]) for s, d in pools.items()}
+    pooled = _au_scores(np.concatenate([d["y"] for d in pools.values()]),
+                        np.concatenate([d["p"] for d in pools.values()]), first["aus"])
+
+    def stats(values: Dict[int, float], pooled_value: Optional[float]) -> Dict:
+        v = np.array(list(values.values()), dtype=np.float64)
+        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "pooled": pooled_value,
+                "per_seed": {int(s): float(x) for s, x in values.items()}}
+
+    out = {"seeds": [int(s) for s in pools], "n_seeds": len(pools), "sd": "sample standard deviation (ddof=1)",
+           "f1": stats({s: m["f1"] for s, m in per_seed.items()}, pooled["f1"]),
+           "acc": stats({s: m["acc"] for s, m in per_seed.items()}, pooled["acc"]),
+           "per_au": {a: {"f1": stats({s: m["per_au"][a]["f1"] for s, m in per_seed.items()},
+                                      pooled["per_au"][a]["f1"])} for a in pooled["per_au"]},
+           "mer": None}
+    mer = {s: _mer_scores(d["mer_y"], d["mer_p"]) for s, d in pools.items()}
+    if all(m is not None for m in mer.values()):
+        all_mer = _mer_scores([m for d in pools.values() for m in d["mer_y"]],
+                              [m for d in pools.values() for m in d["mer_p"]])
+        out["mer"] = {k: stats({s: m[k] for s, m in mer.items()}, all_mer[k]) for k in ("uf1", "uar", "acc")}
+    return out

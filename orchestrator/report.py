@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from orchestrator.store import atomic_write_text
 from orchestrator.tracking import flat_metrics
@@ -17,7 +17,11 @@ _POOLED_KEYS = ("f1", "acc", "per_au", "ci", "mer", "text_si")
 
 
 def rows(state) -> List[Dict[str, Any]]:
-    """The table of a `SweepState`: one dict per (dataset, point, seed), in sweep order."""
+    """The table of a `SweepState`: one dict per (dataset, point, seed), in sweep order. `paper`: per
+    metric the paper reports for the point (sweep file `paper:`), {paper, measured, diff}; else None."""
+    from orchestrator.paper import compare
+
+    points = state.spec.points()
     out = []
     for g in state.groups.values():
         t = g.trial
@@ -35,7 +39,47 @@ def rows(state) -> List[Dict[str, Any]]:
         pf = pooled.get("per_fold") or {}
         row["per_fold_mean"] = {k.removesuffix("_mean_of_folds"): pf[k]
                                 for k in ("f1_mean_of_folds", "acc_mean_of_folds") if k in pf} or None
+        numbers = points[t.point].paper.get(t.dataset)
+        row["paper"] = compare(row, numbers) if numbers else None
         out.append(row)
+    return out
+
+
+def seed_summaries(state, table: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """Per (dataset, point) of a sweep with several seeds: mean ± sd over the seeds of the pooled metrics,
+    and F1/ACC pooled over all seeds (model.metrics.seed_summary), over the seeds whose folds are all
+    finished (`seeds_used`); `summary` is None while fewer than two are. `paper` compares the mean with
+    the paper's numbers. [] for a one-seed sweep."""
+    import numpy as np
+
+    from model.metrics import seed_summary
+    from orchestrator.paper import compare
+
+    if len(state.spec.seeds) < 2:
+        return []
+    table = rows(state) if table is None else table
+    points = state.spec.points()
+    by_point: Dict[tuple, List[Any]] = {}
+    for g, r in zip(state.groups.values(), table):
+        by_point.setdefault((g.trial.dataset, g.trial.point), []).append((g, r))
+    out = []
+    for (dataset, point), members in by_point.items():
+        done = [(g, r) for g, r in members if r["complete"]]
+        summary = (seed_summary({g.trial.seed: state.group_results(g) for g, _ in done})
+                   if len(done) >= 2 else None)
+        si = [r["text_si"] for _, r in done if r.get("text_si") is not None]
+        if summary is not None and len(si) == len(done):
+            summary["text_si"] = {"mean": float(np.mean(si)), "sd": float(np.std(si, ddof=1)), "pooled": None,
+                                  "per_seed": {g.trial.seed: r["text_si"] for g, r in done}}
+        numbers = points[point].paper.get(dataset)
+        means = {} if summary is None else {
+            "f1": summary["f1"]["mean"], "acc": summary["acc"]["mean"],
+            "text_si": (summary.get("text_si") or {}).get("mean"),
+            "mer": {"uf1": summary["mer"]["uf1"]["mean"]} if summary["mer"] else None}
+        out.append({"dataset": dataset, "point": point, "label": members[0][0].trial.point_label,
+                    "seeds": [g.trial.seed for g, _ in members], "seeds_used": [g.trial.seed for g, _ in done],
+                    "complete": len(done) == len(members), "summary": summary,
+                    "paper": compare(means, numbers) if numbers else None})
     return out
 
 def data_notes(state) -> List[Dict[str, Any]]:
@@ -50,8 +94,9 @@ def data_notes(state) -> List[Dict[str, Any]]:
     return out
 
 def to_json(state, trained: int, reused: int) -> Dict[str, Any]:
+    table = rows(state)
     return {"sweep": state.spec.name, "trained_folds": trained, "reused_folds": reused,
-            "points": rows(state), "data_notes": data_notes(state)}
+            "points": table, "seed_summary": seed_summaries(state, table), "data_notes": data_notes(state)}
 
 def write_reports(state) -> Dict[str, str]:
     """`<workdir>/reports/<sweep>.csv` and `.json` (atomic)."""
@@ -74,6 +119,7 @@ def write_reports(state) -> Dict[str, str]:
     csv_path, json_path = folder / f"{state.spec.name}.csv", folder / f"{state.spec.name}.json"
     atomic_write_text(csv_path, buf.getvalue())
     atomic_write_text(json_path, json.dumps({"sweep": state.spec.name, "points": table,
+                                             "seed_summary": seed_summaries(state, table),
                                              "data_notes": data_notes(state)}, indent=1, default=_jsonable))
     return {"csv": str(csv_path), "json": str(json_path)}
 
@@ -111,8 +157,31 @@ def predictions_csv(r) -> str:
     return buf.getvalue()
 
 
+MIN_SUBJECTS = 5  # below this, a subject bootstrap says too little to tell two points apart
+ALPHA = 0.05
+
+
+def verdict(ci: List[float], p: float, subjects: int, a: str = "K", b: str = "L") -> Dict[str, str]:
+    """The words under a paired difference: {code, text}. code: `too_few_subjects` (fewer than
+    MIN_SUBJECTS test subjects: no claim either way), `inside_noise` (the 95% CI contains 0 or p >=
+    0.05), `a_better` or `b_better`."""
+    if subjects < MIN_SUBJECTS:
+        return {"code": "too_few_subjects",
+                "text": f"too few subjects to tell: {subjects} test subject(s) (< {MIN_SUBJECTS}); a bootstrap "
+                        f"over so few subjects cannot separate the two points, whatever the CI and p say"}
+    if ci[0] <= 0 <= ci[1] or p >= ALPHA:
+        return {"code": "inside_noise",
+                "text": f"inside the noise: the 95% CI contains 0 or p >= {ALPHA}; these runs do not tell "
+                        f"the two points apart"}
+    hi, lo = (a, b) if ci[0] > 0 else (b, a)
+    return {"code": "a_better" if ci[0] > 0 else "b_better",
+            "text": f"beyond the noise: the 95% CI excludes 0 and p < {ALPHA}; {hi} scores higher than {lo} "
+                    f"on these subjects"}
+
+
 def compare_points(state, a: int, b: int) -> List[Dict[str, Any]]:
-    """Point a minus point b, per (dataset, seed): pooled F1 difference with a subject-bootstrap CI."""
+    """Point a minus point b, per (dataset, seed): pooled F1 (and ACC) difference with a subject-bootstrap
+    CI, the bootstrap p-value of the F1 difference and a verdict in words (`verdict`)."""
     from model.metrics import paired_difference
 
     from orchestrator.config import ConfigError
@@ -133,8 +202,10 @@ def compare_points(state, a: int, b: int) -> List[Dict[str, Any]]:
                                   f"has {g.done}/{len(g.folds)} folds; run the sweep to finish it first")
         d = paired_difference(state.group_results(ga), state.group_results(gb))
         out.append({"dataset": dataset, "seed": seed, "a": ga.trial.point_label, "b": gb.trial.point_label,
-                    "point_a": a, "point_b": b, "diff": d["f1_diff"], "ci": d["f1_diff_ci"],
-                    "subjects": d["n_subjects"], "paired": d})
+                    "point_a": a, "point_b": b, "diff": d["f1_diff"], "ci": d["f1_diff_ci"], "p": d["p_boot"],
+                    "acc_diff": d["acc_diff"], "acc_ci": d["acc_diff_ci"], "subjects": d["n_subjects"],
+                    "verdict": verdict(d["f1_diff_ci"], d["p_boot"], d["n_subjects"], ga.trial.point_label,
+                                       gb.trial.point_label), "paired": d})
     return out
 
 

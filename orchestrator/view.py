@@ -130,6 +130,24 @@ def log_view(out, heartbeat_s: float = 60.0):
     return lambda state: LogLines(state, out, heartbeat_s)()
 
 
+def _pm(stats: Optional[Dict[str, Any]]) -> str:
+    """`mean ± sd` of a seed summary's statistic (model.metrics.seed_summary)."""
+    return "-" if not stats else f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
+
+
+def _with_summaries(rows: List[Dict[str, Any]], summaries: List[Dict[str, Any]]):
+    """The rows in order, each point's seed summary (report.seed_summaries) right after its last seed:
+    (kind, dict) with kind `seed` or `summary`."""
+    last = {}
+    for i, r in enumerate(rows):
+        last[(r["dataset"], r["point"])] = i
+    after = {last[(s["dataset"], s["point"])]: s for s in summaries if (s["dataset"], s["point"]) in last}
+    for i, r in enumerate(rows):
+        yield "seed", r
+        if i in after:
+            yield "summary", after[i]
+
+
 def points_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
     """The final table of one dataset: F1, ACC (means over AUs), F1 CI, MER (UF1, UAR, ACC), TextSi
     (Table III; a column when some point has it)."""
@@ -154,9 +172,77 @@ def points_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
     return t
 
 
-def per_au_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
-    """Per-AU pooled F1 of every point of one dataset."""
+def seeds_table(summaries: List[Dict[str, Any]], dataset: str) -> Optional[Table]:
+    """One row per point run with several seeds (report.seed_summaries): mean ± sd over its seeds of the
+    pooled F1, ACC (and MER UF1, TextSi where there), and F1/ACC pooled over all seeds; None for a
+    one-seed sweep."""
+    summaries = [s for s in summaries or [] if s["dataset"] == dataset]
+    if not summaries:
+        return None
+    stats = [x["summary"] or {} for x in summaries]
+    has_mer = any(s.get("mer") for s in stats)
+    has_si = any(s.get("text_si") for s in stats)
+    t = Table(title=f"{dataset}: over seeds (mean ± sample sd of each seed's pooled metric; 'pooled': every "
+                    f"seed's predictions pooled)", title_justify="left", box=box.SIMPLE_HEAD)
+    t.add_column("#", justify="right")
+    t.add_column("point")  # may wrap: the numbers may not
+    for col in ["seeds", "F1 mean ± sd", "ACC mean ± sd", "F1 pooled", "ACC pooled"] + (
+            ["MER UF1 mean ± sd"] if has_mer else []) + (["TextSi mean ± sd"] if has_si else []):
+        t.add_column(col, justify="right", no_wrap=col != "seeds")
+    for x, s in zip(summaries, stats):
+        seeds = ",".join(map(str, x["seeds_used"])) + ("" if x["complete"] else
+                                                       f" of {','.join(map(str, x['seeds']))}")
+        cells = [str(x["point"]), x["label"], seeds, _pm(s.get("f1")), _pm(s.get("acc")),
+                 _f((s.get("f1") or {}).get("pooled")), _f((s.get("acc") or {}).get("pooled"))]
+        cells += [_pm((s.get("mer") or {}).get("uf1"))] if has_mer else []
+        cells += [_pm(s.get("text_si"))] if has_si else []
+        t.add_row(*cells, style="" if x["complete"] else "yellow")
+    return t
+
+
+def paper_table(rows: List[Dict[str, Any]], dataset: str,
+                summaries: Optional[List[Dict[str, Any]]] = None) -> Optional[Table]:
+    """Measured next to the paper's numbers (sweep file `paper:`), with the difference measured - paper,
+    for the points of one dataset that have them; None when none has. A multi-seed point is compared by
+    the mean over its seeds (one extra row)."""
+    from orchestrator.paper import MEASURED
+
     rows = [r for r in rows if r["dataset"] == dataset]
+    summaries = [s for s in summaries or [] if s["dataset"] == dataset]
+    metrics = [m for m in MEASURED if any(m in (r.get("paper") or {}) for r in rows)]
+    if not metrics:
+        return None
+    title = f"{dataset}: measured vs the paper (difference = measured - paper)"
+    if "mer_f1" in metrics:
+        title += "; MER F1: the paper's Table X F1 vs the measured MER UF1"
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ["#", "point", "seed"]:
+        t.add_column(col, justify="left" if col == "point" else "right", no_wrap=True)
+    for m in metrics:
+        name = MEASURED[m][0].split(" (")[0]  # MER F1 (UF1) -> MER F1: the title says what is compared
+        for col in (name, f"{name} paper", f"{name} diff"):
+            t.add_column(col, justify="right", no_wrap=True)
+    for kind, r in _with_summaries(rows, summaries):
+        paper = r.get("paper")
+        if not paper:
+            continue
+        seed = "mean" if kind == "summary" else str(r["seed"])
+        cells = [str(r["point"]), r["label"], seed]
+        for m in metrics:
+            c = paper.get(m)
+            cells += ["", "", ""] if c is None else [
+                _f(c["measured"]), _f(c["paper"]), "-" if c["diff"] is None else f"{c['diff']:+.3f}"]
+        complete = r["complete"]
+        t.add_row(*cells, style=("bold" if kind == "summary" else "") if complete else "yellow")
+    return t
+
+
+def per_au_table(rows: List[Dict[str, Any]], dataset: str,
+                 summaries: Optional[List[Dict[str, Any]]] = None) -> Table:
+    """Per-AU pooled F1 of every (point, seed) of one dataset, and for a point with several seeds the mean
+    and the sample sd over them (two rows)."""
+    rows = [r for r in rows if r["dataset"] == dataset]
+    summaries = [s for s in summaries or [] if s["dataset"] == dataset]
     aus: List[str] = []
     for r in rows:
         for au in (r.get("per_au") or {}):
@@ -164,11 +250,19 @@ def per_au_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
                 aus.append(str(au))
     t = Table(title=f"{dataset}: pooled F1 per AU", title_justify="left", box=box.SIMPLE_HEAD)
     t.add_column("#", justify="right")
+    t.add_column("seed", justify="right", no_wrap=True)
     for au in aus:
         t.add_column(f"AU{au}", justify="right", no_wrap=True)
-    for r in rows:
+    for kind, r in _with_summaries(rows, summaries):
+        if kind == "summary":  # two compact rows (mean, sd): eight AUs of "0.000 ± 0.000" would not fit
+            per_au = (r["summary"] or {}).get("per_au") or {}
+            for stat in ("mean", "sd"):
+                t.add_row(str(r["point"]), f"{stat} of {len(r['seeds_used'])}",
+                          *[_f((_lookup(per_au, au).get("f1") or {}).get(stat)) for au in aus], style="bold",
+                          end_section=stat == "sd")
+            continue
         per_au = r.get("per_au") or {}
-        t.add_row(str(r["point"]), *[_f(_lookup(per_au, au).get("f1")) for au in aus],
+        t.add_row(str(r["point"]), str(r["seed"]), *[_f(_lookup(per_au, au).get("f1")) for au in aus],
                   style="" if r["complete"] else "yellow")
     return t
 
@@ -191,13 +285,29 @@ def console(stderr: bool = False) -> Console:
 
 def print_report(console: Console, rows: List[Dict[str, Any]], trained: Optional[int] = None,
                  reused: Optional[int] = None, paths: Optional[Dict[str, str]] = None,
-                 notes: Optional[List[Dict[str, Any]]] = None) -> None:
-    """The tables of every dataset, failed and incomplete points, and the notes on each prepared dataset
-    (SweepState.data_notes: skipped samples, dropped subjects, estimated apexes, corrections, warnings)."""
+                 notes: Optional[List[Dict[str, Any]]] = None,
+                 summaries: Optional[List[Dict[str, Any]]] = None) -> None:
+    """The tables of every dataset (with the seed summaries of report.seed_summaries and, where the
+    sweep file gives the paper's numbers, measured vs paper), failed and incomplete points, and the notes
+    on each prepared dataset (SweepState.data_notes: skipped samples, dropped subjects, estimated apexes,
+    corrections, warnings)."""
+    from orchestrator.report import MIN_SUBJECTS
+
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     for d in datasets:
         console.print(points_table(rows, d))
-        console.print(per_au_table(rows, d))
+        seeds = seeds_table(summaries or [], d)
+        if seeds is not None:
+            console.print(seeds)
+        console.print(per_au_table(rows, d, summaries))
+        paper = paper_table(rows, d, summaries)
+        if paper is not None:
+            console.print(paper)
+        few = sorted({r["folds_done"] for r in rows if r["dataset"] == d and 0 < r["folds_done"] < MIN_SUBJECTS})
+        if few:
+            console.print(f"[yellow]few subjects[/yellow] {d}: the F1 95% CIs rest on {'/'.join(map(str, few))} "
+                          f"test subject(s) (< {MIN_SUBJECTS}): too few subjects to tell points apart; read "
+                          f"them as a rough range", highlight=False, soft_wrap=True)
     for r in rows:
         for f in r["failed"]:
             console.print(f"[red]failed[/red] {r['dataset']} {r['label']} seed {r['seed']} subject "
