@@ -184,8 +184,11 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
     if as_json:
         sys.stdout.write(json.dumps(outcome.state.to_json(outcome.trained, outcome.reused), default=str) + "\n")
     else:
-        print_report(console, outcome.state.rows(), outcome.trained, outcome.reused, paths,
-                     notes=outcome.state.data_notes())
+        from orchestrator.report import seed_summaries
+
+        rows = outcome.state.rows()
+        print_report(console, rows, outcome.trained, outcome.reused, paths, notes=outcome.state.data_notes(),
+                     summaries=seed_summaries(outcome.state, rows))
     if outcome.failed or not all(r["complete"] for r in outcome.state.rows()):
         raise SystemExit(1)  # a fold kept failing or the run was interrupted: some point is incomplete
 
@@ -196,36 +199,84 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
 @SET
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--compare", nargs=2, type=int, metavar="K L",
-              help="paired difference in pooled F1 between points K and L (subject-bootstrap CI)")
+              help="paired difference in pooled F1 and ACC between points K and L: subject-bootstrap CI, "
+                   "p-value and what it means")
+@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv", "json"]),
+              help="write the table in the layout of the paper's tables (one row per point, F1/ACC per "
+                   "dataset, the paper's numbers beside them) to stdout, or to --output")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="with --format: write it to this file")
+@click.option("--per-au", is_flag=True, help="with --format: add the per-AU F1 columns")
 @click.option("--share-name", is_flag=True, help="another sweep file of this workdir has the same name on "
                                                   "purpose (see run --share-name)")
-def report(sweep: str, overrides, as_json: bool, compare, share_name: bool) -> None:
+def report(sweep: str, overrides, as_json: bool, compare, fmt: Optional[str], output: Optional[str],
+           per_au: bool, share_name: bool) -> None:
     """Rebuild the table from the results store (no training)."""
-    from orchestrator.report import compare_points
+    from orchestrator.report import compare_points, seed_summaries
     from orchestrator.state import state_from_store
     from orchestrator.view import print_report
 
+    if (output or per_au) and not fmt:
+        raise click.UsageError(f"{'--output' if output else '--per-au'} goes with --format md|latex|csv|json")
+    if fmt and as_json:
+        raise click.UsageError("--json prints the whole report object; --format json the paper-layout table: "
+                               "pick one")
     spec = _load(sweep, overrides)
-    console = _console(stderr=as_json)
+    # --format without --output: stdout holds the table alone (to redirect), the rest goes to stderr
+    quiet = as_json or bool(fmt and not output)
+    console = _console(stderr=quiet)
     # No workdir lock (orchestrator.lock): report only reads the results store, whose folds are written
     # atomically, and writes its report files atomically, so it runs fine beside a sweep and never waits.
-    with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext():
         claim_name(spec, share=share_name)
         state = state_from_store(_plan_from_store(spec, strict=True))
         comparison = compare_points(state, *compare) if compare else None
         paths = state.write_reports()
+        table = _export(state, fmt, per_au, output) if fmt else None
     if as_json:
         doc = state.to_json(0, sum(g.done for g in state.groups.values()))
         if comparison is not None:
             doc["compare"] = comparison
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
         return
-    print_report(console, state.rows(), paths=paths, notes=state.data_notes())
-    if comparison is not None:
-        for c in comparison:
-            console.print(f"{c['dataset']} seed {c['seed']}: F1({c['a']}) - F1({c['b']}) = "
-                          f"{c['diff']:+.4f}  95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] "
-                          f"over {c['subjects']} subjects")
+    if fmt and not output:
+        sys.stdout.write(table)
+        sys.stdout.flush()
+        _print_comparison(console, comparison)
+        return
+    rows = state.rows()
+    print_report(console, rows, paths=paths, notes=state.data_notes(), summaries=seed_summaries(state, rows))
+    _print_comparison(console, comparison)
+    if output:
+        console.print(f"{fmt} table written to {output}", highlight=False)
+
+
+def _export(state, fmt: str, per_au: bool, output: Optional[str]) -> str:
+    """The paper-layout table (orchestrator/tables.py) as text; written atomically to `output` if given."""
+    from pathlib import Path
+
+    from orchestrator.config import ConfigError
+    from orchestrator.store import atomic_write_text
+    from orchestrator.tables import document, render
+
+    text = render(document(state, per_au=per_au), fmt)
+    if output:
+        try:
+            atomic_write_text(Path(output).expanduser(), text)
+        except OSError as e:
+            raise ConfigError(f"--output {output}: cannot write it ({e.strerror or e}); pick a writable "
+                              f"path") from None
+    return text
+
+
+def _print_comparison(console, comparison) -> None:
+    for c in comparison or []:
+        console.print(f"{c['dataset']} seed {c['seed']}: F1({c['a']}) - F1({c['b']}) = {c['diff']:+.4f}  "
+                      f"95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]  p = {c['p']:.3f}  "
+                      f"(paired bootstrap over {c['subjects']} subjects)", highlight=False)
+        console.print(f"  ACC({c['a']}) - ACC({c['b']}) = {c['acc_diff']:+.4f}  95% CI "
+                      f"[{c['acc_ci'][0]:+.4f}, {c['acc_ci'][1]:+.4f}]", highlight=False)
+        style = "yellow" if c["verdict"]["code"] == "too_few_subjects" else ""
+        console.print(f"  {c['verdict']['text']}", style=style, highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------------------
