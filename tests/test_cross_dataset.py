@@ -93,6 +93,20 @@ def test_bad_cross_dataset_sections_are_refused_naming_the_key(tmp_path, change,
     assert str(e.value).startswith(str(path))
 
 
+@pytest.mark.parametrize("command", ["plan", "run", "report", "fold"])
+def test_a_bad_cross_dataset_section_is_an_error_line_of_every_command(tmp_path, command):
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    path = write(tmp_path, cross_dataset={"pairs": [{"train": "casme2", "test": "smm"}]})
+    res = CliRunner().invoke(main, [command, str(path)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.stderr == (f"Error: {path}: cross_dataset.pairs[0].test: no dataset 'smm'; the file has "
+                          f"['casme2', 'samm']\n")
+    assert not (tmp_path / "wd").exists()  # nothing written
+
+
 def test_a_dataset_aus_list_bounds_the_shared_aus(tmp_path):
     ds = {"casme2": {"reader": "casme2", "root": "c", "aus": [2, 4, 12, 14]}, "samm": {"reader": "samm", "root": "s"}}
     assert load_sweep(write(tmp_path, datasets=ds)).trials()[0].aus == [2, 4, 12]
@@ -175,14 +189,29 @@ def test_cross_dataset_fold_is_train_fold_with_the_test_dataset_held_out():
 
 
 # -- the sweep end to end ----------------------------------------------------------------------------------
-def _quickstart(tmp_path: Path):
-    """sweeps/cross_quickstart.yaml made small: 2 subjects x 3 samples per synthetic dataset, 2 epochs."""
+QUICKSTART = REPO / "sweeps" / "cross_quickstart.yaml"
+
+
+def _small(tmp_path: Path):
+    """--set items that make sweeps/cross_quickstart.yaml small: 2 subjects x 3 samples per synthetic
+    dataset, 2 epochs, everything under tmp_path."""
     over = [f"workdir={tmp_path / 'wd'}", f"datasets.casme2.root={tmp_path / 'casme2'}",
             f"datasets.samm.root={tmp_path / 'samm'}", "training.epochs=2", "training.lr_step_epoch=1",
             "preprocessing.flow=dis"]
     for name in ("casme2", "samm"):
         over += [f"datasets.{name}.synthetic.subjects=2", f"datasets.{name}.synthetic.per_subject=3"]
-    return load_sweep(REPO / "sweeps" / "cross_quickstart.yaml", over)
+    return over
+
+
+def _cli(command: str, tmp_path: Path, *args):
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    sets = [x for o in _small(tmp_path) for x in ("--set", o)]
+    res = CliRunner().invoke(main, [command, str(QUICKSTART), *sets, *args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
 
 
 @pytest.mark.slow
@@ -196,7 +225,7 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
     from orchestrator.runner import run_sweep
     from orchestrator.store import ResultsStore
 
-    spec = _quickstart(tmp_path)
+    spec = load_sweep(QUICKSTART, _small(tmp_path))
     (tmp_path / "wd").mkdir()
     shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")
     first = run_sweep(spec, quiet=True, progress=False)
@@ -236,8 +265,22 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
         assert c.data.tags["mlflow.parentRunId"] == parents[c.data.tags["dataset"]].info.run_id
         assert c.data.metrics["n_test"] == 6
 
-    # resumed like folds: a second run trains nothing and gives the same table
-    again = run_sweep(_quickstart(tmp_path), quiet=True, progress=False)
+    # resumed like folds: a second run trains nothing and gives the same table; `plan` and `report` agree
+    again = run_sweep(load_sweep(QUICKSTART, _small(tmp_path)), quiet=True, progress=False)
     assert again.trained == 0 and again.reused == 2
     assert json.dumps(again.state.rows(), default=str) == json.dumps(first.state.rows(), default=str)
     assert len(client.search_runs([client.get_experiment_by_name("cross_quickstart").experiment_id])) == 4
+    plan = _cli("plan", tmp_path)
+    assert [(g["dataset"], g["folds_total"], g["folds_stored"]) for g in plan["groups"]] == \
+        [("casme2->samm", 1, 1), ("samm->casme2", 1, 1)]
+    assert [(d["name"], d["state"], d["samples"]) for d in plan["datasets"]] == \
+        [("casme2", "prepared", 6), ("samm", "prepared", 6)]
+    report = _cli("report", tmp_path)
+    assert [(r["dataset"], r["f1"]) for r in report["points"]] == [(r["dataset"], r["f1"]) for r in first.state.rows()]
+
+    # `fold --train --test` (in-process, no Ray) gives the stored predictions of the unit bit for bit
+    doc = _cli("fold", tmp_path, "--train", "samm", "--test", "casme2")
+    stored = records["samm->casme2"]["result"]
+    assert doc["dataset"] == "samm->casme2" and [p["id"] for p in doc["predictions"]] == stored["sample_ids"]
+    got = [[p["probs"][f"AU{a}"] for a in SHARED] for p in doc["predictions"]]
+    assert np.array_equal(np.array(got, dtype=np.float32), np.array(stored["probs"], dtype=np.float32))
