@@ -52,7 +52,7 @@ def _console(stderr: bool = False):
 @SWEEP
 @SET
 @click.option("--dataset", help="dataset name of the sweep file (default: its only dataset)")
-@click.option("--subject", help="test subject (trained on all the others); required but for cross_dataset")
+@click.option("--subject", help="LOSO: the test subject (trained on all the others); required")
 @click.option("--train", "train_on", help="cross_dataset sweeps: the pair's train dataset (default: the only pair)")
 @click.option("--test", "test_on", help="cross_dataset sweeps: the pair's test dataset")
 @click.option("--point", type=int, default=0, show_default=True, help="grid point index (see `report`)")
