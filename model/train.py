@@ -1,4 +1,5 @@
-"""`train_fold`: train Micro-AU CLIP on all subjects but one and evaluate the last epoch's model on it.
+"""`train_fold`: train Micro-AU CLIP on all subjects but one and evaluate the last epoch's model on it;
+`cross_dataset_fold`: train on one whole dataset and evaluate on another. Both run `train_eval`.
 
 This is exactly what every sweep trial runs and what `microau-sweep fold` runs in-process. No choice of
 epoch or threshold is made on the test subject: the model after the last epoch is evaluated and an AU
@@ -7,6 +8,7 @@ is active where its 2-way softmax puts more mass on "active".
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -68,19 +70,12 @@ def _optimizer(model: MicroAUCLIP, t) -> torch.optim.Optimizer:
 
 def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
                on_epoch: Optional[Callable[[Dict], None]] = None) -> FoldResult:
-    """Train on every subject of `data` except `test_subject`, evaluate on `test_subject`.
+    """Train on every subject of `data` except `test_subject`, evaluate on `test_subject` (LOSO).
 
     spec: has .reader, .aus, .seed, .model (ModelConfig), .training (TrainConfig) - a TrialConfig.
     prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
     on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
     """
-    t_start = time.perf_counter()
-    mcfg, tcfg = spec.model, spec.training
-    aus = [int(a) for a in spec.aus]
-    device = resolve_device(tcfg.device)
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    w = _weights(spec)
     test_subject = str(test_subject)
     subjects = np.asarray([str(s) for s in data.subjects])
     test_idx = np.flatnonzero(subjects == test_subject)
@@ -90,37 +85,100 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
                         f"its subjects are {sorted(set(subjects.tolist()))}")
     if len(train_idx) < 2:
         raise FoldError(f"dataset {data.reader}: fewer than 2 training samples when {test_subject} is held out")
+    return train_eval(spec, data, train_idx, data, test_idx, test_subject, prefix, prefix, on_epoch)
 
-    # frozen prefix: given (shared by the sweep) or computed now
-    t0 = time.perf_counter()
+
+def cross_dataset_fold(spec, train_data, test_data, train_prefix: Optional[Prefix] = None,
+                       test_prefix: Optional[Prefix] = None, on_epoch: Optional[Callable[[Dict], None]] = None,
+                       label: str = "all") -> FoldResult:
+    """Train on every sample of `train_data`, evaluate on every sample of `test_data` (cross-dataset
+    protocol, docs/protocol.md), on the AUs `spec.aus`, which both datasets' labels are read for by AU
+    number. alpha/beta default to the paper's values for `spec.reader` (the training dataset's).
+
+    train_prefix / test_prefix: each dataset's frozen prefix for the same backbone and AUs; computed here
+    when None. `label` is the FoldResult's `test_subject` (the test set is every subject of `test_data`;
+    each sample keeps its own subject in `subjects`, so the bootstrap resamples the test subjects).
+    """
+    if len(train_data.sample_ids) < 2:
+        raise FoldError(f"dataset {train_data.reader} ({train_data.key}): fewer than 2 training samples")
+    if len(test_data.sample_ids) == 0:
+        raise FoldError(f"dataset {test_data.reader} ({test_data.key}): no test sample")
+    result = train_eval(spec, train_data, np.arange(len(train_data.sample_ids)), test_data,
+                        np.arange(len(test_data.sample_ids)), str(label), train_prefix, test_prefix, on_epoch)
+    result.extras.update(train_data=train_data.key, test_data=test_data.key)
+    return result
+
+
+def _prefix_of(prefix: Optional[Prefix], mcfg, data, aus, device) -> Prefix:
+    """`prefix` checked against (config, data, AUs), or computed now when None."""
     if prefix is None:
-        prefix = compute_prefix(mcfg, data, aus, device=str(device))
-    else:
-        diff = prefix.matches(mcfg, data, aus)
-        if diff:
-            raise FoldError(f"the prefix passed to train_fold was computed for another {diff}; "
-                            f"compute it with compute_prefix(spec.model, data, spec.aus)")
+        return compute_prefix(mcfg, data, aus, device=str(device))
+    diff = prefix.matches(mcfg, data, aus)
+    if diff:
+        raise FoldError(f"the prefix passed for dataset {data.reader} ({data.key}) was computed for another "
+                        f"{diff}; compute it with compute_prefix(spec.model, data, spec.aus)")
     if list(prefix.sample_ids) != list(data.sample_ids):
         raise FoldError("the prefix's samples are not the dataset's; compute the prefix from this dataset")
+    return prefix
+
+
+def _check_same_backbone(a: Prefix, b: Prefix) -> None:
+    """Training and test prefixes must come from one backbone, AU list and texts (only the data differs)."""
+    diff = sorted(k for k in set(a.identity) | set(b.identity)
+                  if k != "data" and a.identity.get(k) != b.identity.get(k))
+    if diff or a.grid != b.grid:
+        raise FoldError(f"the training and test prefixes differ in {', '.join(diff) or 'patch grid'}; compute "
+                        f"both with the same spec.model and spec.aus")
+
+
+def _inputs(data, prefix: Prefix, aus, groups, device):
+    """A dataset's model inputs on the device: AU labels (numpy, and as a tensor), frozen visual prefix,
+    per-AU landmark token indices (Eq. 1), each sample's global-text row."""
+    labels_np = data.labels(aus).astype(np.int64)
+    tok = au_token_indices(data.landmarks, groups, prefix.grid, prefix.image, data.sample_ids)
+    return SimpleNamespace(labels_np=labels_np, labels=torch.from_numpy(labels_np).to(device),
+                           vis=as_tensor(prefix.visual, device), tok=[torch.from_numpy(t).to(device) for t in tok],
+                           glob_idx=as_tensor(prefix.global_index, device))
+
+
+def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: str,
+               train_prefix: Optional[Prefix] = None, test_prefix: Optional[Prefix] = None,
+               on_epoch: Optional[Callable[[Dict], None]] = None) -> FoldResult:
+    """The one training path: train on the samples `train_idx` of `train_data`, evaluate the last epoch's
+    model on the samples `test_idx` of `test_data`. LOSO (`train_fold`) passes one dataset and one prefix
+    twice; the cross-dataset protocol (`cross_dataset_fold`) two datasets, each with its own prefix."""
+    t_start = time.perf_counter()
+    mcfg, tcfg = spec.model, spec.training
+    aus = [int(a) for a in spec.aus]
+    device = resolve_device(tcfg.device)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    w = _weights(spec)
+    train_idx, test_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
+    same = test_data is train_data
+
+    # frozen prefixes: given (shared by the sweep) or computed now
+    t0 = time.perf_counter()
+    shared = same and (test_prefix is None or test_prefix is train_prefix)
+    train_prefix = _prefix_of(train_prefix, mcfg, train_data, aus, device)
+    test_prefix = train_prefix if shared else _prefix_of(test_prefix, mcfg, test_data, aus, device)
+    if not shared:
+        _check_same_backbone(train_prefix, test_prefix)
     t_prefix = time.perf_counter() - t0
 
-    # tensors on the device
+    # tensors on the device (once when training and test samples come from one dataset)
     t0 = time.perf_counter()
-    labels_np = data.labels(aus).astype(np.int64)
     groups = landmark_groups(aus, mcfg.landmark_groups)
-    tok = au_token_indices(data.landmarks, groups, prefix.grid, prefix.image, data.sample_ids)
-    vis = as_tensor(prefix.visual, device)
-    labels = torch.from_numpy(labels_np).to(device)
-    tok = [torch.from_numpy(t).to(device) for t in tok]
-    au_txt = TextTensors(prefix.au_texts, device)
-    emo_txt = TextTensors(prefix.emotion_texts, device)
-    emo_class = as_tensor(prefix.emotion_class, device)
-    glob_txt = TextTensors(prefix.global_texts, device)
-    glob_idx = as_tensor(prefix.global_index, device)
+    tr = _inputs(train_data, train_prefix, aus, groups, device)
+    te = tr if test_prefix is train_prefix else _inputs(test_data, test_prefix, aus, groups, device)
+    au_txt = TextTensors(train_prefix.au_texts, device)
+    glob_txt = TextTensors(train_prefix.global_texts, device)
+    emo_txt = TextTensors(test_prefix.emotion_texts, device)
+    emo_class = as_tensor(test_prefix.emotion_class, device)
 
     # the model and its optimiser, seeded
     torch.manual_seed(spec.seed)
-    model = MicroAUCLIP(mcfg, len(aus), prefix).to(device)
+    model = MicroAUCLIP(mcfg, len(aus), train_prefix).to(device)
     opt = _optimizer(model, tcfg)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[tcfg.lr_step_epoch], gamma=tcfg.lr_gamma)
     gen = torch.Generator().manual_seed(spec.seed)
@@ -131,14 +189,14 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
     train_t = torch.from_numpy(train_idx)
     curve: Dict[str, List[float]] = {k: [] for k in ("total", "multitask", "contrastive", "gd")}
     for epoch in range(tcfg.epochs):
-        te = time.perf_counter()
+        te_ = time.perf_counter()
         model.train()
         sums = {k: 0.0 for k in curve}
         batches = _batches(len(train_idx), tcfg.batch_size, gen)
         for b in batches:
             idx = train_t[b].to(device)
-            terms = step_losses(model, mcfg, vis[idx], [t[idx] for t in tok], labels[idx], au_txt,
-                                glob_txt, glob_idx[idx])
+            terms = step_losses(model, mcfg, tr.vis[idx], [t[idx] for t in tr.tok], tr.labels[idx], au_txt,
+                                glob_txt, tr.glob_idx[idx])
             loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], w["alpha"], w["beta"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -152,15 +210,15 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
             curve[k].append(sums[k] / len(batches))
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "epochs": tcfg.epochs, **{k: v[-1] for k, v in curve.items()},
-                      **lrs, "seconds": time.perf_counter() - te})
+                      **lrs, "seconds": time.perf_counter() - te_})
     t_train = time.perf_counter() - t0
 
-    # evaluate the last epoch's model on the held-out subject
+    # evaluate the last epoch's model on the test samples
     t0 = time.perf_counter()
     model.eval()
     with torch.no_grad():
         ti = torch.from_numpy(test_idx).to(device)
-        out = model(vis[ti], [t[ti] for t in tok])
+        out = model(te.vis[ti], [t[ti] for t in te.tok])
         probs = torch.softmax(out["logits"], dim=-1)[..., 1]
         text_scores = mer_scores(out["final"], model.text_features(emo_txt))  # Eq. 13, per label text
         scores, best_text = mer_class_scores(text_scores, emo_class, len(MER_CLASSES))  # best text per class
@@ -170,10 +228,11 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
 
     return FoldResult(
         test_subject=test_subject, seed=int(spec.seed), aus=aus,
-        sample_ids=[data.sample_ids[i] for i in test_idx], subjects=[str(data.subjects[i]) for i in test_idx],
-        probs=probs.float().cpu().numpy(), labels=labels_np[test_idx].astype(np.uint8),
+        sample_ids=[test_data.sample_ids[i] for i in test_idx],
+        subjects=[str(test_data.subjects[i]) for i in test_idx],
+        probs=probs.float().cpu().numpy(), labels=te.labels_np[test_idx].astype(np.uint8),
         features=out["final"].float().cpu().numpy(), mer_classes=list(MER_CLASSES),
-        mer_scores=scores.float().cpu().numpy(), mer_labels=[data.mer[i] for i in test_idx],
+        mer_scores=scores.float().cpu().numpy(), mer_labels=[test_data.mer[i] for i in test_idx],
         loss_curve=curve,
         timings={"prefix_s": t_prefix, "build_s": t_build, "train_s": t_train, "eval_s": t_eval,
                  "total_s": time.perf_counter() - t_start},
@@ -184,10 +243,10 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
                 "w_d": None if out["w_d"] is None else out["w_d"].cpu().tolist(),
                 "pta": {str(a): w.cpu().tolist() for a, w in zip(aus, out["pta"]) if w is not None},
                 # Eq. 13's label texts as (class, text) and each test sample's best text (index)
-                "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(prefix.emotion_class.tolist(),
-                                                                 prefix.emotion_texts.texts)],
+                "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(test_prefix.emotion_class.tolist(),
+                                                                 test_prefix.emotion_texts.texts)],
                 "mer_best_text": best_text.cpu().tolist(),
-                "prefix_key": prefix.key, "device": str(device), "alpha": w["alpha"], "beta": w["beta"]},
+                "prefix_key": train_prefix.key, "device": str(device), "alpha": w["alpha"], "beta": w["beta"]},
     )
 
 

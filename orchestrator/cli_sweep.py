@@ -52,25 +52,37 @@ def _console(stderr: bool = False):
 @SWEEP
 @SET
 @click.option("--dataset", help="dataset name of the sweep file (default: its only dataset)")
-@click.option("--subject", required=True, help="test subject (trained on all the others)")
+@click.option("--subject", help="LOSO: the test subject (trained on all the others); required")
+@click.option("--train", "train_on", help="cross_dataset sweeps: the pair's train dataset (default: the only pair)")
+@click.option("--test", "test_on", help="cross_dataset sweeps: the pair's test dataset")
 @click.option("--point", type=int, default=0, show_default=True, help="grid point index (see `report`)")
 @click.option("--seed", type=int, help="seed (default: the sweep's first)")
 @click.option("--epochs", type=int, help="override training.epochs (quick debugging)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def fold(sweep: str, overrides, dataset: Optional[str], subject: str, point: int, seed: Optional[int],
-         epochs: Optional[int], as_json: bool) -> None:
-    """Run one LOSO fold in-process, with exactly the code a sweep trial runs (no Ray)."""
-    from orchestrator.data import data_id, prepare
-    from orchestrator.plan import make_plan
+def fold(sweep: str, overrides, dataset: Optional[str], subject: Optional[str], train_on: Optional[str],
+         test_on: Optional[str], point: int, seed: Optional[int], epochs: Optional[int], as_json: bool) -> None:
+    """Run one LOSO fold (or one cross-dataset unit: --train, --test) in-process, with exactly the code a
+    sweep trial runs (no Ray)."""
+    from orchestrator.data import data_id, data_ids, prepare
+    from orchestrator.plan import CROSS_SUBJECT, make_plan
     from orchestrator.trial import prefix_for, run_fold
 
     spec = _load(sweep, overrides)
-    if dataset is None:
-        if len(spec.datasets) != 1:
-            raise click.UsageError(f"{sweep} has datasets {sorted(spec.datasets)}; pick one with --dataset")
-        dataset = next(iter(spec.datasets))
-    if dataset not in spec.datasets:
-        raise click.UsageError(f"{sweep}: no dataset {dataset!r}; the file has {sorted(spec.datasets)}")
+    if spec.cross_dataset:
+        dataset = _cross_pair(spec, sweep, dataset, subject, train_on, test_on)
+        subject = CROSS_SUBJECT
+    else:
+        if train_on or test_on:
+            raise click.UsageError(f"--train/--test pick a pair of a cross_dataset sweep; {sweep} runs LOSO: "
+                                   f"use --dataset and --subject")
+        if subject is None:
+            raise click.UsageError("Missing option '--subject' (the test subject of the LOSO fold)")
+        if dataset is None:
+            if len(spec.datasets) != 1:
+                raise click.UsageError(f"{sweep} has datasets {sorted(spec.datasets)}; pick one with --dataset")
+            dataset = next(iter(spec.datasets))
+        if dataset not in spec.datasets:
+            raise click.UsageError(f"{sweep}: no dataset {dataset!r}; the file has {sorted(spec.datasets)}")
     points = spec.points()
     if not 0 <= point < len(points):
         raise click.UsageError(f"--point {point}: {sweep} has points 0..{len(points) - 1} "
@@ -79,19 +91,22 @@ def fold(sweep: str, overrides, dataset: Optional[str], subject: str, point: int
     out = sys.stderr if as_json else sys.stdout
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         trial = spec.trial(dataset, point, seed)
-        did = data_id(trial)
-        plan = make_plan(spec, {did: prepare(spec, dataset, trial.preprocessing, progress=True)},
+        plan = make_plan(spec, {i: prepare(spec, name, trial.preprocessing, progress=True)
+                                for name, i in zip(trial.reads, data_ids(trial))},
                          warn=lambda m: print(m, file=sys.stderr, flush=True))
-        data = plan.datasets[did]
+        data = plan.datasets[data_id(trial)]
+        test_data = plan.datasets[data_ids(trial)[1]] if trial.cross else None
         if epochs is not None:
             if epochs < 1:
                 raise click.UsageError("--epochs must be at least 1")
             trial = trial.with_training(epochs=epochs)
         subjects = sorted(set(data.subjects))
-        if subject not in subjects:
+        if not trial.cross and subject not in subjects:
             raise click.UsageError(f"--subject {subject!r} is not in dataset {dataset} (subjects: "
                                    f"{', '.join(subjects)})")
-        print(f"fold {dataset} / {points[point].label} / seed {seed} / test subject {subject}: "
+        what = f"trained on {trial.train}, tested on every subject of {trial.test}" if trial.cross else \
+            f"test subject {subject}"
+        print(f"fold {dataset} / {points[point].label} / seed {seed} / {what}: "
               f"{trial.training.epochs} epochs", file=out, flush=True)
 
         def on_epoch(info: Dict[str, Any]) -> None:
@@ -101,12 +116,30 @@ def fold(sweep: str, overrides, dataset: Optional[str], subject: str, point: int
                   file=out, flush=True)
 
         prefix = prefix_for(trial, data, spec.workdir_path() / "cache")
-        result = run_fold(trial, data, subject, prefix=prefix, on_epoch=on_epoch)
+        test_prefix = prefix_for(trial, test_data, spec.workdir_path() / "cache") if trial.cross else None
+        result = run_fold(trial, data, subject, prefix=prefix, on_epoch=on_epoch, test_data=test_data,
+                          test_prefix=test_prefix)
     doc = fold_document(trial, subject, result)
     if as_json:
         sys.stdout.write(json.dumps(doc) + "\n")
         return
     _print_fold(doc)
+
+
+def _cross_pair(spec, sweep: str, dataset: Optional[str], subject: Optional[str], train_on: Optional[str],
+                test_on: Optional[str]) -> str:
+    """The label (`train->test`) of the cross-dataset pair that --train/--test pick."""
+    pairs = spec.cross_dataset.pairs
+    if subject is not None or dataset is not None:
+        raise click.UsageError(f"{sweep} runs the cross-dataset protocol: a unit trains on every subject of one "
+                               f"dataset and tests on every subject of the other; pick a pair with --train and "
+                               f"--test instead of --dataset/--subject")
+    mine = [p for p in pairs if (train_on is None or p.train == train_on) and (test_on is None or p.test == test_on)]
+    if len(mine) != 1:
+        have = ", ".join(f"--train {p.train} --test {p.test}" for p in pairs)
+        why = "has several pairs" if mine else "has no such pair"
+        raise click.UsageError(f"{sweep} {why}; pick one: {have}")
+    return mine[0].label
 
 
 def fold_document(trial, subject: str, result: Dict[str, Any]) -> Dict[str, Any]:

@@ -2,7 +2,9 @@
 
 A sweep file names datasets, the base preprocessing/model/training sections, a grid over any dotted key,
 named variants (several keys changed together), seeds, resources and tracking. It expands into one
-`TrialConfig` per (dataset, point, seed); a Ray trial is a `TrialConfig` plus a test subject.
+`TrialConfig` per (dataset, point, seed); a Ray trial is a `TrialConfig` plus a test subject. With a
+`cross_dataset:` section it expands into one `TrialConfig` per (pair, point, seed) instead, each one
+unit of work (train on one dataset, test on the other).
 """
 from __future__ import annotations
 
@@ -88,12 +90,43 @@ class DatasetSpec(_Strict):
     @field_validator("aus")
     @classmethod
     def _aus_distinct(cls, v):
-        if v is not None:
-            if not v:
-                raise ValueError("give at least one AU, or remove the key for the paper's AUs")
-            if len(set(v)) != len(v) or any(a < 1 for a in v):
-                raise ValueError(f"AU numbers must be positive and listed once, got {v}")
-        return v
+        return _check_au_list(v, "the paper's AUs")
+
+    def au_list(self) -> List[int]:
+        """The AUs this dataset evaluates: its `aus`, else the paper's for its reader."""
+        from preprocessing.annotations import DEFAULT_AUS  # dataset knowledge lives in preprocessing
+
+        return list(self.aus) if self.aus else list(DEFAULT_AUS[self.reader])
+
+
+def _check_au_list(v: Optional[List[int]], default: str) -> Optional[List[int]]:
+    if v is not None:
+        if not v:
+            raise ValueError(f"give at least one AU, or remove the key for {default}")
+        if len(set(v)) != len(v) or any(a < 1 for a in v):
+            raise ValueError(f"AU numbers must be positive and listed once, got {v}")
+    return v
+
+
+class CrossPair(_Strict):
+    train: str  # names in `datasets`
+    test: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.train}->{self.test}"
+
+
+class CrossDatasetSpec(_Strict):
+    """The cross-dataset protocol (docs/protocol.md): per pair, train on every sample of `train` and test
+    on every sample of `test`, on AUs both datasets evaluate."""
+    pairs: List[CrossPair] = Field(min_length=1)
+    aus: Optional[List[int]] = None  # None: the AUs of both datasets' lists (e.g. CASME II, SAMM: 2, 4, 7, 12)
+
+    @field_validator("aus")
+    @classmethod
+    def _aus_distinct(cls, v):
+        return _check_au_list(v, "the AUs both datasets evaluate")
 
 
 class ResourcesSpec(_Strict):
@@ -120,6 +153,8 @@ class SweepSpec(_Strict):
     tracking: TrackingSpec = TrackingSpec()
     retries: int = Field(2, ge=0)  # Ray Tune max_failures per trial
     max_concurrent: Optional[int] = Field(None, ge=1)
+    # Present: the cross-dataset protocol (one unit per pair, point and seed) instead of LOSO
+    cross_dataset: Optional[CrossDatasetSpec] = None
     source: Optional[str] = Field(None, exclude=True)  # the file it was read from (for messages)
     _trials: Optional[List["TrialConfig"]] = PrivateAttr(None)  # the expansion, made once (trials())
 
@@ -188,12 +223,62 @@ class SweepSpec(_Strict):
     def trials(self, dataset: Optional[str] = None) -> List["TrialConfig"]:
         """Resolved configs, one per (dataset, point, seed), in sweep order. The sweep is expanded once
         (`load_sweep` does it, which validates every point) and the same list is handed out after."""
-        if dataset is not None and dataset not in self.datasets:
-            raise ConfigError(f"{self.source}: no dataset {dataset!r}; the file has {sorted(self.datasets)}")
+        names = [p.label for p in self.cross_dataset.pairs] if self.cross_dataset else list(self.datasets)
+        if dataset is not None and dataset not in names:
+            what = "cross-dataset pair" if self.cross_dataset else "dataset"
+            raise ConfigError(f"{self.source}: no {what} {dataset!r}; the file has {sorted(names)}")
         if self._trials is None:
-            self._trials = [self.resolve(n, p, s) for n in self.datasets for p in self.points()
-                            for s in self.seeds]
+            if self.cross_dataset:
+                aus = self.cross_aus()
+                self._trials = [self.resolve(c.train, p, s, test=c.test, aus=aus) for c in self.cross_dataset.pairs
+                                for p in self.points() for s in self.seeds]
+            else:
+                self._trials = [self.resolve(n, p, s) for n in self.datasets for p in self.points()
+                                for s in self.seeds]
         return [t for t in self._trials if dataset is None or t.dataset == dataset]
+
+    def cross_aus(self) -> List[int]:
+        """The AUs of the cross-dataset protocol, with its pairs checked: `cross_dataset.aus`, each one in
+        the AU list of every dataset of a pair, else the AUs all those lists share (in the first's order)."""
+        cross, where = self.cross_dataset, f"{self.source}: cross_dataset"
+        seen = set()
+        for i, c in enumerate(cross.pairs):
+            for role in ("train", "test"):
+                name = getattr(c, role)
+                if name not in self.datasets:
+                    raise ConfigError(f"{where}.pairs[{i}].{role}: no dataset {name!r}; the file has "
+                                      f"{sorted(self.datasets)}")
+            if c.train == c.test:
+                raise ConfigError(f"{where}.pairs[{i}]: trains and tests on {c.train!r}; a cross-dataset pair "
+                                  f"names two datasets (the LOSO protocol runs within one: remove cross_dataset)")
+            if (c.train, c.test) in seen:
+                raise ConfigError(f"{where}.pairs[{i}]: {c.label} is listed twice; list each pair once")
+            seen.add((c.train, c.test))
+        used = list(dict.fromkeys(n for c in cross.pairs for n in (c.train, c.test)))
+        for name in self.datasets:
+            if name not in used:
+                raise ConfigError(f"{where}: datasets.{name} is in no pair; add a pair with it or remove it")
+            if self.datasets[name].subjects is not None:
+                raise ConfigError(f"{self.source}: datasets.{name}.subjects: the cross-dataset protocol trains on "
+                                  f"every subject of one dataset and tests on every subject of the other; "
+                                  f"remove `subjects`")
+        lists = {n: self.datasets[n].au_list() for n in used}
+        shared = [a for a in lists[used[0]] if all(a in v for v in lists.values())]
+        if cross.aus is None:
+            if not shared:
+                each = "; ".join(f"datasets.{n}: {v}" for n, v in lists.items())
+                raise ConfigError(f"{where}: the datasets of its pairs share no AU ({each}); give them "
+                                  f"common AUs in their `aus:` lists")
+            return shared
+        for name, have in lists.items():
+            missing = [a for a in cross.aus if a not in have]
+            if missing:
+                ds = self.datasets[name]
+                src = "its `aus:`" if ds.aus else f"the paper's AUs for reader {ds.reader}"
+                raise ConfigError(f"{where}.aus: AU {', '.join(map(str, missing))} not among the AUs of "
+                                  f"datasets.{name} ({have}: {src}); list only AUs every dataset of a pair "
+                                  f"evaluates (here {shared}), or add them to datasets.{name}.aus")
+        return list(cross.aus)
 
     def trial(self, dataset: str, point: int, seed: int) -> "TrialConfig":
         """The resolved config of one (dataset, point index, seed) of the expansion."""
@@ -209,7 +294,10 @@ class SweepSpec(_Strict):
             copy_._trials = None  # a changed field may change the expansion
         return copy_
 
-    def resolve(self, dataset: str, point: "Point", seed: int) -> "TrialConfig":
+    def resolve(self, dataset: str, point: "Point", seed: int, test: Optional[str] = None,
+                aus: Optional[List[int]] = None) -> "TrialConfig":
+        """The config of (dataset, point, seed); with `test`, of the cross-dataset unit that trains on
+        `dataset` (its overrides and its reader's alpha/beta) and tests on `test`, on `aus`."""
         ds = self.datasets[dataset]
         tree = {"preprocessing": copy.deepcopy(self.preprocessing), "model": copy.deepcopy(self.model),
                 "training": copy.deepcopy(self.training)}
@@ -224,13 +312,15 @@ class SweepSpec(_Strict):
             except ValidationError as e:
                 raise ConfigError(_format_errors(e, f"{self.source}", prefix=name)) from None
         sections["training"] = with_dataset_defaults(sections["training"], ds.reader)
-        from preprocessing.annotations import DEFAULT_AUS  # dataset knowledge lives in preprocessing
-        aus = list(ds.aus) if ds.aus else list(DEFAULT_AUS[ds.reader])
+        aus = list(aus) if aus else ds.au_list()
+        where = f"cross_dataset {dataset}->{test}" if test else f"datasets.{dataset}"
         try:
             check_aus(sections["model"], aus)
         except ValueError as e:
-            raise ConfigError(f"{self.source}: datasets.{dataset} (AUs {aus}), point {point.label}: {e}") from None
-        return TrialConfig(dataset=dataset, reader=ds.reader, aus=aus, point=point.index,
+            raise ConfigError(f"{self.source}: {where} (AUs {aus}), point {point.label}: {e}") from None
+        cross = {"dataset": f"{dataset}->{test}", "train": dataset, "test": test,
+                 "test_reader": self.datasets[test].reader} if test else {"dataset": dataset}
+        return TrialConfig(**cross, reader=ds.reader, aus=aus, point=point.index,
                            point_label=point.label, variant=point.variant, params=point.params, seed=seed,
                            **sections)
 
@@ -249,9 +339,10 @@ class Point(BaseModel):
 
 
 class TrialConfig(_Strict):
-    """One resolved config per (dataset, point, seed): everything `train_fold` reads."""
+    """One resolved config per (dataset, point, seed): everything `train_fold` reads. Under the
+    cross-dataset protocol, one per (pair, point, seed): `dataset` is the pair's label `train->test`."""
     dataset: str
-    reader: str
+    reader: str  # of the dataset trained on
     aus: List[int]
     point: int
     point_label: str
@@ -261,13 +352,29 @@ class TrialConfig(_Strict):
     preprocessing: PreprocessConfig
     model: ModelConfig
     training: TrainConfig
+    # cross-dataset protocol only: the datasets (names in `datasets`) trained and tested on
+    train: Optional[str] = None
+    test: Optional[str] = None
+    test_reader: Optional[str] = None
+
+    @property
+    def cross(self) -> bool:
+        return self.test is not None
+
+    @property
+    def reads(self) -> List[str]:
+        """The datasets (names in `datasets`) it reads, the one it trains on first."""
+        return [self.train, self.test] if self.cross else [self.dataset]
 
     def scientific(self) -> Dict[str, Any]:
         """The part that determines the result (names and labels excluded)."""
-        return {"reader": self.reader, "aus": self.aus, "seed": self.seed,
-                "preprocessing": self.preprocessing.model_dump(mode="json"),
-                "model": self.model.model_dump(mode="json"),
-                "training": _training_for_hash(self.training)}
+        out = {"reader": self.reader, "aus": self.aus, "seed": self.seed,
+               "preprocessing": self.preprocessing.model_dump(mode="json"),
+               "model": self.model.model_dump(mode="json"),
+               "training": _training_for_hash(self.training)}
+        if self.cross:  # LOSO configs hash as before, so their stored folds stay valid
+            out.update(protocol="cross_dataset", test_reader=self.test_reader)
+        return out
 
     @property
     def hash(self) -> str:
@@ -277,6 +384,8 @@ class TrialConfig(_Strict):
         """`section.key` -> value, for MLflow params."""
         out = {"dataset": self.dataset, "reader": self.reader, "aus": ",".join(map(str, self.aus)),
                "seed": self.seed, "point": self.point_label}
+        if self.cross:
+            out.update(protocol="cross_dataset", train=self.train, test=self.test, test_reader=self.test_reader)
         for section in SECTIONS:
             out.update(_flatten(getattr(self, section).model_dump(mode="json"), section))
         return out

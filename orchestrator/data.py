@@ -43,10 +43,16 @@ def ensure_synthetic(spec: SweepSpec, name: str, progress: bool = True) -> Optio
     return root
 
 
-def data_id(trial: TrialConfig) -> str:
-    """Which prepared dataset a trial reads: its dataset under its preprocessing config. A grid or a
-    variant may vary `preprocessing.*`; each distinct setting is prepared (and cached) once."""
-    return f"{trial.dataset}@{stable_hash(trial.preprocessing.model_dump(mode='json'))}"
+def data_id(trial: TrialConfig, dataset: Optional[str] = None) -> str:
+    """Which prepared dataset a trial reads: its dataset (the one it trains on; or `dataset`, another it
+    reads) under its preprocessing config. A grid or a variant may vary `preprocessing.*`; each distinct
+    setting is prepared (and cached) once."""
+    return f"{dataset or trial.reads[0]}@{stable_hash(trial.preprocessing.model_dump(mode='json'))}"
+
+
+def data_ids(trial: TrialConfig) -> List[str]:
+    """Every prepared dataset a trial reads, in `trial.reads` order (cross-dataset: train, test)."""
+    return [data_id(trial, name) for name in trial.reads]
 
 
 def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, cached_only: bool = False):
@@ -99,10 +105,9 @@ def prepare_all(spec: SweepSpec, trials: Sequence[TrialConfig], progress: bool =
     see `prepare`; a dataset not prepared yet maps to None)."""
     out: Dict[str, object] = {}
     for trial in trials:
-        key = data_id(trial)
-        if key not in out:
-            out[key] = prepare(spec, trial.dataset, trial.preprocessing, progress=progress,
-                               cached_only=cached_only)
+        for name, key in zip(trial.reads, data_ids(trial)):
+            if key not in out:
+                out[key] = prepare(spec, name, trial.preprocessing, progress=progress, cached_only=cached_only)
     return out
 
 
@@ -181,7 +186,7 @@ def prepared_or_recorded(spec: SweepSpec, trials: Sequence[TrialConfig], warn=pr
     if reason is None:
         return out
     known = _read_manifest(path, warn)
-    need = {data_id(t) for t in trials} - set(out)
+    need = {i for t in trials for i in data_ids(t)} - set(out)
     absent = sorted(need - set(known))
     if absent and strict:
         raise ConfigError(f"{reason}\nNo earlier run recorded {', '.join(absent)} in {path} either: run "
@@ -191,13 +196,13 @@ def prepared_or_recorded(spec: SweepSpec, trials: Sequence[TrialConfig], warn=pr
     out.update({i: SimpleNamespace(**{**{k: [] for k in NOTES}, **known[i]}, origin="recorded")
                 for i in need if i in known})
     out.update({i: None for i in absent})
-    by_id = {data_id(t): t for t in trials}
+    by_id = {i: (name, t) for t in trials for name, i in zip(t.reads, data_ids(t))}
     for i in sorted(need - set(absent)):
         if found.get(i, "unknown") is not None:
             continue  # the data is not at hand here: the recorded key is all there is
-        t = by_id[i]
+        name, t = by_id[i]
         try:
-            now = prepare(spec, t.dataset, t.preprocessing, progress=False, cached_only="key")
+            now = prepare(spec, name, t.preprocessing, progress=False, cached_only="key")
         except MicroAUError:
             continue
         if now != out[i].key:

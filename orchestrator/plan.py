@@ -1,5 +1,6 @@
-"""The plan of a sweep: its folds (datasets x points (variants x grid) x seeds x test subjects), the
-prepared datasets they read and which of them the results store already holds, built once and handed on.
+"""The plan of a sweep: its folds (datasets x points (variants x grid) x seeds x test subjects; under the
+cross-dataset protocol, one unit per pair x point x seed), the prepared datasets they read and which of
+them the results store already holds, built once and handed on.
 
 `SweepSpec.trials()` gives one resolved `TrialConfig` per (dataset, point, seed); a fold adds the test
 subject and the prepared-data key, which together make the results-store key. `make_plan` assembles a
@@ -17,31 +18,45 @@ from orchestrator.config import ConfigError, SweepSpec, TrialConfig, stable_hash
 from orchestrator.store import ResultsStore, fold_key
 
 
+# The `subject` of a cross-dataset unit: it tests on every subject of its test dataset
+CROSS_SUBJECT = "all"
+
+
 @dataclass(frozen=True)
 class Fold:
+    """One unit of work: a LOSO fold (trial, test subject, prepared-data key), or a cross-dataset unit
+    (trial of a pair, CROSS_SUBJECT, the train and the test dataset's prepared-data keys)."""
     trial: TrialConfig
     subject: str
     data_key: str
+    test_data_key: Optional[str] = None  # cross-dataset: the test dataset's prepared-data key
 
     @property
     def key(self) -> str:
-        return fold_key(self.trial.hash, self.subject, self.trial.seed, self.data_key)
+        return fold_key(self.trial.hash, self.subject, self.trial.seed, self.data_key, self.test_data_key)
+
+    @property
+    def data_keys(self) -> List[str]:
+        """The prepared-data keys of the datasets it reads, in `trial.reads` order."""
+        return [self.data_key] + ([self.test_data_key] if self.test_data_key else [])
 
     @property
     def group(self) -> str:
         """The (dataset, point, seed) it belongs to: one MLflow parent run and one table row."""
-        return group_key(self.trial, self.data_key)
+        return group_key(self.trial, self.data_key, self.test_data_key)
 
     def meta(self) -> Dict[str, object]:
         t = self.trial
+        cross = {"train": t.train, "test": t.test, "test_data_key": self.test_data_key} if t.cross else {}
         return {"dataset": t.dataset, "reader": t.reader, "point": t.point, "point_label": t.point_label,
                 "variant": t.variant, "params": t.params, "seed": t.seed, "subject": self.subject,
                 "config_hash": t.hash, "data_key": self.data_key, "group": self.group,
-                "aus": list(t.aus)}
+                "aus": list(t.aus), **cross}
 
 
-def group_key(trial: TrialConfig, data_key: str) -> str:
-    return stable_hash({"config": trial.hash, "data": data_key})
+def group_key(trial: TrialConfig, data_key: str, test_data_key: Optional[str] = None) -> str:
+    return stable_hash({"config": trial.hash, "data": data_key,
+                        **({"test_data": test_data_key} if test_data_key else {})})
 
 
 def test_subjects(spec: SweepSpec, dataset: str, available: Sequence[str]) -> List[str]:
@@ -69,10 +84,16 @@ def expand(spec: SweepSpec, subjects: Dict[str, Sequence[str]], data_keys: Dict[
     setting): `subjects[id]` are the subjects present in that prepared dataset, `data_keys[id]` its key.
     Trials whose data id is in neither (a dataset not prepared yet: `plan` only) get no folds.
     """
-    from orchestrator.data import data_id
+    from orchestrator.data import data_id, data_ids
 
     folds = []
     for trial in spec.trials():
+        if trial.cross:  # one unit: every sample of the train dataset, then every sample of the test one
+            train, test = data_ids(trial)
+            if train in subjects and test in subjects:
+                folds.append(Fold(trial=trial, subject=CROSS_SUBJECT, data_key=data_keys[train],
+                                  test_data_key=data_keys[test]))
+            continue
         did = data_id(trial)
         if did not in subjects:
             continue

@@ -25,7 +25,8 @@ def rows(state) -> List[Dict[str, Any]]:
     out = []
     for g in state.groups.values():
         t = g.trial
-        row = {"dataset": t.dataset, "point": t.point, "label": t.point_label, "variant": t.variant,
+        row = {"dataset": t.dataset, "protocol": "cross_dataset" if t.cross else "loso",
+               "point": t.point, "label": t.point_label, "variant": t.variant,
                "params": dict(t.params), "seed": t.seed, "config_hash": t.hash,
                "folds_done": g.done, "folds_total": len(g.folds), "complete": g.done == len(g.folds),
                "failed": [{"subject": s, "error": e} for s, e in sorted(g.failed.items())]}
@@ -85,12 +86,15 @@ def seed_summaries(state, table: Optional[List[Dict[str, Any]]] = None) -> List[
 def data_notes(state) -> List[Dict[str, Any]]:
     """Per prepared dataset with something to say: {dataset, data_id, skipped, dropped_subjects,
     apex_estimated, corrected, warnings}."""
+    from orchestrator.data import data_ids
+
     out, seen = [], set()
     for g in state.groups.values():
-        note = state.note(g)
-        if note and g.data_id not in seen:
-            seen.add(g.data_id)
-            out.append({"dataset": g.trial.dataset, "data_id": g.data_id, **note})
+        for name, did in zip(g.trial.reads, data_ids(g.trial)):  # a cross-dataset pair reads two
+            note = state.data_note(did)
+            if note and did not in seen:
+                seen.add(did)
+                out.append({"dataset": name, "data_id": did, **note})
     return out
 
 def to_json(state, trained: int, reused: int) -> Dict[str, Any]:
@@ -214,16 +218,15 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
     point, seed) and in all, resources, and a wall-time estimate from the stored folds' timings.
 
     cpus, gpus: what this machine offers Ray (the concurrent slots are what fits of `resources`)."""
-    from orchestrator.data import data_id
+    from orchestrator.data import data_ids
 
     spec = plan.spec
     datasets = []
-    for trial in plan.trials:
-        did = data_id(trial)
+    for name, did in ((n, i) for t in plan.trials for n, i in zip(t.reads, data_ids(t))):
         if any(d["data_id"] == did for d in datasets):
             continue
         d = plan.datasets.get(did)
-        row = {"name": trial.dataset, "data_id": did, "reader": trial.reader}
+        row = {"name": name, "data_id": did, "reader": spec.datasets[name].reader}
         if d is not None and getattr(d, "current_key", None):
             row.update(state="changed", key=d.current_key, samples=None, subjects=len(set(d.subjects)),
                        subject_names=sorted(set(map(str, d.subjects))), recorded_key=d.key)
@@ -232,7 +235,7 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
                        samples=getattr(d, "samples", None), subjects=len(set(d.subjects)),
                        subject_names=sorted(set(map(str, d.subjects))))
         else:
-            row.update(state="to prepare", key=None, samples=None, subjects=_subjects_without_data(spec, trial.dataset),
+            row.update(state="to prepare", key=None, samples=None, subjects=_subjects_without_data(spec, name),
                        subject_names=None)
         datasets.append(row)
     by_id = {d["data_id"]: d for d in datasets}
@@ -241,8 +244,11 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
     groups, seconds = [], 0.0
     for trial in plan.trials:
         folds = [f for f in plan.folds if f.trial is trial]
-        info = by_id[data_id(trial)]
-        if info["state"] == "changed":  # `run` prepares the data anew: none of its folds is stored yet
+        info = by_id[data_ids(trial)[0]]
+        if trial.cross:  # one unit; `run` trains it anew when either dataset is to prepare or changed
+            fresh = {by_id[i]["state"] for i in data_ids(trial)} & {"changed", "to prepare"}
+            total, stored = 1, 0 if fresh else sum(f.key in plan.stored for f in folds)
+        elif info["state"] == "changed":  # `run` prepares the data anew: none of its folds is stored yet
             total, stored = len(folds), 0
         elif info["state"] == "to prepare":
             n = info["subjects"] if spec.datasets[trial.dataset].subjects is None else \

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from orchestrator.config import SweepSpec, TrialConfig
-from orchestrator.data import data_id, prepare_all, record_prepared
+from orchestrator.data import data_id, data_ids, prepare_all, record_prepared
 from orchestrator.trial import dumps, prefix_for, prefix_group, run_fold
 from orchestrator.lock import WorkdirLock
 from orchestrator.plan import Fold, make_plan
@@ -65,8 +65,10 @@ def fold_trainable(config: Dict[str, Any], plan: Dict[str, Dict[str, Any]], data
     def on_epoch(info: Dict[str, Any]) -> None:  # per-epoch losses, for the live view
         tune.report({k: v for k, v in info.items() if isinstance(v, (int, float))})
 
+    test = job.get("test_data")  # a cross-dataset unit: the test dataset's data id
     result = run_fold(trial, datasets[data_id(trial)], job["subject"], prefix=prefixes.get(job["prefix"]),
-                      on_epoch=on_epoch, threads=job.get("threads"))
+                      on_epoch=on_epoch, threads=job.get("threads"), test_data=datasets[test] if test else None,
+                      test_prefix=prefixes.get(job.get("test_prefix")))
     from model.metrics import pooled_metrics
     from model.result import FoldResult
 
@@ -248,11 +250,16 @@ def _prefixes_and_plan(spec: SweepSpec, todo: List[Fold], datasets: Dict[str, An
     plan: Dict[str, Dict[str, Any]] = {}
     threads = max(1, int(spec.resources.cpu))
     for f in todo:
-        group = prefix_group(f.trial, f.data_key)
-        if group not in prefixes:
-            prefixes[group] = prefix_for(f.trial, datasets[data_id(f.trial)], spec.workdir_path() / "cache")
-        plan[f.key] = {"trial": f.trial.model_dump(mode="json"), "subject": f.subject, "prefix": group,
+        groups = []
+        for did, key in zip(data_ids(f.trial), f.data_keys):  # a cross-dataset unit reads two datasets
+            group = prefix_group(f.trial, key)
+            if group not in prefixes:
+                prefixes[group] = prefix_for(f.trial, datasets[did], spec.workdir_path() / "cache")
+            groups.append(group)
+        plan[f.key] = {"trial": f.trial.model_dump(mode="json"), "subject": f.subject, "prefix": groups[0],
                        "threads": threads}
+        if f.trial.cross:
+            plan[f.key].update(test_data=data_ids(f.trial)[1], test_prefix=groups[1])
     return prefixes, plan
 
 

@@ -204,11 +204,20 @@ class SweepState:
                               extra={"meta": meta, "loss_curve": r.loss_curve, "timings": r.timings})
 
     def note(self, g: Group) -> Dict[str, Any]:
-        """What the reports list about the group's prepared dataset (orchestrator.data.NOTES: skipped
-        samples, dropped subjects, estimated apexes, corrections, warnings); {} when there is nothing."""
+        """What the reports list about the group's prepared datasets (orchestrator.data.NOTES: skipped
+        samples, dropped subjects, estimated apexes, corrections, warnings; a cross-dataset group's
+        train and test datasets together); {} when there is nothing."""
+        from orchestrator.data import NOTES, data_ids
+
+        notes = [self.data_note(i) for i in data_ids(g.trial)]
+        note = {k: [x for n in notes for x in n.get(k, [])] for k in NOTES}
+        return note if any(note.values()) else {}
+
+    def data_note(self, data_id: str) -> Dict[str, Any]:
+        """The notes of one prepared dataset (see `note`); {} when there is nothing."""
         from orchestrator.data import NOTES
 
-        info = self.data.get(g.data_id) or {}
+        info = self.data.get(data_id) or {}
         note = {k: list(info.get(k) or []) for k in NOTES}
         return note if any(note.values()) else {}
 
@@ -252,14 +261,15 @@ def state_from_store(plan: Plan) -> SweepState:
 def _warn_other_keys(state: SweepState, warn) -> None:
     """Say so when folds of this sweep are stored under a prepared-data key recorded earlier for the same
     dataset: they exist, but were made from other inputs and are not in the table."""
+    from dataclasses import replace
+
     from orchestrator.data import data_id, earlier_keys
-    from orchestrator.store import fold_key
 
     earlier = earlier_keys(state.spec)
     for g in state.groups.values():
         missing = [f for f in g.folds if not state.store.has(f.key)]
         for old in earlier.get(g.data_id, []):
-            n = sum(state.store.has(fold_key(f.trial.hash, f.subject, f.trial.seed, old)) for f in missing)
+            n = sum(state.store.has(replace(f, data_key=old).key) for f in missing)
             if n:
                 warn(f"note: {n} fold(s) of {g.trial.dataset} {g.trial.point_label} seed {g.trial.seed} are "
                      f"stored under an earlier prepared-data key ({old}) of {data_id(g.trial)}: the "

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from orchestrator.config import stable_hash
 from preprocessing.atomic import atomic_file
@@ -20,10 +20,11 @@ from preprocessing.errors import MicroAUError
 STORE_VERSION = 1
 
 
-def fold_key(config_hash: str, subject: str, seed: int, data_key: str) -> str:
-    """The results-store key of one fold."""
+def fold_key(config_hash: str, subject: str, seed: int, data_key: str, test_data_key: Optional[str] = None) -> str:
+    """The results-store key of one fold (a cross-dataset unit: also the test dataset's key)."""
     return stable_hash({"config": config_hash, "subject": str(subject), "seed": int(seed),
-                        "data": data_key, "v": STORE_VERSION})
+                        "data": data_key, "v": STORE_VERSION,
+                        **({"test_data": test_data_key} if test_data_key else {})})
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -1,4 +1,5 @@
-"""What one sweep trial executes: one LOSO fold, callable without Ray (`microau-sweep fold`).
+"""What one sweep trial executes: one LOSO fold (or one cross-dataset unit), callable without Ray
+(`microau-sweep fold`).
 
 The Ray trainable (orchestrator/runner.py) and the `fold` command both call `run_fold`, which runs the
 model's LOSO loop (`model.train.loso`) for one test subject; the frozen prefix is computed by
@@ -30,8 +31,11 @@ def prefix_for(trial: TrialConfig, data, cache_dir, device: str = "cpu"):
 
 
 def run_fold(trial: TrialConfig, data, subject: str, prefix=None,
-             on_epoch: Optional[Callable[..., None]] = None, threads: Optional[int] = None) -> Dict[str, Any]:
-    """Train on every subject but `subject`, evaluate on it -> the FoldResult as a plain dict.
+             on_epoch: Optional[Callable[..., None]] = None, threads: Optional[int] = None,
+             test_data=None, test_prefix=None) -> Dict[str, Any]:
+    """Train on every subject but `subject`, evaluate on it -> the FoldResult as a plain dict. A
+    cross-dataset trial (`trial.cross`) trains on every sample of `data` and evaluates on every sample of
+    `test_data` (`model.cross_dataset_fold`; `subject` labels the unit, `test_prefix` is the test data's).
 
     `threads` (torch intra-op threads) applies when the config's training.threads is unset; a Ray trial
     passes its CPU share.
@@ -41,6 +45,13 @@ def run_fold(trial: TrialConfig, data, subject: str, prefix=None,
     n = trial.training.threads or threads
     if n:
         torch.set_num_threads(int(n))
+    if trial.cross:
+        from model import cross_dataset_fold
+
+        if test_data is None:
+            raise ValueError(f"{trial.dataset}: a cross-dataset trial needs its test dataset")
+        return cross_dataset_fold(trial, data, test_data, train_prefix=prefix, test_prefix=test_prefix,
+                                  on_epoch=on_epoch, label=subject).to_dict()
     from model import loso
 
     return loso(trial, data, prefix=prefix, subjects=[subject], on_epoch=on_epoch)[0].to_dict()

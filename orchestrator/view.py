@@ -154,7 +154,8 @@ def points_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
     rows = [r for r in rows if r["dataset"] == dataset]
     has_mer = any(r.get("mer") for r in rows)
     has_si = any(r.get("text_si") is not None for r in rows)
-    t = Table(title=f"{dataset}: pooled LOSO metrics (F1/ACC = mean over AUs)", title_justify="left",
+    what = "cross-dataset" if any(r.get("protocol") == "cross_dataset" for r in rows) else "LOSO"
+    t = Table(title=f"{dataset}: pooled {what} metrics (F1/ACC = mean over AUs)", title_justify="left",
               box=box.SIMPLE_HEAD)
     for col in ["#", "point", "seed", "folds", "F1", "ACC", "F1 95% CI"] + (
             ["MER UF1", "MER UAR", "MER ACC"] if has_mer else []) + (["TextSi"] if has_si else []):
