@@ -1,12 +1,15 @@
-"""`train_fold`: train Micro-AU CLIP on all subjects but one and evaluate the last epoch's model on it.
+"""`train_fold`: train Micro-AU CLIP on all subjects but one (`fit`) and evaluate the last epoch's model on
+it (`evaluate`).
 
-This is exactly what every sweep trial runs and what `microau-sweep fold` runs in-process. No choice of
-epoch or threshold is made on the test subject: the model after the last epoch is evaluated and an AU
-is active where its 2-way softmax puts more mass on "active".
+This is exactly what every sweep trial runs and what `microau-sweep fold` runs in-process; a model trained
+on a whole dataset (`model.inference.train_model`) runs the same `fit` and predicts with `evaluate`. No
+choice of epoch or threshold is made on the test subject: the model after the last epoch is evaluated
+and an AU is active where its 2-way softmax puts more mass on "active".
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -66,30 +69,51 @@ def _optimizer(model: MicroAUCLIP, t) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=t.weight_decay)
 
 
-def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
-               on_epoch: Optional[Callable[[Dict], None]] = None) -> FoldResult:
-    """Train on every subject of `data` except `test_subject`, evaluate on `test_subject`.
+@dataclass
+class Fitted:
+    """What `fit` returns: the model after the last epoch (eval mode) and the tensors it was trained with,
+    on the training device."""
+    model: MicroAUCLIP
+    prefix: Prefix
+    device: torch.device
+    aus: List[int]
+    train_idx: np.ndarray
+    labels: np.ndarray  # int64 (S, A): every sample's AU labels (only train_idx's were read)
+    vis: torch.Tensor  # frozen visual prefix of every sample
+    tok: List[torch.Tensor]  # per AU, every sample's landmark token indices (Eq. 1)
+    au_txt: TextTensors
+    emo_txt: TextTensors
+    emo_class: torch.Tensor
+    curve: Dict[str, List[float]]  # each term of Eq. 12 per epoch
+    weights: Dict[str, float]  # alpha, beta
+    timings: Dict[str, float]  # prefix_s, build_s, train_s
+
+    def emotion_features(self) -> torch.Tensor:
+        """Eq. 13's label-text features of the trained model (R, d)."""
+        with torch.no_grad():
+            return self.model.text_features(self.emo_txt)
+
+
+def fit(spec, data, train_idx: Sequence[int], prefix: Optional[Prefix] = None,
+        on_epoch: Optional[Callable[[Dict], None]] = None) -> Fitted:
+    """Train Micro-AU CLIP on the samples `train_idx` of `data` for training.epochs; the one training
+    loop, run by every LOSO fold (`train_fold`) and by a model trained on a whole dataset
+    (`model.inference.train_model`). Reads the AU labels of `train_idx` only.
 
     spec: has .reader, .aus, .seed, .model (ModelConfig), .training (TrainConfig) - a TrialConfig.
     prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
     on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
     """
-    t_start = time.perf_counter()
     mcfg, tcfg = spec.model, spec.training
     aus = [int(a) for a in spec.aus]
     device = resolve_device(tcfg.device)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     w = _weights(spec)
-    test_subject = str(test_subject)
-    subjects = np.asarray([str(s) for s in data.subjects])
-    test_idx = np.flatnonzero(subjects == test_subject)
-    train_idx = np.flatnonzero(subjects != test_subject)
-    if len(test_idx) == 0:
-        raise FoldError(f"dataset {data.reader} ({data.key}): no sample of test subject {test_subject!r}; "
-                        f"its subjects are {sorted(set(subjects.tolist()))}")
+    train_idx = np.asarray(train_idx, dtype=np.int64)
     if len(train_idx) < 2:
-        raise FoldError(f"dataset {data.reader}: fewer than 2 training samples when {test_subject} is held out")
+        raise FoldError(f"dataset {data.reader} ({data.key}): {len(train_idx)} training sample(s); training "
+                        f"needs at least 2")
 
     # frozen prefix: given (shared by the sweep) or computed now
     t0 = time.perf_counter()
@@ -155,28 +179,66 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
                       **lrs, "seconds": time.perf_counter() - te})
     t_train = time.perf_counter() - t0
 
-    # evaluate the last epoch's model on the held-out subject
-    t0 = time.perf_counter()
+    model.eval()
+    return Fitted(model=model, prefix=prefix, device=device, aus=aus, train_idx=train_idx, labels=labels_np,
+                  vis=vis, tok=tok, au_txt=au_txt, emo_txt=emo_txt, emo_class=emo_class, curve=curve,
+                  weights=w, timings={"prefix_s": t_prefix, "build_s": t_build, "train_s": t_train})
+
+
+def evaluate(model: MicroAUCLIP, vis: torch.Tensor, tok: Sequence[torch.Tensor], emotion_features: torch.Tensor,
+             emotion_class: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The trained model on samples (frozen visual prefix `vis`, token indices `tok`): the model's outputs
+    (final AU features, W_d, PTA weights, logits) plus `probs` (P(active) per AU: the 2-way softmax),
+    `mer_scores` (per MER class, the best Eq. 13 score of its label texts) and `best_text`. What a LOSO
+    fold evaluates and what `model.inference` predicts with."""
     model.eval()
     with torch.no_grad():
-        ti = torch.from_numpy(test_idx).to(device)
-        out = model(vis[ti], [t[ti] for t in tok])
+        out = model(vis, tok)
         probs = torch.softmax(out["logits"], dim=-1)[..., 1]
-        text_scores = mer_scores(out["final"], model.text_features(emo_txt))  # Eq. 13, per label text
-        scores, best_text = mer_class_scores(text_scores, emo_class, len(MER_CLASSES))  # best text per class
-        au_t = F.normalize(model.text_features(au_txt), dim=-1).view(len(aus), 2, -1)
+        text_scores = mer_scores(out["final"], emotion_features)  # Eq. 13, per label text
+        scores, best_text = mer_class_scores(text_scores, emotion_class, len(MER_CLASSES))  # best text per class
+    return {**out, "probs": probs, "mer_scores": scores, "best_text": best_text}
+
+
+def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
+               on_epoch: Optional[Callable[[Dict], None]] = None) -> FoldResult:
+    """Train on every subject of `data` except `test_subject` (`fit`), evaluate on `test_subject`.
+
+    spec: has .reader, .aus, .seed, .model (ModelConfig), .training (TrainConfig) - a TrialConfig.
+    prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
+    on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
+    """
+    t_start = time.perf_counter()
+    test_subject = str(test_subject)
+    subjects = np.asarray([str(s) for s in data.subjects])
+    test_idx = np.flatnonzero(subjects == test_subject)
+    train_idx = np.flatnonzero(subjects != test_subject)
+    if len(test_idx) == 0:
+        raise FoldError(f"dataset {data.reader} ({data.key}): no sample of test subject {test_subject!r}; "
+                        f"its subjects are {sorted(set(subjects.tolist()))}")
+    if len(train_idx) < 2:
+        raise FoldError(f"dataset {data.reader}: fewer than 2 training samples when {test_subject} is held out")
+    f = fit(spec, data, train_idx, prefix=prefix, on_epoch=on_epoch)
+    model, prefix, device, aus, w = f.model, f.prefix, f.device, f.aus, f.weights
+
+    # evaluate the last epoch's model on the held-out subject
+    t0 = time.perf_counter()
+    ti = torch.from_numpy(test_idx).to(device)
+    out = evaluate(model, f.vis[ti], [t[ti] for t in f.tok], f.emotion_features(), f.emo_class)
+    probs, scores, best_text = out["probs"], out["mer_scores"], out["best_text"]
+    with torch.no_grad():
+        au_t = F.normalize(model.text_features(f.au_txt), dim=-1).view(len(aus), 2, -1)
         text_sim = (au_t[:, 0] * au_t[:, 1]).sum(-1)  # Table III TextSi: cos(positive, negative) per AU
     t_eval = time.perf_counter() - t0
 
     return FoldResult(
         test_subject=test_subject, seed=int(spec.seed), aus=aus,
         sample_ids=[data.sample_ids[i] for i in test_idx], subjects=[str(data.subjects[i]) for i in test_idx],
-        probs=probs.float().cpu().numpy(), labels=labels_np[test_idx].astype(np.uint8),
+        probs=probs.float().cpu().numpy(), labels=f.labels[test_idx].astype(np.uint8),
         features=out["final"].float().cpu().numpy(), mer_classes=list(MER_CLASSES),
         mer_scores=scores.float().cpu().numpy(), mer_labels=[data.mer[i] for i in test_idx],
-        loss_curve=curve,
-        timings={"prefix_s": t_prefix, "build_s": t_build, "train_s": t_train, "eval_s": t_eval,
-                 "total_s": time.perf_counter() - t_start},
+        loss_curve=f.curve,
+        timings={**f.timings, "eval_s": t_eval, "total_s": time.perf_counter() - t_start},
         n_train=int(len(train_idx)),
         extras={"text_similarity": {str(a): float(s) for a, s in zip(aus, text_sim.cpu().tolist())},
                 # attention of the evaluated model per test sample: GDA's W_d (n, A) and each AU's PTA
