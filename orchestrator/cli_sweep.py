@@ -47,6 +47,22 @@ def _console(stderr: bool = False):
     return console(stderr=stderr)
 
 
+def pick_point(spec, sweep: str, dataset: Optional[str], point: int, seed: Optional[int]):
+    """`--dataset` (default: the sweep's only dataset), `--point` and `--seed` (default: the sweep's first)
+    checked against the sweep -> (dataset, seed); a click.UsageError saying what there is otherwise."""
+    if dataset is None:
+        if len(spec.datasets) != 1:
+            raise click.UsageError(f"{sweep} has datasets {sorted(spec.datasets)}; pick one with --dataset")
+        dataset = next(iter(spec.datasets))
+    if dataset not in spec.datasets:
+        raise click.UsageError(f"{sweep}: no dataset {dataset!r}; the file has {sorted(spec.datasets)}")
+    points = spec.points()
+    if not 0 <= point < len(points):
+        raise click.UsageError(f"--point {point}: {sweep} has points 0..{len(points) - 1} "
+                               f"({', '.join(p.label for p in points)})")
+    return dataset, (spec.seeds[0] if seed is None else seed)
+
+
 # ------------------------------------------------------------------------------------------------------
 @click.command()
 @SWEEP
@@ -65,17 +81,8 @@ def fold(sweep: str, overrides, dataset: Optional[str], subject: str, point: int
     from orchestrator.trial import prefix_for, run_fold
 
     spec = _load(sweep, overrides)
-    if dataset is None:
-        if len(spec.datasets) != 1:
-            raise click.UsageError(f"{sweep} has datasets {sorted(spec.datasets)}; pick one with --dataset")
-        dataset = next(iter(spec.datasets))
-    if dataset not in spec.datasets:
-        raise click.UsageError(f"{sweep}: no dataset {dataset!r}; the file has {sorted(spec.datasets)}")
+    dataset, seed = pick_point(spec, sweep, dataset, point, seed)
     points = spec.points()
-    if not 0 <= point < len(points):
-        raise click.UsageError(f"--point {point}: {sweep} has points 0..{len(points) - 1} "
-                               f"({', '.join(p.label for p in points)})")
-    seed = spec.seeds[0] if seed is None else seed
     out = sys.stderr if as_json else sys.stdout
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         trial = spec.trial(dataset, point, seed)
@@ -93,20 +100,22 @@ def fold(sweep: str, overrides, dataset: Optional[str], subject: str, point: int
                                    f"{', '.join(subjects)})")
         print(f"fold {dataset} / {points[point].label} / seed {seed} / test subject {subject}: "
               f"{trial.training.epochs} epochs", file=out, flush=True)
-
-        def on_epoch(info: Dict[str, Any]) -> None:
-            terms = "  ".join(f"{k} {v:.4f}" for k, v in info.items()
-                              if k in ("total", "multitask", "contrastive", "gd"))
-            print(f"epoch {info['epoch']}/{info.get('epochs', '?')}  {terms}  ({info.get('seconds', 0):.1f}s)",
-                  file=out, flush=True)
-
         prefix = prefix_for(trial, data, spec.workdir_path() / "cache")
-        result = run_fold(trial, data, subject, prefix=prefix, on_epoch=on_epoch)
+        result = run_fold(trial, data, subject, prefix=prefix, on_epoch=epoch_printer(out))
     doc = fold_document(trial, subject, result)
     if as_json:
         sys.stdout.write(json.dumps(doc) + "\n")
         return
     _print_fold(doc)
+
+
+def epoch_printer(out):
+    """on_epoch for `model.train.fit`: one line per epoch with the loss terms on `out`."""
+    def on_epoch(info: Dict[str, Any]) -> None:
+        terms = "  ".join(f"{k} {v:.4f}" for k, v in info.items() if k in ("total", "multitask", "contrastive", "gd"))
+        print(f"epoch {info['epoch']}/{info.get('epochs', '?')}  {terms}  ({info.get('seconds', 0):.1f}s)",
+              file=out, flush=True)
+    return on_epoch
 
 
 def fold_document(trial, subject: str, result: Dict[str, Any]) -> Dict[str, Any]:
