@@ -182,11 +182,11 @@ def _load_mlflow(uri: str, device: str, tracking_uri: Optional[str]) -> Predicto
     from model.inference import ModelPackageError
     from orchestrator.models import fluent_tracking_uri
     from orchestrator.pyfunc import MicroAUPythonModel
-    from orchestrator.tracking import reason, redact
+    from orchestrator.tracking import _env, reason, redact
     from preprocessing.errors import MicroAUError
 
     try:
-        with fluent_tracking_uri(tracking_uri):
+        with fluent_tracking_uri(tracking_uri), _env({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
             loaded = mlflow.pyfunc.load_model(uri, model_config={"device": device})
     except MicroAUError:
         raise

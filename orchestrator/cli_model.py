@@ -194,7 +194,8 @@ def _print_record(r: Dict[str, Any], mer_texts) -> None:
     from orchestrator.view import console
 
     c = console()
-    t = Table(title=f"clip {r['onset']} -> {r['apex']}")
+    c.print(f"clip: onset {r['onset']}, apex {r['apex']}", highlight=False, soft_wrap=True)
+    t = Table()
     t.add_column("AU")
     t.add_column("P(active)", justify="right")
     t.add_column("decision")

@@ -7,7 +7,6 @@ neither its face nor its clip was trained on.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
