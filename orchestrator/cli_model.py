@@ -100,7 +100,7 @@ def predict(model: str, onset: Optional[str], apex: Optional[str], clip_dir: Opt
     --sheet S --root R (every row of a coding sheet; CSV on stdout or --out). Prints per AU P(active)
     and the decision, and the zero-shot MER class (Eq. 13) with its scores."""
     from orchestrator.api import load_model
-    from preprocessing.frames import files_sample, folder_sample, sheet_samples
+    from preprocessing.frames import describe, files_sample, folder_sample, sheet_samples
 
     mode = _mode(onset, apex, clip_dir, sheet, root)
     if mode == "clip":
@@ -119,13 +119,9 @@ def predict(model: str, onset: Optional[str], apex: Optional[str], clip_dir: Opt
             samples = sheet_samples(reader or predictor.reader, root, sheet)
         records, clips = predictor.run(samples, on_error="skip" if skip_bad and mode == "sheet" else "stop")
     trained_on = predictor.trained_on()
-    from preprocessing.frames import describe
-
     skipped = [{"sample": p.sample.id, "reason": describe(p)} for p in clips.problems]
     if out:
-        from orchestrator.store import atomic_write_text
-
-        atomic_write_text(_path(out), _csv(records))
+        _write(out, _csv(records))
     if as_json:
         sys.stdout.write(json.dumps({"model": predictor.source, "trained_on": trained_on, "predictions": records,
                                      "skipped": skipped, "apex_estimated": clips.apex_estimated}) + "\n")
@@ -164,10 +160,16 @@ def _frame_number(text: str, option: str) -> int:
                                f"the frame's file name, e.g. 46 for img46.jpg)") from None
 
 
-def _path(out: str):
+def _write(out: str, text: str) -> None:
     from pathlib import Path
 
-    return Path(out).expanduser()
+    from orchestrator.store import atomic_write_text
+
+    try:
+        atomic_write_text(Path(out).expanduser(), text)
+    except OSError as e:
+        raise click.ClickException(f"{out}: cannot write the CSV ({e.strerror or e}); give --out a writable "
+                                   f"file") from None
 
 
 def _csv(records: List[Dict[str, Any]]) -> str:
