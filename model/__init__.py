@@ -4,6 +4,8 @@ Public API (docs/model.md):
     compute_prefix(model_cfg, data, aus, device="cpu") -> Prefix
     cached_prefix(model_cfg, data, aus, cache_dir, device="cpu") -> Prefix  (the same, cached on disk)
     train_fold(spec, data, test_subject, prefix=None, on_epoch=None) -> FoldResult
+    fit(spec, data, train_idx, prefix=None, on_epoch=None) -> Fitted  (the training loop of train_fold)
+    inference.train_model / save_model / load_model -> AUModel  (a model trained on a whole dataset)
     loso(spec, data, prefix=None, subjects=None, on_fold=None, on_epoch=None) -> [FoldResult]  (the LOSO loop)
     cross_dataset_fold(spec, train_data, test_data, train_prefix=None, test_prefix=None, on_epoch=None)
         -> FoldResult  (train on one whole dataset, test on another)
@@ -16,7 +18,7 @@ import importlib
 
 _LAZY = {"compute_prefix": "model.prefix", "cached_prefix": "model.prefix", "Prefix": "model.prefix", "FoldResult": "model.result",
          "train_fold": "model.train", "cross_dataset_fold": "model.train", "loso": "model.train",
-         "FoldError": "model.train", "metrics": "model.metrics"}
+         "FoldError": "model.train", "metrics": "model.metrics", "fit": "model.train", "evaluate": "model.train"}
 __all__ = sorted(_LAZY)
 
 

@@ -248,6 +248,21 @@ def _text_group(clip, arch: str, texts: Sequence[str], k: int, tail, device) -> 
                      features=f.float().cpu().numpy())
 
 
+def visual_features(clip, flow: np.ndarray, k: int, device, batch_size: int = 32) -> np.ndarray:
+    """Output of visual blocks 1..L-k for flow images (S, 3, H, W) in [0, 1], in batches, float32
+    (S, 1 + h*w, width); images are resized to the backbone's input size where they differ. What the
+    prefix caches for a dataset and what a trained model (model/inference.py) runs on new clips."""
+    size = tuple(clip.visual.image_size) if isinstance(clip.visual.image_size, (tuple, list)) \
+        else (clip.visual.image_size,) * 2
+    chunks = []
+    for s in range(0, len(flow), batch_size):
+        x = torch.from_numpy(np.array(flow[s:s + batch_size], dtype=np.float32)).to(device)  # a writable copy
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        chunks.append(backbone.visual_prefix(clip, x, k).float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+
+
 def compute_prefix(model_cfg, data, aus: Sequence[int], device: str = "cpu", batch_size: int = 32) -> Prefix:
     """Frozen visual prefix of every sample of `data`, frozen text prefix of every prompt (AU prompts,
     emotion texts, global AU texts); see the module docstring."""
@@ -261,19 +276,11 @@ def compute_prefix(model_cfg, data, aus: Sequence[int], device: str = "cpu", bat
     clip = clip.to(device)
     t_load = time.perf_counter()
 
-    # visual: blocks 1..L-k of every sample, in batches (the model input size is the backbone's)
-    size = tuple(clip.visual.image_size) if isinstance(clip.visual.image_size, (tuple, list)) \
-        else (clip.visual.image_size,) * 2
+    # visual: blocks 1..L-k of every sample
     flow = np.asarray(data.flow)
     if flow.ndim != 4 or flow.shape[1] != 3:
         raise ValueError(f"prepared dataset {data.key}: flow has shape {flow.shape}, expected (S, 3, H, W)")
-    chunks = []
-    for s in range(0, len(flow), batch_size):
-        x = torch.from_numpy(np.array(flow[s:s + batch_size], dtype=np.float32)).to(device)  # a writable copy
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        chunks.append(backbone.visual_prefix(clip, x, k).float().cpu().numpy())
-    visual = np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+    visual = visual_features(clip, flow, k, device, batch_size)
     t_vis = time.perf_counter()
 
     # text: AU prompts, emotion texts, the global texts of every active-AU set in the data

@@ -14,6 +14,11 @@ def _f32_list(a) -> list:
     return a.astype(str).astype(np.float64).tolist()
 
 
+def au_decisions(probs) -> np.ndarray:
+    """AU decision: argmax of the 2-way softmax, i.e. P(active) > 0.5 (ties -> inactive); uint8."""
+    return (np.asarray(probs) > 0.5).astype(np.uint8)
+
+
 @dataclass
 class FoldResult:
     test_subject: str
@@ -36,8 +41,8 @@ class FoldResult:
 
     @property
     def preds(self) -> np.ndarray:
-        """AU decision: argmax of the 2-way softmax, i.e. P(active) > 0.5 (ties -> inactive)."""
-        return (self.probs > 0.5).astype(np.uint8)
+        """AU decision (`au_decisions`)."""
+        return au_decisions(self.probs)
 
     @property
     def mer_preds(self) -> List[str]:

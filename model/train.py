@@ -1,13 +1,16 @@
-"""`train_fold`: train Micro-AU CLIP on all subjects but one and evaluate the last epoch's model on it;
-`cross_dataset_fold`: train on one whole dataset and evaluate on another. Both run `train_eval`.
+"""`train_fold`: train Micro-AU CLIP on all subjects but one (`fit`) and evaluate the last epoch's model on
+it (`evaluate`); `cross_dataset_fold` trains on one whole dataset and evaluates on another through the same
+`train_eval`.
 
-This is exactly what every sweep trial runs and what `microau-sweep fold` runs in-process. No choice of
-epoch or threshold is made on the test subject: the model after the last epoch is evaluated and an AU
-is active where its 2-way softmax puts more mass on "active".
+This is exactly what every sweep trial runs and what `microau-sweep fold` runs in-process; a model trained
+on a whole dataset (`model.inference.train_model`) runs the same `fit` and predicts with `evaluate`. No
+choice of epoch or threshold is made on the test subject: the model after the last epoch is evaluated
+and an AU is active where its 2-way softmax puts more mass on "active".
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -141,44 +144,69 @@ def _inputs(data, prefix: Prefix, aus, groups, device):
                            glob_idx=as_tensor(prefix.global_index, device))
 
 
-def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: str,
-               train_prefix: Optional[Prefix] = None, test_prefix: Optional[Prefix] = None,
-               on_epoch: Optional[Callable[[Dict], None]] = None) -> FoldResult:
-    """The one training path: train on the samples `train_idx` of `train_data`, evaluate the last epoch's
-    model on the samples `test_idx` of `test_data`. LOSO (`train_fold`) passes one dataset and one prefix
-    twice; the cross-dataset protocol (`cross_dataset_fold`) two datasets, each with its own prefix."""
-    t_start = time.perf_counter()
+@dataclass
+class Fitted:
+    """What `fit` returns: the model after the last epoch (eval mode) and the tensors it was trained with,
+    on the training device."""
+    model: MicroAUCLIP
+    prefix: Prefix
+    device: torch.device
+    aus: List[int]
+    train_idx: np.ndarray
+    labels: np.ndarray  # int64 (S, A): every sample's AU labels (only train_idx's were read)
+    vis: torch.Tensor  # frozen visual prefix of every sample
+    tok: List[torch.Tensor]  # per AU, every sample's landmark token indices (Eq. 1)
+    au_txt: TextTensors
+    emo_txt: TextTensors
+    emo_class: torch.Tensor
+    curve: Dict[str, List[float]]  # each term of Eq. 12 per epoch
+    weights: Dict[str, float]  # alpha, beta
+    timings: Dict[str, float]  # prefix_s, build_s, train_s
+
+    def emotion_features(self) -> torch.Tensor:
+        """Eq. 13's label-text features of the trained model (R, d)."""
+        with torch.no_grad():
+            return self.model.text_features(self.emo_txt)
+
+
+def fit(spec, data, train_idx: Sequence[int], prefix: Optional[Prefix] = None,
+        on_epoch: Optional[Callable[[Dict], None]] = None) -> Fitted:
+    """Train Micro-AU CLIP on the samples `train_idx` of `data` for training.epochs; the one training
+    loop, run by every LOSO fold and cross-dataset unit (`train_eval`) and by a model trained on a whole
+    dataset (`model.inference.train_model`). Reads the AU labels of `train_idx` only.
+
+    spec: has .reader, .aus, .seed, .model (ModelConfig), .training (TrainConfig) - a TrialConfig.
+    prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
+    on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
+    """
     mcfg, tcfg = spec.model, spec.training
     aus = [int(a) for a in spec.aus]
     device = resolve_device(tcfg.device)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     w = _weights(spec)
-    train_idx, test_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
-    same = test_data is train_data
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    if len(train_idx) < 2:
+        raise FoldError(f"dataset {data.reader} ({data.key}): {len(train_idx)} training sample(s); training "
+                        f"needs at least 2")
 
-    # frozen prefixes: given (shared by the sweep) or computed now
+    # frozen prefix: given (shared by the sweep) or computed now
     t0 = time.perf_counter()
-    shared = same and (test_prefix is None or test_prefix is train_prefix)
-    train_prefix = _prefix_of(train_prefix, mcfg, train_data, aus, device)
-    test_prefix = train_prefix if shared else _prefix_of(test_prefix, mcfg, test_data, aus, device)
-    if not shared:
-        _check_same_backbone(train_prefix, test_prefix)
+    prefix = _prefix_of(prefix, mcfg, data, aus, device)
     t_prefix = time.perf_counter() - t0
 
-    # tensors on the device (once when training and test samples come from one dataset)
+    # tensors on the device
     t0 = time.perf_counter()
     groups = landmark_groups(aus, mcfg.landmark_groups)
-    tr = _inputs(train_data, train_prefix, aus, groups, device)
-    te = tr if test_prefix is train_prefix else _inputs(test_data, test_prefix, aus, groups, device)
-    au_txt = TextTensors(train_prefix.au_texts, device)
-    glob_txt = TextTensors(train_prefix.global_texts, device)
-    emo_txt = TextTensors(test_prefix.emotion_texts, device)
-    emo_class = as_tensor(test_prefix.emotion_class, device)
+    tr = _inputs(data, prefix, aus, groups, device)
+    au_txt = TextTensors(prefix.au_texts, device)
+    emo_txt = TextTensors(prefix.emotion_texts, device)
+    emo_class = as_tensor(prefix.emotion_class, device)
+    glob_txt = TextTensors(prefix.global_texts, device)
 
     # the model and its optimiser, seeded
     torch.manual_seed(spec.seed)
-    model = MicroAUCLIP(mcfg, len(aus), train_prefix).to(device)
+    model = MicroAUCLIP(mcfg, len(aus), prefix).to(device)
     opt = _optimizer(model, tcfg)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[tcfg.lr_step_epoch], gamma=tcfg.lr_gamma)
     gen = torch.Generator().manual_seed(spec.seed)
@@ -189,7 +217,7 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
     train_t = torch.from_numpy(train_idx)
     curve: Dict[str, List[float]] = {k: [] for k in ("total", "multitask", "contrastive", "gd")}
     for epoch in range(tcfg.epochs):
-        te_ = time.perf_counter()
+        te = time.perf_counter()
         model.train()
         sums = {k: 0.0 for k in curve}
         batches = _batches(len(train_idx), tcfg.batch_size, gen)
@@ -210,19 +238,69 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
             curve[k].append(sums[k] / len(batches))
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "epochs": tcfg.epochs, **{k: v[-1] for k, v in curve.items()},
-                      **lrs, "seconds": time.perf_counter() - te_})
+                      **lrs, "seconds": time.perf_counter() - te})
     t_train = time.perf_counter() - t0
+
+    model.eval()
+    return Fitted(model=model, prefix=prefix, device=device, aus=aus, train_idx=train_idx, labels=tr.labels_np,
+                  vis=tr.vis, tok=tr.tok, au_txt=au_txt, emo_txt=emo_txt, emo_class=emo_class, curve=curve,
+                  weights=w, timings={"prefix_s": t_prefix, "build_s": t_build, "train_s": t_train})
+
+
+def evaluate(model: MicroAUCLIP, vis: torch.Tensor, tok: Sequence[torch.Tensor], emotion_features: torch.Tensor,
+             emotion_class: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The trained model on samples (frozen visual prefix `vis`, token indices `tok`): the model's outputs
+    (final AU features, W_d, PTA weights, logits) plus `probs` (P(active) per AU: the 2-way softmax),
+    `mer_scores` (per MER class, the best Eq. 13 score of its label texts) and `best_text`. What a LOSO
+    fold evaluates and what `model.inference` predicts with."""
+    model.eval()
+    with torch.no_grad():
+        out = model(vis, tok)
+        probs = torch.softmax(out["logits"], dim=-1)[..., 1]
+        text_scores = mer_scores(out["final"], emotion_features)  # Eq. 13, per label text
+        scores, best_text = mer_class_scores(text_scores, emotion_class, len(MER_CLASSES))  # best text per class
+    return {**out, "probs": probs, "mer_scores": scores, "best_text": best_text}
+
+
+def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: str,
+               train_prefix: Optional[Prefix] = None, test_prefix: Optional[Prefix] = None,
+               on_epoch: Optional[Callable[[Dict], None]] = None) -> FoldResult:
+    """The one training path: `fit` on the samples `train_idx` of `train_data`, `evaluate` the last epoch's
+    model on the samples `test_idx` of `test_data`. LOSO (`train_fold`) passes one dataset and one prefix
+    twice; the cross-dataset protocol (`cross_dataset_fold`) two datasets, each with its own prefix."""
+    t_start = time.perf_counter()
+    mcfg = spec.model
+    aus = [int(a) for a in spec.aus]
+    device = resolve_device(spec.training.device)
+    test_idx = np.asarray(test_idx, dtype=np.int64)
+
+    # frozen prefixes: given (shared by the sweep) or computed now
+    t0 = time.perf_counter()
+    shared = test_data is train_data and (test_prefix is None or test_prefix is train_prefix)
+    train_prefix = _prefix_of(train_prefix, mcfg, train_data, aus, device)
+    test_prefix = train_prefix if shared else _prefix_of(test_prefix, mcfg, test_data, aus, device)
+    if not shared:
+        _check_same_backbone(train_prefix, test_prefix)
+    t_test_prefix = time.perf_counter() - t0
+
+    f = fit(spec, train_data, train_idx, prefix=train_prefix, on_epoch=on_epoch)
+    model, w = f.model, f.weights
 
     # evaluate the last epoch's model on the test samples
     t0 = time.perf_counter()
-    model.eval()
+    if shared:
+        te, emo_txt, emo_class = SimpleNamespace(labels_np=f.labels, vis=f.vis, tok=f.tok), f.emo_txt, f.emo_class
+    else:
+        te = _inputs(test_data, test_prefix, aus, landmark_groups(aus, mcfg.landmark_groups), f.device)
+        emo_txt = TextTensors(test_prefix.emotion_texts, f.device)
+        emo_class = as_tensor(test_prefix.emotion_class, f.device)
+    ti = torch.from_numpy(test_idx).to(f.device)
     with torch.no_grad():
-        ti = torch.from_numpy(test_idx).to(device)
-        out = model(te.vis[ti], [t[ti] for t in te.tok])
-        probs = torch.softmax(out["logits"], dim=-1)[..., 1]
-        text_scores = mer_scores(out["final"], model.text_features(emo_txt))  # Eq. 13, per label text
-        scores, best_text = mer_class_scores(text_scores, emo_class, len(MER_CLASSES))  # best text per class
-        au_t = F.normalize(model.text_features(au_txt), dim=-1).view(len(aus), 2, -1)
+        emo_feat = model.text_features(emo_txt)
+    out = evaluate(model, te.vis[ti], [t[ti] for t in te.tok], emo_feat, emo_class)
+    probs, scores, best_text = out["probs"], out["mer_scores"], out["best_text"]
+    with torch.no_grad():
+        au_t = F.normalize(model.text_features(f.au_txt), dim=-1).view(len(aus), 2, -1)
         text_sim = (au_t[:, 0] * au_t[:, 1]).sum(-1)  # Table III TextSi: cos(positive, negative) per AU
     t_eval = time.perf_counter() - t0
 
@@ -233,10 +311,10 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
         probs=probs.float().cpu().numpy(), labels=te.labels_np[test_idx].astype(np.uint8),
         features=out["final"].float().cpu().numpy(), mer_classes=list(MER_CLASSES),
         mer_scores=scores.float().cpu().numpy(), mer_labels=[test_data.mer[i] for i in test_idx],
-        loss_curve=curve,
-        timings={"prefix_s": t_prefix, "build_s": t_build, "train_s": t_train, "eval_s": t_eval,
+        loss_curve=f.curve,
+        timings={**f.timings, "prefix_s": f.timings["prefix_s"] + t_test_prefix, "eval_s": t_eval,
                  "total_s": time.perf_counter() - t_start},
-        n_train=int(len(train_idx)),
+        n_train=int(len(f.train_idx)),
         extras={"text_similarity": {str(a): float(s) for a, s in zip(aus, text_sim.cpu().tolist())},
                 # attention of the evaluated model per test sample: GDA's W_d (n, A) and each AU's PTA
                 # weights over its landmark tokens (n, N_L), for plots like the paper's Fig. 5
@@ -246,7 +324,7 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
                 "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(test_prefix.emotion_class.tolist(),
                                                                  test_prefix.emotion_texts.texts)],
                 "mer_best_text": best_text.cpu().tolist(),
-                "prefix_key": train_prefix.key, "device": str(device), "alpha": w["alpha"], "beta": w["beta"]},
+                "prefix_key": train_prefix.key, "device": str(f.device), "alpha": w["alpha"], "beta": w["beta"]},
     )
 
 

@@ -21,4 +21,10 @@ Modules, in the order a sweep file goes through them (`run`):
     view.py       rich live view and final tables
     cli_errors.py the one way a command fails: a MicroAUError (preprocessing/errors.py) -> `Error: ...`
     cli_sweep.py  `microau-sweep plan | fold | run | report`
+
+A grid point trained on a whole dataset and used on new clips (docs/predict.md):
+    models.py     the model store (<workdir>/models/<key>), `train_and_store`, `log_model` (MLflow pyfunc)
+    api.py        `load_model(path_or_uri)`, `predict(model, onset, apex)`, `Predictor`
+    pyfunc.py     the MLflow pyfunc model and its signature (`pyfunc_model.py`: its models-from-code file)
+    cli_model.py  `microau-sweep train | predict`
 """

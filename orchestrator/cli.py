@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from orchestrator.cli_data import preprocess, synth
+from orchestrator.cli_model import predict, train
 from orchestrator.cli_sweep import fold, plan_cmd, report, run
 
 
@@ -13,7 +14,7 @@ def main() -> None:
     """Micro-AU CLIP micro-expression AU detection as Ray Tune LOSO sweeps tracked in MLflow."""
 
 
-for _cmd in (synth, preprocess, plan_cmd, fold, run, report):
+for _cmd in (synth, preprocess, plan_cmd, fold, run, report, train, predict):
     main.add_command(_cmd)
 
 if __name__ == "__main__":

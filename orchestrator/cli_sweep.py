@@ -47,6 +47,27 @@ def _console(stderr: bool = False):
     return console(stderr=stderr)
 
 
+def pick_point(spec, sweep: str, dataset: Optional[str], point: int, seed: Optional[int]):
+    """`--dataset` (default: the sweep's only dataset), `--point` and `--seed` (default: the sweep's first)
+    checked against the sweep -> (dataset, seed); a click.UsageError saying what there is otherwise."""
+    if dataset is None:
+        if len(spec.datasets) != 1:
+            raise click.UsageError(f"{sweep} has datasets {sorted(spec.datasets)}; pick one with --dataset")
+        dataset = next(iter(spec.datasets))
+    if dataset not in spec.datasets:
+        raise click.UsageError(f"{sweep}: no dataset {dataset!r}; the file has {sorted(spec.datasets)}")
+    return dataset, _point_seed(spec, sweep, point, seed)
+
+
+def _point_seed(spec, sweep: str, point: int, seed: Optional[int]) -> int:
+    """`--point` checked against the sweep's points -> the seed (`--seed`, default: the sweep's first)."""
+    points = spec.points()
+    if not 0 <= point < len(points):
+        raise click.UsageError(f"--point {point}: {sweep} has points 0..{len(points) - 1} "
+                               f"({', '.join(p.label for p in points)})")
+    return spec.seeds[0] if seed is None else seed
+
+
 # ------------------------------------------------------------------------------------------------------
 @click.command()
 @SWEEP
@@ -71,23 +92,15 @@ def fold(sweep: str, overrides, dataset: Optional[str], subject: Optional[str], 
     if spec.cross_dataset:
         dataset = _cross_pair(spec, sweep, dataset, subject, train_on, test_on)
         subject = CROSS_SUBJECT
+        seed = _point_seed(spec, sweep, point, seed)
     else:
         if train_on or test_on:
             raise click.UsageError(f"--train/--test pick a pair of a cross_dataset sweep; {sweep} runs LOSO: "
                                    f"use --dataset and --subject")
         if subject is None:
             raise click.UsageError("Missing option '--subject' (the test subject of the LOSO fold)")
-        if dataset is None:
-            if len(spec.datasets) != 1:
-                raise click.UsageError(f"{sweep} has datasets {sorted(spec.datasets)}; pick one with --dataset")
-            dataset = next(iter(spec.datasets))
-        if dataset not in spec.datasets:
-            raise click.UsageError(f"{sweep}: no dataset {dataset!r}; the file has {sorted(spec.datasets)}")
+        dataset, seed = pick_point(spec, sweep, dataset, point, seed)
     points = spec.points()
-    if not 0 <= point < len(points):
-        raise click.UsageError(f"--point {point}: {sweep} has points 0..{len(points) - 1} "
-                               f"({', '.join(p.label for p in points)})")
-    seed = spec.seeds[0] if seed is None else seed
     out = sys.stderr if as_json else sys.stdout
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         trial = spec.trial(dataset, point, seed)
@@ -108,16 +121,9 @@ def fold(sweep: str, overrides, dataset: Optional[str], subject: Optional[str], 
             f"test subject {subject}"
         print(f"fold {dataset} / {points[point].label} / seed {seed} / {what}: "
               f"{trial.training.epochs} epochs", file=out, flush=True)
-
-        def on_epoch(info: Dict[str, Any]) -> None:
-            terms = "  ".join(f"{k} {v:.4f}" for k, v in info.items()
-                              if k in ("total", "multitask", "contrastive", "gd"))
-            print(f"epoch {info['epoch']}/{info.get('epochs', '?')}  {terms}  ({info.get('seconds', 0):.1f}s)",
-                  file=out, flush=True)
-
         prefix = prefix_for(trial, data, spec.workdir_path() / "cache")
         test_prefix = prefix_for(trial, test_data, spec.workdir_path() / "cache") if trial.cross else None
-        result = run_fold(trial, data, subject, prefix=prefix, on_epoch=on_epoch, test_data=test_data,
+        result = run_fold(trial, data, subject, prefix=prefix, on_epoch=epoch_printer(out), test_data=test_data,
                           test_prefix=test_prefix)
     doc = fold_document(trial, subject, result)
     if as_json:
@@ -140,6 +146,15 @@ def _cross_pair(spec, sweep: str, dataset: Optional[str], subject: Optional[str]
         why = "has several pairs" if mine else "has no such pair"
         raise click.UsageError(f"{sweep} {why}; pick one: {have}")
     return mine[0].label
+
+
+def epoch_printer(out):
+    """on_epoch for `model.train.fit`: one line per epoch with the loss terms on `out`."""
+    def on_epoch(info: Dict[str, Any]) -> None:
+        terms = "  ".join(f"{k} {v:.4f}" for k, v in info.items() if k in ("total", "multitask", "contrastive", "gd"))
+        print(f"epoch {info['epoch']}/{info.get('epochs', '?')}  {terms}  ({info.get('seconds', 0):.1f}s)",
+              file=out, flush=True)
+    return on_epoch
 
 
 def fold_document(trial, subject: str, result: Dict[str, Any]) -> Dict[str, Any]:

@@ -1,0 +1,224 @@
+"""`microau-sweep train`: one grid point trained on every subject of a dataset, stored and logged as a model.
+
+The model store is `<workdir>/models/<key>/`, one package per (resolved config, prepared data) written by
+`model.inference.save_model` into a temp folder and renamed into place: a re-run with nothing changed
+finds it and trains nothing; a package that does not read back is moved to `models/damaged/` with a
+warning and trained again. The key hashes what the results store's fold keys hash, without a test
+subject: the config hash (which holds the seed) and the prepared-data key.
+
+The package's `info` records what the model was trained on (dataset, prepared-data key, subjects,
+samples, sweep, point, seed) and that it has no held-out evaluation, so `predict` can say so.
+
+MLflow: one run per model (tag `microau.model` = key) in the sweep's experiment, holding the config as
+params and the package as an MLflow pyfunc model (`orchestrator/pyfunc.py`) with its signature. As for
+`run`, MLflow is a side channel: when it is unavailable, `train` warns, keeps the stored model and exits
+0; a later `train` with nothing changed logs what is missing.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from orchestrator.config import SweepSpec, TrialConfig, stable_hash
+from orchestrator.tracking import _env
+
+MODELS = "models"  # <workdir>/models
+MODEL_STORE_VERSION = 1
+TAG_MODEL = "microau.model"
+TAG_MODEL_URI = "microau.model_uri"
+EVALUATION_NOTE = ("none: trained on every subject of the dataset, no subject held out; the held-out estimate "
+                   "of this configuration is the LOSO result of its point (microau-sweep report)")
+
+
+def model_key(trial: TrialConfig, data_key: str) -> str:
+    """The model store's key: the resolved config (seed included) on the prepared data."""
+    from model.inference import SCHEMA_VERSION
+
+    return stable_hash({"config": trial.hash, "data": data_key, "v": MODEL_STORE_VERSION,
+                        "package": SCHEMA_VERSION})
+
+
+def models_root(spec: SweepSpec) -> Path:
+    return spec.workdir_path() / MODELS
+
+
+@dataclass
+class TrainOutcome:
+    key: str
+    path: Path
+    trained: bool  # False: the package was in the store already
+    info: Dict[str, Any]
+    mlflow: Dict[str, Any] = field(default_factory=dict)  # run_id, model_uri, logged, registered, error
+
+
+def stored_package(root: Path, key: str, warn: Callable[[str], None]) -> Optional[Path]:
+    """The intact package of `key` in the store, else None; a damaged one is moved to `damaged/` with a
+    warning (it is trained again)."""
+    from model.inference import ModelPackageError, check_package
+
+    path = root / key
+    if not path.exists():
+        return None
+    try:
+        check_package(path)
+        return path
+    except ModelPackageError as e:
+        folder = root / "damaged"
+        folder.mkdir(parents=True, exist_ok=True)
+        target, n = folder / key, 1
+        while target.exists():
+            target, n = folder / f"{key}.{n}", n + 1
+        os.replace(path, target)
+        warn(f"warning: {e}; moved to {target}; the model is trained again")
+        return None
+
+
+def training_info(spec: SweepSpec, trial: TrialConfig, data, key: str) -> Dict[str, Any]:
+    """What the package records of its training (module docstring)."""
+    from orchestrator.version import code_version
+
+    return {
+        "key": key,
+        "trained_on": {"dataset": trial.dataset, "reader": trial.reader, "data_key": data.key,
+                       "subjects": sorted(set(map(str, data.subjects))), "samples": len(data.sample_ids),
+                       "skipped_samples": [str(s["sample"]) for s in (data.skipped or [])]},
+        "evaluation": EVALUATION_NOTE,
+        "sweep": spec.name, "point": trial.point, "point_label": trial.point_label, "params": trial.params,
+        "seed": trial.seed, "config_hash": trial.hash,
+        "config": trial.model_dump(mode="json"),
+        "preprocessing": trial.preprocessing.model_dump(mode="json"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "code": code_version(),
+    }
+
+
+def train_and_store(spec: SweepSpec, trial: TrialConfig, data, on_epoch=None,
+                    warn: Callable[[str], None] = print) -> TrainOutcome:
+    """The stored model of `trial` on `data`, trained now (on every subject, `model.inference.train_model`)
+    unless the store holds it."""
+    from model.inference import read_meta, save_model, train_model
+    from orchestrator.store import ensure_writable
+    from orchestrator.trial import prefix_for
+
+    root = models_root(spec)
+    key = model_key(trial, data.key)
+    found = stored_package(root, key, warn)
+    if found is not None:
+        return TrainOutcome(key=key, path=found, trained=False, info=read_meta(found)["info"])
+    ensure_writable(root, "models folder", "the trained model could not be stored")
+    info = training_info(spec, trial, data, key)
+    prefix = prefix_for(trial, data, spec.workdir_path() / "cache")
+    fitted = train_model(trial, data, prefix=prefix, on_epoch=on_epoch)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a shared workdir wants the usual mode
+    try:
+        save_model(fitted, trial, tmp, info)
+        try:
+            os.rename(tmp, root / key)
+        except OSError:
+            if stored_package(root, key, warn) is None:  # not another process's finished package
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TrainOutcome(key=key, path=root / key, trained=True, info=info)
+
+
+# -- MLflow ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_logging():
+    """MLflow's advice printed while logging a model that does not apply here: type hints (the signature
+    is given), an input example (it would run the model on frames that are not there), the progress bar
+    of checking the logged files."""
+    import warnings
+
+    with warnings.catch_warnings(), _env({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+        warnings.filterwarnings("ignore", message=r".*(type hints|input example).*", category=UserWarning)
+        yield
+
+
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: Optional[str]):
+    """MLflow's fluent API (start_run, log_model, load_model) pointed at `uri` for the block only."""
+    import mlflow
+
+    if uri is None:
+        yield
+        return
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def pip_requirements() -> List[str]:
+    """The environment an MLflow model of this tool needs: this package's own dependencies (the code is
+    not copied into the model: load it where microau-sweep is installed)."""
+    from importlib import metadata
+
+    try:
+        reqs = metadata.requires("microau-sweep") or []
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        return []
+    return [r for r in reqs if "extra ==" not in r]
+
+
+def log_model(spec: SweepSpec, trial: TrialConfig, outcome: TrainOutcome, register: Optional[str] = None
+              ) -> Dict[str, Any]:
+    """Log the stored model to the sweep's MLflow experiment as a pyfunc model, once (found again by the
+    tag `microau.model`); `register`: also register it under that name (a new version). Raises on any
+    tracking failure (the caller warns: MLflow is a side channel)."""
+    import mlflow
+    from mlflow.entities import RunTag
+
+    from model.inference import read_meta
+    from orchestrator import pyfunc
+    from orchestrator.tracking import TAG_KIND, TAG_SWEEP, _HTTP_LATER, Tracker
+    from orchestrator.version import mlflow_tags
+
+    tracker = Tracker(spec)  # bounded first contact; creates the experiment where missing
+    client = tracker.client
+    out: Dict[str, Any] = {"logged": False}
+    with _env(_HTTP_LATER), fluent_tracking_uri(tracker.uri):
+        runs = client.search_runs([tracker.experiment_id], f"tags.`{TAG_MODEL}` = '{outcome.key}'", max_results=5)
+        done = [r for r in runs if r.data.tags.get(TAG_MODEL_URI)]
+        if done:
+            out.update(run_id=done[0].info.run_id, model_uri=done[0].data.tags[TAG_MODEL_URI])
+        else:
+            t = outcome.info["trained_on"]
+            tags = {**mlflow_tags(), TAG_MODEL: outcome.key, TAG_KIND: "model", TAG_SWEEP: spec.name,
+                    "dataset": trial.dataset, "point": trial.point_label, "seed": str(trial.seed),
+                    "config_hash": trial.hash, "data_key": t["data_key"],
+                    "trained_on_subjects": ",".join(t["subjects"])[:5000], "evaluation": EVALUATION_NOTE}
+            if runs:  # a run left without its model by an interrupted train
+                run_id = runs[0].info.run_id
+            else:
+                run_id = client.create_run(tracker.experiment_id, tags=tags,
+                                           run_name=f"model:{trial.dataset}:{trial.point_label}:seed{trial.seed}"
+                                           ).info.run_id
+                tracker._log_params(run_id, {**trial.flat_params(), "model_key": outcome.key,
+                                             "trained_on_samples": t["samples"]})
+            meta = read_meta(outcome.path)
+            with mlflow.start_run(run_id=run_id), _quiet_logging():
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=str(Path(pyfunc.__file__).with_name("pyfunc_model.py")),
+                    artifacts={"package": str(outcome.path)},
+                    signature=pyfunc.signature(meta["aus"], meta["mer_classes"]), pip_requirements=pip_requirements(),
+                    metadata={"microau_model_key": outcome.key, "evaluation": EVALUATION_NOTE})
+            client.log_batch(run_id, tags=[RunTag(TAG_MODEL_URI, info.model_uri)])
+            client.set_terminated(run_id, "FINISHED")
+            out.update(run_id=run_id, model_uri=info.model_uri, logged=True)
+        if register:
+            version = mlflow.register_model(out["model_uri"], register)
+            out["registered"] = {"name": register, "version": str(version.version),
+                                 "uri": f"models:/{register}/{version.version}"}
+    return out
