@@ -284,3 +284,16 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
     assert doc["dataset"] == "samm->casme2" and [p["id"] for p in doc["predictions"]] == stored["sample_ids"]
     got = [[p["probs"][f"AU{a}"] for a in SHARED] for p in doc["predictions"]]
     assert np.array_equal(np.array(got, dtype=np.float32), np.array(stored["probs"], dtype=np.float32))
+
+
+def test_train_refuses_a_cross_dataset_sweep(tmp_path):
+    """`train` trains a LOSO sweep's point on one whole dataset; a cross sweep is a usage error, not a
+    'no point' error from the expansion."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    res = CliRunner().invoke(main, ["train", str(REPO / "sweeps" / "cross_quickstart.yaml"), "--point", "0",
+                                    "--set", f"workdir={tmp_path / 'wd'}"])
+    assert res.exit_code == 2 and "runs the cross-dataset protocol" in res.output
+    assert not (tmp_path / "wd").exists()
