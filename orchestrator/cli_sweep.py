@@ -199,13 +199,23 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
               help="paired difference in pooled F1 between points K and L (subject-bootstrap CI)")
 @click.option("--share-name", is_flag=True, help="another sweep file of this workdir has the same name on "
                                                   "purpose (see run --share-name)")
-def report(sweep: str, overrides, as_json: bool, compare, share_name: bool) -> None:
-    """Rebuild the table from the results store (no training)."""
+@click.option("--figures", is_flag=True, help="also draw the figures (PNG; docs/figures.md) from the stored folds")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="folder of the figures (default: <workdir>/reports/<sweep>-figures)")
+@click.option("--figure-au", type=int, metavar="N", help="AU of Fig. 6 and 7 (default: AU1, else the first AU)")
+@click.option("--figure-points", metavar="K,L,...",
+              help="points Fig. 6 (the first two) and Fig. 7 (all) compare (default: the first points, up to 4)")
+def report(sweep: str, overrides, as_json: bool, compare, share_name: bool, figures: bool, out_dir: Optional[str],
+           figure_au: Optional[int], figure_points: Optional[str]) -> None:
+    """Rebuild the table from the results store (no training); --figures draws the figures too."""
     from orchestrator.report import compare_points
     from orchestrator.state import state_from_store
     from orchestrator.view import print_report
 
     spec = _load(sweep, overrides)
+    if not figures and (out_dir or figure_au is not None or figure_points):
+        raise click.UsageError("--out, --figure-au and --figure-points go with --figures")
+    points = _point_list(figure_points) if figure_points else None
     console = _console(stderr=as_json)
     # No workdir lock (orchestrator.lock): report only reads the results store, whose folds are written
     # atomically, and writes its report files atomically, so it runs fine beside a sweep and never waits.
@@ -214,18 +224,36 @@ def report(sweep: str, overrides, as_json: bool, compare, share_name: bool) -> N
         state = state_from_store(_plan_from_store(spec, strict=True))
         comparison = compare_points(state, *compare) if compare else None
         paths = state.write_reports()
+        if figures:
+            from orchestrator.figures import write_figures
+
+            folder = out_dir or spec.workdir_path() / "reports" / f"{spec.name}-figures"
+            figure_paths = write_figures(state, folder, au=figure_au, points=points)
     if as_json:
         doc = state.to_json(0, sum(g.done for g in state.groups.values()))
         if comparison is not None:
             doc["compare"] = comparison
+        if figures:
+            doc["figures"] = figure_paths
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
         return
     print_report(console, state.rows(), paths=paths, notes=state.data_notes())
+    if figures:
+        console.print(f"figures ({len(figure_paths)}):" if figure_paths else "figures: none (no complete point)")
+        for p in figure_paths:
+            console.print(f"  {p}", soft_wrap=True)
     if comparison is not None:
         for c in comparison:
             console.print(f"{c['dataset']} seed {c['seed']}: F1({c['a']}) - F1({c['b']}) = "
                           f"{c['diff']:+.4f}  95% CI [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] "
                           f"over {c['subjects']} subjects")
+
+
+def _point_list(text: str):
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.UsageError(f"--figure-points {text!r}: give point indices separated by commas, e.g. 0,1") from None
 
 
 # ------------------------------------------------------------------------------------------------------
