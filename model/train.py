@@ -201,7 +201,7 @@ def _attention(out: Dict, aus: Sequence[int], groups: Sequence[Sequence[int]], t
             "pta": {a: _f32_list(w.float().cpu().numpy()) for a, w in pta.items()},
             "pta_tokens": ({str(a): t.cpu().tolist() for a, t in zip(aus, tok) if str(a) in pta}
                            if mcfg.lsi else None),
-            "landmarks": _f32_list(landmarks),
+            "landmarks": _f32_list(np.round(landmarks, 2)),  # 0.01 px: dlib's are whole frame pixels
             "landmark_groups": {str(a): [int(i) for i in g] for a, g in zip(aus, groups)},
             "token_grid": {"grid": [int(v) for v in prefix.grid], "image": [int(v) for v in prefix.image]}}
 
