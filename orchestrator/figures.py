@@ -272,18 +272,25 @@ def attention_figure(samples: Sequence[AttentionSample], aus: Sequence[int], tit
     if not samples:
         return None
     from matplotlib import colormaps
-    from matplotlib.patches import Rectangle
-
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     cmap = colormaps["jet"]
     n = len(samples)
     cols = min(cols, n)
     rows = -(-n // cols)
     has_wd = any(s.w_d is not None for s in samples)
-    # a fixed layout in inches (a layout engine over this many axes costs seconds per figure): per
-    # panel a title, the image, and the W_d bars with their tick labels
-    cell_w, img, head, title_h, bar_h = 2.3, 1.9, 0.5, 0.45, 0.55
+    missing = [a for a in aus if a not in {s.au for s in samples}]
+    lines = [f"Fig. 5 attention: {title}",
+             "PTA weights on each AU's landmark tokens (colour relative to the panel's largest); " +
+             ("GDA's W_d per AU below." if has_wd else "no GDA here, so no W_d.")]
+    if not all(s.crop is not None for s in samples):
+        lines.append("Grey panels: the apex frame was not at hand; stored landmarks only.")
+    if missing:
+        lines.append(f"No positive sample of AU{', AU'.join(map(str, missing))}.")
+    # a fixed layout in inches (a layout engine over this many axes costs seconds per figure): the header,
+    # then per panel a title, the image, and the W_d bars with their tick labels
+    cell_w, img, head, title_h, bar_h = 2.3, 1.9, 0.2 + 0.15 * len(lines), 0.45, 0.55
     cell_h = title_h + img + (0.12 + bar_h + 0.4 if has_wd else 0.15)
     width, height = cols * cell_w + 0.1, head + rows * cell_h
     fig = Figure(figsize=(width, height), dpi=dpi)
@@ -330,14 +337,7 @@ def attention_figure(samples: Sequence[AttentionSample], aus: Sequence[int], tit
                 bx.set_ylim(0, max(float(np.max(s.w_d)) * 1.15, 1e-6))
                 bx.set_ylabel("W_d", fontsize=6.5)
                 bx.set_xlabel("AU", fontsize=6.5, labelpad=0)
-    missing = [a for a in aus if a not in {s.au for s in samples}]
-    foot = ("" if all(s.crop is not None for s in samples) else
-            "  Grey panels: the apex frame was not at hand; stored landmarks only.")
-    if missing:
-        foot += f"  No positive sample of AU{', AU'.join(map(str, missing))}."
-    fig.suptitle(f"Fig. 5 attention: {title}\nPTA weights on each AU's landmark tokens (colour relative to the "
-                 f"panel's largest); GDA's W_d per AU below.{foot}", fontsize=8, y=1 - 0.1 / height, va="top",
-                 wrap=True)
+    fig.suptitle("\n".join(lines), fontsize=8, y=1 - 0.08 / height, va="top")
     return fig
 
 
