@@ -101,11 +101,16 @@ def _f1_acc_from_counts(c: np.ndarray):
     """c (..., A, 4) -> mean-over-AU F1 (positive class, 0 where undefined, as sklearn's zero_division=0)
     and accuracy, each (...)."""
     tp, fp, fn, tn = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
-    den = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, den, out=np.zeros_like(tp), where=den > 0)
     tot = tp + fp + fn + tn
     acc = np.divide(tp + tn, tot, out=np.zeros_like(tp), where=tot > 0)
-    return f1.mean(-1), acc.mean(-1)
+    return _f1_from_counts(c).mean(-1), acc.mean(-1)
+
+
+def _f1_from_counts(c: np.ndarray) -> np.ndarray:
+    """c (..., A, 4) -> F1 of the positive class per AU (..., A), 0 where undefined."""
+    tp, fp, fn = c[..., 0], c[..., 1], c[..., 2]
+    den = 2 * tp + fp + fn
+    return np.divide(2 * tp, den, out=np.zeros_like(tp), where=den > 0)
 
 
 def _mer_conf(y, p, groups, names, classes) -> np.ndarray:
@@ -175,6 +180,17 @@ def pooled_metrics(results, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Dict
     out["n_folds"] = len(d["results"])
     out["aus"] = d["aus"]
     return out
+
+
+def per_au_f1_ci(results, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Dict[int, List[float]]:
+    """Per AU, the 95% subject-bootstrap CI of its pooled F1 (the resamples of `pooled_metrics`' `ci`:
+    same subjects, seed and count), {AU: [low, high]}; for the per-AU F1 figure."""
+    d = _pool(results)
+    names = sorted(set(d["subjects"].tolist()))
+    c = np.einsum("bs,sak->bak", _boot_weights(len(names), n_boot, seed),
+                  _au_counts(d["y"], d["p"], d["subjects"], names))
+    f1 = _f1_from_counts(c)  # (n_boot, A)
+    return {int(a): _ci(f1[:, j]) for j, a in enumerate(d["aus"])}
 
 
 def baselines(results) -> Dict[str, Dict]:

@@ -24,7 +24,7 @@ from model.lsi import au_token_indices, landmark_groups
 from model.mer import mer_class_scores, mer_scores
 from model.net import MicroAUCLIP, TextTensors, as_tensor
 from model.prefix import Prefix, compute_prefix
-from model.result import FoldResult
+from model.result import FoldResult, _f32_list
 from model.text import MER_CLASSES
 from preprocessing.errors import MicroAUError
 
@@ -316,16 +316,32 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
                  "total_s": time.perf_counter() - t_start},
         n_train=int(len(f.train_idx)),
         extras={"text_similarity": {str(a): float(s) for a, s in zip(aus, text_sim.cpu().tolist())},
-                # attention of the evaluated model per test sample: GDA's W_d (n, A) and each AU's PTA
-                # weights over its landmark tokens (n, N_L), for plots like the paper's Fig. 5
-                "w_d": None if out["w_d"] is None else out["w_d"].cpu().tolist(),
-                "pta": {str(a): w.cpu().tolist() for a, w in zip(aus, out["pta"]) if w is not None},
+                # attention of the evaluated model per test sample, for the paper's Fig. 5 (float32,
+                # shortest decimals): GDA's W_d (n, A); each AU's PTA weights (n, N_L) over the patch
+                # tokens `pta_tokens` (n, N_L) of its Table I landmarks (no `pta_tokens` without LSI: the
+                # weights are then over all h*w tokens, row-major); the test samples' apex landmarks
+                # (n, 68, 2) in the flow image's pixels; the landmark groups and the grid of Eq. 1
+                **_attention(out, aus, landmark_groups(aus, mcfg.landmark_groups), [t[ti] for t in te.tok],
+                             test_data.landmarks[test_idx], test_prefix, mcfg),
                 # Eq. 13's label texts as (class, text) and each test sample's best text (index)
                 "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(test_prefix.emotion_class.tolist(),
                                                                  test_prefix.emotion_texts.texts)],
                 "mer_best_text": best_text.cpu().tolist(),
                 "prefix_key": train_prefix.key, "device": str(f.device), "alpha": w["alpha"], "beta": w["beta"]},
     )
+
+
+def _attention(out: Dict, aus: Sequence[int], groups: Sequence[Sequence[int]], tok: Sequence[torch.Tensor],
+               landmarks: np.ndarray, prefix: Prefix, mcfg) -> Dict:
+    """What FoldResult.extras keeps of the evaluated model's attention (see train_eval)."""
+    pta = {str(a): w for a, w in zip(aus, out["pta"]) if w is not None}
+    return {"w_d": None if out["w_d"] is None else _f32_list(out["w_d"].float().cpu().numpy()),
+            "pta": {a: _f32_list(w.float().cpu().numpy()) for a, w in pta.items()},
+            "pta_tokens": ({str(a): t.cpu().tolist() for a, t in zip(aus, tok) if str(a) in pta}
+                           if mcfg.lsi else None),
+            "landmarks": _f32_list(np.round(landmarks, 2)),  # 0.01 px: dlib's are whole frame pixels
+            "landmark_groups": {str(a): [int(i) for i in g] for a, g in zip(aus, groups)},
+            "token_grid": {"grid": [int(v) for v in prefix.grid], "image": [int(v) for v in prefix.image]}}
 
 
 def loso(spec, data, prefix: Optional[Prefix] = None, subjects: Optional[Sequence[str]] = None,

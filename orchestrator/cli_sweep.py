@@ -256,9 +256,16 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
 @click.option("--per-au", is_flag=True, help="with --format: add the per-AU F1 columns")
 @click.option("--share-name", is_flag=True, help="another sweep file of this workdir has the same name on "
                                                   "purpose (see run --share-name)")
+@click.option("--figures", is_flag=True, help="also draw the figures (PNG; docs/figures.md) from the stored folds")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="folder of the figures (default: <workdir>/reports/<sweep>-figures)")
+@click.option("--figure-au", type=int, metavar="N", help="AU of Fig. 6 and 7 (default: AU1, else the first AU)")
+@click.option("--figure-points", metavar="K,L,...",
+              help="points Fig. 6 (the first two) and Fig. 7 (all) compare (default: the first points, up to 4)")
 def report(sweep: str, overrides, as_json: bool, compare, fmt: Optional[str], output: Optional[str],
-           per_au: bool, share_name: bool) -> None:
-    """Rebuild the table from the results store (no training)."""
+           per_au: bool, share_name: bool, figures: bool, out_dir: Optional[str], figure_au: Optional[int],
+           figure_points: Optional[str]) -> None:
+    """Rebuild the table from the results store (no training); --figures draws the figures too."""
     from orchestrator.report import compare_points, seed_summaries
     from orchestrator.state import state_from_store
     from orchestrator.view import print_report
@@ -269,6 +276,9 @@ def report(sweep: str, overrides, as_json: bool, compare, fmt: Optional[str], ou
         raise click.UsageError("--json prints the whole report object; --format json the paper-layout table: "
                                "pick one")
     spec = _load(sweep, overrides)
+    if not figures and (out_dir or figure_au is not None or figure_points):
+        raise click.UsageError("--out, --figure-au and --figure-points go with --figures")
+    points = _point_list(figure_points) if figure_points else None
     # --format without --output: stdout holds the table alone (to redirect), the rest goes to stderr
     quiet = as_json or bool(fmt and not output)
     console = _console(stderr=quiet)
@@ -279,20 +289,30 @@ def report(sweep: str, overrides, as_json: bool, compare, fmt: Optional[str], ou
         state = state_from_store(_plan_from_store(spec, strict=True))
         comparison = compare_points(state, *compare) if compare else None
         paths = state.write_reports()
+        figure_paths = None
         table = _export(state, fmt, per_au, output) if fmt else None
+        if figures:
+            from orchestrator.figures import write_figures
+
+            folder = out_dir or spec.workdir_path() / "reports" / f"{spec.name}-figures"
+            figure_paths = write_figures(state, folder, au=figure_au, points=points)
     if as_json:
         doc = state.to_json(0, sum(g.done for g in state.groups.values()))
         if comparison is not None:
             doc["compare"] = comparison
+        if figures:
+            doc["figures"] = figure_paths
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
         return
     if fmt and not output:
         sys.stdout.write(table)
         sys.stdout.flush()
         _print_comparison(console, comparison)
+        _print_figures(console, figure_paths)
         return
     rows = state.rows()
     print_report(console, rows, paths=paths, notes=state.data_notes(), summaries=seed_summaries(state, rows))
+    _print_figures(console, figure_paths)
     _print_comparison(console, comparison)
     if output:
         console.print(f"{fmt} table written to {output}", highlight=False)
@@ -325,6 +345,21 @@ def _print_comparison(console, comparison) -> None:
                       f"[{c['acc_ci'][0]:+.4f}, {c['acc_ci'][1]:+.4f}]", highlight=False)
         style = "yellow" if c["verdict"]["code"] == "too_few_subjects" else ""
         console.print(f"  {c['verdict']['text']}", style=style, highlight=False, soft_wrap=True)
+
+
+def _print_figures(console, figure_paths) -> None:
+    if figure_paths is None:
+        return
+    console.print(f"figures ({len(figure_paths)}):" if figure_paths else "figures: none (no complete point)")
+    for p in figure_paths:
+        console.print(f"  {p}", soft_wrap=True)
+
+
+def _point_list(text: str):
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.UsageError(f"--figure-points {text!r}: give point indices separated by commas, e.g. 0,1") from None
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -235,6 +235,7 @@ def _run_locked(spec: SweepSpec, address: Optional[str], *, quiet: bool, progres
                 state.close()
         else:
             state.close()
+        state.log_figures()  # on the MLflow parents of the complete points, where new
     finally:
         if started:
             import ray

@@ -98,6 +98,9 @@ class SweepState:
                         rec = self.store.get(f.key)
                         self._track(self._track_fold, g, f, rec["result"], rec["meta"])
                         g.dirty = True
+                    elif known and f.key in known and self.tracker.needs_steps(g.parent_id, f.key) \
+                            and self.store.has(f.key):  # a child logged before loss curves were
+                        self._track(self.tracker.log_loss_steps, g.parent_id, f.key, self.result(f.key).loss_curve)
             self._refresh(g, track=False)
 
     def started(self, key: str) -> None:
@@ -201,7 +204,49 @@ class SweepState:
             if curve:
                 metrics[f"final_loss_{term}"] = curve[-1]
         self.tracker.log_fold(g.parent_id, f.key, meta, metrics, predictions_csv(r),
-                              extra={"meta": meta, "loss_curve": r.loss_curve, "timings": r.timings})
+                              extra={"meta": meta, "loss_curve": r.loss_curve, "timings": r.timings},
+                              loss_curve=r.loss_curve)
+
+    def log_figures(self) -> None:
+        """At the end of a run: the figures of each complete point (orchestrator/figures.py: its own and
+        those comparing the points of its dataset and seed) on its MLflow parent, under `figures/`. Drawn
+        only for parents that lack them or hold figures of other folds (a digest tag), so a run with
+        nothing new draws nothing. Tracking failures are handled as everywhere; a figure that cannot be
+        drawn is one warning line, never a failed run."""
+        if self.tracker is None:
+            return
+        import tempfile
+        from pathlib import Path
+
+        from orchestrator import figures
+
+        try:
+            planned = figures.plan_figures(self, warn=lambda m: None)
+        except Exception as e:  # noqa: BLE001 - a figure must never fail the run
+            print(f"warning: figures not drawn for MLflow: {reason(e)}", file=sys.stderr, flush=True)
+            return
+        todo = {}
+        for g in self.groups.values():
+            mine = [p for p in planned if g.key in p.parents]
+            if g.parent_id and mine and figures.complete(g):
+                d = figures.digest(mine, self)
+                if self.tracker.figures_digest(g.parent_id) != d:
+                    todo[g.key] = (mine, d)
+        if not todo:
+            return
+        needed = list({p.name: p for mine, _ in todo.values() for p in mine}.values())
+        with tempfile.TemporaryDirectory(prefix="microau-figures-") as tmp:
+            try:
+                drawn = {Path(p).stem: p for p in figures.write_figures(self, tmp, warn=lambda m: None,
+                                                                         only=needed)}
+            except Exception as e:  # noqa: BLE001 - a figure must never fail the run
+                print(f"warning: figures not drawn for MLflow: {reason(e)}", file=sys.stderr, flush=True)
+                return
+            for key, (mine, d) in todo.items():
+                if self.tracker is None:
+                    break
+                self._track(self.tracker.log_figures, self.groups[key].parent_id,
+                            [drawn[p.name] for p in mine if p.name in drawn], d)
 
     def note(self, g: Group) -> Dict[str, Any]:
         """What the reports list about the group's prepared datasets (orchestrator.data.NOTES: skipped

@@ -33,6 +33,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (preprocessing.atomic)."""
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+
+
 class StoreError(MicroAUError, RuntimeError):
     pass
 

@@ -1,9 +1,11 @@
 """MLflow tracking, owned by the driver (trial workers never touch MLflow).
 
 One parent run per (dataset, point, seed) holding the flattened resolved params and the pooled metrics
-(updated live as folds finish, final at the end); one nested child run per fold with the fold's metrics
-and a per-sample predictions CSV. Runs carry tags (`microau.group`, `microau.fold`) by which a re-run
-finds them again instead of creating duplicates.
+(updated live as folds finish, final at the end) and, once its point is complete, the figures
+(orchestrator/figures.py) under `figures/`; one nested child run per fold with the fold's metrics, its
+loss terms per epoch as step metrics (`loss_total`, ..., step = epoch) and a per-sample predictions CSV.
+Runs carry tags (`microau.group`, `microau.fold`) by which a re-run finds them again instead of creating
+duplicates; digest tags say what a run already holds (dataset notes, figures), so nothing is logged twice.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ TAG_FOLD = "microau.fold"
 TAG_SWEEP = "microau.sweep"
 TAG_KIND = "microau.kind"  # parent | fold
 TAG_NOTES = "microau.notes"  # digest of the dataset notes logged on a parent (logged once)
+TAG_FIGURES = "microau.figures"  # digest of the figures logged on a parent (orchestrator.figures.digest)
+TAG_STEPS = "microau.loss_steps"  # on a child: its per-epoch loss terms are logged as step metrics
+FIGURES_DIR = "figures"  # a parent's artifact folder of figures
 _PARENT_ID = "mlflow.parentRunId"
 
 
@@ -181,6 +186,7 @@ class Tracker:
         self._parent_tags: Dict[str, Dict[str, str]] = {}  # parent run id -> its tags when found
         self.parent_status: Dict[str, str] = {}  # group -> MLflow status when found or created
         self._children: Dict[str, Dict[str, str]] = {}
+        self._no_steps: Dict[str, set] = {}  # parent run id -> fold keys of children without loss steps
 
     # -- experiment and runs ------------------------------------------------------------------------
     def _experiment(self) -> str:
@@ -234,6 +240,8 @@ class Tracker:
                 for r in page:
                     if TAG_FOLD in r.data.tags:
                         found[r.data.tags[TAG_FOLD]] = r.info.run_id
+                        if TAG_STEPS not in r.data.tags:  # logged by an older version
+                            self._no_steps.setdefault(parent_id, set()).add(r.data.tags[TAG_FOLD])
                 token = page.token
                 if not token:
                     break
@@ -242,14 +250,16 @@ class Tracker:
 
     @_bounded
     def log_fold(self, parent_id: str, key: str, meta: Dict[str, Any], metrics: Dict[str, float],
-                 predictions_csv: str, extra: Optional[Dict[str, Any]] = None) -> str:
-        """One nested child run for a finished fold (skipped when the fold is tracked already)."""
+                 predictions_csv: str, extra: Optional[Dict[str, Any]] = None,
+                 loss_curve: Optional[Dict[str, List[float]]] = None) -> str:
+        """One nested child run for a finished fold (skipped when the fold is tracked already), with its
+        loss terms per epoch as step metrics `loss_<term>` (step = epoch, from 1)."""
         known = self.children(parent_id)
         if key in known:
             return known[key]
         tags = {**mlflow_tags(), _PARENT_ID: parent_id, TAG_FOLD: key, TAG_KIND: "fold", TAG_SWEEP: self.spec.name,
                 "dataset": str(meta["dataset"]), "point": str(meta["point_label"]),
-                "seed": str(meta["seed"]), "subject": str(meta["subject"])}
+                "seed": str(meta["seed"]), "subject": str(meta["subject"]), TAG_STEPS: "1"}
         for k in ("node_ip", "node_id", "hostname"):
             if meta.get(k):
                 tags[k] = str(meta[k])
@@ -258,12 +268,47 @@ class Tracker:
         run_id = run.info.run_id
         self._log_params(run_id, {"subject": meta["subject"], "fold_key": key})
         self.client.log_batch(run_id, metrics=self._metrics(metrics, step=0))
+        self._log_steps(run_id, loss_curve or {})
         self.client.log_text(run_id, predictions_csv, "predictions.csv")
         if extra:
             self.client.log_dict(run_id, extra, "fold.json")
         self.client.set_terminated(run_id, "FINISHED")
         known[key] = run_id
         return run_id
+
+    def needs_steps(self, parent_id: str, key: str) -> bool:
+        """The fold's child run was logged without its per-epoch loss terms (by an older version)."""
+        return key in self._no_steps.get(parent_id, set())
+
+    @_bounded
+    def log_loss_steps(self, parent_id: str, key: str, loss_curve: Dict[str, List[float]]) -> None:
+        """The per-epoch loss terms of a child run logged without them; then tagged, so once."""
+        run_id = self.children(parent_id)[key]
+        self._log_steps(run_id, loss_curve)
+        self.client.set_tag(run_id, TAG_STEPS, "1")
+        self._no_steps.get(parent_id, set()).discard(key)
+
+    def _log_steps(self, run_id: str, loss_curve: Dict[str, List[float]]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(f"loss_{term}", float(v), ts, epoch) for term, curve in loss_curve.items()
+                 for epoch, v in enumerate(curve, start=1) if _is_number(v)]
+        for i in range(0, len(items), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def figures_digest(self, parent_id: str) -> Optional[str]:
+        """The digest of the figures the parent holds (None: none yet)."""
+        return self._parent_tags.get(parent_id, {}).get(TAG_FIGURES)
+
+    @_bounded
+    def log_figures(self, parent_id: str, paths: Iterable[Path], digest: str) -> None:
+        """PNG files under the parent's `figures/` (a file of the same name is replaced), then the digest
+        tag that says they are there."""
+        for path in paths:
+            self.client.log_artifact(parent_id, str(path), FIGURES_DIR)
+        self.client.set_tag(parent_id, TAG_FIGURES, digest)
+        self._parent_tags.setdefault(parent_id, {})[TAG_FIGURES] = digest
 
     @_bounded
     def update_parent(self, parent_id: str, pooled: Optional[Dict[str, Any]], folds_done: int,

@@ -62,17 +62,48 @@ def process_sample(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, n
     magnification and optical flow run on those crops, and the flow image (u, v, strain) is then resized
     to size x size, u and v scaled with it (`flow.flow_image`). The landmarks are mapped by the same
     crop offset and scale (`landmarks.to_crop_grid`)."""
+    apex, lm, box = _apex_face(sample, cfg)
+    numbers = sample.needed_frames(mag.needs_clip(cfg.magnification))
+    clip = np.stack([crop(apex if n == sample.apex else load_frame(sample, n), box) for n in numbers])
+    onset, apex_m = mag.magnify(clip, cfg.magnification)  # RGB crops in, grey float out
+    return flow_image(optical_flow(onset, apex_m, cfg.flow), cfg.size), to_crop_grid(lm, box, cfg.size)
+
+
+def _apex_face(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int, int]]:
+    """-> (apex frame RGB, its dlib landmarks in frame pixels, the face box they define)."""
     apex = load_frame(sample, sample.apex)
     try:
         lm = detect_landmarks(apex, cfg.predictor, cfg.detector_upsample)
     except NoFaceError as e:
         raise SampleProblem(sample, f"{e} in the apex frame {sample.frames[sample.apex]}; check the frame "
                                     f"or raise preprocessing.detector_upsample") from None
-    box = face_box(lm, cfg.crop_margin)
-    numbers = sample.needed_frames(mag.needs_clip(cfg.magnification))
-    clip = np.stack([crop(apex if n == sample.apex else load_frame(sample, n), box) for n in numbers])
-    onset, apex_m = mag.magnify(clip, cfg.magnification)  # RGB crops in, grey float out
-    return flow_image(optical_flow(onset, apex_m, cfg.flow), cfg.size), to_crop_grid(lm, box, cfg.size)
+    return apex, lm, face_box(lm, cfg.crop_margin)
+
+
+def apex_face_crops(reader: str, root, sample_ids: Sequence[str], cfg: Optional[PreprocessConfig] = None, *,
+                    sheet=None, corrections: Optional[Dict] = None, corrections_where: Optional[str] = None,
+                    apex: Optional[Dict[str, int]] = None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """The apex face crops of some prepared samples, for figures: {sample id: (RGB uint8 (size, size, 3),
+    landmarks float32 (68, 2) in its pixels)}, the same box and grid as the sample's flow image (the crop
+    is not magnified). Re-reads the sheet (corrections applied) and each apex frame, and runs dlib on it
+    again; `apex`: {sample id: frame} for apexes that were estimated (PreparedDataset.apex_estimated).
+    A sample id the sheet does not have is a DatasetError; a frame that cannot be read a SampleProblem."""
+    cfg = cfg or PreprocessConfig()
+    samples = get_reader(reader)(root, sheet=sheet)
+    samples, _ = corr.apply(samples, corrections or {}, corrections_where or f"datasets.{reader}.corrections")
+    by_id = {s.id: s for s in samples}
+    out = {}
+    for sid in sample_ids:
+        if sid not in by_id:
+            raise DatasetError(f"{root}: sample {sid} is not in the {reader} coding sheet (any more)")
+        s = by_id[sid]
+        if apex and sid in apex:
+            s = dataclasses.replace(s, apex=int(apex[sid]))
+        if s.apex not in s.frames:
+            raise SampleProblem(s, f"apex frame {s.apex} is not in {s.frames_dir}")
+        frame, lm, box = _apex_face(s, cfg)
+        out[sid] = (crop(frame, box, cfg.size), to_crop_grid(lm, box, cfg.size))
+    return out
 
 
 def estimate_apex(sample: Sample, cfg: PreprocessConfig) -> int:

@@ -74,6 +74,35 @@ def fake_training(setattr, subjects=("006", "007", "008"), data_key="datakey", c
     return calls
 
 
+def inprocess_training(setattr, calls=None):
+    """Make `run_sweep` train for real, without Ray: the folds to train run one after another in this
+    process through `run_fold` (what a trial runs) on the driver's prepared data and prefixes, and reach
+    the SweepState through the events the Tune callback sends. Returns a dict counting trained folds."""
+    import orchestrator.runner as runner
+    from orchestrator.trial import run_fold
+
+    calls = {"trained": 0} if calls is None else calls
+
+    class Tuner:
+        def __init__(self, todo, jobs, datasets, prefixes, state):
+            self.todo, self.jobs, self.datasets, self.prefixes, self.state = todo, jobs, datasets, prefixes, state
+
+        def fit(self):
+            for f in self.todo:
+                self.state.started(f.key)
+                result = run_fold(f.trial, self.datasets[data_id(f.trial)], f.subject,
+                                  prefix=self.prefixes[self.jobs[f.key]["prefix"]], threads=1,
+                                  on_epoch=lambda info, key=f.key: self.state.progress(key, info))
+                self.state.finished(f.key, result, {"node_id": "in-process", "hostname": "here"})
+                calls["trained"] += 1
+
+    setattr(runner, "connect", lambda *a, **k: False)
+    setattr(runner, "check_resources", lambda *a, **k: {})
+    setattr(runner, "_tuner", lambda spec, todo, jobs, datasets, prefixes, state:
+            Tuner(todo, jobs, datasets, prefixes, state))
+    return calls
+
+
 if __name__ == "__main__":  # `python tests/sweep_helpers.py run SWEEP ...`: the CLI with fake training
     import builtins
     import sys

@@ -109,3 +109,19 @@ def test_text_si_is_the_mean_over_aus_and_folds(folds):
     assert metrics.pooled_metrics(folds)["text_si"] == pytest.approx(want, abs=1e-12)
     assert metrics.pooled_metrics([f.to_dict() for f in folds])["text_si"] == pytest.approx(want, abs=1e-12)
     assert metrics.pooled_metrics(folds[:1])["text_si"] == pytest.approx(0.7)
+
+
+def test_per_au_f1_ci_uses_the_tables_resamples(folds):
+    """Per AU, the CI of its F1 from the same subject resamples as the table's CI: with one AU the mean
+    over AUs is that AU, so the two CIs are the same numbers."""
+    ci = metrics.per_au_f1_ci(folds)
+    assert set(ci) == set(AUS)
+    for au in AUS:
+        lo, hi = ci[au]
+        assert 0 <= lo <= hi <= 1
+    for j, au in enumerate(AUS):
+        one = [FoldResult(test_subject=r.test_subject, seed=1, aus=[au], sample_ids=r.sample_ids,
+                          subjects=r.subjects, probs=r.probs[:, [j]], labels=r.labels[:, [j]],
+                          features=r.features[:, [j]], mer_classes=r.mer_classes, mer_scores=r.mer_scores,
+                          mer_labels=r.mer_labels) for r in folds]
+        assert metrics.per_au_f1_ci(one)[au] == metrics.pooled_metrics(one)["ci"]["f1"] == ci[au]
