@@ -102,6 +102,22 @@ def test_miaucl_differs_from_local_origcl_only_with_shared_labels():
         losses.local_origcl_loss(v[:2], t[:2], two, 5.0).item())
 
 
+def test_with_the_models_texts_miaucl_equals_local_origcl():
+    """What the model feeds Eq. 9: each sample's text is its AU's positive or negative prompt, so same-label
+    samples have the same text feature. Then same-label similarities tie, and the spread targets of Eq. 10
+    and CLIP's diagonal ones give the same cross-entropy both ways (docs/protocol.md, "Readings")."""
+    g = torch.Generator().manual_seed(4)
+    labels = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1], [1, 0], [0, 0], [0, 1], [1, 1], [0, 0]])  # B = 9
+    v = torch.randn(9, 2, 8, generator=g, requires_grad=True)
+    prompts = torch.randn(2, 2, 8, generator=g)  # per AU: [positive, negative]
+    t = prompts[torch.arange(2).unsqueeze(0), 1 - labels]  # (B, N, d): each sample's own label text
+    a, b = losses.miauc_loss(v, t, labels, 10.0), losses.local_origcl_loss(v, t, labels, 10.0)
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    ga, = torch.autograd.grad(a, v)
+    gb, = torch.autograd.grad(b, v)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+
+
 def test_total_loss_eq12():
     mt, cl, gd = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)
     assert losses.total_loss(mt, cl, gd, alpha=0.6, beta=1.0).item() == pytest.approx(1 + 1.2 + 3)
