@@ -49,9 +49,11 @@ def data_id(trial: TrialConfig) -> str:
     return f"{trial.dataset}@{stable_hash(trial.preprocessing.model_dump(mode='json'))}"
 
 
-def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, cached_only: bool = False):
+def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, cached_only: bool = False,
+            map_samples=None):
     """The `PreparedDataset` of `datasets.<name>` under `preprocessing` (a trial's), synthetic data
-    generated first when asked for.
+    generated first when asked for. `map_samples`: how its samples are prepared (orchestrator.parallel
+    .RaySamples: as Ray tasks; default in this process).
 
     cached_only: only what the cache holds (None when the dataset is not prepared): no synthetic data is
     generated and nothing is preprocessed; "key": only the prepared-data key the data has now."""
@@ -74,7 +76,7 @@ def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, ca
     if cached_only:
         return find_prepared(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error, **fixes)
     return prepare_dataset(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error,
-                           progress=progress, **fixes)
+                           progress=progress, map_samples=map_samples, **fixes)
 
 
 def expand_paths(cfg, where: str):
@@ -94,15 +96,15 @@ def expand_paths(cfg, where: str):
 
 
 def prepare_all(spec: SweepSpec, trials: Sequence[TrialConfig], progress: bool = True,
-                cached_only: bool = False) -> Dict[str, object]:
-    """Every prepared dataset the `trials` (the sweep's expansion) read, keyed by `data_id` (cached_only:
-    see `prepare`; a dataset not prepared yet maps to None)."""
+                cached_only: bool = False, map_samples=None) -> Dict[str, object]:
+    """Every prepared dataset the `trials` (the sweep's expansion) read, keyed by `data_id` (cached_only,
+    map_samples: see `prepare`; a dataset not prepared yet maps to None)."""
     out: Dict[str, object] = {}
     for trial in trials:
         key = data_id(trial)
         if key not in out:
             out[key] = prepare(spec, trial.dataset, trial.preprocessing, progress=progress,
-                               cached_only=cached_only)
+                               cached_only=cached_only, map_samples=map_samples)
     return out
 
 

@@ -25,6 +25,7 @@ from orchestrator.config import SweepSpec, TrialConfig
 from orchestrator.data import data_id, prepare_all, record_prepared
 from orchestrator.trial import dumps, prefix_for, prefix_group, run_fold
 from orchestrator.lock import WorkdirLock
+from orchestrator.parallel import RaySamples
 from orchestrator.plan import Fold, make_plan
 from orchestrator.state import SweepState
 from orchestrator.store import ResultsStore, claim_name, ensure_writable
@@ -113,6 +114,28 @@ def connect(spec: SweepSpec, address: Optional[str], quiet: bool, dashboard: boo
     ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
              _temp_dir=_ray_temp_dir(spec.workdir_path()), **extra, **common)
     return True
+
+
+class _RaySession:
+    """`connect` on first call (preparing samples, or scheduling folds), once; `close()` shuts down the Ray
+    this run started or joined."""
+
+    def __init__(self, spec: SweepSpec, address: Optional[str], quiet: bool, dashboard: bool):
+        self.args = (spec, address, quiet, dashboard)
+        self.connected = self.started = False
+
+    def __call__(self) -> None:
+        if not self.connected:
+            spec, address, quiet, dashboard = self.args
+            self.started = connect(spec, address, quiet=quiet, dashboard=dashboard)
+            self.connected = True
+
+    def close(self) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False
 
 
 def check_resources(spec: SweepSpec, address: Optional[str] = None) -> Dict[str, float]:
@@ -211,14 +234,15 @@ def _run_locked(spec: SweepSpec, address: Optional[str], *, quiet: bool, progres
     warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     store.check_writable()  # before any work: a fold that cannot be stored is a fold lost
     ensure_writable(workdir / "reports", "reports folder", "the table could not be written at the end")
-    datasets = prepare_all(spec, spec.trials(), progress=progress)
-    record_prepared(spec, datasets, warn)
-    plan = make_plan(spec, datasets, warn, store=store)  # damaged records are set aside, retrained
-    todo = plan.todo
-    started = False
+    session = _RaySession(spec, address, quiet=quiet, dashboard=dashboard)
     try:
+        # samples are prepared as Ray tasks (Ray started only when there is something to prepare)
+        datasets = prepare_all(spec, spec.trials(), progress=progress, map_samples=RaySamples(session))
+        record_prepared(spec, datasets, warn)
+        plan = make_plan(spec, datasets, warn, store=store)  # damaged records are set aside, retrained
+        todo = plan.todo
         if todo:  # resources are checked before anything is tracked or scheduled
-            started = connect(spec, address, quiet=quiet, dashboard=dashboard)
+            session()
             check_resources(spec, address)
         state = SweepState(plan, tracking=True)  # MLflow experiment and parent runs
         state.begin(todo)
@@ -234,10 +258,7 @@ def _run_locked(spec: SweepSpec, address: Optional[str], *, quiet: bool, progres
         else:
             state.close()
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        session.close()
     return RunOutcome(state=state, trained=state.trained, reused=len(plan.folds) - len(todo),
                       failed=dict(state.errors))
 

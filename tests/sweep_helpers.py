@@ -52,7 +52,7 @@ def fake_training(setattr, subjects=("006", "007", "008"), data_key="datakey", c
 
     calls = {"prepared": 0, "trained": 0} if calls is None else calls
 
-    def prepare_all(spec, trials, progress=True):
+    def prepare_all(spec, trials, progress=True, **kw):
         calls["prepared"] += 1
         return {data_id(t): SimpleNamespace(key=data_key, subjects=list(subjects)) for t in trials}
 
