@@ -6,6 +6,7 @@ is active where its 2-way softmax puts more mass on "active".
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -36,6 +37,30 @@ def resolve_device(name: str) -> torch.device:
         raise FoldError(f"training.device: {name!r} asked for, but torch sees no CUDA device here; "
                         f"use device: auto or cpu")
     return dev
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' on a CUDA device that supports bfloat16, else 'fp32'; 'fp32' / 'bf16' as given."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward passes' context: bfloat16 autocast for 'bf16' (the parameters, their gradients and the
+    optimiser stay fp32: autocast casts weights per op, and softmax, the losses and the norms run in
+    fp32), nothing for 'fp32'."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _fp32(v):
+    if isinstance(v, torch.Tensor):
+        return v.float()
+    if isinstance(v, list):
+        return [_fp32(x) for x in v]
+    return v
 
 
 def _weights(spec) -> Dict[str, float]:
@@ -78,6 +103,7 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
     mcfg, tcfg = spec.model, spec.training
     aus = [int(a) for a in spec.aus]
     device = resolve_device(tcfg.device)
+    precision = resolve_precision(tcfg.precision, device)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     w = _weights(spec)
@@ -126,30 +152,32 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
     gen = torch.Generator().manual_seed(spec.seed)
     t_build = time.perf_counter() - t0
 
-    # train
+    # train: everything stays on the device for the whole fold; each epoch's order (drawn on the CPU
+    # generator) is copied over once, and the loss sums are read back once per epoch, not per step
     t0 = time.perf_counter()
     train_t = torch.from_numpy(train_idx)
     curve: Dict[str, List[float]] = {k: [] for k in ("total", "multitask", "contrastive", "gd")}
     for epoch in range(tcfg.epochs):
         te = time.perf_counter()
         model.train()
-        sums = {k: 0.0 for k in curve}
+        sums = torch.zeros(len(curve), dtype=torch.float64, device=device)  # as Python floats would add
         batches = _batches(len(train_idx), tcfg.batch_size, gen)
-        for b in batches:
-            idx = train_t[b].to(device)
-            terms = step_losses(model, mcfg, vis[idx], [t[idx] for t in tok], labels[idx], au_txt,
-                                glob_txt, glob_idx[idx])
-            loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], w["alpha"], w["beta"])
+        order = train_t[torch.cat(batches)].to(device)
+        for idx in torch.split(order, [len(b) for b in batches]):
+            with autocast(device, precision):
+                terms = step_losses(model, mcfg, vis[idx], [t[idx] for t in tok], labels[idx], au_txt,
+                                    glob_txt, glob_idx[idx])
+                loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], w["alpha"],
+                                         w["beta"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums["total"] += float(loss.detach())
-            for k in ("multitask", "contrastive", "gd"):
-                sums[k] += float(terms[k].detach())
+            sums += torch.stack([loss.detach(), terms["multitask"].detach(), terms["contrastive"].detach(),
+                                 terms["gd"].detach()]).double()
         lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)}  # this epoch's
         sched.step()
-        for k in curve:
-            curve[k].append(sums[k] / len(batches))
+        for k, v in zip(curve, sums.tolist()):
+            curve[k].append(v / len(batches))
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "epochs": tcfg.epochs, **{k: v[-1] for k, v in curve.items()},
                       **lrs, "seconds": time.perf_counter() - te})
@@ -160,7 +188,9 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
     model.eval()
     with torch.no_grad():
         ti = torch.from_numpy(test_idx).to(device)
-        out = model(vis[ti], [t[ti] for t in tok])
+        with autocast(device, precision):
+            out = model(vis[ti], [t[ti] for t in tok])
+        out = {k: _fp32(v) for k, v in out.items()}  # what is kept and scored is fp32 whatever ran
         probs = torch.softmax(out["logits"], dim=-1)[..., 1]
         text_scores = mer_scores(out["final"], model.text_features(emo_txt))  # Eq. 13, per label text
         scores, best_text = mer_class_scores(text_scores, emo_class, len(MER_CLASSES))  # best text per class
@@ -187,7 +217,7 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
                 "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(prefix.emotion_class.tolist(),
                                                                  prefix.emotion_texts.texts)],
                 "mer_best_text": best_text.cpu().tolist(),
-                "prefix_key": prefix.key, "device": str(device), "alpha": w["alpha"], "beta": w["beta"]},
+                "prefix_key": prefix.key, "device": str(device), "precision": precision, "alpha": w["alpha"], "beta": w["beta"]},
     )
 
 
