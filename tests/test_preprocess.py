@@ -470,3 +470,40 @@ def test_save_is_atomic(prepared_casme2, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         prepared_casme2.save(target)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["d.npz"]
+
+
+@pytest.mark.slow
+def test_killed_run_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    """`preprocess` SIGKILLed once some samples are done (TV-L1: about a second each): no prepared dataset,
+    no piece but whole ones; the next run prepares only the others and equals an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from preprocessing.synth import generate
+
+    root = generate(tmp_path / "casme2", layout="casme2", subjects=2, per_subject=3, seed=5)
+    cache, cfg = tmp_path / "cache", PreprocessConfig(flow="tvl1")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "preprocess", "--reader", "casme2",
+                             "--root", str(root), "--cache-dir", str(cache), "--workers", "1", "--quiet"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while len(list((cache / pipeline.PIECES).glob("*.npz"))) < 2 and time.time() < deadline:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = sorted(p.name for p in (cache / pipeline.PIECES).glob("*.npz"))
+    assert 2 <= len(kept) < 6 and not list(cache.glob("prepared-*"))
+    calls = []
+    real = pipeline.process_sample
+    monkeypatch.setattr(pipeline, "process_sample", lambda s, c: calls.append(s.id) or real(s, c))
+    stats = {}
+    data = prepare_dataset("casme2", root, cfg, cache, progress=False, stats=stats)
+    assert len(calls) == 6 - len(kept) and stats["reused"] == len(kept)
+    whole = prepare_dataset("casme2", root, cfg, tmp_path / "whole", progress=False)
+    assert data.key == whole.key and np.array_equal(data.flow, whole.flow)
+    assert np.array_equal(data.landmarks, whole.landmarks)
