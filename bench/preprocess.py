@@ -12,7 +12,8 @@ in a temp folder; every measurement prepares it into a fresh cache. Modes:
 - `ray_N`: `orchestrator.parallel.RaySamples` on a local Ray of N CPUs, one sample per task and CPU at one
   OpenCV thread (what `run` and `preprocess` do). Ray's start and the first sample of each worker (imports,
   dlib's model) are timed apart (`ray_start_s`, `worker_warmup_s`); the per-config walls are warm.
-`learned` magnification runs the network with random weights (speed does not depend on them).
+`learned` magnification runs the network with random weights: its own time does not depend on them, but
+the flow computed on its (meaningless) output does, so TV-L1 after it is not what real weights give.
 The table goes to stderr, one JSON object to stdout.
 """
 from __future__ import annotations
@@ -151,8 +152,9 @@ def _ray_runs(root, tmp, configs, weights, n, cold=False):
 
 
 def breakdown(root, n, flows, mags, weights):
-    """Mean seconds per sample of each stage of `pipeline.process_sample` (same calls, same order), in
-    this process at one OpenCV thread (a worker's setting)."""
+    """Median seconds per sample of each stage of `pipeline.process_sample` (same calls, same order), in
+    this process at one OpenCV thread (a worker's setting; torch, for learned magnification, at its
+    default). Flows are timed on the Eulerian-magnified frames (the paper's setting measured here)."""
     import cv2
 
     from preprocessing import magnify as mag
@@ -195,7 +197,7 @@ def breakdown(root, n, flows, mags, weights):
             flow = timed(f"flow[{f}]", optical_flow, *pair, f)
             timed(f"flow_image[{f}]", flow_image, flow, cfg.size)
         to_crop_grid(lm, box, cfg.size)
-    out = {k: round(statistics.mean(v), 4) for k, v in t.items()}
+    out = {k: round(statistics.median(v), 4) for k, v in t.items()}  # median: the first call's loads left out
     out["dlib_model_load_once_s"] = round(load, 3)
     out["crop_side_px"] = int(box[2])
     return out
