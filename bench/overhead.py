@@ -2,7 +2,7 @@
 through `run` (Ray Tune + MLflow), both wall times, their ratio, and where the difference goes.
 
     .venv/bin/python bench/overhead.py [--subjects 4 --per-subject 8] [--fold-seconds 30 | --epochs N]
-        [--cpu-per-trial N] [--keep DIR]
+        [--cpu-per-trial N] [--keep DIR] [--baseline-repo DIR]
 
 Setup (not timed): a synthetic CASME II-layout set, prepared (DIS flow, Eulerian x3) into the sweep's
 workdir cache, so neither side preprocesses. Model: `microau-tiny`, random weights, k = 1, batch 8;
@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="fixed epochs (no calibration)")
     ap.add_argument("--cpu-per-trial", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--keep", default=None, help="work in this folder and keep it (default: a temp folder)")
+    ap.add_argument("--baseline-repo", default=None,
+                    help="also time (b) with the package of this checkout (e.g. an earlier commit in a `git "
+                         "worktree`): its whole-command wall time, for a before/after")
     args = ap.parse_args()
     ncpu = os.cpu_count() or 1
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="microau-overhead-"))
@@ -109,21 +112,14 @@ def run(args, tmp: Path, ncpu: int) -> dict:
     bare = time.perf_counter() - t0
 
     # (b) the same folds through `microau-sweep run` (a fresh workdir store: everything trains)
-    for sub in ("results", "mlflow.db", "mlartifacts", "reports", "ray_results", "datasets.json", "sweeps.json"):
-        p = tmp / "wd" / sub
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     doc["training"].update(epochs=epochs, lr_step_epoch=lr_step)
     sweep.write_text(yaml.safe_dump(doc))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(sweep), "--json"], cwd=tmp,
-                          env=env, capture_output=True, text=True)
-    swept = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    doc_out = json.loads(proc.stdout)
+    swept, doc_out = run_command(sweep, tmp, REPO)
     timings = doc_out["timings"]
     stored = {t["fold"]: t for t in timings["trials"]}
+    baseline = None
+    if args.baseline_repo:
+        baseline = {"repo": str(args.baseline_repo), "run_s": round(run_command(sweep, tmp, args.baseline_repo)[0], 2)}
 
     bare_fold_s = [f.timings["total_s"] for f in bare_folds]
     out = {"machine": {"cpus": ncpu, "load_average": list(os.getloadavg())},
@@ -132,12 +128,31 @@ def run(args, tmp: Path, ncpu: int) -> dict:
            "bare_s": round(bare, 2), "run_s": round(swept, 2), "ratio": round(swept / bare, 3),
            "bare_fold_s": [round(x, 2) for x in bare_fold_s],
            "run_fold_s": [round(t.get("fold_total_s", float("nan")), 2) for t in stored.values()]}
+    if baseline:
+        out["baseline"] = {**baseline, "ratio": round(baseline["run_s"] / bare, 3)}
     out["per_sweep"] = per_sweep(timings, swept)
     out["per_trial"] = per_trial(list(stored.values()))
     out["unexplained_s"] = round(swept - bare - out["per_sweep"]["fixed_total_s"]
                                  - sum(t.get("fixed_s", 0) for t in stored.values())
                                  - (sum(out["run_fold_s"]) - sum(bare_fold_s)), 2)
     return out
+
+
+def run_command(sweep: Path, tmp: Path, repo) -> tuple:
+    """`python -m orchestrator.cli run SWEEP --json` with `repo`'s package, on a fresh workdir store (the
+    prepared data and prefix caches kept): (wall seconds, its JSON)."""
+    for sub in ("results", "mlflow.db", "mlartifacts", "reports", "ray_results", "datasets.json", "sweeps.json",
+                "run.lock"):
+        p = tmp / "wd" / sub
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(sweep), "--json"], cwd=tmp,
+                          env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"run ({repo}) failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall, json.loads(proc.stdout)
 
 
 def per_sweep(t: dict, swept: float) -> dict:
@@ -180,6 +195,8 @@ def _table(out: dict) -> None:
             for k, v in out["per_trial"][name].items():
                 w(f"  {k:30s} {v}\n")
     w(f"unexplained: {out['unexplained_s']} s\n")
+    if out.get("baseline"):
+        w(f"baseline run ({out['baseline']['repo']}): {out['baseline']['run_s']} s, ratio {out['baseline']['ratio']}\n")
 
 
 if __name__ == "__main__":
