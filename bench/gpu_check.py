@@ -155,7 +155,9 @@ def check(work: Path, args) -> dict:
         out["precision_check"] = precision_check(trial, data, prefix, s["compare_epochs"])
         say(f"precision: {out['precision_check']}")
 
-        # 5. four folds at gpu: 0.25 through the sweep runner
+        # 5. four folds at gpu: 0.25 through the sweep runner (this process's cached GPU memory freed first)
+        if cuda:
+            torch.cuda.empty_cache()
         out["packed"] = packed(spec, out["single_fold"]["fold_s"], cuda)
         say(f"packed: {out['packed']}")
     finally:
