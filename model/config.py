@@ -47,6 +47,10 @@ class TrainConfig(_Strict):
     beta: Optional[float] = Field(None, ge=0)  # Eq. 12 GD weight; None -> per-dataset default
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1'
     threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+    # Arithmetic of the trainable blocks: 'bf16' = bfloat16 autocast of the forward passes (weights, optimiser
+    # state and updates stay fp32); 'fp32'; 'auto' = bf16 on a CUDA device that supports it, fp32 elsewhere
+    # (docs/model.md, "Precision": bf16 predictions stay within 0.02 of fp32's)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 # Paper IV-C: best alpha/beta per dataset (Tables IV, V).

@@ -9,6 +9,7 @@ and an AU is active where its 2-way softmax puts more mass on "active".
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -41,6 +42,30 @@ def resolve_device(name: str) -> torch.device:
         raise FoldError(f"training.device: {name!r} asked for, but torch sees no CUDA device here; "
                         f"use device: auto or cpu")
     return dev
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' on a CUDA device that supports bfloat16, else 'fp32'; 'fp32' / 'bf16' as given."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward passes' context: bfloat16 autocast for 'bf16' (the parameters, their gradients and the
+    optimiser stay fp32: autocast casts weights per op, and softmax, the losses and the norms run in
+    fp32), nothing for 'fp32'."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _fp32(v):
+    if isinstance(v, torch.Tensor):
+        return v.float()
+    if isinstance(v, list):
+        return [_fp32(x) for x in v]
+    return v
 
 
 def _weights(spec) -> Dict[str, float]:
@@ -182,6 +207,7 @@ def fit(spec, data, train_idx: Sequence[int], prefix: Optional[Prefix] = None,
     mcfg, tcfg = spec.model, spec.training
     aus = [int(a) for a in spec.aus]
     device = resolve_device(tcfg.device)
+    precision = resolve_precision(tcfg.precision, device)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     w = _weights(spec)
@@ -212,30 +238,32 @@ def fit(spec, data, train_idx: Sequence[int], prefix: Optional[Prefix] = None,
     gen = torch.Generator().manual_seed(spec.seed)
     t_build = time.perf_counter() - t0
 
-    # train
+    # train: everything stays on the device for the whole fold; each epoch's order (drawn on the CPU
+    # generator) is copied over once, and the loss sums are read back once per epoch, not per step
     t0 = time.perf_counter()
     train_t = torch.from_numpy(train_idx)
     curve: Dict[str, List[float]] = {k: [] for k in ("total", "multitask", "contrastive", "gd")}
     for epoch in range(tcfg.epochs):
         te = time.perf_counter()
         model.train()
-        sums = {k: 0.0 for k in curve}
+        sums = torch.zeros(len(curve), dtype=torch.float64, device=device)  # as Python floats would add
         batches = _batches(len(train_idx), tcfg.batch_size, gen)
-        for b in batches:
-            idx = train_t[b].to(device)
-            terms = step_losses(model, mcfg, tr.vis[idx], [t[idx] for t in tr.tok], tr.labels[idx], au_txt,
-                                glob_txt, tr.glob_idx[idx])
-            loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], w["alpha"], w["beta"])
+        order = train_t[torch.cat(batches)].to(device)
+        for idx in torch.split(order, [len(b) for b in batches]):
+            with autocast(device, precision):
+                terms = step_losses(model, mcfg, tr.vis[idx], [t[idx] for t in tr.tok], tr.labels[idx], au_txt,
+                                    glob_txt, tr.glob_idx[idx])
+                loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], w["alpha"],
+                                         w["beta"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums["total"] += float(loss.detach())
-            for k in ("multitask", "contrastive", "gd"):
-                sums[k] += float(terms[k].detach())
+            sums += torch.stack([loss.detach(), terms["multitask"].detach(), terms["contrastive"].detach(),
+                                 terms["gd"].detach()]).double()
         lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)}  # this epoch's
         sched.step()
-        for k in curve:
-            curve[k].append(sums[k] / len(batches))
+        for k, v in zip(curve, sums.tolist()):
+            curve[k].append(v / len(batches))
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "epochs": tcfg.epochs, **{k: v[-1] for k, v in curve.items()},
                       **lrs, "seconds": time.perf_counter() - te})
@@ -248,14 +276,17 @@ def fit(spec, data, train_idx: Sequence[int], prefix: Optional[Prefix] = None,
 
 
 def evaluate(model: MicroAUCLIP, vis: torch.Tensor, tok: Sequence[torch.Tensor], emotion_features: torch.Tensor,
-             emotion_class: torch.Tensor) -> Dict[str, torch.Tensor]:
+             emotion_class: torch.Tensor, precision: str = "fp32") -> Dict[str, torch.Tensor]:
     """The trained model on samples (frozen visual prefix `vis`, token indices `tok`): the model's outputs
     (final AU features, W_d, PTA weights, logits) plus `probs` (P(active) per AU: the 2-way softmax),
     `mer_scores` (per MER class, the best Eq. 13 score of its label texts) and `best_text`. What a LOSO
-    fold evaluates and what `model.inference` predicts with."""
+    fold evaluates and what `model.inference` predicts with. `precision` ('fp32' | 'bf16', see
+    `resolve_precision`) is the forward pass's; what is returned is fp32 either way."""
     model.eval()
     with torch.no_grad():
-        out = model(vis, tok)
+        with autocast(vis.device, precision):
+            out = model(vis, tok)
+        out = {k: _fp32(v) for k, v in out.items()}  # what is kept and scored is fp32 whatever ran
         probs = torch.softmax(out["logits"], dim=-1)[..., 1]
         text_scores = mer_scores(out["final"], emotion_features)  # Eq. 13, per label text
         scores, best_text = mer_class_scores(text_scores, emotion_class, len(MER_CLASSES))  # best text per class
@@ -297,7 +328,8 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
     ti = torch.from_numpy(test_idx).to(f.device)
     with torch.no_grad():
         emo_feat = model.text_features(emo_txt)
-    out = evaluate(model, te.vis[ti], [t[ti] for t in te.tok], emo_feat, emo_class)
+    precision = resolve_precision(spec.training.precision, f.device)
+    out = evaluate(model, te.vis[ti], [t[ti] for t in te.tok], emo_feat, emo_class, precision)
     probs, scores, best_text = out["probs"], out["mer_scores"], out["best_text"]
     with torch.no_grad():
         au_t = F.normalize(model.text_features(f.au_txt), dim=-1).view(len(aus), 2, -1)
@@ -327,7 +359,8 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
                 "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(test_prefix.emotion_class.tolist(),
                                                                  test_prefix.emotion_texts.texts)],
                 "mer_best_text": best_text.cpu().tolist(),
-                "prefix_key": train_prefix.key, "device": str(f.device), "alpha": w["alpha"], "beta": w["beta"]},
+                "prefix_key": train_prefix.key, "device": str(f.device), "precision": precision,
+                "alpha": w["alpha"], "beta": w["beta"]},
     )
 
 

@@ -52,12 +52,19 @@ def synth(out, layout, subjects, per_subject, seed, intensity, noise):
                    "'006/006_1_2': {aus: '14'}; applied before validation, the sheet is not edited.")
 @click.option("--skip-bad", is_flag=True, help="Skip unusable samples (listed in the summary) instead of "
                                                "stopping with the list of problems and caching nothing.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="CPUs to prepare samples on, one sample per CPU as Ray tasks; 1: in this process "
+                   "[default: every CPU here, or of the cluster with --address; in this process when fewer "
+                   "than 16 samples are left to prepare].")
+@click.option("--address", default=None, help="Ray cluster to prepare the samples on (e.g. auto).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def preprocess(reader, root, sheet, cache_dir, flow, magnification, factor, magnet_weights, predictor,
-               corrections_file, skip_bad, as_json, quiet):
+               corrections_file, skip_bad, workers, address, as_json, quiet):
     """Read, validate and preprocess a dataset (landmarks, magnification, optical flow) into the cache,
-    and print its summary. A second run with nothing changed is a cache hit."""
+    and print its summary. Samples are prepared in parallel as Ray tasks, each kept in the cache as soon as
+    it is done: a run that is stopped goes on where it stopped. A second run with nothing changed is a
+    cache hit."""
     from pydantic import ValidationError
 
     from preprocessing.config import PreprocessConfig
@@ -88,9 +95,17 @@ def preprocess(reader, root, sheet, cache_dir, flow, magnification, factor, magn
             fixes = {"corrections": load_file(corrections_file), "corrections_where": str(corrections_file)}
         else:
             fixes = {"corrections_where": "a corrections file (--corrections FILE.yaml)"}
-        data = prepare_dataset(reader, root, cfg, cache_dir, sheet=sheet,
-                               on_error="skip" if skip_bad else "stop", progress=not quiet and not as_json,
-                               **fixes)
+        from orchestrator.parallel import MIN_SAMPLES, LocalRay, RaySamples
+
+        session = LocalRay(workers, address)
+        asked = bool(workers or address)  # asked for Ray: used whatever the number of samples
+        mapper = None if workers == 1 and not address else RaySamples(session, 0 if asked else MIN_SAMPLES)
+        try:
+            data = prepare_dataset(reader, root, cfg, cache_dir, sheet=sheet,
+                                   on_error="skip" if skip_bad else "stop", progress=not quiet and not as_json,
+                                   map_samples=mapper, **fixes)
+        finally:
+            session.close()
     summary = data.summary()
     if as_json:
         click.echo(json.dumps(summary))

@@ -230,7 +230,9 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
                             dashboard=dashboard, share_name=share_name)
         paths = outcome.state.write_reports()
     if as_json:
-        sys.stdout.write(json.dumps(outcome.state.to_json(outcome.trained, outcome.reused), default=str) + "\n")
+        doc = outcome.state.to_json(outcome.trained, outcome.reused)
+        doc["timings"] = outcome.timings  # where the wall time went (orchestrator.runner.RunTimings)
+        sys.stdout.write(json.dumps(doc, default=str) + "\n")
     else:
         from orchestrator.report import seed_summaries
 

@@ -395,8 +395,12 @@ class TrialConfig(_Strict):
 
 
 def _training_for_hash(train: TrainConfig) -> Dict[str, Any]:
-    # Where it runs and with how many threads does not change what it computes.
-    return {k: v for k, v in train.model_dump(mode="json").items() if k not in ("device", "threads")}
+    # Where it runs and with how many threads does not change what it computes. `precision: auto` follows
+    # the device as `device: auto` does (bf16 on CUDA, fp32 elsewhere, within the tolerance docs/model.md
+    # states), so it is left out too, and folds stored before the field existed keep their key; a
+    # precision set explicitly is part of the hash.
+    d = train.model_dump(mode="json")
+    return {k: v for k, v in d.items() if k not in ("device", "threads") and not (k == "precision" and v == "auto")}
 
 
 def stable_hash(obj: Any) -> str:

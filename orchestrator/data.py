@@ -55,9 +55,11 @@ def data_ids(trial: TrialConfig) -> List[str]:
     return [data_id(trial, name) for name in trial.reads]
 
 
-def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, cached_only: bool = False):
+def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, cached_only: bool = False,
+            map_samples=None):
     """The `PreparedDataset` of `datasets.<name>` under `preprocessing` (a trial's), synthetic data
-    generated first when asked for.
+    generated first when asked for. `map_samples`: how its samples are prepared (orchestrator.parallel
+    .RaySamples: as Ray tasks; default in this process).
 
     cached_only: only what the cache holds (None when the dataset is not prepared): no synthetic data is
     generated and nothing is preprocessed; "key": only the prepared-data key the data has now."""
@@ -80,7 +82,7 @@ def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, ca
     if cached_only:
         return find_prepared(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error, **fixes)
     return prepare_dataset(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error,
-                           progress=progress, **fixes)
+                           progress=progress, map_samples=map_samples, **fixes)
 
 
 def expand_paths(cfg, where: str):
@@ -100,14 +102,15 @@ def expand_paths(cfg, where: str):
 
 
 def prepare_all(spec: SweepSpec, trials: Sequence[TrialConfig], progress: bool = True,
-                cached_only: bool = False) -> Dict[str, object]:
-    """Every prepared dataset the `trials` (the sweep's expansion) read, keyed by `data_id` (cached_only:
-    see `prepare`; a dataset not prepared yet maps to None)."""
+                cached_only: bool = False, map_samples=None) -> Dict[str, object]:
+    """Every prepared dataset the `trials` (the sweep's expansion) read, keyed by `data_id` (cached_only,
+    map_samples: see `prepare`; a dataset not prepared yet maps to None)."""
     out: Dict[str, object] = {}
     for trial in trials:
         for name, key in zip(trial.reads, data_ids(trial)):
             if key not in out:
-                out[key] = prepare(spec, name, trial.preprocessing, progress=progress, cached_only=cached_only)
+                out[key] = prepare(spec, name, trial.preprocessing, progress=progress, cached_only=cached_only,
+                                   map_samples=map_samples)
     return out
 
 

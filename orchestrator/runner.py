@@ -8,6 +8,7 @@ Driver: prepare each dataset once, compute each frozen prefix once, put both in 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -25,12 +27,15 @@ from orchestrator.config import SweepSpec, TrialConfig
 from orchestrator.data import data_id, data_ids, prepare_all, record_prepared
 from orchestrator.trial import dumps, prefix_for, prefix_group, run_fold
 from orchestrator.lock import WorkdirLock
+from orchestrator.parallel import RaySamples
 from orchestrator.plan import Fold, make_plan
 from orchestrator.state import SweepState
 from orchestrator.store import ResultsStore, claim_name, ensure_writable
 from preprocessing.errors import MicroAUError
 
+PROGRESS_EVERY_S = 1.0  # a trial reports its epochs to the driver at most this often (and always the last)
 RESULT_KEY = "fold_result"  # the tune.report key carrying the FoldResult (JSON text), popped by the driver
+TIMING_KEY = "worker_timings"  # the worker's side of a trial's fixed costs (JSON text), popped by the driver
 _MAX_SOCKET_DIR = 60  # Ray's Unix socket paths (<temp>/session_<date>_<pid>/sockets/...) must stay < 108
 
 
@@ -44,17 +49,64 @@ class RunOutcome:
     trained: int = 0
     reused: int = 0
     failed: Dict[str, str] = field(default_factory=dict)  # fold key -> error
+    timings: Dict[str, Any] = field(default_factory=dict)  # RunTimings.summary(): where the wall time went
+
+
+class RunTimings:
+    """Where a run's wall time goes: the sweep's phases (seconds each) and, per trained fold, the driver's
+    view (trial start -> its result stored and tracked) against the worker's (entering the trainable,
+    first imports, the fold's own `total_s`, reporting). `run --json` prints `summary()` as `timings`;
+    bench/overhead.py reads it."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.phases: Dict[str, float] = {}
+        self.trials: Dict[str, Dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
+
+    def trial(self, key: str) -> Dict[str, float]:
+        return self.trials.setdefault(key, {})
+
+    def summary(self) -> Dict[str, Any]:
+        trials = []
+        for key, t in self.trials.items():
+            row = {"fold": key, **{k: round(v, 4) for k, v in t.items() if k not in ("start", "end")}}
+            if "start" in t and "end" in t:
+                row["wall_s"] = round(t["end"] - t["start"], 4)
+                if "entered" in t:  # trial start on the driver -> the trainable entered (same clock locally)
+                    row["to_trainable_s"] = round(t["entered"] - t["start"], 4)
+                if "fold_s" in t:
+                    row["fixed_s"] = round(row["wall_s"] - t["fold_s"], 4)
+            trials.append(row)
+        ended = sorted((t["start"], t["end"]) for t in self.trials.values() if "start" in t and "end" in t)
+        gaps = [round(b[0] - a[1], 4) for a, b in zip(ended, ended[1:])]  # one trial's end -> the next start
+        return {"total_s": round(time.perf_counter() - self.t0, 3), "gaps_between_trials_s": gaps,
+                "phases": {k: round(v, 3) for k, v in self.phases.items()}, "trials": trials}
 
 
 # ------------------------------------------------------------------------------------------------------
 # the trainable (runs in a Ray worker; no MLflow, no store)
 def fold_trainable(config: Dict[str, Any], plan: Dict[str, Dict[str, Any]], datasets: Dict[str, Any],
                    prefixes: Dict[str, Any]) -> None:
+    entered = time.time()
+    t_entered = time.perf_counter()
     import ray
     from ray import tune
 
     # prepared arrays arrive read-only from the object store; the model only reads them
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    first = "model.train" not in sys.modules  # the first fold of this worker process imports torch & model
+    t0 = time.perf_counter()
+    import model.train  # noqa: F401
+
+    t_import = time.perf_counter() - t0
     job = plan[config["fold"]["key"]]
     trial = TrialConfig.model_validate(job["trial"])
     ctx = ray.get_runtime_context()
@@ -62,18 +114,36 @@ def fold_trainable(config: Dict[str, Any], plan: Dict[str, Dict[str, Any]], data
             "hostname": socket.gethostname(), "pid": os.getpid(),
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
 
-    def on_epoch(info: Dict[str, Any]) -> None:  # per-epoch losses, for the live view
-        tune.report({k: v for k, v in info.items() if isinstance(v, (int, float))})
+    last, waited = [0.0], [0.0]
 
+    def on_epoch(info: Dict[str, Any]) -> None:  # per-epoch losses, for the live view
+        # Each report is a round trip to the driver (Tune's function trainable waits until it is taken):
+        # at most one per PROGRESS_EVERY_S, so short epochs do not pay it every time
+        now = time.perf_counter()
+        if now - last[0] < PROGRESS_EVERY_S and info.get("epoch") != info.get("epochs"):
+            return
+        tune.report({k: v for k, v in info.items() if isinstance(v, (int, float))})
+        last[0] = time.perf_counter()
+        waited[0] += last[0] - now
+
+    t_setup = time.perf_counter() - t_entered
+    t0 = time.perf_counter()
     test = job.get("test_data")  # a cross-dataset unit: the test dataset's data id
     result = run_fold(trial, datasets[data_id(trial)], job["subject"], prefix=prefixes.get(job["prefix"]),
                       on_epoch=on_epoch, threads=job.get("threads"), test_data=datasets[test] if test else None,
                       test_prefix=prefixes.get(job.get("test_prefix")))
+    t_fold = time.perf_counter() - t0
     from model.metrics import pooled_metrics
     from model.result import FoldResult
 
+    t0 = time.perf_counter()
     m = pooled_metrics([FoldResult.from_dict(result)], n_boot=1)  # this fold alone, for Tune's own table
-    tune.report({RESULT_KEY: dumps(result), "finished": 1, "fold_f1": m["f1"], "fold_acc": m["acc"],
+    blob = dumps(result)
+    timing = {"entered": entered, "first_in_worker": first, "import_s": t_import, "setup_s": t_setup,
+              "fold_s": t_fold, "fold_total_s": result["timings"].get("total_s"), "epoch_reports_s": waited[0],
+              "report_s": time.perf_counter() - t0}
+    tune.report({RESULT_KEY: blob, TIMING_KEY: json.dumps(timing), "finished": 1, "fold_f1": m["f1"],
+                 "fold_acc": m["acc"],
                  "n_test": len(result["sample_ids"]), **node})
 
 
@@ -117,6 +187,28 @@ def connect(spec: SweepSpec, address: Optional[str], quiet: bool, dashboard: boo
     return True
 
 
+class _RaySession:
+    """`connect` on first call (preparing samples, or scheduling folds), once; `close()` shuts down the Ray
+    this run started or joined."""
+
+    def __init__(self, spec: SweepSpec, address: Optional[str], quiet: bool, dashboard: bool):
+        self.args = (spec, address, quiet, dashboard)
+        self.connected = self.started = False
+
+    def __call__(self) -> None:
+        if not self.connected:
+            spec, address, quiet, dashboard = self.args
+            self.started = connect(spec, address, quiet=quiet, dashboard=dashboard)
+            self.connected = True
+
+    def close(self) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False
+
+
 def check_resources(spec: SweepSpec, address: Optional[str] = None) -> Dict[str, float]:
     """Fail now, with a message saying what to change, when no node can run one fold of the sweep."""
     import ray
@@ -143,23 +235,34 @@ def check_resources(spec: SweepSpec, address: Optional[str] = None) -> Dict[str,
 
 
 # ------------------------------------------------------------------------------------------------------
-def _tune_callback(state: SweepState):
+def _tune_callback(state: SweepState, timings: Optional[RunTimings] = None):
     from ray import tune
+
+    timings = timings or RunTimings()
 
     class FoldCallback(tune.Callback):
         """Driver side: every finished fold goes to the results store, MLflow and the live view."""
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            state.started(trial.config["fold"]["key"])
+            key = trial.config["fold"]["key"]
+            timings.trial(key)["start"] = time.time()
+            state.started(key)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = trial.config["fold"]["key"]
             blob = result.pop(RESULT_KEY, None)  # keep Tune's own trial state small
+            worker = result.pop(TIMING_KEY, None)
             if blob is None:
                 state.progress(key, result)
                 return
             node = {k: result.get(k) for k in ("node_id", "node_ip", "hostname", "pid", "gpu_ids")}
+            t = timings.trial(key)
+            t0 = time.perf_counter()
             state.finished(key, json.loads(blob), node)
+            t["store_and_track_s"] = time.perf_counter() - t0
+            t["end"] = time.time()
+            if worker:
+                t.update({k: float(v) for k, v in json.loads(worker).items() if v is not None})
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             state.retrying(key=trial.config["fold"]["key"], error=_trial_error(trial))
@@ -213,36 +316,65 @@ def _run_locked(spec: SweepSpec, address: Optional[str], *, quiet: bool, progres
     warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     store.check_writable()  # before any work: a fold that cannot be stored is a fold lost
     ensure_writable(workdir / "reports", "reports folder", "the table could not be written at the end")
-    datasets = prepare_all(spec, spec.trials(), progress=progress)
-    record_prepared(spec, datasets, warn)
-    plan = make_plan(spec, datasets, warn, store=store)  # damaged records are set aside, retrained
-    todo = plan.todo
-    started = False
+    session = _RaySession(spec, address, quiet=quiet, dashboard=dashboard)
+    timings = RunTimings()
+    phase = timings.phase
     try:
-        if todo:  # resources are checked before anything is tracked or scheduled
-            started = connect(spec, address, quiet=quiet, dashboard=dashboard)
-            check_resources(spec, address)
-        state = SweepState(plan, tracking=True)  # MLflow experiment and parent runs
-        state.begin(todo)
+        # samples are prepared as Ray tasks (Ray started only when there is something to prepare)
+        with phase("prepare_s"):
+            datasets = prepare_all(spec, spec.trials(), progress=progress, map_samples=RaySamples(session))
+            record_prepared(spec, datasets, warn)
+        with phase("plan_s"):
+            plan = make_plan(spec, datasets, warn, store=store)  # damaged records are set aside, retrained
+        todo = plan.todo
+        # The driver's frozen prefixes (and its first import of torch and the model) are computed in a
+        # thread, and MLflow is imported in another, while Ray starts: none needs the others. MLflow's
+        # store is opened only after the resources are checked (nothing is tracked for a sweep that
+        # cannot run)
+        pool = ThreadPoolExecutor(2, thread_name_prefix="setup") if todo else None
+        try:
+            if todo:
+                started = time.perf_counter()
+                prefix_job = pool.submit(_timed, _prefixes_and_plan, spec, todo, datasets)
+                pool.submit(importlib.import_module, "mlflow")  # a failure shows where it is used
+                with phase("ray_start_s"):  # resources are checked before anything is tracked or scheduled
+                    session()
+                    check_resources(spec, address)
+            with phase("tracking_start_s"):
+                state = SweepState(plan, tracking=True)  # MLflow experiment and parent runs
+                state.begin(todo)
+            if todo:
+                with phase("prefix_wait_s"):
+                    (prefixes, jobs), timings.phases["prefix_s"] = prefix_job.result()
+                timings.phases["driver_setup_s"] = time.perf_counter() - started  # the three, overlapped
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         if todo:
-            prefixes, jobs = _prefixes_and_plan(spec, todo, datasets)
-            tuner = _tuner(spec, todo, jobs, datasets, prefixes, state)
+            with phase("object_store_put_s"):  # tune.with_parameters: data and prefixes put once
+                tuner = _tuner(spec, todo, jobs, datasets, prefixes, state, timings)
             try:
                 with (view(state) if view else contextlib.nullcontext()), _tune_interrupt_notice(spec), \
-                        _stdout_to(workdir / "logs" / "tune.log"):
+                        _stdout_to(workdir / "logs" / "tune.log"), phase("fit_s"):
                     tuner.fit()
             finally:
-                state.close()
+                with phase("tracking_close_s"):
+                    state.close()
         else:
-            state.close()
-        state.log_figures()  # on the MLflow parents of the complete points, where new
+            with phase("tracking_close_s"):
+                state.close()
+        with phase("figures_s"):
+            state.log_figures()  # on the MLflow parents of the complete points, where new
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        with phase("ray_shutdown_s"):
+            session.close()
     return RunOutcome(state=state, trained=state.trained, reused=len(plan.folds) - len(todo),
-                      failed=dict(state.errors))
+                      failed=dict(state.errors), timings=timings.summary())
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    return fn(*args), time.perf_counter() - t
 
 
 def _prefixes_and_plan(spec: SweepSpec, todo: List[Fold], datasets: Dict[str, Any]):
@@ -328,7 +460,8 @@ def _tune_interrupt_notice(spec: SweepSpec):
         log.removeFilter(notice)
 
 
-def _tuner(spec: SweepSpec, todo: List[Fold], plan, datasets, prefixes, state: SweepState):
+def _tuner(spec: SweepSpec, todo: List[Fold], plan, datasets, prefixes, state: SweepState,
+           timings: Optional[RunTimings] = None):
     """One Tune trial per fold to train. Each trial's config names its fold (key, dataset, point, seed,
     subject) and its last result carries the fold's F1/ACC, so Ray's own tools (`ExperimentAnalysis`,
     `ResultGrid.get_dataframe()`) show a real table; the experiment folder is `<workdir>/ray_results/
@@ -344,7 +477,7 @@ def _tuner(spec: SweepSpec, todo: List[Fold], plan, datasets, prefixes, state: S
         storage_path=str((spec.workdir_path() / "ray_results").resolve()),
         failure_config=tune.FailureConfig(max_failures=spec.retries),
         # ours first: it takes the FoldResult out of the last result before the loggers write it
-        callbacks=[_tune_callback(state), JsonLoggerCallback(), CSVLoggerCallback()],
+        callbacks=[_tune_callback(state, timings), JsonLoggerCallback(), CSVLoggerCallback()],
         verbose=0,
     )
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent,

@@ -7,15 +7,24 @@ with it), landmarks mapped by the same crop offset and scale. A missing apex (no
 estimated first (`estimate_apex`). The result is cached in `cache_dir` under a hash of the annotation
 sheet's bytes, the corrections, the frame files (path relative to the root, size, mtime), the
 preprocessing config, the predictor/weights files (name, size) and SCHEMA_VERSION.
+
+Each sample is prepared into a piece of its own (`prepare_piece`: pure, one sample in, its flow image and
+landmarks out), written atomically under `<cache_dir>/pieces/` by a key of that sample's content
+(`piece_key`) as soon as it is done, so a run that is stopped (Ctrl-C, a crash, SIGKILL) keeps every
+finished sample and the next run prepares only the rest. `prepare_dataset` maps `prepare_piece` over the
+samples in this process, or through a `map_samples` function it is given (the orchestrator's runs them as
+Ray tasks), then assembles the prepared dataset in sheet order, writes it atomically and removes the pieces.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -42,12 +51,18 @@ SCHEMA_VERSION = 4
 ESTIMATE_SIZE = 128
 
 
+# path -> bytes of frame files shipped with a `prepare_piece` call (a worker on a machine that does not see the
+# dataset's folder); `load_frame` reads them instead of the file, and names the file in its messages.
+_SHIPPED: Dict[str, bytes] = {}
+
+
 def load_frame(sample: Sample, number: int) -> np.ndarray:
     """One frame as an RGB uint8 image (grey frames are repeated to 3 channels). A file that does not decode
     whole (a JPEG cut short included) is a SampleProblem, never filled in."""
     path = sample.frames[number]
+    shipped = _SHIPPED.get(str(path))
     try:
-        return read_image(path)
+        return read_image(io.BytesIO(shipped) if shipped is not None else path)
     except DatasetError:
         raise
     except Exception as e:  # UnidentifiedImageError, truncated data, ...
@@ -137,6 +152,45 @@ def estimate_apex(sample: Sample, cfg: PreprocessConfig) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
+# One sample -> one piece
+# ---------------------------------------------------------------------------------------------------
+def prepare_piece(sample: Sample, cfg: PreprocessConfig, frames: Optional[Dict[str, bytes]] = None,
+                  threads: Optional[int] = None) -> Dict[str, Any]:
+    """Prepare one sample: its apex estimated first when the sheet gives none, then `process_sample`.
+
+    -> {"flow": float32 (3, size, size), "landmarks": float32 (68, 2), "apex": the apex frame used,
+    "estimated": whether it was estimated}, or {"problem": reason} for an unusable sample (a
+    `SampleProblem`; anything else raises). Pure: it reads the sample's frames and writes nothing, so
+    it runs the same in this process or as a task elsewhere. `frames`: the bytes of the frame files by
+    path (`frame_bytes`), read instead of the files (a worker that does not see the dataset's folder);
+    `threads`: OpenCV's (and torch's, for learned magnification) threads in this process, where a
+    worker runs one sample per CPU. The output does not depend on either."""
+    if threads:
+        cv2.setNumThreads(int(threads))
+        if cfg.magnification.method == "learned":
+            import torch
+            torch.set_num_threads(int(threads))
+    _SHIPPED.update(frames or {})
+    try:
+        estimated = sample.apex_missing
+        if estimated:
+            sample = dataclasses.replace(sample, apex=estimate_apex(sample, cfg))
+        flow, lm = process_sample(sample, cfg)
+    except SampleProblem as p:
+        return {"problem": p.reason}
+    finally:
+        for k in frames or {}:
+            _SHIPPED.pop(k, None)
+    return {"flow": flow, "landmarks": lm, "apex": int(sample.apex), "estimated": bool(estimated)}
+
+
+def frame_bytes(sample: Sample, cfg: PreprocessConfig) -> Dict[str, bytes]:
+    """The bytes of every frame file `prepare_piece` reads for `sample`, by path (to ship with a task)."""
+    return {str(sample.frames[n]): sample.frames[n].read_bytes()
+            for n in _frames_read(sample, mag.needs_clip(cfg.magnification))}
+
+
+# ---------------------------------------------------------------------------------------------------
 # Cache key
 # ---------------------------------------------------------------------------------------------------
 def _relative(path: Path, root: Path) -> str:
@@ -219,11 +273,30 @@ def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, roo
     for s in samples:
         read = [[n, _relative(s.frames[n], root), digests.digest(s.frames[n])] for n in _frames_read(s, clip)]
         h.update(json.dumps([s.id, s.row, sorted(s.frames), read]).encode())
+    h.update(json.dumps(_model_stamps(cfg)).encode())
+    return h.hexdigest()[:20]
+
+
+def _model_stamps(cfg: PreprocessConfig) -> List:
     extra = [_model_stamp(predictor_path(cfg.predictor))]
     if cfg.magnification.method == "learned" and cfg.magnification.weights:
         extra.append(_model_stamp(Path(cfg.magnification.weights).expanduser()))
-    h.update(json.dumps(extra).encode())
-    return h.hexdigest()[:20]
+    return extra
+
+
+def piece_key(sample: Sample, cfg: PreprocessConfig, digests: Optional[FrameDigests] = None,
+              models: Optional[List] = None) -> str:
+    """sha256 over what one sample's piece is computed from: SCHEMA_VERSION, the preprocessing config and
+    model files (as in `cache_key`), the sample's onset/apex/offset and the content of every frame the
+    pipeline reads. Not its AUs, emotion, id or paths: a piece is reused wherever the same frames are
+    prepared the same way. `models`: `_model_stamps(cfg)`, when already known."""
+    digests = digests or FrameDigests()
+    read = [[n, digests.digest(sample.frames[n])]
+            for n in _frames_read(sample, mag.needs_clip(cfg.magnification))]
+    head = {"schema": SCHEMA_VERSION, "config": _config_for_key(cfg),
+            "models": models if models is not None else _model_stamps(cfg),
+            "frames": [sample.onset, sample.apex, sample.offset, sample.apex_missing], "read": read}
+    return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _config_for_key(cfg: PreprocessConfig) -> dict:
@@ -238,35 +311,114 @@ def cache_path(cache_dir, reader: str, key: str) -> Path:
     return Path(cache_dir).expanduser() / f"prepared-{reader}-{key}.npz"
 
 
-def _problems_error(problems: Sequence[SampleProblem], total: int) -> DatasetError:
+PIECES = "pieces"  # <cache_dir>/pieces/<piece key>.npz: one prepared sample each, until assembled
+_STALE_TMP_S = 3600  # a temp file of a piece this old was left by a killed run: removed at assembly
+
+# map_samples(fn, jobs) -> (index, fn(**jobs[index])) for every job, in any order: how `prepare_dataset` runs
+# `prepare_piece` over the samples to prepare (default `serial_map`, in this process). A mapper that runs
+# jobs in other processes adds `frames=frame_bytes(sample, cfg)` and `threads=` (see `prepare_piece`).
+# Closing the iterator (a stop on the first problem, Ctrl-C) must cancel what is still running.
+MapSamples = Callable[[Callable[..., Dict[str, Any]], List[Dict[str, Any]]], Iterable[Tuple[int, Dict[str, Any]]]]
+
+
+def serial_map(fn, jobs: List[Dict[str, Any]]) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """The samples one after another in this process (OpenCV's own threads use every core)."""
+    for i, job in enumerate(jobs):
+        yield i, fn(**job)
+
+
+def piece_path(cache_dir, key: str) -> Path:
+    return Path(cache_dir).expanduser() / PIECES / f"{key}.npz"
+
+
+def _write_piece(path: Path, key: str, piece: Dict[str, Any]) -> None:
+    """Atomically (temp file, then rename): a run killed while writing leaves no file under this name."""
+    meta = {"key": key, "apex": piece["apex"], "estimated": piece["estimated"], "schema": SCHEMA_VERSION}
+    with atomic_file(path) as f:
+        np.savez(f, flow=np.asarray(piece["flow"], np.float32), landmarks=np.asarray(piece["landmarks"], np.float32),
+                 meta=np.array(json.dumps(meta)))
+
+
+def _read_piece(path: Path, key: str, size: int) -> Optional[Dict[str, Any]]:
+    """The finished piece at `path`, or None when there is none; one that does not read back whole, or
+    is not the piece of `key` at this size, is removed (and the sample prepared again)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            flow, lm = z["flow"], z["landmarks"]
+        ok = (meta.get("key") == key and flow.shape == (3, size, size) and flow.dtype == np.float32
+              and lm.shape == (68, 2) and lm.dtype == np.float32)
+    except Exception:  # torn, foreign, not an npz
+        ok = False
+    if not ok:
+        path.unlink(missing_ok=True)
+        return None
+    return {"flow": flow, "landmarks": lm, "apex": int(meta["apex"]), "estimated": bool(meta["estimated"])}
+
+
+def _remove_pieces(paths: Iterable[Path]) -> None:
+    """After the dataset is written: its pieces, stale temp files of killed runs, the folder if empty."""
+    folder = None
+    for path in paths:
+        folder = path.parent
+        path.unlink(missing_ok=True)
+    if folder is None or not folder.is_dir():
+        return
+    now = time.time()
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > _STALE_TMP_S:
+                tmp.unlink()
+        except OSError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # pieces of another dataset or run
+
+
+def _problems_error(problems: Sequence[SampleProblem], total: int, kept: int = 0) -> DatasetError:
     lines = [str(p) for p in problems[:50]]
     more = f"\n... and {len(problems) - 50} more" if len(problems) > 50 else ""
+    cached = (f"The dataset was not cached; the {kept} sample(s) prepared so far are kept and not prepared "
+              f"again." if kept else "Nothing was cached.")
     return DatasetError(f"{len(problems)} of {total} samples cannot be used:\n" + "\n".join(lines) + more +
-                        "\nFix them, or skip bad samples (--skip-bad / on_error: skip). Nothing was cached.")
+                        f"\nFix them, or skip bad samples (--skip-bad / on_error: skip). {cached}")
 
 
 # ---------------------------------------------------------------------------------------------------
 def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, cache_dir=".microau/cache",
                     *, sheet=None, on_error: Literal["stop", "skip"] = "stop", progress: bool = True,
-                    corrections: Optional[Dict] = None, corrections_where: Optional[str] = None
+                    corrections: Optional[Dict] = None, corrections_where: Optional[str] = None,
+                    map_samples: Optional[MapSamples] = None, stats: Optional[Dict[str, Any]] = None
                     ) -> PreparedDataset:
     """Read, validate and preprocess a dataset, or load it from the cache when nothing changed.
 
     on_error="stop": any bad sample raises a DatasetError listing every problem (file, row, sample), and
-    nothing is cached. on_error="skip": bad samples are left out and listed in `skipped`.
+    the dataset is not cached. on_error="skip": bad samples are left out and listed in `skipped`.
     corrections: {sample id: {onset?, apex?, offset?, aus?}} applied to the sheet's rows before
     validation (`preprocessing.corrections`), part of the key, listed in `corrected`; corrections_where
     names where they come from in messages (default `datasets.<reader>.corrections`).
     A missing apex is estimated (listed in `apex_estimated`); an offset past the sample's last frame is
     a warning (listed in `warnings`).
+    map_samples: runs `prepare_piece` over the samples to prepare (MapSamples; default in this process).
+    Each finished sample is kept as a piece at once, so a stopped run loses no finished sample.
+    stats: a dict filled with what was done: samples, prepared (this run), reused (pieces of an earlier
+    run), cache_hit, seconds.
     """
     if on_error not in ("stop", "skip"):
         raise DatasetError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
+    t_start = time.perf_counter()
     cfg = cfg or PreprocessConfig()
+    stats = {} if stats is None else stats
     samples, corrected, key, path, digests = _locate(reader, root, cfg, cache_dir, sheet, corrections,
                                                      corrections_where)
     cached = _cached(path, samples, on_error) if path.is_file() else None
     if cached is not None:
+        stats.update(samples=len(cached.sample_ids), prepared=0, reused=0, cache_hit=True,
+                     seconds=time.perf_counter() - t_start)
         return cached
 
     good, problems = validate_samples(samples, clip=mag.needs_clip(cfg.magnification),
@@ -275,43 +427,59 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
         raise _problems_error(problems, len(samples))
     warnings = sample_warnings(good, corrections_where)
 
-    flows, lms, done, estimated = [], [], [], []
+    models = _model_stamps(cfg)
+    keys = [piece_key(s, cfg, digests, models) for s in good]
+    paths = [piece_path(cache_dir, k) for k in keys]
+    pieces: Dict[int, Dict[str, Any]] = {}
+    for i, (k, pp) in enumerate(zip(keys, paths)):
+        found = _read_piece(pp, k, cfg.size)
+        if found is not None:
+            pieces[i] = found
+    reused = len(pieces)
+    todo = [i for i in range(len(good)) if i not in pieces]
+    failed: Dict[int, SampleProblem] = {}
     bar = _progress(progress)
     with bar:
-        task = bar.add_task(f"preprocess {reader}", total=len(good))
-        for s in good:
-            try:
-                note = None
-                if s.apex_missing:
-                    note = {"sample": s.id, "apex": None, "sheet": s.raw_frames[1]}
-                    s = dataclasses.replace(s, apex=estimate_apex(s, cfg))
-                    note["apex"] = s.apex
-                f, lm = process_sample(s, cfg)
-            except SampleProblem as p:
-                problems.append(p)
-                if on_error == "stop":
-                    raise _problems_error(problems, len(samples)) from None
-            else:
-                flows.append(f)
-                lms.append(lm)
-                done.append(s)
-                if note:
-                    estimated.append(note)
-            bar.advance(task)
+        task = bar.add_task(f"preprocess {reader}", total=len(good), completed=reused)
+        results = (map_samples or serial_map)(prepare_piece, [{"sample": good[i], "cfg": cfg} for i in todo])
+        try:
+            for j, piece in results:
+                i = todo[j]
+                if "problem" in piece:
+                    failed[i] = SampleProblem(good[i], piece["problem"])
+                    if on_error == "stop":
+                        raise _problems_error(problems + [failed[i]], len(samples), len(pieces))
+                else:
+                    _write_piece(paths[i], keys[i], piece)
+                    pieces[i] = piece
+                bar.advance(task)
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # a stop or Ctrl-C: what still runs elsewhere is cancelled
+    problems = problems + [failed[i] for i in sorted(failed)]
+    done = [i for i in range(len(good)) if i in pieces]
     if not done:
         raise _problems_error(problems, len(samples)) if problems else DatasetError(
             f"{root}: no samples to prepare")
-    kept = {s.id for s in done}
+    estimated = [{"sample": good[i].id, "apex": pieces[i]["apex"], "sheet": good[i].raw_frames[1]}
+                 for i in done if pieces[i]["estimated"]]
+    kept = {good[i].id for i in done}
     data = PreparedDataset(
-        reader=reader, key=key, sample_ids=[s.id for s in done], subjects=[s.subject for s in done],
-        flow=np.stack(flows).astype(np.float32), landmarks=np.stack(lms).astype(np.float32),
-        au_sets=[list(s.aus) for s in done], emotions=[s.emotion for s in done], mer=[s.mer for s in done],
+        reader=reader, key=key, sample_ids=[good[i].id for i in done], subjects=[good[i].subject for i in done],
+        flow=np.stack([pieces[i]["flow"] for i in done]).astype(np.float32),
+        landmarks=np.stack([pieces[i]["landmarks"] for i in done]).astype(np.float32),
+        au_sets=[list(good[i].aus) for i in done], emotions=[good[i].emotion for i in done],
+        mer=[good[i].mer for i in done],
         skipped=[{"sample": p.sample.id, "reason": str(p)} for p in problems],
         apex_estimated=estimated,
         warnings=[{"sample": w.sample.id, "warning": str(w)} for w in warnings if w.sample.id in kept],
         corrected=corrected)
     data.save(path)
     digests.save()
+    _remove_pieces(paths)
+    stats.update(samples=len(done), prepared=len(todo), reused=reused, cache_hit=False,
+                 seconds=time.perf_counter() - t_start)
     return data
 
 

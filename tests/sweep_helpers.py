@@ -52,7 +52,7 @@ def fake_training(setattr, subjects=("006", "007", "008"), data_key="datakey", c
 
     calls = {"prepared": 0, "trained": 0} if calls is None else calls
 
-    def prepare_all(spec, trials, progress=True):
+    def prepare_all(spec, trials, progress=True, **kw):
         calls["prepared"] += 1
         return {data_id(t): SimpleNamespace(key=data_key, subjects=list(subjects)) for t in trials}
 
@@ -70,7 +70,7 @@ def fake_training(setattr, subjects=("006", "007", "008"), data_key="datakey", c
     setattr(runner, "connect", lambda *a, **k: False)
     setattr(runner, "check_resources", lambda *a, **k: {})
     setattr(runner, "_prefixes_and_plan", lambda spec, todo, datasets: ({}, {}))
-    setattr(runner, "_tuner", lambda spec, todo, plan, datasets, prefixes, state: Tuner(todo, state))
+    setattr(runner, "_tuner", lambda spec, todo, plan, datasets, prefixes, state, *a: Tuner(todo, state))
     return calls
 
 

@@ -163,6 +163,10 @@ def test_device_and_threads_do_not_change_the_hash(tmp_path):
     a = load_sweep(write(tmp_path, doc)).trials()[0]
     b = load_sweep(write(tmp_path, {**doc, "training": {"device": "cpu", "threads": 1}})).trials()[0]
     assert a.hash == b.hash
+    # precision auto follows the device (bf16 on CUDA); a precision set explicitly is part of the hash
+    c = load_sweep(write(tmp_path, {**doc, "training": {"precision": "auto"}})).trials()[0]
+    d = load_sweep(write(tmp_path, {**doc, "training": {"precision": "bf16"}})).trials()[0]
+    assert c.hash == a.hash != d.hash
 
 
 @pytest.mark.parametrize("patch,needle", [

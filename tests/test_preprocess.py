@@ -411,7 +411,9 @@ def test_cache_hit_and_key(tiny_casme2, tmp_path, monkeypatch):
     assert pipeline.cache_key("casme2", read_casme2(moved), _cfg(), moved) != first.key
 
 
-def test_failed_run_leaves_no_cache(tiny_casme2, tmp_path, monkeypatch):
+def test_interrupted_run_keeps_finished_samples_only(tiny_casme2, tmp_path, monkeypatch):
+    """Ctrl-C on the third sample: no prepared dataset, the two finished samples kept as pieces; the next
+    run prepares only the other two and gives what an uninterrupted run gives, then removes the pieces."""
     real, calls = pipeline.process_sample, []
 
     def dies_on_third(sample, cfg):
@@ -420,10 +422,40 @@ def test_failed_run_leaves_no_cache(tiny_casme2, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the user presses Ctrl-C mid-run
         return real(sample, cfg)
 
+    cache = tmp_path / "cache"
     monkeypatch.setattr(pipeline, "process_sample", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        prepare_dataset("casme2", tiny_casme2, _cfg(), tmp_path / "cache", progress=False)
-    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+        prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False)
+    assert not list(cache.glob("prepared-*")) and len(list((cache / pipeline.PIECES).glob("*.npz"))) == 2
+    first_two = calls[:2]
+    calls.clear()
+    monkeypatch.setattr(pipeline, "process_sample", lambda s, c: calls.append(s.id) or real(s, c))
+    stats = {}
+    data = prepare_dataset("casme2", tiny_casme2, _cfg(), cache, progress=False, stats=stats)
+    assert len(calls) == 2 and not set(calls) & set(first_two) and stats["reused"] == 2
+    assert not (cache / pipeline.PIECES).exists()  # assembled: the pieces are gone
+    whole = prepare_dataset("casme2", tiny_casme2, _cfg(), tmp_path / "other", progress=False)
+    assert data.sample_ids == whole.sample_ids and np.array_equal(data.flow, whole.flow)
+    assert np.array_equal(data.landmarks, whole.landmarks) and data.key == whole.key
+
+
+def test_damaged_piece_is_prepared_again(tiny_casme2, tmp_path, monkeypatch):
+    """A piece that does not read back whole (or is another sample's) is removed and prepared again."""
+    from preprocessing.annotations import read_casme2
+
+    cfg, cache = _cfg(), tmp_path / "cache"
+    samples = read_casme2(tiny_casme2)
+    keys = [pipeline.piece_key(s, cfg) for s in samples]
+    piece = pipeline.prepare_piece(samples[0], cfg)
+    pipeline._write_piece(pipeline.piece_path(cache, keys[0]), keys[0], piece)
+    pipeline.piece_path(cache, keys[1]).write_bytes(b"torn")
+    pipeline._write_piece(pipeline.piece_path(cache, keys[2]), "another-key", piece)  # a foreign file
+    calls = []
+    real = pipeline.process_sample
+    monkeypatch.setattr(pipeline, "process_sample", lambda s, c: calls.append(s.id) or real(s, c))
+    data = prepare_dataset("casme2", tiny_casme2, cfg, cache, progress=False)
+    assert sorted(calls) == sorted(s.id for s in samples[1:])
+    assert np.array_equal(data.flow[0], piece["flow"])
 
 
 def test_save_is_atomic(prepared_casme2, tmp_path, monkeypatch):
@@ -438,3 +470,40 @@ def test_save_is_atomic(prepared_casme2, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         prepared_casme2.save(target)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["d.npz"]
+
+
+@pytest.mark.slow
+def test_killed_run_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    """`preprocess` SIGKILLed once some samples are done (TV-L1: about a second each): no prepared dataset,
+    no piece but whole ones; the next run prepares only the others and equals an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from preprocessing.synth import generate
+
+    root = generate(tmp_path / "casme2", layout="casme2", subjects=2, per_subject=3, seed=5)
+    cache, cfg = tmp_path / "cache", PreprocessConfig(flow="tvl1")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "preprocess", "--reader", "casme2",
+                             "--root", str(root), "--cache-dir", str(cache), "--workers", "1", "--quiet"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while len(list((cache / pipeline.PIECES).glob("*.npz"))) < 2 and time.time() < deadline:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = sorted(p.name for p in (cache / pipeline.PIECES).glob("*.npz"))
+    assert 2 <= len(kept) < 6 and not list(cache.glob("prepared-*"))
+    calls = []
+    real = pipeline.process_sample
+    monkeypatch.setattr(pipeline, "process_sample", lambda s, c: calls.append(s.id) or real(s, c))
+    stats = {}
+    data = prepare_dataset("casme2", root, cfg, cache, progress=False, stats=stats)
+    assert len(calls) == 6 - len(kept) and stats["reused"] == len(kept)
+    whole = prepare_dataset("casme2", root, cfg, tmp_path / "whole", progress=False)
+    assert data.key == whole.key and np.array_equal(data.flow, whole.flow)
+    assert np.array_equal(data.landmarks, whole.landmarks)

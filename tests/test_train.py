@@ -54,6 +54,17 @@ def test_loso_is_repeatable_bit_for_bit(data, prefix, loso):
     assert not np.array_equal(other_seed.probs, loso[0].probs)
 
 
+def test_bf16_autocast_stays_within_tolerance_of_fp32(data, prefix, loso):
+    """`precision: bf16` (what `auto` gives on CUDA), run here with CPU autocast: the same fold's P(active)
+    within 0.02 of fp32's (docs/model.md, "Precision"), the same decisions; `auto` on CPU is fp32."""
+    r = train_fold(_spec(precision="bf16"), data, "sub01", prefix=prefix)
+    assert r.extras["precision"] == "bf16" and loso[0].extras["precision"] == "fp32"
+    assert r.probs.dtype == np.float32 and r.features.dtype == np.float32
+    assert np.abs(r.probs - loso[0].probs).max() <= 0.02
+    assert ((r.probs > 0.5) == (loso[0].probs > 0.5)).all()
+    assert not np.array_equal(r.probs, loso[0].probs)  # it did run in bf16
+
+
 def test_test_labels_and_emotions_are_never_read(data, prefix, loso):
     """Scramble the held-out subject's AU labels and everyone's emotion labels: the predictions do not move."""
     from dataclasses import replace
