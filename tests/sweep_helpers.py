@@ -98,7 +98,7 @@ def inprocess_training(setattr, calls=None):
 
     setattr(runner, "connect", lambda *a, **k: False)
     setattr(runner, "check_resources", lambda *a, **k: {})
-    setattr(runner, "_tuner", lambda spec, todo, jobs, datasets, prefixes, state:
+    setattr(runner, "_tuner", lambda spec, todo, jobs, datasets, prefixes, state, *a:
             Tuner(todo, jobs, datasets, prefixes, state))
     return calls
 
