@@ -40,10 +40,9 @@ from safetensors.torch import save as safetensors_bytes
 from model import backbone
 from model.config import ModelConfig
 from model.lsi import au_token_indices, landmark_groups
-from model.mer import mer_predict
 from model.net import MicroAUCLIP
 from model.prefix import visual_features
-from model.result import au_decisions
+from model.result import Decisions
 from model.text import MER_CLASSES
 from model.train import Fitted, FoldError, evaluate, fit, resolve_device
 from preprocessing.atomic import atomic_file
@@ -189,24 +188,14 @@ def check_package(folder) -> Dict[str, Any]:
 
 
 @dataclass
-class Predictions:
-    """What `AUModel.predict` returns, one row per clip."""
+class Predictions(Decisions):
+    """What `AUModel.predict` returns, one row per clip; `.preds` and `.mer_preds` decide as a LOSO fold does."""
     sample_ids: List[str]
     aus: List[int]
     probs: np.ndarray  # float32 (S, A): P(active) per AU
     mer_classes: List[str]
     mer_scores: np.ndarray  # float32 (S, C): per MER class, the best Eq. 13 score of its label texts
     best_text: List[int]  # index of each clip's best label text (AUModel.mer_texts)
-
-    @property
-    def preds(self) -> np.ndarray:
-        """AU decisions, as a LOSO fold makes them (`model.result.au_decisions`)."""
-        return au_decisions(self.probs)
-
-    @property
-    def mer_preds(self) -> List[str]:
-        """Eq. 13's class per clip (MaxME)."""
-        return mer_predict(self.mer_scores, self.mer_classes) if len(self.mer_scores) else []
 
 
 class AUModel:

@@ -19,8 +19,24 @@ def au_decisions(probs) -> np.ndarray:
     return (np.asarray(probs) > 0.5).astype(np.uint8)
 
 
+class Decisions:
+    """AU decisions and MER classes of anything with `probs`, `mer_scores` and `mer_classes` (a fold's
+    results, a model's predictions): one rule for both."""
+
+    @property
+    def preds(self) -> np.ndarray:
+        """AU decision (`au_decisions`)."""
+        return au_decisions(self.probs)
+
+    @property
+    def mer_preds(self) -> List[str]:
+        """Eq. 13 argmax per sample (model.mer.mer_predict)."""
+        from model.mer import mer_predict
+        return mer_predict(self.mer_scores, self.mer_classes) if len(self.mer_scores) else []
+
+
 @dataclass
-class FoldResult:
+class FoldResult(Decisions):
     test_subject: str
     seed: int
     aus: List[int]
@@ -38,17 +54,6 @@ class FoldResult:
     # e.g. text_similarity (Table III TextSi), mer_texts ([class, text] of the R label texts) and
     # mer_best_text (each sample's best text)
     extras: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def preds(self) -> np.ndarray:
-        """AU decision (`au_decisions`)."""
-        return au_decisions(self.probs)
-
-    @property
-    def mer_preds(self) -> List[str]:
-        """Eq. 13 argmax per sample (model.mer.mer_predict)."""
-        from model.mer import mer_predict
-        return mer_predict(self.mer_scores, self.mer_classes) if len(self.mer_scores) else []
 
     def to_dict(self) -> Dict[str, Any]:
         return {
