@@ -9,7 +9,7 @@ synthetic and the backbone's weights are random (speed does not depend on them).
 Steps (each timed): generate a synthetic CASME II-layout set and prepare it (DIS flow, Eulerian x3: the
 GPU figures do not depend on the flow method); the dense matmul rate of the device (bf16 8192^3 on CUDA,
 fp32 on CPU); the FLOPs of one cached training step (torch's FlopCounterMode, forward + backward); one
-fold in this process (`orchestrator.trial.run_fold`, what a trial runs) at `precision: auto` (bf16 on
+fold in this process (`orchestrator.execution.trainable.run_fold`, what a trial runs) at `precision: auto` (bf16 on
 CUDA): step time, fold time, achieved TFLOP/s against the matmul rate, peak GPU memory; the same fold
 for a few epochs in fp32 and in auto precision: the largest difference in P(active) and the step-time
 ratio; then `run_sweep` on four folds at `resources: {cpu: C, gpu: 0.25}` (Ray Tune, MLflow): whether
@@ -110,12 +110,12 @@ def check(work: Path, args) -> dict:
                "resources": {"cpu": s["cpu_per_fold"], "gpu": 0.25}, "retries": 0}
         sweep = work / "gpu-check.yaml"
         sweep.write_text(yaml.safe_dump(doc))
-        from orchestrator.config import load_sweep
-        from orchestrator.data import prepare
-        from orchestrator.parallel import RaySamples
+        from orchestrator.spec.resolved import load_sweep
+        from orchestrator.planning.data import prepare
+        from orchestrator.execution.parallel import RaySamples
 
         spec = load_sweep(sweep)
-        trial = spec.trials()[0]
+        trial = spec.trials[0]
         t = time.perf_counter()
         mapper = None if args.tiny else RaySamples(lambda: None)  # --tiny: 12 samples, in this process
         data = prepare(spec, "casme2", trial.preprocessing, progress=False, map_samples=mapper)
@@ -126,10 +126,10 @@ def check(work: Path, args) -> dict:
         # 2. the device's matmul rate and the FLOPs of one training step
         out["matmul"] = matmul_rate(device)
         say(f"matmul {out['matmul']}")
-        from orchestrator.trial import prefix_for, run_fold
+        from orchestrator.execution.trainable import prefix_for, run_fold
 
         t = time.perf_counter()
-        prefix = prefix_for(trial, data, spec.workdir_path() / "cache", device=device)
+        prefix = prefix_for(trial, data, spec.paths.workdir / "cache", device=device)
         out["prefix_s"] = round(time.perf_counter() - t, 1)
         step_flops = count_step_flops(trial, data, prefix, device)
 
@@ -237,7 +237,7 @@ def count_step_flops(trial, data, prefix, device: str) -> float:
 def precision_check(trial, data, prefix, epochs: int) -> dict:
     import numpy as np
 
-    from orchestrator.trial import run_fold
+    from orchestrator.execution.trainable import run_fold
 
     import torch
 
@@ -259,7 +259,7 @@ def precision_check(trial, data, prefix, epochs: int) -> dict:
 
 def packed(spec, single_fold_s: float, cuda: bool) -> dict:
     """`run_sweep` on the sweep's four folds at gpu: 0.25; peak device memory sampled while it runs."""
-    from orchestrator.runner import run_sweep
+    from orchestrator.execution.runner import run_sweep
 
     peak = [0.0]
     stop = threading.Event()
@@ -298,9 +298,9 @@ def packed(spec, single_fold_s: float, cuda: bool) -> dict:
 
 
 def _records(spec):
-    from orchestrator.store import ResultsStore
+    from orchestrator.planning.store import ResultsStore
 
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     return [store.get(k) for k in store.keys()]
 
 

@@ -14,7 +14,7 @@ epochs are calibrated so that one fold trains for about --fold-seconds on this m
     imports, Ray start, Tune, MLflow in the workdir's SQLite store, reports), the sweep asking for
     `resources.cpu` = --cpu-per-trial (default every CPU: one fold at a time at every thread, as (a)).
 
-The breakdown comes from `run --json`'s `timings` (orchestrator.runner.RunTimings): per sweep the
+The breakdown comes from `run --json`'s `timings` (orchestrator.execution.runner.RunTimings): per sweep the
 phases (Ray start, MLflow set-up and close, frozen prefix, the object-store put of data and prefixes,
 Tune's fit) and the command's own start-up (its wall minus the run's); per trial the driver's wall
 (trial start -> result stored and tracked) against the fold itself, split into getting to the
@@ -79,19 +79,19 @@ def run(args, tmp: Path, ncpu: int) -> dict:
            "model": {"arch": "microau-tiny", "pretrained": "none", "trainable_blocks": 1},
            "training": {"epochs": 1, "batch_size": 8, "threads": threads, "device": "cpu"},
            "resources": {"cpu": threads, "gpu": 0}, "retries": 0}
-    from orchestrator.config import load_sweep
-    from orchestrator.data import prepare
+    from orchestrator.spec.resolved import load_sweep
+    from orchestrator.planning.data import prepare
 
     sweep = tmp / "overhead.yaml"
     sweep.write_text(yaml.safe_dump(doc))
     spec = load_sweep(sweep)
-    data = prepare(spec, "casme2", spec.trials()[0].preprocessing, progress=False)  # cached for (b) too
+    data = prepare(spec, "casme2", spec.trials[0].preprocessing, progress=False)  # cached for (b) too
     subjects = sorted(set(data.subjects))
 
     from model import compute_prefix, loso, train_fold
 
     torch.set_num_threads(ncpu)
-    trial = spec.trials()[0]
+    trial = spec.trials[0]
     epochs = args.epochs
     calibration = None
     if epochs is None:  # one short fold: seconds per epoch at these settings

@@ -9,7 +9,7 @@ on 1..N CPUs, the cost of each stage of one sample, and a cache hit.
 A synthetic CASME II-layout set (preprocessing.synth: 320x240 frames, a ~200-pixel face crop) is generated
 in a temp folder; every measurement prepares it into a fresh cache. Modes:
 - `serial`: in this process, OpenCV at its default threads (what `preprocess --workers 1` and `fold` do);
-- `ray_N`: `orchestrator.parallel.RaySamples` on a local Ray of N CPUs, one sample per task and CPU at one
+- `ray_N`: `orchestrator.execution.parallel.RaySamples` on a local Ray of N CPUs, one sample per task and CPU at one
   OpenCV thread (what `run` and `preprocess` do). Ray's start and the first sample of each worker (imports,
   dlib's model) are timed apart (`ray_start_s`, `worker_warmup_s`); the per-config walls are warm.
 `learned` magnification runs the network with random weights: its own time does not depend on them, but
@@ -121,7 +121,7 @@ def _timed_prepare(root, tmp, flow, mag, weights, mode, mapper):
 def _ray_runs(root, tmp, configs, weights, n, cold=False):
     import ray
 
-    from orchestrator.parallel import RaySamples
+    from orchestrator.execution.parallel import RaySamples
 
     import logging
 

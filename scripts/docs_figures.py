@@ -5,7 +5,7 @@
     .venv/bin/python scripts/docs_figures.py sweeps/quickstart.yaml --set workdir=$WD \
         --set datasets.casme2.root=$WD/data
 
-One figure of each kind, from the stored folds like `report --figures` (orchestrator/figures.py), at 80 dpi
+One figure of each kind, from the stored folds like `report --figures` (orchestrator/reporting/figures.py), at 80 dpi
 and with a 128-colour palette so each stays small; Fig. 5 shows one sample per AU (the report: two).
 """
 from __future__ import annotations
@@ -31,12 +31,12 @@ def main(argv=None) -> None:
 
     from PIL import Image
 
-    from orchestrator import figures
-    from orchestrator.cli_sweep import _plan_from_store
-    from orchestrator.config import load_sweep
-    from orchestrator.state import state_from_store
+    from orchestrator.reporting import figures
+    from orchestrator.cli.sweep import plan_from_store
+    from orchestrator.spec.resolved import load_sweep
+    from orchestrator.reporting.results import results_from_store as state_from_store
 
-    state = state_from_store(_plan_from_store(load_sweep(args.sweep, args.overrides), strict=True))
+    state = state_from_store(plan_from_store(load_sweep(args.sweep, args.overrides), strict=True))
     g = next(g for g in state.groups.values() if g.trial.point == 0 and figures.complete(g))
     crops = figures._CropCache(state, print)
     drawn = {

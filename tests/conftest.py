@@ -10,6 +10,10 @@ import pytest  # noqa: E402
 
 from helpers import TEST_PREPROCESS  # noqa: E402
 
+from orchestrator.cli import logs  # noqa: E402
+
+logs.install()  # library warnings print as the CLI prints them, so tests read them where users do
+
 
 @pytest.fixture(scope="session")
 def synth_casme2(tmp_path_factory):

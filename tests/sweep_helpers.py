@@ -6,14 +6,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from orchestrator.data import data_id
+from orchestrator.planning.data import data_id
 
 AUS = [2, 4, 7, 12]
 
 
 def by_data_id(spec, subjects_by_dataset, keys_by_dataset):
     """Per-dataset subjects and prepared-data keys -> the mappings `expand` takes (keyed by data id)."""
-    ids = {data_id(t): t.dataset for t in spec.trials()}
+    ids = {data_id(t): t.dataset for t in spec.trials}
     return ({i: subjects_by_dataset[n] for i, n in ids.items()}, {i: keys_by_dataset[n] for i, n in ids.items()})
 
 
@@ -43,63 +43,103 @@ def fake_result(subject: str, seed: int = 0, n: int = 5, text_similarity=None) -
                       {"text_similarity": {str(a): float(v) for a, v in zip(AUS, text_similarity)}}).to_dict()
 
 
-def fake_training(setattr, subjects=("006", "007", "008"), data_key="datakey", calls=None):
-    """Make `run_sweep` (and so `microau-sweep run`) run without data, Ray or training: every dataset
-    has `subjects`, and the "tuner" finishes each fold to train with `fake_result` through the same
-    SweepState events the Tune callback sends. `setattr` is monkeypatch.setattr (or builtins.setattr in
-    a subprocess). Returns a dict counting prepared datasets and trained folds."""
-    import orchestrator.runner as runner
+class FakeBackend:
+    """A `Backend` (orchestrator.execution.runner) without data, Ray or training: every dataset has
+    `subjects`, and each fold to train finishes at once with `fake_result`, through the same SweepState
+    events the Tune callback sends. Constructed like `RayTuneBackend` (so it can stand in for it)."""
+
+    subjects = ("006", "007", "008")
+    data_key = "datakey"
+    calls = {"prepared": 0, "trained": 0}
+    real_data = False  # True: the datasets are prepared for real (real keys and subjects), training is fake
+
+    def __init__(self, sweep, address=None, **kw):
+        self.sweep = sweep
+
+    def prepare(self, sweep, trials):
+        self.calls["prepared"] += 1
+        if self.real_data:
+            from orchestrator.planning.data import prepare_all
+
+            return prepare_all(sweep, trials, progress=False)
+        return {data_id(t): SimpleNamespace(key=self.data_key, subjects=list(self.subjects)) for t in trials}
+
+    def start(self):
+        pass
+
+    def inputs(self, sweep, todo, datasets):
+        from orchestrator.execution.runner import FoldInputs
+
+        return FoldInputs(prefixes={}, jobs={})
+
+    def run(self, sweep, todo, inputs, datasets, state, timings):
+        for f in todo:
+            state.started(f.key)
+            state.finished(f.key, fake_result(f.subject), {"node_id": "fake", "hostname": "here"})
+            self.calls["trained"] += 1
+
+    def close(self):
+        pass
+
+
+def fake_training(setattr, subjects=("006", "007", "008"), data_key="datakey", calls=None, real_data=False):
+    """Make `run_sweep` (and so `microau-sweep run`) use a FakeBackend in place of Ray Tune (`setattr` is
+    monkeypatch.setattr, or builtins.setattr in a subprocess). Returns a dict counting prepared datasets
+    and trained folds."""
+    import orchestrator.execution.runner as runner
 
     calls = {"prepared": 0, "trained": 0} if calls is None else calls
-
-    def prepare_all(spec, trials, progress=True, **kw):
-        calls["prepared"] += 1
-        return {data_id(t): SimpleNamespace(key=data_key, subjects=list(subjects)) for t in trials}
-
-    class Tuner:
-        def __init__(self, todo, state):
-            self.todo, self.state = todo, state
-
-        def fit(self):
-            for f in self.todo:
-                self.state.started(f.key)
-                self.state.finished(f.key, fake_result(f.subject), {"node_id": "fake", "hostname": "here"})
-                calls["trained"] += 1
-
-    setattr(runner, "prepare_all", prepare_all)
-    setattr(runner, "connect", lambda *a, **k: False)
-    setattr(runner, "check_resources", lambda *a, **k: {})
-    setattr(runner, "_prefixes_and_plan", lambda spec, todo, datasets: ({}, {}))
-    setattr(runner, "_tuner", lambda spec, todo, plan, datasets, prefixes, state, *a: Tuner(todo, state))
+    fake = type("Fake", (FakeBackend,), {"subjects": tuple(subjects), "data_key": data_key, "calls": calls,
+                                         "real_data": real_data})
+    setattr(runner, "RayTuneBackend", fake)
     return calls
 
 
+class InProcessBackend:
+    """A `Backend` that trains for real without Ray: the datasets are prepared in this process, and the
+    folds to train run one after another through `run_fold` (what a trial runs) on the driver's
+    prepared data and prefixes, reaching the SweepState through the events the Tune callback sends."""
+
+    calls = {"trained": 0}
+
+    def __init__(self, sweep, address=None, progress=True, **kw):
+        self.progress = progress
+
+    def prepare(self, sweep, trials):
+        from orchestrator.planning.data import prepare_all
+
+        return prepare_all(sweep, trials, progress=self.progress)
+
+    def start(self):
+        pass
+
+    def inputs(self, sweep, todo, datasets):
+        from orchestrator.execution.runner import fold_inputs
+
+        return fold_inputs(sweep, todo, datasets)
+
+    def run(self, sweep, todo, inputs, datasets, state, timings):
+        from orchestrator.execution.trainable import run_fold
+
+        for f in todo:
+            job = inputs.jobs[f.key]
+            state.started(f.key)
+            result = run_fold(job.trial, datasets[job.data], job.subject, prefix=inputs.prefixes[job.prefix],
+                              threads=1, on_epoch=lambda info, key=f.key: state.progress(key, info))
+            state.finished(f.key, result, {"node_id": "in-process", "hostname": "here"})
+            self.calls["trained"] += 1
+
+    def close(self):
+        pass
+
+
 def inprocess_training(setattr, calls=None):
-    """Make `run_sweep` train for real, without Ray: the folds to train run one after another in this
-    process through `run_fold` (what a trial runs) on the driver's prepared data and prefixes, and reach
-    the SweepState through the events the Tune callback sends. Returns a dict counting trained folds."""
-    import orchestrator.runner as runner
-    from orchestrator.trial import run_fold
+    """Make `run_sweep` use an InProcessBackend in place of Ray Tune. Returns a dict counting trained
+    folds."""
+    import orchestrator.execution.runner as runner
 
     calls = {"trained": 0} if calls is None else calls
-
-    class Tuner:
-        def __init__(self, todo, jobs, datasets, prefixes, state):
-            self.todo, self.jobs, self.datasets, self.prefixes, self.state = todo, jobs, datasets, prefixes, state
-
-        def fit(self):
-            for f in self.todo:
-                self.state.started(f.key)
-                result = run_fold(f.trial, self.datasets[data_id(f.trial)], f.subject,
-                                  prefix=self.prefixes[self.jobs[f.key]["prefix"]], threads=1,
-                                  on_epoch=lambda info, key=f.key: self.state.progress(key, info))
-                self.state.finished(f.key, result, {"node_id": "in-process", "hostname": "here"})
-                calls["trained"] += 1
-
-    setattr(runner, "connect", lambda *a, **k: False)
-    setattr(runner, "check_resources", lambda *a, **k: {})
-    setattr(runner, "_tuner", lambda spec, todo, jobs, datasets, prefixes, state, *a:
-            Tuner(todo, jobs, datasets, prefixes, state))
+    setattr(runner, "RayTuneBackend", type("InProcess", (InProcessBackend,), {"calls": calls}))
     return calls
 
 

@@ -12,8 +12,9 @@ import yaml
 from pydantic import BaseModel
 
 from model.config import DATASET_DEFAULTS, ModelConfig, TrainConfig
-from orchestrator.config import ConfigError, load_sweep
-from orchestrator.plan import expand
+from orchestrator.spec.resolved import load_sweep
+from orchestrator.errors import ConfigError
+from orchestrator.planning.plan import expand
 from sweep_helpers import by_data_id
 from preprocessing.config import PreprocessConfig
 
@@ -39,10 +40,10 @@ def write(tmp_path: Path, doc: dict, name: str = "sweep.yaml") -> Path:
 
 def test_expansion_datasets_points_variants_seeds_subjects(tmp_path):
     spec = load_sweep(write(tmp_path, BASE))
-    points = spec.points()
+    points = spec.points
     assert len(points) == 2 * 3  # variants x grid
     assert {p.label for p in points} >= {"full,training.beta=0.2", "no_gsd,training.beta=0.6"}
-    trials = spec.trials()
+    trials = spec.trials
     assert len(trials) == 2 * 6 * 2  # datasets x points x seeds
     subjects = {"c": ["sub01", "sub02", "sub03"], "s": ["006", "007", "008", "009"]}
     folds = expand(spec, *by_data_id(spec, subjects, {"c": "kc", "s": "ks"}))
@@ -58,17 +59,17 @@ def test_expansion_datasets_points_variants_seeds_subjects(tmp_path):
 def test_dataset_defaults_fill_alpha_beta_unless_set(tmp_path):
     doc = {**BASE, "grid": {}, "variants": {}, "seeds": [1]}
     spec = load_sweep(write(tmp_path, doc))
-    by = {t.dataset: t for t in spec.trials()}
+    by = {t.dataset: t for t in spec.trials}
     assert by["c"].training.alpha == DATASET_DEFAULTS["casme2"]["alpha"]
     assert by["s"].training.beta == DATASET_DEFAULTS["samm"]["beta"]
     doc["datasets"]["c"]["overrides"] = {"training.alpha": 0.2}
     spec = load_sweep(write(tmp_path, doc))
-    assert {t.dataset: t for t in spec.trials()}["c"].training.alpha == 0.2
+    assert {t.dataset: t for t in spec.trials}["c"].training.alpha == 0.2
 
 
 def _hash_in_subprocess(path: Path) -> str:
-    code = ("from orchestrator.config import load_sweep; "
-            f"print(','.join(t.hash for t in load_sweep({str(path)!r}).trials()))")
+    code = ("from orchestrator.spec.resolved import load_sweep; "
+            f"print(','.join(t.hash for t in load_sweep({str(path)!r}).trials))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                          check=True)
@@ -77,12 +78,12 @@ def _hash_in_subprocess(path: Path) -> str:
 
 def test_hash_stable_across_runs_and_processes(tmp_path):
     path = write(tmp_path, BASE)
-    here = ",".join(t.hash for t in load_sweep(path).trials())
-    assert here == ",".join(t.hash for t in load_sweep(path).trials())
+    here = ",".join(t.hash for t in load_sweep(path).trials)
+    assert here == ",".join(t.hash for t in load_sweep(path).trials)
     assert here == _hash_in_subprocess(path)
     # key order in the YAML does not matter
     reordered = {k: BASE[k] for k in reversed(list(BASE))}
-    assert here == ",".join(t.hash for t in load_sweep(write(tmp_path, reordered, "r.yaml")).trials())
+    assert here == ",".join(t.hash for t in load_sweep(write(tmp_path, reordered, "r.yaml")).trials)
 
 
 def _alternatives(annotation, current):
@@ -130,7 +131,7 @@ def _leaf_fields(cls: type[BaseModel], prefix: str):
                                          ("training", TrainConfig)])
 def test_hash_sensitive_to_every_parameter(tmp_path, section, cls):
     doc = {"name": "h", "datasets": {"c": {"reader": "casme2", "root": "/x"}}}
-    base = load_sweep(write(tmp_path, doc)).trials()[0]
+    base = load_sweep(write(tmp_path, doc)).trials[0]
     changed = 0
     for key, ann in _leaf_fields(cls, section):
         if key in ("training.device", "training.threads"):
@@ -141,7 +142,7 @@ def test_hash_sensitive_to_every_parameter(tmp_path, section, cls):
         for alt in _alternatives(ann, current):
             d = {**doc, "grid": {key: [alt]}}
             try:
-                t = load_sweep(write(tmp_path, d)).trials()[0]
+                t = load_sweep(write(tmp_path, d)).trials[0]
             except ConfigError:
                 continue  # not a valid value for this field; try the next candidate
             assert t.hash != base.hash, f"{key}={alt!r} does not change the config hash"
@@ -151,21 +152,21 @@ def test_hash_sensitive_to_every_parameter(tmp_path, section, cls):
             raise AssertionError(f"found no valid alternative value for {key}")
     assert changed >= 5
     # seed and AU list are part of the hash too
-    t2 = load_sweep(write(tmp_path, {**doc, "seeds": [2]})).trials()[0]
+    t2 = load_sweep(write(tmp_path, {**doc, "seeds": [2]})).trials[0]
     assert t2.hash != base.hash
     t3 = load_sweep(write(tmp_path, {**doc, "datasets": {"c": {"reader": "casme2", "root": "/x",
-                                                               "aus": [2, 4, 7, 12]}}})).trials()[0]
+                                                               "aus": [2, 4, 7, 12]}}})).trials[0]
     assert t3.hash != base.hash
 
 
 def test_device_and_threads_do_not_change_the_hash(tmp_path):
     doc = {"name": "h", "datasets": {"c": {"reader": "casme2", "root": "/x"}}}
-    a = load_sweep(write(tmp_path, doc)).trials()[0]
-    b = load_sweep(write(tmp_path, {**doc, "training": {"device": "cpu", "threads": 1}})).trials()[0]
+    a = load_sweep(write(tmp_path, doc)).trials[0]
+    b = load_sweep(write(tmp_path, {**doc, "training": {"device": "cpu", "threads": 1}})).trials[0]
     assert a.hash == b.hash
     # precision auto follows the device (bf16 on CUDA); a precision set explicitly is part of the hash
-    c = load_sweep(write(tmp_path, {**doc, "training": {"precision": "auto"}})).trials()[0]
-    d = load_sweep(write(tmp_path, {**doc, "training": {"precision": "bf16"}})).trials()[0]
+    c = load_sweep(write(tmp_path, {**doc, "training": {"precision": "auto"}})).trials[0]
+    d = load_sweep(write(tmp_path, {**doc, "training": {"precision": "bf16"}})).trials[0]
     assert c.hash == a.hash != d.hash
 
 
@@ -205,17 +206,44 @@ def test_errors_name_file_and_key(tmp_path, patch, needle):
 
 
 def test_unset_root_variable_is_named(tmp_path, monkeypatch):
-    from orchestrator.data import dataset_root
-
+    """An unset `${VAR}` in a dataset root is kept as its error: loading works (plan, report), using the
+    root names the variable. The sweep is resolved once: the environment at load time is what it holds."""
     monkeypatch.delenv("MICROAU_TEST_ROOT", raising=False)
     path = write(tmp_path, {"name": "e", "datasets": {"c": {"reader": "casme2",
                                                              "root": "${MICROAU_TEST_ROOT}/c"}}})
-    spec = load_sweep(path)
-    with pytest.raises(ConfigError, match="MICROAU_TEST_ROOT is not set") as e:
-        dataset_root(spec, "c")
-    assert "datasets.c.root" in str(e.value)
+    sweep = load_sweep(path)
+    for _ in range(2):  # raised each time it is used
+        with pytest.raises(ConfigError, match="MICROAU_TEST_ROOT is not set") as e:
+            sweep.datasets["c"].root
+        assert "datasets.c.root" in str(e.value)
     monkeypatch.setenv("MICROAU_TEST_ROOT", str(tmp_path))
-    assert dataset_root(spec, "c") == tmp_path / "c"
+    with pytest.raises(ConfigError, match="MICROAU_TEST_ROOT is not set"):
+        sweep.datasets["c"].root  # resolved at load
+    assert load_sweep(path).datasets["c"].root == tmp_path / "c"
+
+
+def test_the_resolved_sweep_holds_every_path_once(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("MICROAU_TEST_WD", str(tmp_path / "wd"))
+    path = write(tmp_path, {"name": "e", "workdir": "${MICROAU_TEST_WD}",
+                            "datasets": {"c": {"reader": "casme2", "root": "/x"}}})
+    sweep = load_sweep(path)
+    monkeypatch.delenv("MICROAU_TEST_WD")
+    wd = tmp_path / "wd"
+    assert sweep.paths.workdir == wd and sweep.paths.results == wd / "results" and sweep.paths.cache == wd / "cache"
+    assert sweep.paths.manifest == wd / "datasets.json" and sweep.paths.lock == wd / "run.lock"
+    assert sweep.tracking_uri == f"sqlite:///{(wd / 'mlflow.db').resolve()}" and sweep.experiment == "e"
+    assert isinstance(sweep.trials, tuple) and len(sweep.trials) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sweep.trials = ()  # type: ignore[misc]
+    assert sweep.with_tracking_uri("http://127.0.0.1:5000").tracking_uri == "http://127.0.0.1:5000"
+    monkeypatch.delenv("MICROAU_TEST_URI", raising=False)
+    unset = write(tmp_path, {"name": "u", "tracking": {"uri": "${MICROAU_TEST_URI}"},
+                             "datasets": {"c": {"reader": "casme2", "root": "/x"}}}, "u.yaml")
+    later = load_sweep(unset)  # loads (report needs no tracking) ...
+    with pytest.raises(ConfigError, match="MICROAU_TEST_URI is not set"):
+        later.tracking_uri  # ... and names the variable where the URI is used
 
 
 def test_subjects_not_in_data_is_an_error(tmp_path):
@@ -229,7 +257,7 @@ def test_shipped_sweeps_validate(path, monkeypatch):
     for var in ("CASME2_ROOT", "SAMM_ROOT", "MICROAU_MAGNET_WEIGHTS"):
         monkeypatch.setenv(var, "/data")
     spec = load_sweep(path)
-    assert spec.trials()
+    assert spec.trials
 
 
 def _shipped(name, monkeypatch):
@@ -260,15 +288,15 @@ def test_ablation_rows_change_one_thing_from_the_full_model(name, literal, monke
     the paper's numbers (w/o LSI == global OrigCL) is an extra point, labelled, and the same point (same
     hash) in both files."""
     spec = _shipped(name, monkeypatch)
-    full = _shipped("main", monkeypatch).trials("casme2")[0]
-    trials = spec.trials("casme2")
+    full = _shipped("main", monkeypatch).trials_of("casme2")[0]
+    trials = spec.trials_of("casme2")
     literal_trials = [t for t in trials if not (t.variant or "").startswith(READING)]
     assert [_changes(t, full) for t in literal_trials] == literal
     readings = [t for t in trials if (t.variant or "").startswith(READING)]
     assert [(t.variant, _changes(t, full)) for t in readings] == [
         ("paper_numbers_reading_lsi_off_global_origcl", {"model.lsi": False, "model.contrastive": "global_origcl"})]
     other = "contrastive" if name == "lsi_gsd" else "lsi_gsd"
-    assert readings[0].hash in {t.hash for t in _shipped(other, monkeypatch).trials("casme2")}
+    assert readings[0].hash in {t.hash for t in _shipped(other, monkeypatch).trials_of("casme2")}
 
 
 @pytest.mark.parametrize("name,key,values", [("text_encoder", "model.text", ["fixed", "finetune"]),
@@ -278,11 +306,11 @@ def test_tables_iii_iv_vi_run_on_the_full_model_and_the_add_mlp_reading(name, ke
     """Each grid value runs on the full model (the text's reading: only the grid key changes) and, as a
     labelled extra point, on Add+MLP (their default rows equal Table VII's Add+MLP numbers)."""
     spec = _shipped(name, monkeypatch)
-    full = _shipped("main", monkeypatch).trials("casme2")[0]
+    full = _shipped("main", monkeypatch).trials_of("casme2")[0]
     section, field = key.split(".")
     want = [(v, {key: v} if getattr(getattr(full, section), field) != v else {}) for v in values]
     got = {}
-    for t in spec.trials("casme2"):
+    for t in spec.trials_of("casme2"):
         got.setdefault(t.variant, []).append((getattr(getattr(t, section), field), _changes(t, full)))
     assert got == {"full": want,
                    "paper_numbers_reading_add_mlp": [(v, {**c, "model.dependency": "add_mlp"}) for v, c in want]}
@@ -291,14 +319,14 @@ def test_tables_iii_iv_vi_run_on_the_full_model_and_the_add_mlp_reading(name, ke
 def test_grid_over_preprocessing_prepares_each_setting_once(tiny_casme2, tmp_path):
     """A grid may vary preprocessing.*: each setting is its own prepared dataset, with its own key."""
     from helpers import TEST_PREPROCESS
-    from orchestrator.data import data_id, prepare_all
+    from orchestrator.planning.data import data_id, prepare_all
 
     doc = {"name": "flows", "workdir": str(tmp_path / "wd"),
            "datasets": {"c": {"reader": "casme2", "root": str(tiny_casme2)}},
            "preprocessing": TEST_PREPROCESS, "grid": {"preprocessing.flow": ["dis", "farneback"],
                                                       "training.beta": [0.2, 0.4]}}
     spec = load_sweep(write(tmp_path, doc))
-    datasets = prepare_all(spec, spec.trials(), progress=False)
+    datasets = prepare_all(spec, spec.trials, progress=False)
     assert len(datasets) == 2  # two flow methods; beta does not touch the data
     assert len({d.key for d in datasets.values()}) == 2
     folds = expand(spec, {i: d.subjects for i, d in datasets.items()}, {i: d.key for i, d in datasets.items()})
@@ -310,23 +338,23 @@ def test_grid_over_preprocessing_prepares_each_setting_once(tiny_casme2, tmp_pat
 
 def test_workdir_that_is_a_file_is_named(tmp_path):
     (tmp_path / "wd").write_text("not a folder")
-    spec = load_sweep(write(tmp_path, {"name": "e", "workdir": str(tmp_path / "wd"),
-                                       "datasets": {"c": {"reader": "casme2", "root": "/x"}}}))
+    path = write(tmp_path, {"name": "e", "workdir": str(tmp_path / "wd"),
+                            "datasets": {"c": {"reader": "casme2", "root": "/x"}}})
     with pytest.raises(ConfigError, match="workdir: .*wd is a file, not a folder"):
-        spec.workdir_path()
+        load_sweep(path)  # the workdir is resolved (and checked) once, when the sweep is loaded
 
 
 def test_set_overrides_change_the_effective_config_and_its_hash(tmp_path):
     doc = {"name": "o", "datasets": {"c": {"reader": "casme2", "root": "/x"}}, "training": {"epochs": 5}}
     path = write(tmp_path, doc)
-    base = load_sweep(path).trials()[0]
+    base = load_sweep(path).trials[0]
     spec = load_sweep(path, ["training.epochs=2", "model.gsd=false", "seeds=[3, 4]",
                              "datasets.c.root=/elsewhere", "resources.cpu=2"])
-    t = spec.trials()[0]
+    t = spec.trials[0]
     assert t.training.epochs == 2 and t.model.gsd is False and spec.seeds == [3, 4]
-    assert spec.datasets["c"].root == "/elsewhere" and spec.resources.cpu == 2
+    assert spec.datasets["c"].root == Path("/elsewhere") and spec.resources.cpu == 2
     assert t.hash != base.hash
-    assert load_sweep(path, ["training.epochs=5"]).trials()[0].hash == base.hash  # same value, same hash
+    assert load_sweep(path, ["training.epochs=5"]).trials[0].hash == base.hash  # same value, same hash
     assert yaml.safe_load(path.read_text()) == doc  # the file itself is untouched
 
 

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from helpers import fake_prepared
-from orchestrator.config import ConfigError, load_sweep
+from orchestrator.spec.resolved import load_sweep
+from orchestrator.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = [2, 4, 7, 12]
@@ -35,7 +36,7 @@ def write(tmp_path: Path, **over) -> Path:
 # -- the schema ---------------------------------------------------------------------------------------
 def test_one_trial_per_pair_point_and_seed_on_the_shared_aus(tmp_path):
     spec = load_sweep(write(tmp_path, variants={"full": {}, "no_gsd": {"model.gsd": False}}, seeds=[1, 2]))
-    trials = spec.trials()
+    trials = spec.trials
     assert len(trials) == 2 * 2 * 2
     assert {t.dataset for t in trials} == {"casme2->samm", "samm->casme2"}
     for t in trials:
@@ -45,15 +46,15 @@ def test_one_trial_per_pair_point_and_seed_on_the_shared_aus(tmp_path):
         # alpha/beta: the paper's defaults of the dataset trained on
         assert (t.training.alpha, t.training.beta) == ((0.6, 1.0) if t.train == "casme2" else (1.0, 0.6))
     assert len({t.hash for t in trials}) == len(trials)  # direction, point and seed all change the hash
-    assert spec.trials("casme2->samm") == [t for t in trials if t.train == "casme2"]
+    assert spec.trials_of("casme2->samm") == [t for t in trials if t.train == "casme2"]
     with pytest.raises(ConfigError, match=r"no cross-dataset pair 'casme2'; the file has \['casme2->samm', "):
-        spec.trials("casme2")
+        spec.trials_of("casme2")
 
 
 def test_a_loso_trial_hashes_as_before_the_protocol_existed(tmp_path):
     """LOSO folds stored by earlier versions stay valid: a LOSO trial's hashed part has no cross key."""
     spec = load_sweep(write(tmp_path, cross_dataset=None))
-    t = spec.trials("samm")[0]
+    t = spec.trials_of("samm")[0]
     assert not t.cross and t.reads == ["samm"]
     assert set(t.scientific()) == {"reader", "aus", "seed", "preprocessing", "model", "training"}
 
@@ -109,7 +110,7 @@ def test_a_bad_cross_dataset_section_is_an_error_line_of_every_command(tmp_path,
 
 def test_a_dataset_aus_list_bounds_the_shared_aus(tmp_path):
     ds = {"casme2": {"reader": "casme2", "root": "c", "aus": [2, 4, 12, 14]}, "samm": {"reader": "samm", "root": "s"}}
-    assert load_sweep(write(tmp_path, datasets=ds)).trials()[0].aus == [2, 4, 12]
+    assert load_sweep(write(tmp_path, datasets=ds)).trials[0].aus == [2, 4, 12]
     with pytest.raises(ConfigError, match=r"AU 7 not among the AUs of datasets.casme2 \(\[2, 4, 12, 14\]: its "
                                           r"`aus:`\)"):
         load_sweep(write(tmp_path, datasets=ds, cross_dataset={"pairs": [{"train": "casme2", "test": "samm"}],
@@ -119,8 +120,8 @@ def test_a_dataset_aus_list_bounds_the_shared_aus(tmp_path):
 def test_the_shipped_cross_dataset_sweeps_read():
     for name in ("cross_dataset", "cross_quickstart"):
         spec = load_sweep(REPO / "sweeps" / f"{name}.yaml")
-        assert [t.dataset for t in spec.trials()] == ["casme2->samm", "samm->casme2"]
-        assert all(t.aus == SHARED for t in spec.trials())
+        assert [t.dataset for t in spec.trials] == ["casme2->samm", "samm->casme2"]
+        assert all(t.aus == SHARED for t in spec.trials)
 
 
 # -- the model: one training path ------------------------------------------------------------------------
@@ -221,9 +222,9 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
     from mlflow import MlflowClient
 
     from model.metrics import pooled_metrics
-    from orchestrator.data import prepare
-    from orchestrator.runner import run_sweep
-    from orchestrator.store import ResultsStore
+    from orchestrator.planning.data import prepare
+    from orchestrator.execution.runner import run_sweep
+    from orchestrator.planning.store import ResultsStore
 
     spec = load_sweep(QUICKSTART, _small(tmp_path))
     (tmp_path / "wd").mkdir()
@@ -232,10 +233,10 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
     assert first.trained == 2 and first.reused == 0 and not first.failed
 
     # the stored units: every test sample of the other dataset, its subjects and labels on AUs 2, 4, 7, 12
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     records = {store.get(k)["meta"]["dataset"]: store.get(k) for k in store.keys()}
     assert sorted(records) == ["casme2->samm", "samm->casme2"]
-    data = {n: prepare(spec, n, spec.trials()[0].preprocessing, progress=False) for n in ("casme2", "samm")}
+    data = {n: prepare(spec, n, spec.trials[0].preprocessing, progress=False) for n in ("casme2", "samm")}
     for label, rec in records.items():
         train, test = label.split("->")
         meta, r = rec["meta"], store.result(rec["key"])
@@ -255,7 +256,7 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
         assert sorted(row["per_au"]) == SHARED
 
     # MLflow: a parent per (pair, point, seed), a child per unit, with its predictions
-    client = MlflowClient(spec.tracking_uri())
+    client = MlflowClient(spec.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("cross_quickstart").experiment_id])
     parents = {r.data.tags["dataset"]: r for r in runs if r.data.tags.get("microau.kind") == "parent"}
     children = [r for r in runs if r.data.tags.get("microau.kind") == "fold"]

@@ -1,4 +1,4 @@
-"""Figures from a sweep's stored folds (orchestrator/figures.py): `report --figures` draws each figure as a
+"""Figures from a sweep's stored folds (orchestrator/reporting/figures.py): `report --figures` draws each figure as a
 PNG without training, Fig. 5 draws the stored PTA weights at the tokens of the stored landmarks over the
 re-read apex crop, and `run` logs the figures on the MLflow parents and each fold's loss terms per epoch
 on its child run, once.
@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from helpers import TEST_PREPROCESS
-from orchestrator.config import load_sweep
-from orchestrator.runner import run_sweep
+from orchestrator.spec.resolved import load_sweep
+from orchestrator.execution.runner import run_sweep
 from sweep_helpers import inprocess_training
 
 pytestmark = pytest.mark.slow
@@ -67,15 +67,15 @@ def sweep(synth_casme2, prepared_casme2, mlflow_db_template, tmp_path_factory):
 
 
 def state_of(path, overrides=()):
-    from orchestrator.cli_sweep import _plan_from_store
-    from orchestrator.state import state_from_store
+    from orchestrator.cli.sweep import plan_from_store
+    from orchestrator.reporting.results import results_from_store as state_from_store
 
-    return state_from_store(_plan_from_store(load_sweep(path, overrides), strict=True))
+    return state_from_store(plan_from_store(load_sweep(path, overrides), strict=True))
 
 
 def copy_workdir(sweep, tmp_path, mlflow_db_template):
     """The sweep with a copy of its workdir (stored folds, prepared data) and an empty MLflow store."""
-    wd = load_sweep(sweep).workdir_path()
+    wd = load_sweep(sweep).paths.workdir
     copy = tmp_path / "wd"
     copy.mkdir()
     for name in ("results", "cache", "datasets.json", "sweeps.json"):
@@ -88,12 +88,12 @@ def copy_workdir(sweep, tmp_path, mlflow_db_template):
 def no_training(monkeypatch):
     """Any training call fails the test."""
     import model.train
-    import orchestrator.trial
+    import orchestrator.execution.trainable
 
     def boom(*a, **k):
         raise AssertionError("figures must come from the results store, not from training")
 
-    for mod, name in ((model.train, "train_fold"), (model.train, "loso"), (orchestrator.trial, "run_fold")):
+    for mod, name in ((model.train, "train_fold"), (model.train, "loso"), (orchestrator.execution.trainable, "run_fold")):
         monkeypatch.setattr(mod, name, boom)
 
 
@@ -103,7 +103,7 @@ def test_report_figures_writes_each_figure_from_the_store(sweep, monkeypatch):
     no_training(monkeypatch)
     res = CliRunner().invoke(main, ["report", str(sweep), "--figures"])
     assert res.exit_code == 0, res.output
-    folder = load_sweep(sweep).workdir_path() / "reports" / "figs-figures"  # the default
+    folder = load_sweep(sweep).paths.workdir / "reports" / "figs-figures"  # the default
     paths = sorted(folder.glob("*.png"))
     assert sorted(p.stem for p in paths) == sorted(EXPECTED)
     assert f"figures ({len(EXPECTED)}):" in res.output
@@ -135,7 +135,7 @@ def test_fig5_draws_the_stored_attention_over_the_apex_crop(sweep, prepared_casm
     from (its dlib landmarks are the stored ones)."""
     from model.lsi import landmark_to_token
     from model.regions import TABLE_I
-    from orchestrator import figures
+    from orchestrator.reporting import figures
 
     state = state_of(sweep)
     g = next(g for g in state.groups.values() if g.trial.point == 0)
@@ -191,15 +191,15 @@ def test_incomplete_point_is_left_out_with_a_note(sweep, tmp_path):
 def mlflow_runs(spec):
     from mlflow import MlflowClient
 
-    client = MlflowClient(spec.tracking_uri())
-    exp = client.get_experiment_by_name(spec.experiment_name())
+    client = MlflowClient(spec.tracking_uri)
+    exp = client.get_experiment_by_name(spec.experiment)
     runs = client.search_runs([exp.experiment_id], max_results=100)
     return client, [r for r in runs if r.data.tags.get("microau.kind") == "parent"], \
         [r for r in runs if r.data.tags.get("microau.kind") == "fold"]
 
 
 def test_mlflow_parents_carry_the_figures_and_children_the_loss_curves(sweep):
-    from orchestrator.store import ResultsStore
+    from orchestrator.planning.store import ResultsStore
 
     spec = load_sweep(sweep)
     client, parents, children = mlflow_runs(spec)
@@ -211,7 +211,7 @@ def test_mlflow_parents_carry_the_figures_and_children_the_loss_curves(sweep):
                                [f"casme2-seed1-{n}" for n in PER_DATASET])
         local = Path(client.download_artifacts(p.info.run_id, f"figures/casme2-p{point}-seed1-loss.png"))
         assert local.read_bytes()[:4] == b"\x89PNG"
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     for c in children:
         curve = store.result(c.data.tags["microau.fold"]).loss_curve
         assert set(curve) == {"total", "multitask", "contrastive", "gd"}
@@ -222,7 +222,7 @@ def test_mlflow_parents_carry_the_figures_and_children_the_loss_curves(sweep):
 
 
 def test_a_rerun_draws_and_logs_nothing_new(sweep, monkeypatch):
-    from orchestrator import figures
+    from orchestrator.reporting import figures
 
     spec = load_sweep(sweep)
     client, parents, children = mlflow_runs(spec)
@@ -241,8 +241,8 @@ def test_a_rerun_draws_and_logs_nothing_new(sweep, monkeypatch):
 def test_children_of_an_older_version_get_their_loss_curves_once(sweep, tmp_path, mlflow_db_template, monkeypatch):
     """A child run logged without per-epoch losses (before they were logged) gets them on the next run,
     once."""
-    from orchestrator import state as state_mod
-    from orchestrator import tracking
+    from orchestrator.execution import state as state_mod
+    from orchestrator.tracking.client import client as tracking
 
     spec = copy_workdir(sweep, tmp_path, mlflow_db_template)
     monkeypatch.setattr(state_mod.SweepState, "log_figures", lambda self: None)  # figures: tested above
@@ -269,7 +269,8 @@ def test_mlflow_failing_while_logging_figures_fails_nothing(sweep, tmp_path, mlf
                                                             capsys):
     """MLflow going down when the figures are logged is the usual one warning line; the run ends as it
     would have. A figure that cannot be drawn is one warning line too."""
-    from orchestrator import figures, tracking
+    from orchestrator.reporting import figures
+    from orchestrator.tracking.client import client as tracking
 
     spec = copy_workdir(sweep, tmp_path, mlflow_db_template)
 

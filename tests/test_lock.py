@@ -1,4 +1,4 @@
-"""One `run` per workdir at a time (`<workdir>/run.lock`, orchestrator.lock): a second run is refused
+"""One `run` per workdir at a time (`<workdir>/run.lock`, orchestrator.planning.lock): a second run is refused
 at once naming the holder, a dead holder's lock is taken over, and the lock goes with the run (normal
 end, exception, SIGKILL). Sweeps train with fake results (sweep_helpers.fake_training): no data, no Ray.
 """
@@ -17,9 +17,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from orchestrator.config import load_sweep
-from orchestrator.lock import LockError, WorkdirLock
-from orchestrator.runner import run_sweep
+from orchestrator.spec.resolved import load_sweep
+from orchestrator.planning.lock import WorkdirLock
+from orchestrator.errors import LockError
+from orchestrator.execution.runner import run_sweep
 from sweep_helpers import fake_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +47,8 @@ def wd(tmp_path, mlflow_db_template):
 @contextlib.contextmanager
 def held_elsewhere(wd: Path, sweep: str = "first.yaml"):
     """Another process holding the workdir lock (as a running `run` of `sweep` would); yields its Popen."""
-    code = ("import sys\nfrom pathlib import Path\nfrom orchestrator.lock import WorkdirLock\n"
-            f"WorkdirLock(Path({str(wd)!r}), {sweep!r}).acquire()\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom orchestrator.planning.lock import WorkdirLock\n"
+            f"WorkdirLock(Path({str(wd)!r}) / 'run.lock', {sweep!r}).acquire()\n"
             "print('held', flush=True)\nsys.stdin.read()\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -97,28 +98,27 @@ def test_a_second_run_is_refused_naming_the_holder_then_runs_once_it_is_killed(w
     assert not (wd / "run.lock").exists()  # released at the end of the run
 
 
-def test_a_stale_lock_of_a_dead_pid_is_taken_over_with_a_warning(tmp_path):
+def test_a_stale_lock_of_a_dead_pid_is_taken_over_with_a_warning(tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "run.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
                                                    "started": "2020-01-01T00:00:00+00:00",
                                                    "sweep": "old.yaml"}))
-    said = []
-    with WorkdirLock(tmp_path, "new.yaml", warn=said.append) as lock:
-        assert said == [f"warning: {lock.path}: taking over the lock of pid {dead.pid} on "
-                        f"{socket.gethostname()} since 2020-01-01T00:00:00+00:00 (old.yaml), which is no "
-                        f"longer running."]
+    with WorkdirLock(tmp_path / "run.lock", "new.yaml") as lock:
+        assert capsys.readouterr().err == (f"warning: {lock.path}: taking over the lock of pid {dead.pid} on "
+                                           f"{socket.gethostname()} since 2020-01-01T00:00:00+00:00 (old.yaml), "
+                                           f"which is no longer running.\n")
         mine = json.loads(lock.path.read_text())
         assert mine["pid"] == os.getpid() and mine["sweep"] == "new.yaml" and mine["host"] == socket.gethostname()
         with pytest.raises(LockError, match=f"pid {os.getpid()} on .* \\(new.yaml\\)"):
-            WorkdirLock(tmp_path, "other.yaml").acquire()  # another open file description: refused too
+            WorkdirLock(tmp_path / "run.lock", "other.yaml").acquire()  # another open file description: refused too
     assert not lock.path.exists()
-    with WorkdirLock(tmp_path, "again.yaml", warn=said.append):  # free again, nothing stale to report
-        assert len(said) == 1
+    with WorkdirLock(tmp_path / "run.lock", "again.yaml"):  # free again, nothing stale to report
+        assert capsys.readouterr().err == ""
 
 
 def test_the_lock_goes_with_the_run_after_success_and_after_an_exception(wd, tmp_path, monkeypatch):
-    import orchestrator.runner as runner
+    import orchestrator.execution.runner as runner
 
     fake_training(monkeypatch.setattr)
     spec = load_sweep(write_sweep(tmp_path, "s", wd))
@@ -129,12 +129,12 @@ def test_the_lock_goes_with_the_run_after_success_and_after_an_exception(wd, tmp
         assert (wd / "run.lock").exists()  # held while the run works
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(runner, "_prefixes_and_plan", boom)
+    monkeypatch.setattr(runner.RayTuneBackend, "inputs", boom)  # the fake backend fake_training installed
     (wd / "results").rename(wd / "results.old")  # so that there is something to train
     with pytest.raises(RuntimeError, match="boom"):
         run_sweep(spec, quiet=True, progress=False)
     assert not (wd / "run.lock").exists()
-    with WorkdirLock(wd, "check", warn=pytest.fail):
+    with WorkdirLock(wd / "run.lock", "check"):
         pass
 
 

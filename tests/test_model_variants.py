@@ -108,7 +108,7 @@ def test_every_paper_sweep_point_trains_a_step(setup):
     epoch here with only the backbone swapped for the tiny one (no weights download on this machine)."""
     from pathlib import Path
 
-    from orchestrator.config import load_sweep
+    from orchestrator.spec.resolved import load_sweep
 
     data, base, _ = setup
     files = sorted(p for p in (Path(__file__).parents[1] / "sweeps").glob("*.yaml") if p.stem != "quickstart")
@@ -116,7 +116,7 @@ def test_every_paper_sweep_point_trains_a_step(setup):
         pytest.skip("no sweep files yet")
     prefixes, seen = {}, set()
     for f in files:
-        for trial in load_sweep(f).trials():
+        for trial in load_sweep(f).trials:
             cfg = trial.model.model_copy(update={"arch": "microau-tiny", "pretrained": "none",
                                                  "trainable_blocks": 1})
             sig = (tuple(trial.aus), cfg.model_dump_json(), trial.training.alpha, trial.training.beta)

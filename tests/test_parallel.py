@@ -27,7 +27,7 @@ def local_ray(tmp_path_factory):
 
 
 def test_ray_tasks_prepare_what_the_serial_path_prepares(local_ray, synth_casme2, prepared_casme2, tmp_path):
-    from orchestrator.parallel import RaySamples
+    from orchestrator.execution.parallel import RaySamples
 
     mapper = RaySamples(lambda: None)  # Ray is running: used whatever the number of samples
     stats = {}
@@ -45,7 +45,7 @@ def test_bad_sample_in_a_ray_task(local_ray, tiny_casme2, tmp_path):
     with its file, row and sample (stop)."""
     import cv2
 
-    from orchestrator.parallel import RaySamples
+    from orchestrator.execution.parallel import RaySamples
     from preprocessing.annotations import read_casme2
 
     root = shutil.copytree(tiny_casme2, tmp_path / "casme2")
@@ -68,9 +68,9 @@ def test_four_quarter_gpu_folds_run_at_once(local_ray, synth_casme2, tmp_path, m
     their trainables at the same time (each waits, up to a minute, until all four are in), all on GPU 0."""
     import ray
 
-    import orchestrator.runner as runner
-    from orchestrator.config import load_sweep
-    from orchestrator.store import ResultsStore
+    import orchestrator.execution.runner as runner
+    from orchestrator.spec.resolved import load_sweep
+    from orchestrator.planning.store import ResultsStore
 
     @ray.remote(num_cpus=0)
     class Room:
@@ -91,14 +91,13 @@ def test_four_quarter_gpu_folds_run_at_once(local_ray, synth_casme2, tmp_path, m
     from sweep_helpers import fake_result
     results = {s: fake_result(s) for s in ("sub01", "sub02", "sub03", "sub04")}
 
-    def trainable(config, plan, datasets, prefixes):  # pickled by value into the trial workers
+    def trainable(config, jobs, datasets, prefixes):  # pickled by value into the trial workers
         import time
 
         import ray as r
         from ray import tune
 
-        from orchestrator.runner import RESULT_KEY
-        from orchestrator.trial import dumps
+        from orchestrator.execution.jobs import RESULT_KEY, FinishedFold
 
         room_ = r.get_actor("gpu-room")
         r.get(room_.enter.remote())
@@ -106,9 +105,9 @@ def test_four_quarter_gpu_folds_run_at_once(local_ray, synth_casme2, tmp_path, m
         while r.get(room_.counts.remote())[1] < 4 and time.time() < deadline:
             time.sleep(0.05)
         r.get(room_.leave.remote())
-        job = plan[config["fold"]["key"]]
-        tune.report({RESULT_KEY: dumps(results[job["subject"]]), "finished": 1,
-                     "gpu_ids": ",".join(str(g) for g in r.get_gpu_ids())})
+        job = jobs[config["fold"]["key"]]
+        node = {"gpu_ids": ",".join(str(g) for g in r.get_gpu_ids())}
+        tune.report({RESULT_KEY: FinishedFold(results[job["subject"]], node).dumps(), "finished": 1})
 
     monkeypatch.setattr(runner, "fold_trainable", trainable)
     wd = tmp_path / "wd"

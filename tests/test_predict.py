@@ -144,7 +144,7 @@ def test_mlflow_model_gives_the_numbers_of_predict(trained, held, sweep):
     import mlflow
 
     from orchestrator.api import load_model, predict
-    from orchestrator.models import fluent_tracking_uri
+    from orchestrator.tracking.client import fluent_tracking_uri
 
     clips = held[1][:3]
     pairs = [(str(frame(f, o)), str(frame(f, a))) for f, o, a, _ in clips]
@@ -347,7 +347,7 @@ def test_damaged_package_is_named(small_fit, tmp_path, damage):
 
 
 def test_damaged_stored_model_is_set_aside_and_trained_again(tmp_path):
-    from orchestrator.models import stored_package
+    from orchestrator.serving.packages import stored_package
 
     root = tmp_path / "models"
     (root / "abc").mkdir(parents=True)

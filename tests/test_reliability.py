@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from helpers import TEST_PREPROCESS
 from orchestrator.cli import main
-from orchestrator.config import load_sweep
+from orchestrator.spec.resolved import load_sweep
 
 MODEL = {"arch": "microau-tiny", "pretrained": "none", "trainable_blocks": 1}
 
@@ -59,15 +59,15 @@ def gappy(tmp_path):
 def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_path):
     from mlflow import MlflowClient
 
-    from orchestrator.data import prepare_all
-    from orchestrator.plan import make_plan
-    from orchestrator.state import SweepState
+    from orchestrator.planning.data import prepare_all
+    from orchestrator.planning.plan import make_plan
+    from orchestrator.execution.state import SweepState
 
     root, gone = gappy
     path = sweep_file(tmp_path, root, datasets={"casme2": {"reader": "casme2", "root": str(root),
                                                            "on_error": "skip"}})
     spec = load_sweep(path)
-    datasets = prepare_all(spec, spec.trials(), progress=False)
+    datasets = prepare_all(spec, spec.trials, progress=False)
     (data,) = datasets.values()
     assert sorted(d["sample"] for d in data.skipped) == gone and sorted(set(data.subjects)) == ["sub01", "sub02"]
 
@@ -78,18 +78,18 @@ def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_p
     for sid in gone:
         assert f"sample {sid}: frame(s)" in r.output
     assert "dropped casme2: subject(s) sub03 have no usable sample and are not in LOSO" in r.output
-    doc = json.loads((spec.workdir_path() / "reports" / "rel.json").read_text())
+    doc = json.loads((spec.paths.workdir / "reports" / "rel.json").read_text())
     assert sorted(s["sample"] for s in doc["data_notes"][0]["skipped"]) == gone
     assert doc["data_notes"][0]["dropped_subjects"] == ["sub03"]
     assert sorted(doc["points"][0]["skipped_samples"]) == gone
-    csv = (spec.workdir_path() / "reports" / "rel.csv").read_text()
+    csv = (spec.paths.workdir / "reports" / "rel.csv").read_text()
     assert "skipped_samples" in csv.splitlines()[0] and "sub03" in csv.splitlines()[1]
     rj = cli("report", path, "--json")
     assert json.loads(rj.stdout)["data_notes"][0]["dropped_subjects"] == ["sub03"]
 
     # MLflow: the parent run of each point carries them
     SweepState(make_plan(spec, datasets), tracking=True)
-    client = MlflowClient(spec.tracking_uri())
+    client = MlflowClient(spec.tracking_uri)
     (parent,) = client.search_runs([client.get_experiment_by_name("rel").experiment_id])
     assert sorted(parent.data.tags["skipped_samples"].split(";")) == gone
     assert parent.data.tags["dropped_subjects"] == "sub03" and parent.data.metrics["n_skipped"] == 3
@@ -118,15 +118,15 @@ def test_report_does_not_generate_synthetic_data(tmp_path):
 
 
 def test_damaged_dataset_manifest_is_set_aside_and_rewritten(tiny_casme2, tmp_path, capsys):
-    from orchestrator.data import MANIFEST, prepare_all, record_prepared
+    from orchestrator.planning.data import prepare_all, record_prepared
 
     spec = load_sweep(sweep_file(tmp_path, tiny_casme2))
-    manifest = spec.workdir_path() / MANIFEST
+    manifest = spec.paths.manifest
     manifest.parent.mkdir(parents=True)
     manifest.write_text("{this is not json")
-    record_prepared(spec, prepare_all(spec, spec.trials(), progress=False))
-    assert "datasets.json is damaged" in capsys.readouterr().out
-    assert manifest.with_name(MANIFEST + ".damaged").read_text() == "{this is not json"
+    record_prepared(spec, prepare_all(spec, spec.trials, progress=False))
+    assert "datasets.json is damaged" in capsys.readouterr().err
+    assert manifest.with_name(manifest.name + ".damaged").read_text() == "{this is not json"
     assert list(json.loads(manifest.read_text()).values())[0]["subjects"] == ["sub01", "sub02"]
 
 
@@ -185,13 +185,15 @@ def test_run_in_a_log_prints_one_line_per_fold_and_heartbeats(tmp_path, monkeypa
     or failed fold, and a heartbeat while folds run."""
     import time
 
-    import orchestrator.view as view
+    import orchestrator.reporting.view as view
     from sweep_helpers import fake_training
 
     fake_training(monkeypatch.setattr)
+    import orchestrator.cli.sweep as cli_sweep
+
     real = view.log_view
-    monkeypatch.setattr(view, "log_view", lambda out, heartbeat_s=60.0: real(out, heartbeat_s=0.2))
-    import orchestrator.state as state
+    monkeypatch.setattr(cli_sweep, "log_view", lambda out, heartbeat_s=60.0: real(out, heartbeat_s=0.2))
+    import orchestrator.execution.state as state
 
     finished = state.SweepState.finished
 
@@ -216,12 +218,9 @@ def test_run_in_a_log_prints_one_line_per_fold_and_heartbeats(tmp_path, monkeypa
 def test_a_copied_dataset_and_workdir_reuse_every_fold(tiny_casme2, tmp_path, monkeypatch):
     """`cp -r` of the dataset and of the workdir (new paths, new modification times): `report` finds
     every fold and `run` trains none, because the prepared-data key hashes what the files hold."""
-    import orchestrator.runner as runner
     from sweep_helpers import fake_training
 
-    real_prepare = runner.prepare_all
-    calls = fake_training(monkeypatch.setattr)
-    monkeypatch.setattr(runner, "prepare_all", real_prepare)  # real data and keys, fake training
+    calls = fake_training(monkeypatch.setattr, real_data=True)  # real data and keys, fake training
     a = tmp_path / "a"
     a.mkdir()
     shutil.copytree(tiny_casme2, a / "data")
@@ -240,13 +239,10 @@ def test_a_copied_dataset_and_workdir_reuse_every_fold(tiny_casme2, tmp_path, mo
 def ran_then_changed(tiny_casme2, tmp_path, monkeypatch):
     """A sweep over a copy of the tiny set run once (real data and keys, fake training), then one frame the
     pipeline reads replaced: the data here no longer gives the recorded prepared-data key."""
-    import orchestrator.runner as runner
     from preprocessing.annotations import read_casme2
     from sweep_helpers import fake_training
 
-    real_prepare = runner.prepare_all
-    fake_training(monkeypatch.setattr)
-    monkeypatch.setattr(runner, "prepare_all", real_prepare)
+    fake_training(monkeypatch.setattr, real_data=True)
     root = shutil.copytree(tiny_casme2, tmp_path / "data")
     path = sweep_file(tmp_path, root)
     assert cli("run", path).exit_code == 0
@@ -256,11 +252,11 @@ def ran_then_changed(tiny_casme2, tmp_path, monkeypatch):
 
 
 def test_report_says_when_folds_are_stored_under_an_earlier_data_key(ran_then_changed):
-    from orchestrator.data import prepare_all, record_prepared
+    from orchestrator.planning.data import prepare_all, record_prepared
 
     path = ran_then_changed
     spec = load_sweep(path)
-    record_prepared(spec, prepare_all(spec, spec.trials(), progress=False))  # e.g. a run that stopped before training
+    record_prepared(spec, prepare_all(spec, spec.trials, progress=False))  # e.g. a run that stopped before training
     r = CliRunner().invoke(main, ["report", str(path)])
     assert r.exit_code == 0 and " 0/2 incomplete" in r.output
     assert "note: 2 fold(s) of casme2 base seed 1 are stored under an earlier prepared-data key" in r.stderr

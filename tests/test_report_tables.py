@@ -15,12 +15,13 @@ from click.testing import CliRunner
 
 from model.result import FoldResult
 from orchestrator.cli import main
-from orchestrator.config import ConfigError, load_sweep
-from orchestrator.data import record_prepared
-from orchestrator.plan import make_plan
-from orchestrator.report import compare_points, rows, seed_summaries
-from orchestrator.state import SweepState
-from orchestrator.store import ResultsStore
+from orchestrator.spec.resolved import load_sweep
+from orchestrator.errors import ConfigError
+from orchestrator.planning.data import record_prepared
+from orchestrator.planning.plan import make_plan
+from orchestrator.reporting.report import compare_points, rows, seed_summaries
+from orchestrator.execution.state import SweepState
+from orchestrator.planning.store import ResultsStore
 from sweep_helpers import AUS, fake_datasets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def stored_state(path, subjects, fp):
     spec = load_sweep(path)
     datasets = fake_datasets(spec, {"samm": subjects}, {"samm": "datakey"})
     record_prepared(spec, datasets)
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     for f in make_plan(spec, datasets, store=store).folds:
         store.put(f.key, hand_result(f.subject, fp(f.trial.variant, f.trial.seed, f.subject)), f.meta())
     state = SweepState(make_plan(spec, datasets, store=store), tracking=False)
@@ -177,19 +178,19 @@ def test_compare_with_too_few_subjects_says_so_whatever_the_p_value(tmp_path):
 def test_paper_numbers_do_not_change_any_config_hash(tmp_path):
     with_numbers = load_sweep(sweep_file(tmp_path, FIVE))
     without = load_sweep(sweep_file(tmp_path, FIVE, paper=False))
-    assert [t.hash for t in with_numbers.trials()] == [t.hash for t in without.trials()]
-    assert [p.paper for p in with_numbers.points()] == [{"samm": {"f1": 0.9, "acc": 0.95}}, {}]
-    assert all("paper" not in t.params for t in with_numbers.trials())
+    assert [t.hash for t in with_numbers.trials] == [t.hash for t in without.trials]
+    assert [p.paper for p in with_numbers.points] == [{"samm": {"f1": 0.9, "acc": 0.95}}, {}]
+    assert all("paper" not in t.params for t in with_numbers.trials)
     # a grid value with numbers is the same value for the config
     doc = yaml.safe_load(sweep_file(tmp_path, FIVE, paper=False).read_text())
     doc["grid"] = {"training.beta": [{"value": 0.2, "paper": {"samm": {"f1": 0.7}}}, 0.4]}
     a = load_sweep(_write(tmp_path, doc))
     doc["grid"] = {"training.beta": [0.2, 0.4]}
     b = load_sweep(_write(tmp_path, doc, "b.yaml"))
-    assert [t.hash for t in a.trials()] == [t.hash for t in b.trials()]
-    assert [p.label for p in a.points()][:2] == ["a,training.beta=0.2", "a,training.beta=0.4"]
-    assert [p.paper for p in a.points()][:2] == [{"samm": {"f1": 0.7}}, {}]
-    assert a.trials()[0].training.beta == 0.2
+    assert [t.hash for t in a.trials] == [t.hash for t in b.trials]
+    assert [p.label for p in a.points][:2] == ["a,training.beta=0.2", "a,training.beta=0.4"]
+    assert [p.paper for p in a.points][:2] == [{"samm": {"f1": 0.7}}, {}]
+    assert a.trials[0].training.beta == 0.2
 
 
 def _write(tmp_path, doc, name="g.yaml"):
@@ -280,7 +281,7 @@ def paper_env(monkeypatch):
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_every_paper_table_sweep_carries_the_papers_numbers(name, paper_env):
     spec = load_sweep(REPO / "sweeps" / f"{name}.yaml")
-    got = {p.label: p.paper for p in spec.points() if p.paper}
+    got = {p.label: p.paper for p in spec.points if p.paper}
     assert got == SHIPPED[name]
 
 
@@ -294,7 +295,7 @@ def test_paper_columns_appear_for_a_paper_table_sweep(tmp_path, paper_env):
     # CASME II has 8 AUs: hand_result's 4 AUs stand for the dataset's own list here (pooling checks only
     # that the folds of a point agree)
     record_prepared(spec, datasets)
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     for f in make_plan(spec, datasets, store=store).folds:
         store.put(f.key, hand_result(f.subject, fp=f.trial.variant != "full"), f.meta())
     state = SweepState(make_plan(spec, datasets, store=store), tracking=False)

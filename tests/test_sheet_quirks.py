@@ -158,8 +158,9 @@ def test_correction_of_a_sample_not_in_the_sheet_is_an_error(casme2_copy, tmp_pa
 def test_sweep_file_corrections_reach_the_data_layer(tmp_path, monkeypatch):
     """`datasets.<name>.corrections` is checked when the sweep file is read (errors name the key) and handed
     to preprocessing as a plain dict, with where it came from for messages."""
-    from orchestrator import data as odata
-    from orchestrator.config import ConfigError, load_sweep
+    from orchestrator.planning import data as odata
+    from orchestrator.spec.resolved import load_sweep
+    from orchestrator.errors import ConfigError
     from preprocessing import pipeline
 
     root = tmp_path / "c"
@@ -173,7 +174,7 @@ def test_sweep_file_corrections_reach_the_data_layer(tmp_path, monkeypatch):
     assert spec.datasets["c"].corrections == {"sub01/EP02_01f": {"apex": 59, "aus": "R14"}}
     seen = {}
     monkeypatch.setattr(pipeline, "prepare_dataset", lambda *a, **k: seen.update(k) or "prepared")
-    assert odata.prepare(spec, "c", spec.trials("c")[0].preprocessing, progress=False) == "prepared"
+    assert odata.prepare(spec, "c", spec.trials_of("c")[0].preprocessing, progress=False) == "prepared"
     assert seen["corrections"] == {"sub01/EP02_01f": {"apex": 59, "aus": "R14"}}
     assert type(seen["corrections"]) is dict
     assert seen["corrections_where"] == f"datasets.c.corrections (in {path})"
@@ -191,10 +192,10 @@ def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme
     from mlflow import MlflowClient
 
     from helpers import TEST_PREPROCESS
-    from orchestrator.config import load_sweep
-    from orchestrator.data import prepare_all
-    from orchestrator.plan import make_plan
-    from orchestrator.state import SweepState
+    from orchestrator.spec.resolved import load_sweep
+    from orchestrator.planning.data import prepare_all
+    from orchestrator.planning.plan import make_plan
+    from orchestrator.execution.state import SweepState
 
     root, samples = casme2_copy
     edit_sheet(samples[0].sheet, "casme2", {samples[1].row: {"apex": "/"}})
@@ -205,7 +206,7 @@ def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme
     path = tmp_path / "notes.yaml"
     path.write_text(yaml.safe_dump(doc))
     spec = load_sweep(path)
-    datasets = prepare_all(spec, spec.trials(), progress=False)
+    datasets = prepare_all(spec, spec.trials, progress=False)
     r = CliRunner().invoke(main, ["report", str(path)])
     assert r.exit_code == 0, r.output
     (est,) = next(iter(datasets.values())).apex_estimated
@@ -216,7 +217,7 @@ def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme
     assert report["points"][0]["apex_estimated"] == [f"{samples[1].id}:{est['apex']}"]
     assert f"{samples[1].id}:{est['apex']}" in (tmp_path / "wd" / "reports" / "notes.csv").read_text()
     SweepState(make_plan(spec, datasets))
-    client = MlflowClient(spec.tracking_uri())
+    client = MlflowClient(spec.tracking_uri)
     (parent,) = client.search_runs([client.get_experiment_by_name("notes").experiment_id])
     assert parent.data.tags["apex_estimated"] == f"{samples[1].id}:{est['apex']}"
     assert parent.data.tags["corrected_samples"] == samples[2].id

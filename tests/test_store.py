@@ -9,14 +9,15 @@ import yaml
 from sklearn.metrics import accuracy_score, f1_score
 
 from model.result import FoldResult
-from orchestrator.config import load_sweep
-from orchestrator.plan import expand
+from orchestrator.spec.resolved import load_sweep
+from orchestrator.planning.plan import expand
 from sweep_helpers import AUS, by_data_id, fake_datasets, fake_result
-from orchestrator.plan import make_plan
-from orchestrator.report import predictions_csv
-from orchestrator.state import SweepState
-from orchestrator.store import ResultsStore, StoreError, atomic_write_text, fold_key
-from orchestrator.tracking import Tracker, flat_metrics
+from orchestrator.planning.plan import make_plan
+from orchestrator.reporting.report import predictions_csv
+from orchestrator.execution.state import SweepState
+from orchestrator.planning.store import ResultsStore, atomic_write_text, fold_key
+from orchestrator.errors import StoreError
+from orchestrator.tracking.client import Tracker, flat_metrics
 
 SUBJECTS = ["006", "007", "008"]
 
@@ -91,7 +92,7 @@ def _state(spec, store, tracking=True):
 def test_state_tracks_pools_and_marks_failed_points_incomplete(spec):
     from mlflow import MlflowClient
 
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     folds, state = _state(spec, store)
     assert len(folds) == 6 and len(state.groups) == 2
     state.begin(folds)
@@ -115,7 +116,7 @@ def test_state_tracks_pools_and_marks_failed_points_incomplete(spec):
     acc = np.mean([accuracy_score(y[:, j], p[:, j]) for j in range(len(AUS))])
     assert rows["a"]["f1"] == pytest.approx(f1, abs=1e-12) and rows["a"]["acc"] == pytest.approx(acc)
 
-    client = MlflowClient(spec.tracking_uri())
+    client = MlflowClient(spec.tracking_uri)
     exp = client.get_experiment_by_name("unit")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("microau.kind") == "parent"]
@@ -130,7 +131,7 @@ def test_state_tracks_pools_and_marks_failed_points_incomplete(spec):
     assert by_label["a"].data.params["model.gsd"] == "True" and by_label["b"].data.params["model.gsd"] == "False"
     child = children[0]
     assert child.data.tags["mlflow.parentRunId"] in {r.info.run_id for r in parents}
-    path = client.download_artifacts(child.info.run_id, "predictions.csv", str(spec.workdir_path() / "dl"))
+    path = client.download_artifacts(child.info.run_id, "predictions.csv", str(spec.paths.workdir / "dl"))
     import pandas as pd
 
     df = pd.read_csv(path, dtype={"subject": str})
@@ -154,19 +155,19 @@ def test_begin_restores_children_missing_from_mlflow(spec):
     """A driver killed between storing a fold and tracking it: the next run tracks the stored fold."""
     from mlflow import MlflowClient
 
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     folds = expand(spec, *by_data_id(spec, {"samm": SUBJECTS}, {"samm": "datakey"}))
     store.put(folds[0].key, fake_result(folds[0].subject), folds[0].meta())  # stored, never tracked
     state = SweepState(make_plan(spec, fake_datasets(spec, {"samm": SUBJECTS}, {"samm": "datakey"}), store=store))
     state.begin([f for f in folds if not store.has(f.key)])
-    client = MlflowClient(spec.tracking_uri())
+    client = MlflowClient(spec.tracking_uri)
     exp = client.get_experiment_by_name("unit")
     kids = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("microau.kind") == "fold"]
     assert [r.data.tags["microau.fold"] for r in kids] == [folds[0].key]
 
 
 def test_report_json_shape_and_csv(spec):
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     folds, state = _state(spec, store, tracking=False)
     state.begin(folds)
     for f in folds:
@@ -199,9 +200,9 @@ def test_tracker_reuses_the_experiment(spec):
 def test_live_view_shows_progress_per_point(spec):
     from rich.console import Console
 
-    from orchestrator.view import LiveView
+    from orchestrator.reporting.view import LiveView
 
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     folds, state = _state(spec, store, tracking=False)
     state.begin(folds)
     state.finished(folds[0].key, fake_result(folds[0].subject), {})
@@ -220,10 +221,10 @@ def test_live_view_shows_progress_per_point(spec):
 
 
 def test_compare_two_points_paired_bootstrap(spec):
-    from orchestrator.config import ConfigError
-    from orchestrator.report import compare_points
+    from orchestrator.errors import ConfigError
+    from orchestrator.reporting.report import compare_points
 
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     folds, state = _state(spec, store, tracking=False)
     state.begin(folds)
     for f in folds:
@@ -246,13 +247,13 @@ def test_compare_two_points_paired_bootstrap(spec):
 def test_rerun_of_a_finished_sweep_writes_nothing_to_mlflow(spec):
     from mlflow import MlflowClient
 
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     folds, state = _state(spec, store)
     state.begin(folds)
     for f in folds:
         state.finished(f.key, fake_result(f.subject), {})
     state.close()
-    client = MlflowClient(spec.tracking_uri())
+    client = MlflowClient(spec.tracking_uri)
     exp = client.get_experiment_by_name("unit")
 
     def history():
@@ -271,7 +272,7 @@ def test_rerun_of_a_finished_sweep_writes_nothing_to_mlflow(spec):
 def test_mlflow_failure_does_not_stop_the_sweep_and_is_repaired_next_run(spec, monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     folds, state = _state(spec, store)
     state.begin(folds)
 
@@ -285,7 +286,7 @@ def test_mlflow_failure_does_not_stop_the_sweep_and_is_repaired_next_run(spec, m
     monkeypatch.undo()
     _, again = _state(spec, store)
     again.begin([f for f in folds if not store.has(f.key)])
-    client = MlflowClient(spec.tracking_uri())
+    client = MlflowClient(spec.tracking_uri)
     exp = client.get_experiment_by_name("unit")
     kids = client.search_runs([exp.experiment_id], "tags.`microau.kind` = 'fold'")
     assert [r.data.tags["microau.fold"] for r in kids] == [folds[0].key]
@@ -295,7 +296,7 @@ def test_mlflow_failure_does_not_stop_the_sweep_and_is_repaired_next_run(spec, m
 def test_damaged_record_is_set_aside_named_and_its_fold_retrained(spec, capsys, damage):
     """A corrupt or incomplete fold record does not block `report`/`run`: it is moved to
     results/damaged/ (kept), named in a warning, and its fold counts as not stored."""
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     folds, state = _state(spec, store, tracking=False)
     state.begin(folds)
     for f in folds:
@@ -325,7 +326,7 @@ def test_damaged_record_is_set_aside_named_and_its_fold_retrained(spec, capsys, 
 
 
 def test_unwritable_results_folder_is_found_before_training(tmp_path):
-    from orchestrator.store import ensure_writable
+    from orchestrator.planning.store import ensure_writable
 
     (tmp_path / "results").write_text("a file where the folder should be")
     with pytest.raises(StoreError, match=r"results: a file stands where the results folder should be.* Nothing was trained"):
@@ -340,9 +341,9 @@ def test_text_si_reaches_the_table_json_csv_and_mlflow_parents(spec):
     from mlflow import MlflowClient
     from rich.console import Console
 
-    from orchestrator.view import points_table
+    from orchestrator.reporting.view import points_table
 
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     folds, state = _state(spec, store)
     state.begin(folds)
     sims = {"006": [0.9, 0.8, 0.7, 0.6], "007": [0.5, 0.5, 0.5, 0.5], "008": [-0.1, 0.1, 0.3, 0.5]}
@@ -364,7 +365,7 @@ def test_text_si_reaches_the_table_json_csv_and_mlflow_parents(spec):
     out.print(points_table([{**r, "text_si": None} for r in state.rows()], "samm"))
     assert "TextSi" not in out.export_text()  # no column when no point has it (records of older versions)
 
-    client = MlflowClient(spec.tracking_uri())
+    client = MlflowClient(spec.tracking_uri)
     exp = client.get_experiment_by_name("unit")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("microau.kind") == "parent"]
@@ -377,17 +378,17 @@ def test_runs_and_fold_records_carry_the_code_version(spec):
     """Every fold record and MLflow run names the package version and the git commit it came from."""
     from mlflow import MlflowClient
 
-    from orchestrator.version import code_version
+    from orchestrator.tracking.version import code_version
 
     v = code_version()
     assert v["package"] == "0.1.0" and len(v["git_commit"] or "") == 40 and v["git_dirty"] in ("true", "false")
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     folds, state = _state(spec, store)
     state.begin(folds)
     state.finished(folds[0].key, fake_result(folds[0].subject), {})
     state.close()
     assert store.get(folds[0].key)["meta"]["code"] == v
-    client = MlflowClient(spec.tracking_uri())
+    client = MlflowClient(spec.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
     assert runs and all(r.data.tags["mlflow.source.git.commit"] == v["git_commit"] and
                         r.data.tags["microau.git_dirty"] == v["git_dirty"] and

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from orchestrator.config import load_sweep
-from orchestrator.runner import run_sweep
-from orchestrator.store import ResultsStore
-from orchestrator.tracking import Tracker
-from orchestrator.plan import expand
+from orchestrator.spec.resolved import load_sweep
+from orchestrator.execution.runner import run_sweep
+from orchestrator.planning.store import ResultsStore
+from orchestrator.tracking.client import Tracker
+from orchestrator.planning.plan import expand
 from sweep_helpers import by_data_id, fake_result, fake_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,8 +69,8 @@ def assert_mlflow_complete(spec):
     """Every parent and child in MLflow once, parents final with all folds."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(spec.tracking_uri())
-    exp = client.get_experiment_by_name(spec.experiment_name())
+    client = MlflowClient(spec.tracking_uri)
+    exp = client.get_experiment_by_name(spec.experiment)
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("microau.kind") == "parent"]
     children = [r for r in runs if r.data.tags.get("microau.kind") == "fold"]
@@ -169,10 +169,10 @@ def locked_db(tmp_path):
 def test_locked_store_at_start_waits_a_bounded_time(sweep, locked_db, monkeypatch):
     """Another process holds the database locked: the run waits SQLITE_WAIT_S for it, warns and trains;
     once the lock is gone the next run logs everything."""
-    from orchestrator.tracking import SQLITE_WAIT_S
+    from orchestrator.tracking.client import SQLITE_WAIT_S
 
     fake_training(monkeypatch.setattr)
-    uri = load_sweep(sweep).tracking_uri()
+    uri = load_sweep(sweep).tracking_uri
     res, elapsed = cli_run(sweep)
     print(f"run with a locked store: {elapsed:.1f}s")
     assert_ran_without_mlflow(res, uri, "database is locked")
@@ -220,7 +220,7 @@ def test_failure_later_is_one_warning_then_tracking_is_off(where, sweep, monkeyp
     one warning, no further MLflow call this run, every fold stored; the next run logs everything."""
     fake_training(monkeypatch.setattr)
     spec = load_sweep(sweep)
-    store = ResultsStore(spec.workdir_path() / "results")
+    store = ResultsStore(spec.paths.workdir / "results")
     if where == "children":  # begin() looks up the children of points with stored folds
         folds = expand(spec, *by_data_id(spec, {"samm": ["006", "007", "008"]}, {"samm": "datakey"}))
         for f in folds[:4]:  # stored by an earlier run that could not reach MLflow
@@ -235,7 +235,7 @@ def test_failure_later_is_one_warning_then_tracking_is_off(where, sweep, monkeyp
         m.setattr(Tracker, where, down)
         outcome = run_sweep(spec, quiet=True, progress=False)
     err = capsys.readouterr().err
-    uri = spec.tracking_uri()
+    uri = spec.tracking_uri
     assert warnings_of(err) == [f"warning: MLflow ({uri}) unavailable: tracking server unreachable. {TAIL}"]
     assert tries == [1] and outcome.state.tracker is None
     assert len(list(store.keys())) == FOLDS and all(r["complete"] for r in outcome.state.rows())
@@ -244,13 +244,13 @@ def test_failure_later_is_one_warning_then_tracking_is_off(where, sweep, monkeyp
 
 
 def test_http_bounds_leave_the_users_settings_alone(monkeypatch):
-    from orchestrator.tracking import _HTTP_LATER, _env, reason, redact
+    from orchestrator.tracking.client import HTTP_LATER, env_defaults, reason, redact
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    with _env(_HTTP_LATER):
+    with env_defaults(HTTP_LATER):
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
-        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == _HTTP_LATER["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_LATER["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert redact("https://me:secret@mlflow.example:5000/x") == "https://me:***@mlflow.example:5000/x"
     long = RuntimeError("API request to http://h/api failed with exception HTTPConnectionPool(host='h', "

@@ -1,71 +1,77 @@
 """`microau-sweep plan | fold | run | report`: the dry run, one fold in-process, the Ray Tune sweep, the table
-from the store. Each builds the sweep's `Plan` once (orchestrator/plan.py) and reads it."""
+from the store. Each builds the sweep's `Plan` once (orchestrator/planning/plan.py) and reads it."""
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
-from typing import Any, Dict, Optional
-
 import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import click
 
-from orchestrator.cli_errors import friendly_errors
-from orchestrator.config import load_sweep
-from orchestrator.store import claim_name
+from orchestrator.cli.errors import friendly_errors
+from orchestrator.errors import ConfigError
+from orchestrator.planning.data import data_id, data_ids, prepare, prepared_or_recorded
+from orchestrator.planning.plan import CROSS_SUBJECT, make_plan
+from orchestrator.planning.store import atomic_write_text, claim_name
+from orchestrator.reporting.report import compare_points, plan_document, seed_summaries
+from orchestrator.reporting.results import results_from_store
+from orchestrator.reporting.tables import document, render
+from orchestrator.reporting.view import console as make_console
+from orchestrator.reporting.view import live_view, log_view, print_report
+from orchestrator.spec.resolved import Sweep, load_sweep
 
-SWEEP = click.argument("sweep", type=click.Path(dir_okay=False))
+SWEEP = click.argument("sweep_file", metavar="SWEEP", type=click.Path(dir_okay=False))
 SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                    help="override a dotted key of the sweep file (repeatable), e.g. --set training.epochs=2; "
                         "validated like the file, and part of the config hash")
+
+
 # A fold (or a small synthetic point) may have no positive sample of an AU: F1 is 0 by definition there.
 warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
-def _load(path: str, overrides=()):
+def load(path: str, overrides=(), tracking_uri: Optional[str] = None) -> Sweep:
+    """The resolved sweep of a command's SWEEP argument and its `--set`s (an error: `Error: ...`, exit 1)."""
     with friendly_errors():
-        return load_sweep(path, overrides)
+        return load_sweep(path, overrides, tracking_uri=tracking_uri)
 
 
-def _plan_from_store(spec, strict: bool):
+def plan_from_store(sweep: Sweep, strict: bool):
     """The sweep's plan without preprocessing: prepared or recorded datasets (strict: one that is neither
     is an error; else it is left out, to be prepared first) and the results store."""
-    from orchestrator.data import prepared_or_recorded
-    from orchestrator.plan import make_plan
-
-    warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    datasets = prepared_or_recorded(spec, spec.trials(), warn=warn, strict=strict)
+    datasets = prepared_or_recorded(sweep, sweep.trials, strict=strict)
     recorded = [i for i, d in datasets.items() if d is not None and d.origin == "recorded"]
-    return make_plan(spec, datasets, warn, recorded=recorded)
+    return make_plan(sweep, datasets, recorded=recorded)
 
 
 def _console(stderr: bool = False):
-    from orchestrator.view import console
-
-    return console(stderr=stderr)
+    return make_console(stderr=stderr)
 
 
-def pick_point(spec, sweep: str, dataset: Optional[str], point: int, seed: Optional[int]):
+def pick_point(sweep: Sweep, sweep_file: str, dataset: Optional[str], point: int, seed: Optional[int]):
     """`--dataset` (default: the sweep's only dataset), `--point` and `--seed` (default: the sweep's first)
     checked against the sweep -> (dataset, seed); a click.UsageError saying what there is otherwise."""
     if dataset is None:
-        if len(spec.datasets) != 1:
-            raise click.UsageError(f"{sweep} has datasets {sorted(spec.datasets)}; pick one with --dataset")
-        dataset = next(iter(spec.datasets))
-    if dataset not in spec.datasets:
-        raise click.UsageError(f"{sweep}: no dataset {dataset!r}; the file has {sorted(spec.datasets)}")
-    return dataset, _point_seed(spec, sweep, point, seed)
+        if len(sweep.datasets) != 1:
+            raise click.UsageError(f"{sweep_file} has datasets {sorted(sweep.datasets)}; pick one with --dataset")
+        dataset = next(iter(sweep.datasets))
+    if dataset not in sweep.datasets:
+        raise click.UsageError(f"{sweep_file}: no dataset {dataset!r}; the file has {sorted(sweep.datasets)}")
+    return dataset, _point_seed(sweep, sweep_file, point, seed)
 
 
-def _point_seed(spec, sweep: str, point: int, seed: Optional[int]) -> int:
+def _point_seed(sweep: Sweep, sweep_file: str, point: int, seed: Optional[int]) -> int:
     """`--point` checked against the sweep's points -> the seed (`--seed`, default: the sweep's first)."""
-    points = spec.points()
+    points = sweep.points
     if not 0 <= point < len(points):
-        raise click.UsageError(f"--point {point}: {sweep} has points 0..{len(points) - 1} "
+        raise click.UsageError(f"--point {point}: {sweep_file} has points 0..{len(points) - 1} "
                                f"({', '.join(p.label for p in points)})")
-    return spec.seeds[0] if seed is None else seed
+    return sweep.seeds[0] if seed is None else seed
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -80,33 +86,30 @@ def _point_seed(spec, sweep: str, point: int, seed: Optional[int]) -> int:
 @click.option("--seed", type=int, help="seed (default: the sweep's first)")
 @click.option("--epochs", type=int, help="override training.epochs (quick debugging)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def fold(sweep: str, overrides, dataset: Optional[str], subject: Optional[str], train_on: Optional[str],
+def fold(sweep_file: str, overrides, dataset: Optional[str], subject: Optional[str], train_on: Optional[str],
          test_on: Optional[str], point: int, seed: Optional[int], epochs: Optional[int], as_json: bool) -> None:
     """Run one LOSO fold (or one cross-dataset unit: --train, --test) in-process, with exactly the code a
     sweep trial runs (no Ray)."""
-    from orchestrator.data import data_id, data_ids, prepare
-    from orchestrator.plan import CROSS_SUBJECT, make_plan
-    from orchestrator.trial import prefix_for, run_fold
+    from orchestrator.execution.trainable import prefix_for, run_fold  # torch, when the fold runs
 
-    spec = _load(sweep, overrides)
-    if spec.cross_dataset:
-        dataset = _cross_pair(spec, sweep, dataset, subject, train_on, test_on)
+    sweep = load(sweep_file, overrides)
+    if sweep.cross_dataset:
+        dataset = _cross_pair(sweep, sweep_file, dataset, subject, train_on, test_on)
         subject = CROSS_SUBJECT
-        seed = _point_seed(spec, sweep, point, seed)
+        seed = _point_seed(sweep, sweep_file, point, seed)
     else:
         if train_on or test_on:
-            raise click.UsageError(f"--train/--test pick a pair of a cross_dataset sweep; {sweep} runs LOSO: "
+            raise click.UsageError(f"--train/--test pick a pair of a cross_dataset sweep; {sweep_file} runs LOSO: "
                                    f"use --dataset and --subject")
         if subject is None:
             raise click.UsageError("Missing option '--subject' (the test subject of the LOSO fold)")
-        dataset, seed = pick_point(spec, sweep, dataset, point, seed)
-    points = spec.points()
+        dataset, seed = pick_point(sweep, sweep_file, dataset, point, seed)
+    points = sweep.points
     out = sys.stderr if as_json else sys.stdout
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        trial = spec.trial(dataset, point, seed)
-        plan = make_plan(spec, {i: prepare(spec, name, trial.preprocessing, progress=True)
-                                for name, i in zip(trial.reads, data_ids(trial))},
-                         warn=lambda m: print(m, file=sys.stderr, flush=True))
+        trial = sweep.trial(dataset, point, seed)
+        plan = make_plan(sweep, {i: prepare(sweep, name, trial.preprocessing, progress=True)
+                                 for name, i in zip(trial.reads, data_ids(trial))})
         data = plan.datasets[data_id(trial)]
         test_data = plan.datasets[data_ids(trial)[1]] if trial.cross else None
         if epochs is not None:
@@ -121,8 +124,8 @@ def fold(sweep: str, overrides, dataset: Optional[str], subject: Optional[str], 
             f"test subject {subject}"
         print(f"fold {dataset} / {points[point].label} / seed {seed} / {what}: "
               f"{trial.training.epochs} epochs", file=out, flush=True)
-        prefix = prefix_for(trial, data, spec.workdir_path() / "cache")
-        test_prefix = prefix_for(trial, test_data, spec.workdir_path() / "cache") if trial.cross else None
+        prefix = prefix_for(trial, data, sweep.paths.cache)
+        test_prefix = prefix_for(trial, test_data, sweep.paths.cache) if trial.cross else None
         result = run_fold(trial, data, subject, prefix=prefix, on_epoch=epoch_printer(out), test_data=test_data,
                           test_prefix=test_prefix)
     doc = fold_document(trial, subject, result)
@@ -132,19 +135,19 @@ def fold(sweep: str, overrides, dataset: Optional[str], subject: Optional[str], 
     _print_fold(doc)
 
 
-def _cross_pair(spec, sweep: str, dataset: Optional[str], subject: Optional[str], train_on: Optional[str],
+def _cross_pair(sweep: Sweep, sweep_file: str, dataset: Optional[str], subject: Optional[str], train_on: Optional[str],
                 test_on: Optional[str]) -> str:
     """The label (`train->test`) of the cross-dataset pair that --train/--test pick."""
-    pairs = spec.cross_dataset.pairs
+    pairs = sweep.cross_dataset.pairs
     if subject is not None or dataset is not None:
-        raise click.UsageError(f"{sweep} runs the cross-dataset protocol: a unit trains on every subject of one "
+        raise click.UsageError(f"{sweep_file} runs the cross-dataset protocol: a unit trains on every subject of one "
                                f"dataset and tests on every subject of the other; pick a pair with --train and "
                                f"--test instead of --dataset/--subject")
     mine = [p for p in pairs if (train_on is None or p.train == train_on) and (test_on is None or p.test == test_on)]
     if len(mine) != 1:
         have = ", ".join(f"--train {p.train} --test {p.test}" for p in pairs)
         why = "has several pairs" if mine else "has no such pair"
-        raise click.UsageError(f"{sweep} {why}; pick one: {have}")
+        raise click.UsageError(f"{sweep_file} {why}; pick one: {have}")
     return mine[0].label
 
 
@@ -211,31 +214,26 @@ def _print_fold(doc: Dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--share-name", is_flag=True, help="another sweep file of this workdir has the same name on "
                                                   "purpose: share its MLflow experiment and report file")
-def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[str], dashboard: bool,
+def run(sweep_file: str, overrides, address: Optional[str], tracking_uri: Optional[str], dashboard: bool,
         as_json: bool, share_name: bool) -> None:
     """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
-    from orchestrator.runner import run_sweep
-    from orchestrator.view import live_view, log_view, print_report
+    from orchestrator.execution.runner import run_sweep  # Ray and Tune: only for `run`, for start-up time
 
-    spec = _load(sweep, overrides)
-    if tracking_uri:
-        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
+    sweep = load(sweep_file, overrides, tracking_uri=tracking_uri)
     console = _console(stderr=as_json)
     if console.is_terminal and not as_json:
         view = live_view(console)
     else:  # a log, a pipe, a batch job: one plain line per fold (stderr under --json)
         view = log_view(sys.stderr if as_json else sys.stdout)
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        outcome = run_sweep(spec, address=address, quiet=as_json, progress=True, view=view,
+        outcome = run_sweep(sweep, address=address, quiet=as_json, progress=True, view=view,
                             dashboard=dashboard, share_name=share_name)
         paths = outcome.state.write_reports()
     if as_json:
         doc = outcome.state.to_json(outcome.trained, outcome.reused)
-        doc["timings"] = outcome.timings  # where the wall time went (orchestrator.runner.RunTimings)
+        doc["timings"] = outcome.timings  # where the wall time went (orchestrator.execution.runner.RunTimings)
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
     else:
-        from orchestrator.report import seed_summaries
-
         rows = outcome.state.rows()
         print_report(console, rows, outcome.trained, outcome.reused, paths, notes=outcome.state.data_notes(),
                      summaries=seed_summaries(outcome.state, rows))
@@ -264,39 +262,35 @@ def run(sweep: str, overrides, address: Optional[str], tracking_uri: Optional[st
 @click.option("--figure-au", type=int, metavar="N", help="AU of Fig. 6 and 7 (default: AU1, else the first AU)")
 @click.option("--figure-points", metavar="K,L,...",
               help="points Fig. 6 (the first two) and Fig. 7 (all) compare (default: the first points, up to 4)")
-def report(sweep: str, overrides, as_json: bool, compare, fmt: Optional[str], output: Optional[str],
+def report(sweep_file: str, overrides, as_json: bool, compare, fmt: Optional[str], output: Optional[str],
            per_au: bool, share_name: bool, figures: bool, out_dir: Optional[str], figure_au: Optional[int],
            figure_points: Optional[str]) -> None:
     """Rebuild the table from the results store (no training); --figures draws the figures too."""
-    from orchestrator.report import compare_points, seed_summaries
-    from orchestrator.state import state_from_store
-    from orchestrator.view import print_report
-
     if (output or per_au) and not fmt:
         raise click.UsageError(f"{'--output' if output else '--per-au'} goes with --format md|latex|csv|json")
     if fmt and as_json:
         raise click.UsageError("--json prints the whole report object; --format json the paper-layout table: "
                                "pick one")
-    spec = _load(sweep, overrides)
+    sweep = load(sweep_file, overrides)
     if not figures and (out_dir or figure_au is not None or figure_points):
         raise click.UsageError("--out, --figure-au and --figure-points go with --figures")
     points = _point_list(figure_points) if figure_points else None
     # --format without --output: stdout holds the table alone (to redirect), the rest goes to stderr
     quiet = as_json or bool(fmt and not output)
     console = _console(stderr=quiet)
-    # No workdir lock (orchestrator.lock): report only reads the results store, whose folds are written
+    # No workdir lock (orchestrator.planning.lock): report only reads the results store, whose folds are written
     # atomically, and writes its report files atomically, so it runs fine beside a sweep and never waits.
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext():
-        claim_name(spec, share=share_name)
-        state = state_from_store(_plan_from_store(spec, strict=True))
+        claim_name(sweep, share=share_name)
+        state = results_from_store(plan_from_store(sweep, strict=True))
         comparison = compare_points(state, *compare) if compare else None
         paths = state.write_reports()
         figure_paths = None
         table = _export(state, fmt, per_au, output) if fmt else None
         if figures:
-            from orchestrator.figures import write_figures
+            from orchestrator.reporting.figures import write_figures  # matplotlib: only with --figures
 
-            folder = out_dir or spec.workdir_path() / "reports" / f"{spec.name}-figures"
+            folder = out_dir or sweep.paths.reports / f"{sweep.name}-figures"
             figure_paths = write_figures(state, folder, au=figure_au, points=points)
     if as_json:
         doc = state.to_json(0, sum(g.done for g in state.groups.values()))
@@ -321,13 +315,7 @@ def report(sweep: str, overrides, as_json: bool, compare, fmt: Optional[str], ou
 
 
 def _export(state, fmt: str, per_au: bool, output: Optional[str]) -> str:
-    """The paper-layout table (orchestrator/tables.py) as text; written atomically to `output` if given."""
-    from pathlib import Path
-
-    from orchestrator.config import ConfigError
-    from orchestrator.store import atomic_write_text
-    from orchestrator.tables import document, render
-
+    """The paper-layout table (orchestrator/reporting/tables.py) as text; written atomically to `output` if given."""
     text = render(document(state, per_au=per_au), fmt)
     if output:
         try:
@@ -369,18 +357,14 @@ def _point_list(text: str):
 @SWEEP
 @SET
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def plan_cmd(sweep: str, overrides, as_json: bool) -> None:
+def plan_cmd(sweep_file: str, overrides, as_json: bool) -> None:
     """Dry run: the datasets, points, seeds, folds stored and to train, resources and an estimate of the
     wall time. Trains nothing; preprocesses nothing (datasets not prepared yet are counted from the
     sweep file or their coding sheet)."""
-    import os
-
-    from orchestrator.report import plan_document
-
-    spec = _load(sweep, overrides)
+    sweep = load(sweep_file, overrides)
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        plan = _plan_from_store(spec, strict=False)
-        doc = plan_document(plan, cpus=os.cpu_count() or 1, gpus=_gpus() if spec.resources.gpu else 0)
+        plan = plan_from_store(sweep, strict=False)
+        doc = plan_document(plan, cpus=os.cpu_count() or 1, gpus=_gpus() if sweep.resources.gpu else 0)
     if as_json:
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
         return
@@ -389,7 +373,7 @@ def plan_cmd(sweep: str, overrides, as_json: bool) -> None:
 
 def _gpus() -> int:
     try:
-        import torch
+        import torch  # heavy: only when the sweep asks for GPUs
 
         return torch.cuda.device_count()
     except ImportError:  # pragma: no cover

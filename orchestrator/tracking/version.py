@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, Optional
 
-_REPO = Path(__file__).resolve().parents[1]  # the checkout this package runs from (editable install)
+_REPO = Path(__file__).resolve().parents[2]  # the checkout this package runs from (editable install)
 
 
 @functools.lru_cache(maxsize=1)

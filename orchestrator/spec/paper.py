@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from orchestrator.config import ConfigError, _Strict
+from orchestrator.errors import ConfigError
 
 
-class PaperMetrics(_Strict):
+class PaperMetrics(BaseModel):
     """What a paper table reports for one point on one dataset."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     f1: Optional[float] = Field(None, ge=0, le=1)  # AU detection F1, mean over AUs (Tables II-IX)
     acc: Optional[float] = Field(None, ge=0, le=1)  # AU detection accuracy, mean over AUs (Tables II-VIII)
     text_si: Optional[float] = Field(None, ge=-1, le=1)  # Table III TextSi, a cosine similarity

@@ -1,5 +1,5 @@
 """Figures of a sweep, drawn from the results store alone (no training): PNGs for `report --figures` and
-the same figures on the MLflow parent runs at the end of `run` (orchestrator/state.py).
+the same figures on the MLflow parent runs at the end of `run` (orchestrator/execution/state.py).
 
 Per (dataset, point, seed), from that point's folds:
   fig5-attention  the paper's Fig. 5: for the highest-confidence true positives of each AU (then its
@@ -23,19 +23,23 @@ stored landmarks alone. matplotlib (Agg canvas, no pyplot) and scikit-learn are 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import json
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from orchestrator.config import ConfigError
-from orchestrator.store import atomic_write_bytes
+from orchestrator.errors import ConfigError
+from orchestrator.planning.data import expand_paths
+from orchestrator.planning.store import atomic_write_bytes
+from preprocessing.errors import MicroAUError, SampleProblem
+from preprocessing.pipeline import apex_face_crops
 
 FIGURES_VERSION = 1  # bump when a figure's content changes: MLflow parents get them again
 DPI = 100
@@ -48,8 +52,18 @@ _TERM_TITLES = {"total": "total (Eq. 12)", "multitask": "multi-task CE", "contra
                 "gd": "GD loss (Eq. 8)"}
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet():
+    """The figures' notes off for the block (the end of `run` draws them for MLflow, where they are noise)."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -68,32 +82,31 @@ def complete(g) -> bool:
     return bool(g.folds) and g.done == len(g.folds)
 
 
-def plan_figures(state, au: Optional[int] = None, points: Optional[Sequence[int]] = None,
-                 warn: Callable[[str], None] = _stderr, dpi: int = DPI) -> List[Planned]:
+def plan_figures(state, au: Optional[int] = None, points: Optional[Sequence[int]] = None, dpi: int = DPI) -> List[Planned]:
     """Every figure of the sweep's complete points. au: the AU of Fig. 6 and 7 (default AU1 where the
     dataset has it, else its first AU); points: the point indices Fig. 6 (the first two) and Fig. 7
     (all) compare (default: the sweep's first points, up to 4)."""
-    n_points = len(state.spec.points())
+    n_points = len(state.sweep.points)
     if points is not None:
         bad = [p for p in points if not 0 <= p < n_points]
         if bad or not points:
-            raise ConfigError(f"{state.spec.source}: --figure-points {','.join(map(str, points))}: points are "
+            raise ConfigError(f"{state.sweep.source}: --figure-points {','.join(map(str, points))}: points are "
                               f"0..{n_points - 1} (see `report`)")
     aus_seen = {int(a) for g in state.groups.values() for a in g.trial.aus}
     if au is not None and au not in aus_seen:
-        raise ConfigError(f"{state.spec.source}: --figure-au {au}: the sweep's AUs are {sorted(aus_seen)}")
+        raise ConfigError(f"{state.sweep.source}: --figure-au {au}: the sweep's AUs are {sorted(aus_seen)}")
     out: List[Planned] = []
-    crops = _CropCache(state, warn)
+    crops = _CropCache(state)
     by_ds: Dict[Tuple[str, int], List[Any]] = {}
     for g in state.groups.values():
         if not complete(g):
-            warn(f"note: figures: {_where(g)} has {g.done}/{len(g.folds)} folds; left out until the sweep has "
+            logger.warning(f"note: figures: {_where(g)} has {g.done}/{len(g.folds)} folds; left out until the sweep has "
                  f"trained them all")
             continue
         by_ds.setdefault((g.trial.dataset, g.trial.seed), []).append(g)
         stem, title = f"{g.trial.dataset}-p{g.trial.point}-seed{g.trial.seed}", _title(g)
         out += [Planned(f"{stem}-fig5-attention", [g.key], [g.key], functools.partial(
-                    _draw_attention, state, g, crops, warn, title, dpi)),
+                    _draw_attention, state, g, crops, title, dpi)),
                 Planned(f"{stem}-mer-confusion", [g.key], [g.key], functools.partial(
                     _draw_results, confusion_figure, state, g, title, dpi, pooled=g.pooled)),
                 Planned(f"{stem}-loss", [g.key], [g.key], functools.partial(
@@ -104,21 +117,21 @@ def plan_figures(state, au: Optional[int] = None, points: Optional[Sequence[int]
         ds_aus = [int(a) for a in gs[0].trial.aus]
         the_au = au if au is not None else (1 if 1 in ds_aus else ds_aus[0])
         if the_au not in ds_aus:
-            warn(f"note: figures: {dataset} has no AU{the_au} (AUs {ds_aus}); no Fig. 6 / 7 for it")
+            logger.warning(f"note: figures: {dataset} has no AU{the_au} (AUs {ds_aus}); no Fig. 6 / 7 for it")
             continue
-        chosen = _chosen_points(gs, points, dataset, seed, warn)
+        chosen = _chosen_points(gs, points, dataset, seed)
         if not chosen:
             continue
         used = [g.key for g in chosen]
         out += [Planned(f"{stem}-fig6-similarity-AU{the_au}", keys, used[:2], functools.partial(
-                    _draw_similarity, state, chosen[:2], the_au, title, dpi, warn)),
+                    _draw_similarity, state, chosen[:2], the_au, title, dpi)),
                 Planned(f"{stem}-fig7-tsne-AU{the_au}", keys, used, functools.partial(
-                    _draw_tsne, state, chosen, the_au, title, dpi, warn))]
+                    _draw_tsne, state, chosen, the_au, title, dpi))]
     return out
 
 
-def _draw_attention(state, g, crops, warn, title: str, dpi: int):
-    return attention_figure(attention_samples(state, g, crops, warn), g.trial.aus, title, dpi=dpi)
+def _draw_attention(state, g, crops, title: str, dpi: int):
+    return attention_figure(attention_samples(state, g, crops), g.trial.aus, title, dpi=dpi)
 
 
 def _draw_results(fn, state, g, title: str, dpi: int, **kwargs):
@@ -129,28 +142,28 @@ def _draw_f1(state, groups, title: str, dpi: int):
     return f1_figure(_f1_rows(state, groups), title, dpi=dpi)
 
 
-def _draw_similarity(state, groups, au: int, title: str, dpi: int, warn):
+def _draw_similarity(state, groups, au: int, title: str, dpi: int):
     panels = similarity_panels(state, groups, au)
     if not panels:
-        warn(f"note: figures: no test subject of {title} has both a positive and a negative sample of AU{au}; "
+        logger.warning(f"note: figures: no test subject of {title} has both a positive and a negative sample of AU{au}; "
              f"no Fig. 6 (try another --figure-au)")
     return similarity_figure(panels, au, title, dpi=dpi)
 
 
-def _draw_tsne(state, groups, au: int, title: str, dpi: int, warn):
+def _draw_tsne(state, groups, au: int, title: str, dpi: int):
     panels = tsne_panels(state, groups, au)
     if not panels:
-        warn(f"note: figures: {title} has fewer than 5 test samples; no Fig. 7")
+        logger.warning(f"note: figures: {title} has fewer than 5 test samples; no Fig. 7")
     return tsne_figure(panels, au, title, dpi=dpi)
 
 
-def _chosen_points(gs, points, dataset, seed, warn) -> List[Any]:
+def _chosen_points(gs, points, dataset, seed) -> List[Any]:
     by_point = {g.trial.point: g for g in gs}
     if points is None:
         return [by_point[p] for p in sorted(by_point)][:MAX_TSNE_POINTS]
     missing = [p for p in points if p not in by_point]
     if missing:
-        warn(f"note: figures: point(s) {missing} of {dataset} seed {seed} are not complete; Fig. 6 / 7 "
+        logger.warning(f"note: figures: point(s) {missing} of {dataset} seed {seed} are not complete; Fig. 6 / 7 "
              f"compare the others")
     return [by_point[p] for p in points if p in by_point]
 
@@ -171,12 +184,11 @@ def digest(planned: Sequence[Planned], state) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_figures(state, out_dir, au: Optional[int] = None, points: Optional[Sequence[int]] = None,
-                  warn: Callable[[str], None] = _stderr, dpi: int = DPI,
+def write_figures(state, out_dir, au: Optional[int] = None, points: Optional[Sequence[int]] = None, dpi: int = DPI,
                   only: Optional[Sequence[Planned]] = None) -> List[str]:
     """Draw every figure (or `only` these, from plan_figures) as `<out_dir>/<name>.png` (atomic); the
     paths written, in plan order."""
-    planned = plan_figures(state, au, points, warn, dpi=dpi) if only is None else list(only)
+    planned = plan_figures(state, au, points, dpi=dpi) if only is None else list(only)
     out_dir = Path(out_dir)
     paths = []
     for p in planned:
@@ -221,18 +233,18 @@ class AttentionSample:
     crop: Optional[np.ndarray] = None  # apex face crop RGB (h0, w0, 3), None when not at hand
 
 
-def attention_samples(state, g, crops: Optional["_CropCache"] = None, warn: Callable[[str], None] = _stderr,
+def attention_samples(state, g, crops: Optional["_CropCache"] = None,
                       per_au: int = PER_AU) -> List[AttentionSample]:
     """The samples of Fig. 5 for one (dataset, point, seed): per AU its `per_au` positives with the
     highest P(active) (its true positives first), each with its stored PTA weights, tokens, landmarks
     and W_d."""
     results = state.group_results(g)
     if not any((r.extras or {}).get("pta") for r in results):
-        warn(f"note: figures: {_where(g)} has no PTA weights (pooling {g.trial.model.pooling}, lsi "
+        logger.warning(f"note: figures: {_where(g)} has no PTA weights (pooling {g.trial.model.pooling}, lsi "
              f"{g.trial.model.lsi}); its Fig. 5 is left out")
         return []
     if not all("landmarks" in (r.extras or {}) for r in results):
-        warn(f"note: figures: the fold records of {_where(g)} were written by an older version, without the "
+        logger.warning(f"note: figures: the fold records of {_where(g)} were written by an older version, without the "
              f"landmarks Fig. 5 needs; its Fig. 5 is left out (delete them from the results store and run "
              f"the sweep to write them again)")
         return []
@@ -346,36 +358,30 @@ class _CropCache:
     once per call, dlib once per sample) and checked against the landmarks the model saw; None where
     that fails (a note says why, once per dataset)."""
 
-    def __init__(self, state, warn: Callable[[str], None]):
-        self.state, self.warn = state, warn
+    def __init__(self, state):
+        self.state = state
         self.crops: Dict[Tuple[str, str], Tuple[np.ndarray, np.ndarray]] = {}
         self.failed: set = set()
 
     def get(self, g, sample_ids: Sequence[str]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """{sample id: (crop, its landmarks)} of the group's prepared dataset; {} when not at hand."""
-        from orchestrator.config import expand_env
-        from orchestrator.data import dataset_root, expand_paths
-        from preprocessing.errors import MicroAUError, SampleProblem
 
         todo = [s for s in dict.fromkeys(sample_ids) if (g.data_id, s) not in self.crops]
         if todo and g.data_id not in self.failed:
-            spec, t = self.state.spec, g.trial
-            ds = spec.datasets[t.dataset]
+            sweep, t = self.state.sweep, g.trial
+            ds = sweep.datasets[t.dataset]
             info = self.state.data.get(g.data_id) or {}
             apex = {a["sample"]: a["apex"] for a in info.get("apex_estimated", []) if a.get("apex") is not None}
             try:
-                from preprocessing.pipeline import apex_face_crops
-
-                root = dataset_root(spec, t.dataset)
-                sheet = expand_env(ds.sheet, f"{spec.source}: datasets.{t.dataset}.sheet") if ds.sheet else None
+                sheet = str(ds.sheet) if ds.sheet is not None else None
                 found = apex_face_crops(
-                    t.reader, root, todo, expand_paths(t.preprocessing, f"{spec.source}: preprocessing"),
-                    sheet=sheet, corrections=dict(ds.corrections), apex=apex,
-                    corrections_where=f"datasets.{t.dataset}.corrections (in {spec.source})")
+                    t.reader, ds.root, todo, expand_paths(t.preprocessing, f"{sweep.source}: preprocessing"),
+                    sheet=sheet, corrections=dict(ds.spec.corrections), apex=apex,
+                    corrections_where=f"datasets.{t.dataset}.corrections (in {sweep.source})")
                 self.crops.update({(g.data_id, s): v for s, v in found.items()})
             except (MicroAUError, SampleProblem, OSError) as e:
                 self.failed.add(g.data_id)
-                self.warn(f"note: figures: Fig. 5 of {t.dataset} draws the stored landmarks without the face: "
+                logger.warning(f"note: figures: Fig. 5 of {t.dataset} draws the stored landmarks without the face: "
                           f"its apex frames cannot be read here ({str(e).splitlines()[0]})")
         return {s: self.crops[(g.data_id, s)] for s in sample_ids if (g.data_id, s) in self.crops}
 
@@ -386,7 +392,7 @@ class _CropCache:
         crop, lm = found
         off = float(np.abs(lm - landmarks).max())
         if off > 1.0:
-            self.warn(f"note: figures: the apex frame of {sample_id} gives landmarks {off:.1f} px away from "
+            logger.warning(f"note: figures: the apex frame of {sample_id} gives landmarks {off:.1f} px away from "
                       f"those its fold was trained on (the data changed?); its Fig. 5 panel has no face")
             return None
         return crop

@@ -2,10 +2,10 @@
 
 One row per point; per dataset of the sweep a group of columns: F1 and ACC (pooled over the LOSO folds,
 mean over AUs), next to each the paper's number where the sweep file gives one (`paper:`,
-orchestrator/paper.py), the paper's other metrics where it gives them (Table III TextSi, Table X MER F1),
+orchestrator/spec/paper.py), the paper's other metrics where it gives them (Table III TextSi, Table X MER F1),
 and with `--per-au` the pooled F1 of every AU. A point run with several seeds shows the mean ± sample sd
 over its seeds (the table and the CSV/JSON also carry the F1/ACC pooled over all seeds). It reads the
-rows of orchestrator/report.py and writes nothing itself.
+rows of orchestrator/reporting/report.py and writes nothing itself.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import io
 import json
 from typing import Any, Dict, List, Optional
 
-from orchestrator.paper import MEASURED
+from orchestrator.reporting.report import rows, seed_summaries
+from orchestrator.spec.paper import MEASURED
 
 FORMATS = ("md", "latex", "csv", "json")
 _BASE = ("f1", "acc")
@@ -25,16 +26,14 @@ def document(state, per_au: bool = False) -> Dict[str, Any]:
     {metric: value}, diff: {metric: measured - paper}, per_au: {AU: F1}, per_au_sd}}}. With one seed the
     `_sd`/`_pooled` values are None; with several, <metric> is the mean over the seeds whose folds are all
     finished."""
-    from orchestrator.report import rows, seed_summaries
-
-    spec = state.spec
+    sweep = state.sweep
     table = rows(state)
     summaries = {(s["dataset"], s["point"]): s for s in seed_summaries(state, table)}
-    points = spec.points()
-    datasets = list(spec.datasets)
+    points = sweep.points
+    datasets = list(sweep.datasets)
     paper_metrics = [m for m in MEASURED if any(m in p.paper.get(d, {}) for p in points for d in datasets)]
     metrics = list(_BASE) + [m for m in paper_metrics if m not in _BASE]
-    multi = len(spec.seeds) > 1
+    multi = len(sweep.seeds) > 1
     by = {}
     for r in table:
         by.setdefault((r["dataset"], r["point"]), []).append(r)
@@ -69,9 +68,9 @@ def document(state, per_au: bool = False) -> Dict[str, Any]:
         out_rows.append({"point": p.index, "label": p.label, "datasets": cells})
     aus = {d: list(dict.fromkeys(a for r in out_rows for a in (r["datasets"].get(d, {}).get("per_au") or {})))
            for d in datasets} if per_au else {}
-    return {"sweep": spec.name, "layout": "one row per point; per dataset F1 and ACC pooled over the LOSO "
+    return {"sweep": sweep.name, "layout": "one row per point; per dataset F1 and ACC pooled over the LOSO "
                                           "folds (mean over AUs)", "datasets": datasets, "metrics": metrics,
-            "paper_metrics": paper_metrics, "seeds": list(spec.seeds),
+            "paper_metrics": paper_metrics, "seeds": list(sweep.seeds),
             "seed_statistic": "mean and sample sd (ddof=1) over seeds" if multi else None,
             "per_au": aus, "rows": out_rows}
 

@@ -22,18 +22,14 @@ import fcntl
 import json
 import os
 import socket
-import sys
+import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
-from preprocessing.errors import MicroAUError
+from orchestrator.errors import LockError
 
-LOCK_NAME = "run.lock"
-
-
-class LockError(MicroAUError, RuntimeError):
-    """Another `run` holds the workdir."""
+logger = logging.getLogger(__name__)
 
 
 def _alive(pid: Any) -> bool:
@@ -71,13 +67,12 @@ def describe(holder: Dict[str, Any]) -> str:
 
 
 class WorkdirLock:
-    """`with WorkdirLock(workdir, sweep_file):` holds `<workdir>/run.lock` or raises LockError."""
+    """`with WorkdirLock(sweep.paths.lock, sweep_file):` holds the lock file (`<workdir>/run.lock`) or
+    raises LockError."""
 
-    def __init__(self, workdir: Path, sweep: Optional[str] = None,
-                 warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
-        self.path = Path(workdir) / LOCK_NAME
+    def __init__(self, path: Path, sweep: Optional[str] = None):
+        self.path = Path(path)
         self.sweep = sweep
-        self.warn = warn
         self._fd: Optional[int] = None
 
     def acquire(self) -> "WorkdirLock":
@@ -94,8 +89,8 @@ class WorkdirLock:
                 os.close(fd)
                 raise LockError(self._refusal(holder)) from None
             except OSError as e:  # e.g. ENOLCK: a network filesystem without locks
-                self.warn(f"warning: {self.path}: cannot lock it ({e.strerror}); running without the "
-                          f"one-run-per-workdir guard: do not start another run in this workdir.")
+                logger.warning(f"warning: {self.path}: cannot lock it ({e.strerror}); running without the "
+                               f"one-run-per-workdir guard: do not start another run in this workdir.")
             # A holder unlinks the file before it lets go (release()): if we locked a file that is no
             # longer the one at the path, another process may be locking the new one; start again.
             try:
@@ -108,8 +103,8 @@ class WorkdirLock:
         previous = _read(fd)
         if previous.get("pid") and previous.get("pid") != os.getpid():
             gone = previous.get("host") == socket.gethostname() and not _alive(previous["pid"])
-            self.warn(f"warning: {self.path}: taking over the lock of {describe(previous)}, which "
-                      f"{'is no longer running' if gone else 'no longer holds it'}.")
+            logger.warning(f"warning: {self.path}: taking over the lock of {describe(previous)}, which "
+                           f"{'is no longer running' if gone else 'no longer holds it'}.")
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                   "started_unix": time.time(), "sweep": self.sweep, "cwd": os.getcwd()}

@@ -2,7 +2,7 @@
 
 One parent run per (dataset, point, seed) holding the flattened resolved params and the pooled metrics
 (updated live as folds finish, final at the end) and, once its point is complete, the figures
-(orchestrator/figures.py) under `figures/`; one nested child run per fold with the fold's metrics, its
+(orchestrator/reporting/figures.py) under `figures/`; one nested child run per fold with the fold's metrics, its
 loss terms per epoch as step metrics (`loss_total`, ..., step = epoch) and a per-sample predictions CSV.
 Runs carry tags (`microau.group`, `microau.fold`) by which a re-run finds them again instead of creating
 duplicates; digest tags say what a run already holds (dataset notes, figures), so nothing is logged twice.
@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from orchestrator.config import SweepSpec, TrialConfig
-from orchestrator.version import mlflow_tags
+from orchestrator.spec.resolved import Sweep
+from orchestrator.spec.schema import TrialConfig
+from orchestrator.tracking.version import mlflow_tags
 
 TAG_GROUP = "microau.group"
 TAG_FOLD = "microau.fold"
 TAG_SWEEP = "microau.sweep"
 TAG_KIND = "microau.kind"  # parent | fold
 TAG_NOTES = "microau.notes"  # digest of the dataset notes logged on a parent (logged once)
-TAG_FIGURES = "microau.figures"  # digest of the figures logged on a parent (orchestrator.figures.digest)
+TAG_FIGURES = "microau.figures"  # digest of the figures logged on a parent (orchestrator.reporting.figures.digest)
 TAG_STEPS = "microau.loss_steps"  # on a child: its per-epoch loss terms are logged as step metrics
 FIGURES_DIR = "figures"  # a parent's artifact folder of figures
 _PARENT_ID = "mlflow.parentRunId"
@@ -88,7 +89,7 @@ def _is_number(v: Any) -> bool:
 # so nothing else in the process (or a test after it) sees them.
 _HTTP_FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
-_HTTP_LATER = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+HTTP_LATER = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1"}
 # SQLite stores: one direct check before MLflow opens the file (Tracker._check_sqlite), since MLflow's
 # engine retries and busy timeouts are not configurable. It opens the file exactly as SQLAlchemy would
@@ -99,7 +100,7 @@ SQLITE_WAIT_S = 3.0
 
 
 @contextlib.contextmanager
-def _env(values: Dict[str, str]):
+def env_defaults(values: Dict[str, str]):
     """`values` in os.environ for the block, except the variables the user has set."""
     mine = [k for k in values if k not in os.environ]
     os.environ.update({k: values[k] for k in mine})
@@ -110,11 +111,45 @@ def _env(values: Dict[str, str]):
             os.environ.pop(k, None)
 
 
+def bounded_calls():
+    """MLflow's HTTP calls in the block wait at most the `HTTP_LATER` bounds (a server that stops answering
+    mid-run costs one bounded wait)."""
+    return env_defaults(HTTP_LATER)
+
+
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: Optional[str]):
+    """MLflow's fluent API (start_run, log_model, load_model) pointed at `uri` for the block only."""
+    import mlflow
+
+    if uri is None:
+        yield
+        return
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+@contextlib.contextmanager
+def quiet_model_io():
+    """MLflow's advice printed while logging or loading a model that does not apply here: type hints (the
+    signature is given), an input example (it would run the model on frames that are not there), the
+    progress bar of checking the logged files."""
+    import warnings
+
+    with warnings.catch_warnings(), env_defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+        warnings.filterwarnings("ignore", message=r".*(type hints|input example).*", category=UserWarning)
+        yield
+
+
 def _bounded(method):
-    """A Tracker method whose MLflow HTTP calls wait at most the `_HTTP_LATER` bounds."""
+    """A Tracker method whose MLflow HTTP calls wait at most the `HTTP_LATER` bounds."""
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        with _env(_HTTP_LATER):
+        with env_defaults(HTTP_LATER):
             return method(*args, **kwargs)
     return wrapper
 
@@ -169,16 +204,16 @@ class Tracker:
     reached, created or written, within the bounds above.
     """
 
-    def __init__(self, spec: SweepSpec):
-        import mlflow
+    def __init__(self, sweep: Sweep):
+        import mlflow  # heavy: imported when tracking starts (in a thread while Ray starts), for start-up time
         from mlflow import MlflowClient
 
-        self.spec = spec
-        self.uri = spec.tracking_uri()
+        self.sweep = sweep
+        self.uri = sweep.tracking_uri
         _quiet_mlflow_db_errors()
         if self.uri.startswith("sqlite:"):
             _check_sqlite(self.uri)
-        with _env(_HTTP_FIRST_CONTACT):
+        with env_defaults(_HTTP_FIRST_CONTACT):
             self.client = MlflowClient(tracking_uri=self.uri)
             self._mlflow = mlflow
             self.experiment_id = self._experiment()
@@ -190,7 +225,7 @@ class Tracker:
 
     # -- experiment and runs ------------------------------------------------------------------------
     def _experiment(self) -> str:
-        name = self.spec.experiment_name()
+        name = self.sweep.experiment
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
@@ -199,9 +234,9 @@ class Tracker:
         artifacts = None
         if self.uri.startswith("sqlite:") or "://" not in self.uri:
             # A local store: keep artifacts beside it in the workdir (not ./mlruns of the cwd).
-            artifacts = (self.spec.workdir_path() / "mlartifacts").resolve().as_uri()
+            artifacts = self.sweep.paths.mlartifacts.resolve().as_uri()
         return self.client.create_experiment(name, artifact_location=artifacts,
-                                             tags={TAG_SWEEP: self.spec.name})
+                                             tags={TAG_SWEEP: self.sweep.name})
 
     @_bounded
     def parent(self, group: str, trial: TrialConfig, data_key: str, folds_total: int) -> str:
@@ -215,13 +250,13 @@ class Tracker:
             self.parent_status[group] = runs[0].info.status
             self._parent_tags[run_id] = dict(runs[0].data.tags)
         else:
-            tags = {**mlflow_tags(), TAG_GROUP: group, TAG_KIND: "parent", TAG_SWEEP: self.spec.name,
+            tags = {**mlflow_tags(), TAG_GROUP: group, TAG_KIND: "parent", TAG_SWEEP: self.sweep.name,
                     "dataset": trial.dataset, "point": trial.point_label, "seed": str(trial.seed),
                     "config_hash": trial.hash, "data_key": data_key}
             run = self.client.create_run(self.experiment_id, tags=tags,
                                          run_name=f"{trial.dataset}:{trial.point_label}:seed{trial.seed}")
             run_id = run.info.run_id
-            self._log_params(run_id, trial.flat_params())
+            self.log_params(run_id, trial.flat_params())
             self.client.log_batch(run_id, metrics=self._metrics({"folds_total": folds_total}, step=0))
             self.parent_status[group] = "RUNNING"
         self._parents[group] = run_id
@@ -257,7 +292,7 @@ class Tracker:
         known = self.children(parent_id)
         if key in known:
             return known[key]
-        tags = {**mlflow_tags(), _PARENT_ID: parent_id, TAG_FOLD: key, TAG_KIND: "fold", TAG_SWEEP: self.spec.name,
+        tags = {**mlflow_tags(), _PARENT_ID: parent_id, TAG_FOLD: key, TAG_KIND: "fold", TAG_SWEEP: self.sweep.name,
                 "dataset": str(meta["dataset"]), "point": str(meta["point_label"]),
                 "seed": str(meta["seed"]), "subject": str(meta["subject"]), TAG_STEPS: "1"}
         for k in ("node_ip", "node_id", "hostname"):
@@ -266,7 +301,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, tags=tags,
                                      run_name=f"{meta['dataset']}:{meta['point_label']}:{meta['subject']}")
         run_id = run.info.run_id
-        self._log_params(run_id, {"subject": meta["subject"], "fold_key": key})
+        self.log_params(run_id, {"subject": meta["subject"], "fold_key": key})
         self.client.log_batch(run_id, metrics=self._metrics(metrics, step=0))
         self._log_steps(run_id, loss_curve or {})
         self.client.log_text(run_id, predictions_csv, "predictions.csv")
@@ -357,7 +392,7 @@ class Tracker:
         ts = int(time.time() * 1000)
         return [Metric(k, float(v), ts, step) for k, v in values.items() if _is_number(v)]
 
-    def _log_params(self, run_id: str, params: Dict[str, Any]) -> None:
+    def log_params(self, run_id: str, params: Dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]

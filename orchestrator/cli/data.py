@@ -5,7 +5,8 @@ import json
 
 import click
 
-from orchestrator.cli_errors import friendly_errors
+from orchestrator.cli.errors import friendly_errors
+from orchestrator.execution.parallel import MIN_SAMPLES, LocalRay, RaySamples
 
 
 @click.command("synth")
@@ -95,8 +96,6 @@ def preprocess(reader, root, sheet, cache_dir, flow, magnification, factor, magn
             fixes = {"corrections": load_file(corrections_file), "corrections_where": str(corrections_file)}
         else:
             fixes = {"corrections_where": "a corrections file (--corrections FILE.yaml)"}
-        from orchestrator.parallel import MIN_SAMPLES, LocalRay, RaySamples
-
         session = LocalRay(workers, address)
         asked = bool(workers or address)  # asked for Ray: used whatever the number of samples
         mapper = None if workers == 1 and not address else RaySamples(session, 0 if asked else MIN_SAMPLES)

@@ -8,14 +8,19 @@ killed driver leaves either the whole fold or nothing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
-from orchestrator.config import stable_hash
+from orchestrator.spec.schema import stable_hash
+from model.result import FoldResult
+from orchestrator.spec.resolved import Sweep
 from preprocessing.atomic import atomic_file
-from preprocessing.errors import MicroAUError
+from orchestrator.errors import ConfigError, StoreError
+
+logger = logging.getLogger(__name__)
 
 STORE_VERSION = 1
 
@@ -37,10 +42,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (preprocessing.atomic)."""
     with atomic_file(path, "wb") as f:
         f.write(data)
-
-
-class StoreError(MicroAUError, RuntimeError):
-    pass
 
 
 def ensure_writable(folder: Path, what: str, consequence: str) -> None:
@@ -116,8 +117,6 @@ class ResultsStore:
         """The stored fold as a `FoldResult` (parsed once); a StoreError naming the file when the record
         is unreadable or its result misses a field."""
         if key not in self._results:
-            from model.result import FoldResult
-
             record = self.get(key)
             try:
                 self._results[key] = FoldResult.from_dict(record["result"])
@@ -126,7 +125,7 @@ class ResultsStore:
                                  f"({type(e).__name__}: {e})") from None
         return self._results[key]
 
-    def intact(self, key: str, warn: Callable[[str], None]) -> bool:
+    def intact(self, key: str) -> bool:
         """True when the fold is stored and reads back whole. A damaged record is moved aside to
         `damaged/` with a warning, and False is returned: the fold is trained again."""
         if not self.has(key):
@@ -136,7 +135,7 @@ class ResultsStore:
             return True
         except StoreError as e:
             aside = self.set_aside(key)
-            warn(f"warning: {e}; moved to {aside}; its fold is trained again on the next run")
+            logger.warning(f"warning: {e}; moved to {aside}; its fold is trained again on the next run")
             return False
 
     def set_aside(self, key: str) -> Path:
@@ -157,38 +156,33 @@ class ResultsStore:
                 yield p.stem
 
 
-# -- which sweep file owns a name in this workdir ------------------------------------------------------
-NAMES = "sweeps.json"  # in <workdir>: sweep name -> {file, config}
-
-
-def claim_name(spec, share: bool = False) -> None:
+# -- which sweep file owns a name in this workdir (<workdir>/sweeps.json: name -> {file, config}) -------
+def claim_name(sweep: Sweep, share: bool = False) -> None:
     """A sweep's name picks its MLflow experiment and its report files: refuse a second sweep FILE with
     the same name and other trials in one workdir (a copied and edited sweep file, say) unless `share`
     says it is meant. The same file edited (a point added) keeps its name; a copy that resolves to the
     same trials (other dataset roots or workdir) is the same sweep."""
-    from orchestrator.config import ConfigError, stable_hash
-
-    if not spec.source:
+    if not sweep.source:
         return
-    path = Path(spec.workdir_path()) / NAMES
+    path = sweep.paths.names
     try:
         known = json.loads(path.read_text()) if path.is_file() else {}
         known = known if isinstance(known, dict) else {}
     except (OSError, ValueError):
         known = {}  # a damaged registry is written again
-    me = {"file": str(Path(spec.source).resolve()),
+    me = {"file": str(Path(sweep.source).resolve()),
           # what it computes (every resolved trial), not where: a copy with other roots or workdir is the
           # same sweep
-          "config": stable_hash(sorted([t.dataset, t.hash] for t in spec.trials()))}
-    other = known.get(spec.name)
+          "config": stable_hash(sorted([t.dataset, t.hash] for t in sweep.trials))}
+    other = known.get(sweep.name)
     if isinstance(other, dict) and other.get("file") != me["file"] and other.get("config") != me["config"] \
             and not share and Path(str(other.get("file"))).is_file():
-        raise ConfigError(f"{spec.source}: name {spec.name!r} is already used in the workdir {spec.workdir_path()} "
+        raise ConfigError(f"{sweep.source}: name {sweep.name!r} is already used in the workdir {sweep.paths.workdir} "
                           f"by {other['file']}, with other contents: the two would share one MLflow "
                           f"experiment and one report file. Give this sweep its own `name:` (or "
                           f"--set name=...), or pass --share-name if they are meant to share it")
-    if known.get(spec.name) != me:
-        known[spec.name] = me
+    if known.get(sweep.name) != me:
+        known[sweep.name] = me
         try:
             atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True))
         except OSError:

@@ -1,8 +1,8 @@
 """The code file of the MLflow pyfunc model that `microau-sweep train` logs (MLflow's "models from code":
 MLflow copies this file into the model and runs it on load, so nothing is pickled). The model's code is
-`orchestrator.pyfunc`, imported from the installed microau-sweep."""
+`orchestrator.serving.pyfunc`, imported from the installed microau-sweep."""
 import mlflow
 
-from orchestrator.pyfunc import MicroAUPythonModel
+from orchestrator.serving.pyfunc import MicroAUPythonModel
 
 mlflow.models.set_model(MicroAUPythonModel())

@@ -10,25 +10,32 @@ The package's `info` records what the model was trained on (dataset, prepared-da
 samples, sweep, point, seed) and that it has no held-out evaluation, so `predict` can say so.
 
 MLflow: one run per model (tag `microau.model` = key) in the sweep's experiment, holding the config as
-params and the package as an MLflow pyfunc model (`orchestrator/pyfunc.py`) with its signature. As for
+params and the package as an MLflow pyfunc model (`orchestrator/serving/pyfunc.py`) with its signature. As for
 `run`, MLflow is a side channel: when it is unavailable, `train` warns, keeps the stored model and exits
 0; a later `train` with nothing changed logs what is missing.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from orchestrator.config import SweepSpec, TrialConfig, stable_hash
-from orchestrator.tracking import _env
+from orchestrator.execution.trainable import prefix_for
+from orchestrator.planning.store import ensure_writable
+from orchestrator.serving import pyfunc
+from orchestrator.spec.resolved import Sweep
+from orchestrator.spec.schema import TrialConfig, stable_hash
+from orchestrator.tracking.client import (TAG_KIND, TAG_SWEEP, Tracker, bounded_calls, fluent_tracking_uri,
+                                          quiet_model_io)
+from orchestrator.tracking.version import code_version, mlflow_tags
 
-MODELS = "models"  # <workdir>/models
+logger = logging.getLogger(__name__)
+
 MODEL_STORE_VERSION = 1
 TAG_MODEL = "microau.model"
 TAG_MODEL_URI = "microau.model_uri"
@@ -44,10 +51,6 @@ def model_key(trial: TrialConfig, data_key: str) -> str:
                         "package": SCHEMA_VERSION})
 
 
-def models_root(spec: SweepSpec) -> Path:
-    return spec.workdir_path() / MODELS
-
-
 @dataclass
 class TrainOutcome:
     key: str
@@ -57,7 +60,7 @@ class TrainOutcome:
     mlflow: Dict[str, Any] = field(default_factory=dict)  # run_id, model_uri, logged, registered, error
 
 
-def stored_package(root: Path, key: str, warn: Callable[[str], None]) -> Optional[Path]:
+def stored_package(root: Path, key: str) -> Optional[Path]:
     """The intact package of `key` in the store, else None; a damaged one is moved to `damaged/` with a
     warning (it is trained again)."""
     from model.inference import ModelPackageError, check_package
@@ -75,21 +78,19 @@ def stored_package(root: Path, key: str, warn: Callable[[str], None]) -> Optiona
         while target.exists():
             target, n = folder / f"{key}.{n}", n + 1
         os.replace(path, target)
-        warn(f"warning: {e}; moved to {target}; the model is trained again")
+        logger.warning(f"warning: {e}; moved to {target}; the model is trained again")
         return None
 
 
-def training_info(spec: SweepSpec, trial: TrialConfig, data, key: str) -> Dict[str, Any]:
+def training_info(sweep: Sweep, trial: TrialConfig, data, key: str) -> Dict[str, Any]:
     """What the package records of its training (module docstring)."""
-    from orchestrator.version import code_version
-
     return {
         "key": key,
         "trained_on": {"dataset": trial.dataset, "reader": trial.reader, "data_key": data.key,
                        "subjects": sorted(set(map(str, data.subjects))), "samples": len(data.sample_ids),
                        "skipped_samples": [str(s["sample"]) for s in (data.skipped or [])]},
         "evaluation": EVALUATION_NOTE,
-        "sweep": spec.name, "point": trial.point, "point_label": trial.point_label, "params": trial.params,
+        "sweep": sweep.name, "point": trial.point, "point_label": trial.point_label, "params": trial.params,
         "seed": trial.seed, "config_hash": trial.hash,
         "config": trial.model_dump(mode="json"),
         "preprocessing": trial.preprocessing.model_dump(mode="json"),
@@ -98,22 +99,19 @@ def training_info(spec: SweepSpec, trial: TrialConfig, data, key: str) -> Dict[s
     }
 
 
-def train_and_store(spec: SweepSpec, trial: TrialConfig, data, on_epoch=None,
-                    warn: Callable[[str], None] = print) -> TrainOutcome:
+def train_and_store(sweep: Sweep, trial: TrialConfig, data, on_epoch=None) -> TrainOutcome:
     """The stored model of `trial` on `data`, trained now (on every subject, `model.inference.train_model`)
     unless the store holds it."""
-    from model.inference import read_meta, save_model, train_model
-    from orchestrator.store import ensure_writable
-    from orchestrator.trial import prefix_for
+    from model.inference import read_meta, save_model, train_model  # torch: when a model is trained
 
-    root = models_root(spec)
+    root = sweep.paths.models
     key = model_key(trial, data.key)
-    found = stored_package(root, key, warn)
+    found = stored_package(root, key)
     if found is not None:
         return TrainOutcome(key=key, path=found, trained=False, info=read_meta(found)["info"])
     ensure_writable(root, "models folder", "the trained model could not be stored")
-    info = training_info(spec, trial, data, key)
-    prefix = prefix_for(trial, data, spec.workdir_path() / "cache")
+    info = training_info(sweep, trial, data, key)
+    prefix = prefix_for(trial, data, sweep.paths.cache)
     fitted = train_model(trial, data, prefix=prefix, on_epoch=on_epoch)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
     umask = os.umask(0)
@@ -124,7 +122,7 @@ def train_and_store(spec: SweepSpec, trial: TrialConfig, data, on_epoch=None,
         try:
             os.rename(tmp, root / key)
         except OSError:
-            if stored_package(root, key, warn) is None:  # not another process's finished package
+            if stored_package(root, key) is None:  # not another process's finished package
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -132,34 +130,6 @@ def train_and_store(spec: SweepSpec, trial: TrialConfig, data, on_epoch=None,
 
 
 # -- MLflow ------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet_logging():
-    """MLflow's advice printed while logging a model that does not apply here: type hints (the signature
-    is given), an input example (it would run the model on frames that are not there), the progress bar
-    of checking the logged files."""
-    import warnings
-
-    with warnings.catch_warnings(), _env({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
-        warnings.filterwarnings("ignore", message=r".*(type hints|input example).*", category=UserWarning)
-        yield
-
-
-@contextlib.contextmanager
-def fluent_tracking_uri(uri: Optional[str]):
-    """MLflow's fluent API (start_run, log_model, load_model) pointed at `uri` for the block only."""
-    import mlflow
-
-    if uri is None:
-        yield
-        return
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)
-
-
 def pip_requirements() -> List[str]:
     """The environment an MLflow model of this tool needs: this package's own dependencies (the code is
     not copied into the model: load it where microau-sweep is installed)."""
@@ -172,30 +142,27 @@ def pip_requirements() -> List[str]:
     return [r for r in reqs if "extra ==" not in r]
 
 
-def log_model(spec: SweepSpec, trial: TrialConfig, outcome: TrainOutcome, register: Optional[str] = None
+def log_model(sweep: Sweep, trial: TrialConfig, outcome: TrainOutcome, register: Optional[str] = None
               ) -> Dict[str, Any]:
     """Log the stored model to the sweep's MLflow experiment as a pyfunc model, once (found again by the
     tag `microau.model`); `register`: also register it under that name (a new version). Raises on any
     tracking failure (the caller warns: MLflow is a side channel)."""
-    import mlflow
+    import mlflow  # heavy: imported when a model is logged, for start-up time
     from mlflow.entities import RunTag
 
     from model.inference import read_meta
-    from orchestrator import pyfunc
-    from orchestrator.tracking import TAG_KIND, TAG_SWEEP, _HTTP_LATER, Tracker
-    from orchestrator.version import mlflow_tags
 
-    tracker = Tracker(spec)  # bounded first contact; creates the experiment where missing
+    tracker = Tracker(sweep)  # bounded first contact; creates the experiment where missing
     client = tracker.client
     out: Dict[str, Any] = {"logged": False}
-    with _env(_HTTP_LATER), fluent_tracking_uri(tracker.uri):
+    with bounded_calls(), fluent_tracking_uri(tracker.uri):
         runs = client.search_runs([tracker.experiment_id], f"tags.`{TAG_MODEL}` = '{outcome.key}'", max_results=5)
         done = [r for r in runs if r.data.tags.get(TAG_MODEL_URI)]
         if done:
             out.update(run_id=done[0].info.run_id, model_uri=done[0].data.tags[TAG_MODEL_URI])
         else:
             t = outcome.info["trained_on"]
-            tags = {**mlflow_tags(), TAG_MODEL: outcome.key, TAG_KIND: "model", TAG_SWEEP: spec.name,
+            tags = {**mlflow_tags(), TAG_MODEL: outcome.key, TAG_KIND: "model", TAG_SWEEP: sweep.name,
                     "dataset": trial.dataset, "point": trial.point_label, "seed": str(trial.seed),
                     "config_hash": trial.hash, "data_key": t["data_key"],
                     "trained_on_subjects": ",".join(t["subjects"])[:5000], "evaluation": EVALUATION_NOTE}
@@ -205,10 +172,10 @@ def log_model(spec: SweepSpec, trial: TrialConfig, outcome: TrainOutcome, regist
                 run_id = client.create_run(tracker.experiment_id, tags=tags,
                                            run_name=f"model:{trial.dataset}:{trial.point_label}:seed{trial.seed}"
                                            ).info.run_id
-                tracker._log_params(run_id, {**trial.flat_params(), "model_key": outcome.key,
+                tracker.log_params(run_id, {**trial.flat_params(), "model_key": outcome.key,
                                              "trained_on_samples": t["samples"]})
             meta = read_meta(outcome.path)
-            with mlflow.start_run(run_id=run_id), _quiet_logging():
+            with mlflow.start_run(run_id=run_id), quiet_model_io():
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=str(Path(pyfunc.__file__).with_name("pyfunc_model.py")),
                     artifacts={"package": str(outcome.path)},

@@ -2,20 +2,22 @@
 cross-dataset protocol, one unit per pair x point x seed), the prepared datasets they read and which of
 them the results store already holds, built once and handed on.
 
-`SweepSpec.trials()` gives one resolved `TrialConfig` per (dataset, point, seed); a fold adds the test
+`Sweep.trials` holds one resolved `TrialConfig` per (dataset, point, seed); a fold adds the test
 subject and the prepared-data key, which together make the results-store key. `make_plan` assembles a
 `Plan` from the datasets at hand: prepared ones (`run`, `fold`), or what was recorded of them (`report`,
-`plan`; orchestrator.data.prepared_or_recorded). `run`, `report`, `fold` and `plan` all read this one
+`plan`; orchestrator.planning.data.prepared_or_recorded). `run`, `report`, `fold` and `plan` all read this one
 object; nothing after it expands the sweep again.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
-from orchestrator.config import ConfigError, SweepSpec, TrialConfig, stable_hash
-from orchestrator.store import ResultsStore, fold_key
+from orchestrator.errors import ConfigError
+from orchestrator.planning.data import data_id, data_ids, dataset_info
+from orchestrator.planning.store import ResultsStore, fold_key
+from orchestrator.spec.resolved import Sweep
+from orchestrator.spec.schema import TrialConfig, stable_hash
 
 
 # The `subject` of a cross-dataset unit: it tests on every subject of its test dataset
@@ -59,35 +61,33 @@ def group_key(trial: TrialConfig, data_key: str, test_data_key: Optional[str] = 
                         **({"test_data": test_data_key} if test_data_key else {})})
 
 
-def test_subjects(spec: SweepSpec, dataset: str, available: Sequence[str]) -> List[str]:
+def test_subjects(sweep: Sweep, dataset: str, available: Sequence[str]) -> List[str]:
     """The test subjects to run for `dataset`: `subjects:` of the sweep file, else every subject.
 
     Training always uses all the other subjects of the prepared dataset, whatever `subjects:` says.
     """
     avail = sorted(set(str(s) for s in available))
-    wanted = spec.datasets[dataset].subjects
+    wanted = sweep.datasets[dataset].subjects
     if wanted is None:
         return avail
     missing = [s for s in wanted if s not in avail]
     if missing:
-        raise ConfigError(f"{spec.source}: datasets.{dataset}.subjects: {missing} not in the prepared "
+        raise ConfigError(f"{sweep.source}: datasets.{dataset}.subjects: {missing} not in the prepared "
                           f"dataset (it has {avail}); fix the list or remove it to run every subject")
     if len(set(wanted)) != len(wanted):
-        raise ConfigError(f"{spec.source}: datasets.{dataset}.subjects lists a subject twice: {wanted}")
+        raise ConfigError(f"{sweep.source}: datasets.{dataset}.subjects lists a subject twice: {wanted}")
     return list(wanted)
 
 
-def expand(spec: SweepSpec, subjects: Dict[str, Sequence[str]], data_keys: Dict[str, str]) -> List[Fold]:
+def expand(sweep: Sweep, subjects: Dict[str, Sequence[str]], data_keys: Dict[str, str]) -> List[Fold]:
     """Every fold of the sweep, in a stable order (dataset, point, seed, subject).
 
-    Both mappings are keyed by `orchestrator.data.data_id(trial)` (a dataset under one preprocessing
+    Both mappings are keyed by `orchestrator.planning.data.data_id(trial)` (a dataset under one preprocessing
     setting): `subjects[id]` are the subjects present in that prepared dataset, `data_keys[id]` its key.
     Trials whose data id is in neither (a dataset not prepared yet: `plan` only) get no folds.
     """
-    from orchestrator.data import data_id, data_ids
-
     folds = []
-    for trial in spec.trials():
+    for trial in sweep.trials:
         if trial.cross:  # one unit: every sample of the train dataset, then every sample of the test one
             train, test = data_ids(trial)
             if train in subjects and test in subjects:
@@ -99,14 +99,14 @@ def expand(spec: SweepSpec, subjects: Dict[str, Sequence[str]], data_keys: Dict[
             continue
         present = subjects[did]
         if len(set(map(str, present))) < 2:
-            raise ConfigError(f"{spec.source}: datasets.{trial.dataset}: LOSO needs at least 2 subjects, the "
+            raise ConfigError(f"{sweep.source}: datasets.{trial.dataset}: LOSO needs at least 2 subjects, the "
                               f"prepared dataset has {sorted(set(present))}")
-        for s in test_subjects(spec, trial.dataset, present):
+        for s in test_subjects(sweep, trial.dataset, present):
             folds.append(Fold(trial=trial, subject=s, data_key=data_keys[did]))
     keys = [f.key for f in folds]
     if len(set(keys)) != len(keys):
         dup = sorted({f.trial.point_label for f in folds if keys.count(f.key) > 1})
-        raise ConfigError(f"{spec.source}: points {dup} resolve to the same configuration; remove the "
+        raise ConfigError(f"{sweep.source}: points {dup} resolve to the same configuration; remove the "
                           f"duplicates from grid/variants")
     return folds
 
@@ -114,7 +114,7 @@ def expand(spec: SweepSpec, subjects: Dict[str, Sequence[str]], data_keys: Dict[
 @dataclass(frozen=True)
 class Plan:
     """A sweep expanded once: everything `run`, `report`, `fold` and `plan` need to know before training."""
-    spec: SweepSpec
+    sweep: Sweep
     # data id -> the prepared dataset, or what the last run recorded of it (key, subjects, notes); None
     # when it is neither prepared here nor recorded (only `plan` builds such a plan)
     datasets: Dict[str, Any]
@@ -124,8 +124,8 @@ class Plan:
     recorded: FrozenSet[str] = field(default_factory=frozenset)  # data ids known only from the record
 
     @property
-    def trials(self) -> List[TrialConfig]:
-        return self.spec.trials()
+    def trials(self) -> Tuple[TrialConfig, ...]:
+        return self.sweep.trials
 
     @property
     def todo(self) -> List[Fold]:
@@ -133,24 +133,18 @@ class Plan:
         return [f for f in self.folds if f.key not in self.stored]
 
     def info(self) -> Dict[str, Dict[str, Any]]:
-        """data id -> what the sweep keeps of each known dataset (orchestrator.data.dataset_info)."""
-        from orchestrator.data import dataset_info
-
+        """data id -> what the sweep keeps of each known dataset (orchestrator.planning.data.dataset_info)."""
         return {i: dataset_info(d) for i, d in self.datasets.items() if d is not None}
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def make_plan(spec: SweepSpec, datasets: Dict[str, Any], warn: Callable[[str], None] = _stderr,
-              store: Optional[ResultsStore] = None, recorded: Sequence[str] = ()) -> Plan:
-    """The plan of `spec` over `datasets` (data id -> prepared dataset or its recorded info, None when
+def make_plan(sweep: Sweep, datasets: Dict[str, Any], store: Optional[ResultsStore] = None,
+              recorded: Sequence[str] = ()) -> Plan:
+    """The plan of `sweep` over `datasets` (data id -> prepared dataset or its recorded info, None when
     unknown): every fold, and which are stored intact (a damaged record is set aside with a warning and
     its fold counts as not stored)."""
-    store = store or ResultsStore(spec.workdir_path() / "results")
+    store = store or ResultsStore(sweep.paths.results)
     known = {i: d for i, d in datasets.items() if d is not None}
-    folds = expand(spec, {i: d.subjects for i, d in known.items()}, {i: d.key for i, d in known.items()})
-    stored = frozenset(f.key for f in folds if store.intact(f.key, warn))
-    return Plan(spec=spec, datasets=dict(datasets), folds=folds, stored=stored, store=store,
+    folds = expand(sweep, {i: d.subjects for i, d in known.items()}, {i: d.key for i, d in known.items()})
+    stored = frozenset(f.key for f in folds if store.intact(f.key))
+    return Plan(sweep=sweep, datasets=dict(datasets), folds=folds, stored=stored, store=store,
                 recorded=frozenset(recorded))

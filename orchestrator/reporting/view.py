@@ -5,7 +5,7 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Protocol
 
 from rich import box
 from rich.console import Console, Group as RGroup
@@ -13,7 +13,24 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.state import SweepState
+from orchestrator.reporting.report import MIN_SUBJECTS
+from orchestrator.spec.paper import MEASURED
+
+
+class LiveProgress(Protocol):
+    """What the live views read of a running sweep (orchestrator.execution.state.SweepState provides it)."""
+    sweep: Any
+    groups: Dict[str, Any]
+    folds: Dict[str, Any]
+    epochs: Dict[str, int]
+    errors: Dict[str, str]
+    listeners: List[Any]
+    trained: int
+    todo: List[str]
+
+    def elapsed(self) -> float: ...
+
+    def remaining(self) -> Optional[float]: ...
 
 
 def _f(v: Optional[float], digits: int = 3) -> str:
@@ -36,13 +53,13 @@ def ci_text(ci: Optional[Dict[str, Any]], name: str = "f1") -> str:
 class LiveView:
     """Folds done / running / failed per point, running pooled F1, elapsed and remaining time."""
 
-    def __init__(self, state: SweepState, console: Console):
+    def __init__(self, state: LiveProgress, console: Console):
         self.state = state
         self.console = console
 
     def __rich__(self):
         s = self.state
-        t = Table(title=f"sweep {s.spec.name}", title_justify="left", expand=False)
+        t = Table(title=f"sweep {s.sweep.name}", title_justify="left", expand=False)
         for col in ("dataset", "point", "seed", "done", "running", "failed", "total", "F1 so far"):
             t.add_column(col, justify="right" if col not in ("dataset", "point") else "left")
         # rendered by rich's refresh thread while the driver's callback updates the state: copy first
@@ -71,7 +88,7 @@ class LogLines:
     """Progress for logs (nohup, batch jobs, `| tee`): one plain line per finished or failed fold, and a
     heartbeat line while folds run when nothing was printed for `heartbeat_s` seconds."""
 
-    def __init__(self, state: SweepState, out, heartbeat_s: float = 60.0):
+    def __init__(self, state: LiveProgress, out, heartbeat_s: float = 60.0):
         self.state, self.out, self.heartbeat_s = state, out, heartbeat_s
         self.last = time.time()
         self.done = 0
@@ -80,7 +97,8 @@ class LogLines:
 
     def _print(self, text: str) -> None:
         with self._lock:
-            print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.out, flush=True)
+            self.out.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
+            self.out.flush()
             self.last = time.time()
 
     def on_event(self, event: str, key: str) -> None:
@@ -206,8 +224,6 @@ def paper_table(rows: List[Dict[str, Any]], dataset: str,
     """Measured next to the paper's numbers (sweep file `paper:`), with the difference measured - paper,
     for the points of one dataset that have them; None when none has. A multi-seed point is compared by
     the mean over its seeds (one extra row)."""
-    from orchestrator.paper import MEASURED
-
     rows = [r for r in rows if r["dataset"] == dataset]
     summaries = [s for s in summaries or [] if s["dataset"] == dataset]
     metrics = [m for m in MEASURED if any(m in (r.get("paper") or {}) for r in rows)]
@@ -292,8 +308,6 @@ def print_report(console: Console, rows: List[Dict[str, Any]], trained: Optional
     sweep file gives the paper's numbers, measured vs paper), failed and incomplete points, and the notes
     on each prepared dataset (SweepState.data_notes: skipped samples, dropped subjects, estimated apexes,
     corrections, warnings)."""
-    from orchestrator.report import MIN_SUBJECTS
-
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     for d in datasets:
         console.print(points_table(rows, d))

@@ -6,39 +6,39 @@ hash, so a second run (or another sweep over the same data and preprocessing) re
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
-from orchestrator.config import ConfigError, SweepSpec, TrialConfig, expand_env, stable_hash
+from orchestrator.errors import ConfigError
+from orchestrator.spec.resolved import Sweep
+from orchestrator.spec.schema import TrialConfig, expand_env, stable_hash
+from preprocessing import find_prepared, prepare_dataset, prepared_key, synth
+from preprocessing.atomic import atomic_file
+from preprocessing.errors import MicroAUError
+
+logger = logging.getLogger(__name__)
 
 
-def dataset_root(spec: SweepSpec, name: str) -> Path:
-    """The dataset's root with `${VAR}` expanded; a ConfigError naming the variable when it is unset."""
-    ds = spec.datasets[name]
-    return Path(expand_env(ds.root, f"{spec.source}: datasets.{name}.root")).expanduser()
-
-
-def ensure_synthetic(spec: SweepSpec, name: str, progress: bool = True) -> Optional[Path]:
+def ensure_synthetic(sweep: Sweep, name: str, progress: bool = True) -> Optional[Path]:
     """Generate the synthetic dataset of `datasets.<name>.synthetic` when its root is missing or empty.
 
     Returns the root when it generated something, else None.
     """
-    ds = spec.datasets[name]
-    root = dataset_root(spec, name)
-    if ds.synthetic is None:
+    ds = sweep.datasets[name]
+    root = ds.root
+    if ds.spec.synthetic is None:
         return None
     if root.is_dir() and any(root.iterdir()):
         return None
     if root.exists() and not root.is_dir():
-        raise ConfigError(f"{spec.source}: datasets.{name}.root {root} is a file, not a folder")
-    from preprocessing import synth
-
-    s = ds.synthetic
+        raise ConfigError(f"{ds.where}.root {root} is a file, not a folder")
+    s = ds.spec.synthetic
     if progress:
-        print(f"[{name}] generating a synthetic {ds.reader} dataset in {root} "
-              f"({s.subjects} subjects x {s.per_subject} samples, seed {s.seed})", flush=True)
+        logger.info(f"[{name}] generating a synthetic {ds.reader} dataset in {root} "
+                    f"({s.subjects} subjects x {s.per_subject} samples, seed {s.seed})")
     synth.generate(root, ds.reader, s.subjects, s.per_subject, s.seed, intensity=s.intensity, noise=s.noise)
     return root
 
@@ -55,33 +55,33 @@ def data_ids(trial: TrialConfig) -> List[str]:
     return [data_id(trial, name) for name in trial.reads]
 
 
-def prepare(spec: SweepSpec, name: str, preprocessing, progress: bool = True, cached_only: bool = False,
+def prepare(sweep: Sweep, name: str, preprocessing, progress: bool = True, cached_only: bool = False,
             map_samples=None):
     """The `PreparedDataset` of `datasets.<name>` under `preprocessing` (a trial's), synthetic data
-    generated first when asked for. `map_samples`: how its samples are prepared (orchestrator.parallel
+    generated first when asked for. `map_samples`: how its samples are prepared (orchestrator.execution.parallel
     .RaySamples: as Ray tasks; default in this process).
 
     cached_only: only what the cache holds (None when the dataset is not prepared): no synthetic data is
     generated and nothing is preprocessed; "key": only the prepared-data key the data has now."""
-    from preprocessing import find_prepared, prepare_dataset, prepared_key
-
-    ds = spec.datasets[name]
+    ds = sweep.datasets[name]
     if not cached_only:
-        ensure_synthetic(spec, name, progress=progress)
-    root = dataset_root(spec, name)
+        ensure_synthetic(sweep, name, progress=progress)
+    root = ds.root
     if not root.exists():
-        raise ConfigError(f"{spec.source}: datasets.{name}.root: {root} does not exist; point it at the "
+        raise ConfigError(f"{ds.where}.root: {root} does not exist; point it at the "
                           f"{ds.reader} folder (see docs/datasets.md)")
-    sheet = expand_env(ds.sheet, f"{spec.source}: datasets.{name}.sheet") if ds.sheet else None
-    cache = spec.workdir_path() / "cache"
-    cfg = expand_paths(preprocessing, f"{spec.source}: preprocessing")
-    fixes = {"corrections": dict(ds.corrections),
-             "corrections_where": f"datasets.{name}.corrections (in {spec.source})"}
+    sheet = ds.sheet
+    sheet = str(sheet) if sheet is not None else None
+    cache = sweep.paths.cache
+    cfg = expand_paths(preprocessing, f"{sweep.source}: preprocessing")
+    fixes = {"corrections": dict(ds.spec.corrections),
+             "corrections_where": f"datasets.{name}.corrections (in {sweep.source})"}
+    on_error = ds.spec.on_error
     if cached_only == "key":
         return prepared_key(ds.reader, root, cfg, cache, sheet=sheet, **fixes)
     if cached_only:
-        return find_prepared(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error, **fixes)
-    return prepare_dataset(ds.reader, root, cfg, cache, sheet=sheet, on_error=ds.on_error,
+        return find_prepared(ds.reader, root, cfg, cache, sheet=sheet, on_error=on_error, **fixes)
+    return prepare_dataset(ds.reader, root, cfg, cache, sheet=sheet, on_error=on_error,
                            progress=progress, map_samples=map_samples, **fixes)
 
 
@@ -101,7 +101,7 @@ def expand_paths(cfg, where: str):
     return cfg.model_copy(update=update) if update else cfg
 
 
-def prepare_all(spec: SweepSpec, trials: Sequence[TrialConfig], progress: bool = True,
+def prepare_all(sweep: Sweep, trials: Sequence[TrialConfig], progress: bool = True,
                 cached_only: bool = False, map_samples=None) -> Dict[str, object]:
     """Every prepared dataset the `trials` (the sweep's expansion) read, keyed by `data_id` (cached_only,
     map_samples: see `prepare`; a dataset not prepared yet maps to None)."""
@@ -109,16 +109,15 @@ def prepare_all(spec: SweepSpec, trials: Sequence[TrialConfig], progress: bool =
     for trial in trials:
         for name, key in zip(trial.reads, data_ids(trial)):
             if key not in out:
-                out[key] = prepare(spec, name, trial.preprocessing, progress=progress, cached_only=cached_only,
+                out[key] = prepare(sweep, name, trial.preprocessing, progress=progress, cached_only=cached_only,
                                    map_samples=map_samples)
     return out
 
 
 # -- what `report` needs of the data when the data is not at hand -------------------------------------
-MANIFEST = "datasets.json"  # in <workdir>: data id -> prepared-data key, subjects and skipped samples
 
 
-def _read_manifest(path: Path, warn=print) -> Dict[str, dict]:
+def _read_manifest(path: Path) -> Dict[str, dict]:
     """The manifest, or {} when there is none; a damaged one is moved aside (`.damaged`) with a warning:
     it only remembers keys, which the next run records again."""
     if not path.is_file():
@@ -133,8 +132,8 @@ def _read_manifest(path: Path, warn=print) -> Dict[str, dict]:
         why = str(e)
     aside = path.with_name(path.name + ".damaged")
     os.replace(path, aside)
-    warn(f"warning: {path} is damaged ({why}); moved to {aside}. It is written again from the prepared "
-         f"datasets; `report` cannot use it where the datasets are not at hand until then.")
+    logger.warning(f"warning: {path} is damaged ({why}); moved to {aside}. It is written again from the "
+                   f"prepared datasets; `report` cannot use it where the datasets are not at hand until then.")
     return {}
 
 
@@ -155,13 +154,11 @@ def dataset_info(d) -> Dict[str, object]:
                                                                            "warnings")}}
 
 
-def record_prepared(spec: SweepSpec, datasets: Dict[str, object], warn=print) -> None:
+def record_prepared(sweep: Sweep, datasets: Dict[str, object]) -> None:
     """Remember each prepared dataset's key, subjects and skipped samples beside the results store, so
     that `report` can rebuild tables where the datasets are not mounted (or their variables not set)."""
-    from preprocessing.atomic import atomic_file
-
-    path = spec.workdir_path() / MANIFEST
-    known = _read_manifest(path, warn)
+    path = sweep.paths.manifest
+    known = _read_manifest(path)
     for i, d in datasets.items():
         old = known.get(i) or {}
         earlier = [k for k in [old.get("key")] + list(old.get("earlier_keys") or []) if k and k != d.key]
@@ -170,32 +167,29 @@ def record_prepared(spec: SweepSpec, datasets: Dict[str, object], warn=print) ->
         json.dump(known, f, indent=1, sort_keys=True)
 
 
-def prepared_or_recorded(spec: SweepSpec, trials: Sequence[TrialConfig], warn=print,
-                         strict: bool = True) -> Dict[str, Optional[SimpleNamespace]]:
+def prepared_or_recorded(sweep: Sweep, trials: Sequence[TrialConfig], strict: bool = True) -> Dict[str, Optional[SimpleNamespace]]:
     """What `report` and `plan` need of each dataset the `trials` read (key, subjects, notes), without
     preprocessing: the cached prepared dataset, else what the last run recorded of it. Each value's
     `origin` says which ("prepared" or "recorded"). A dataset that is neither is a ConfigError, or maps
     to None when not `strict` (`plan`: it will be prepared first)."""
-    from preprocessing.errors import MicroAUError
-
-    path = spec.workdir_path() / MANIFEST
+    path = sweep.paths.manifest
     try:
-        found = prepare_all(spec, trials, progress=False, cached_only=True)
+        found = prepare_all(sweep, trials, progress=False, cached_only=True)
         missing = sorted(i for i, d in found.items() if d is None)
-        reason = f"{spec.source}: {', '.join(missing)} not prepared here yet" if missing else None
+        reason = f"{sweep.source}: {', '.join(missing)} not prepared here yet" if missing else None
     except MicroAUError as e:
         found, reason = {}, str(e).splitlines()[0]
     out = {i: SimpleNamespace(**dataset_info(d), origin="prepared") for i, d in found.items() if d is not None}
     if reason is None:
         return out
-    known = _read_manifest(path, warn)
+    known = _read_manifest(path)
     need = {i for t in trials for i in data_ids(t)} - set(out)
     absent = sorted(need - set(known))
     if absent and strict:
         raise ConfigError(f"{reason}\nNo earlier run recorded {', '.join(absent)} in {path} either: run "
-                          f"`microau-sweep run {spec.source}` first (report never preprocesses)")
+                          f"`microau-sweep run {sweep.source}` first (report never preprocesses)")
     if need - set(absent):
-        warn(f"note: {reason}\n      using the dataset keys recorded by the last run ({path})")
+        logger.warning(f"note: {reason}\n      using the dataset keys recorded by the last run ({path})")
     out.update({i: SimpleNamespace(**{**{k: [] for k in NOTES}, **known[i]}, origin="recorded")
                 for i in need if i in known})
     out.update({i: None for i in absent})
@@ -205,20 +199,20 @@ def prepared_or_recorded(spec: SweepSpec, trials: Sequence[TrialConfig], warn=pr
             continue  # the data is not at hand here: the recorded key is all there is
         name, t = by_id[i]
         try:
-            now = prepare(spec, name, t.preprocessing, progress=False, cached_only="key")
+            now = prepare(sweep, name, t.preprocessing, progress=False, cached_only="key")
         except MicroAUError:
             continue
         if now != out[i].key:
             out[i].current_key = now
-            warn(f"note: the data of {i} here has the prepared-data key {now}, not the recorded {out[i].key}: "
+            logger.warning(f"note: the data of {i} here has the prepared-data key {now}, not the recorded {out[i].key}: "
                  f"its coding sheet, frames, corrections or preprocessing model files differ from what the "
                  f"last run prepared (or this version keys them differently). The table shows the folds of "
                  f"the recorded key; `run` prepares the data as it is now and trains every fold of it.")
     return out
 
 
-def earlier_keys(spec: SweepSpec) -> Dict[str, List[str]]:
+def earlier_keys(sweep: Sweep) -> Dict[str, List[str]]:
     """data id -> prepared-data keys this workdir recorded for it before the current one (newest first):
     the folds stored under them were made from other data or preprocessing inputs."""
-    known = _read_manifest(spec.workdir_path() / MANIFEST, warn=lambda m: None)
+    known = _read_manifest(sweep.paths.manifest) if sweep.paths.manifest.is_file() else {}
     return {i: list(v.get("earlier_keys") or []) for i, v in known.items()}

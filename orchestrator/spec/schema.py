@@ -18,20 +18,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from model.config import ModelConfig, TrainConfig, check_aus, with_dataset_defaults
 from preprocessing.config import PreprocessConfig
-from preprocessing.errors import MicroAUError
+from orchestrator.errors import ConfigError
+from orchestrator.spec import paper
 
 SECTIONS = ("preprocessing", "model", "training")
 _SECTION_MODELS = {"preprocessing": PreprocessConfig, "model": ModelConfig, "training": TrainConfig}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(MicroAUError, ValueError):
-    """A sweep file is invalid; the message names the file and the key at fault."""
 
 
 class _Strict(BaseModel):
@@ -156,7 +153,6 @@ class SweepSpec(_Strict):
     # Present: the cross-dataset protocol (one unit per pair, point and seed) instead of LOSO
     cross_dataset: Optional[CrossDatasetSpec] = None
     source: Optional[str] = Field(None, exclude=True)  # the file it was read from (for messages)
-    _trials: Optional[List["TrialConfig"]] = PrivateAttr(None)  # the expansion, made once (trials())
 
     @field_validator("name")
     @classmethod
@@ -181,28 +177,10 @@ class SweepSpec(_Strict):
             raise ValueError(f"seed(s) {twice} listed more than once; list each seed once")
         return v
 
-    # ----------------------------------------------------------------------------------------------
-    def workdir_path(self) -> Path:
-        path = Path(expand_env(self.workdir, f"{self.source}: workdir")).expanduser()
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"{self.source}: workdir: {path} is a file, not a folder; point workdir at a "
-                              f"folder (it is created when missing)")
-        return path
-
-    def tracking_uri(self) -> str:
-        if self.tracking.uri:
-            return expand_env(self.tracking.uri, f"{self.source}: tracking.uri")
-        return f"sqlite:///{(self.workdir_path() / 'mlflow.db').resolve()}"
-
-    def experiment_name(self) -> str:
-        return self.tracking.experiment or self.name
-
     def points(self) -> List["Point"]:
         """Grid points: every variant (or none) crossed with the product of the grid's values. A variant's
         `paper:` key and a grid value written `{value: V, paper: {...}}` give the paper's numbers of the
-        point (orchestrator/paper.py); they are not config and never reach a trial's params or hash."""
-        from orchestrator import paper
-
+        point (orchestrator/spec/paper.py); they are not config and never reach a trial's params or hash."""
         ds, src = list(self.datasets), self.source
         variants = [(n, {k: v for k, v in p.items() if k != "paper"},
                      paper.parse(p.get("paper"), f"variants.{n}.paper", ds, src))
@@ -220,22 +198,16 @@ class SweepSpec(_Strict):
                 out.append(point.model_copy(update={"paper": paper.merge(parts, point.label, src)}))
         return out
 
-    def trials(self, dataset: Optional[str] = None) -> List["TrialConfig"]:
-        """Resolved configs, one per (dataset, point, seed), in sweep order. The sweep is expanded once
-        (`load_sweep` does it, which validates every point) and the same list is handed out after."""
-        names = [p.label for p in self.cross_dataset.pairs] if self.cross_dataset else list(self.datasets)
-        if dataset is not None and dataset not in names:
-            what = "cross-dataset pair" if self.cross_dataset else "dataset"
-            raise ConfigError(f"{self.source}: no {what} {dataset!r}; the file has {sorted(names)}")
-        if self._trials is None:
-            if self.cross_dataset:
-                aus = self.cross_aus()
-                self._trials = [self.resolve(c.train, p, s, test=c.test, aus=aus) for c in self.cross_dataset.pairs
-                                for p in self.points() for s in self.seeds]
-            else:
-                self._trials = [self.resolve(n, p, s) for n in self.datasets for p in self.points()
-                                for s in self.seeds]
-        return [t for t in self._trials if dataset is None or t.dataset == dataset]
+    def expand(self) -> List["TrialConfig"]:
+        """Resolved configs, one per (dataset, point, seed) in sweep order (per (pair, point, seed) under the
+        cross-dataset protocol); every point of every dataset is validated here. `load_sweep` calls it once
+        and keeps the result in the resolved sweep (orchestrator/spec/resolved.py)."""
+        points = self.points()
+        if self.cross_dataset:
+            aus = self.cross_aus()
+            return [self.resolve(c.train, p, s, test=c.test, aus=aus) for c in self.cross_dataset.pairs
+                    for p in points for s in self.seeds]
+        return [self.resolve(n, p, s) for n in self.datasets for p in points for s in self.seeds]
 
     def cross_aus(self) -> List[int]:
         """The AUs of the cross-dataset protocol, with its pairs checked: `cross_dataset.aus`, each one in
@@ -279,20 +251,6 @@ class SweepSpec(_Strict):
                                   f"datasets.{name} ({have}: {src}); list only AUs every dataset of a pair "
                                   f"evaluates (here {shared}), or add them to datasets.{name}.aus")
         return list(cross.aus)
-
-    def trial(self, dataset: str, point: int, seed: int) -> "TrialConfig":
-        """The resolved config of one (dataset, point index, seed) of the expansion."""
-        for t in self.trials(dataset):
-            if t.point == point and t.seed == seed:
-                return t
-        raise ConfigError(f"{self.source}: no point {point} with seed {seed} (points 0..{len(self.points()) - 1}, "
-                          f"seeds {self.seeds})")
-
-    def model_copy(self, *, update=None, deep: bool = False):
-        copy_ = super().model_copy(update=update, deep=deep)
-        if update:
-            copy_._trials = None  # a changed field may change the expansion
-        return copy_
 
     def resolve(self, dataset: str, point: "Point", seed: int, test: Optional[str] = None,
                 aus: Optional[List[int]] = None) -> "TrialConfig":
@@ -487,9 +445,10 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str], source: str) 
     return raw
 
 
-def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepSpec:
+def read_sweep_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepSpec:
     """Read and validate a sweep file, with `--set KEY=VALUE` overrides applied first (the effective
-    config is what is validated, hashed and stored); every error names the file and the key."""
+    config is what is validated, hashed and stored); every error names the file and the key. Its trials
+    are expanded (and so validated) by `orchestrator.spec.resolved.load_sweep`, the one way in."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such sweep file")
@@ -508,5 +467,4 @@ def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepS
     for k in spec.grid:
         if not spec.grid[k]:
             raise ConfigError(f"{path}: grid.{k} has no values")
-    spec.trials()  # the one expansion: every point of every dataset validated now, not when its trial starts
     return spec

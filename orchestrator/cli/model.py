@@ -6,12 +6,17 @@ import contextlib
 import io
 import json
 import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import click
 
-from orchestrator.cli_errors import friendly_errors
-from orchestrator.cli_sweep import SET, SWEEP, _load, epoch_printer, pick_point
+from orchestrator.cli.errors import friendly_errors
+from orchestrator.cli.sweep import SET, SWEEP, epoch_printer, load, pick_point
+from orchestrator.planning.data import data_id, prepare, record_prepared
+from orchestrator.planning.store import atomic_write_text
+from orchestrator.reporting.view import console
+from orchestrator.tracking.client import reason, redact
 
 
 @click.command("train")
@@ -24,42 +29,38 @@ from orchestrator.cli_sweep import SET, SWEEP, _load, epoch_printer, pick_point
                                      "sqlite:///<workdir>/mlflow.db)")
 @click.option("--register", metavar="NAME", help="also register the MLflow model under NAME (a new version)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def train(sweep: str, overrides, point: int, dataset: Optional[str], seed: Optional[int],
+def train(sweep_file: str, overrides, point: int, dataset: Optional[str], seed: Optional[int],
           tracking_uri: Optional[str], register: Optional[str], as_json: bool) -> None:
     """Train one grid point on every subject of a dataset (no held-out subject: no evaluation), with the
     code of a LOSO fold; store the model under <workdir>/models and log it to MLflow as a model. A second
     run with nothing changed trains nothing."""
-    from orchestrator.data import data_id, prepare, record_prepared
-    from orchestrator.models import log_model, train_and_store
-    from orchestrator.tracking import reason, redact
+    from orchestrator.serving.packages import log_model, train_and_store  # torch, mlflow: for start-up time
 
-    spec = _load(sweep, overrides)
-    if tracking_uri:
-        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
-    if spec.cross_dataset:
-        raise click.UsageError(f"{sweep} runs the cross-dataset protocol; `train` trains a point of a LOSO "
+    sweep = load(sweep_file, overrides, tracking_uri=tracking_uri)
+    if sweep.cross_dataset:
+        raise click.UsageError(f"{sweep_file} runs the cross-dataset protocol; `train` trains a point of a LOSO "
                                f"sweep on every subject of one dataset: give a sweep file without cross_dataset: "
                                f"(e.g. sweeps/main.yaml)")
-    dataset, seed = pick_point(spec, sweep, dataset, point, seed)
+    dataset, seed = pick_point(sweep, sweep_file, dataset, point, seed)
     out = sys.stderr if as_json else sys.stdout
     warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        trial = spec.trial(dataset, point, seed)
-        data = prepare(spec, dataset, trial.preprocessing, progress=True)
-        record_prepared(spec, {data_id(trial): data}, warn)
+        trial = sweep.trial(dataset, point, seed)
+        data = prepare(sweep, dataset, trial.preprocessing, progress=True)
+        record_prepared(sweep, {data_id(trial): data})
         print(f"train {dataset} / {trial.point_label} / seed {seed} on all {len(set(data.subjects))} subjects "
               f"({len(data.sample_ids)} samples): {trial.training.epochs} epochs", file=out, flush=True)
-        outcome = train_and_store(spec, trial, data, on_epoch=epoch_printer(out), warn=warn)
-        uri = spec.tracking_uri()
+        outcome = train_and_store(sweep, trial, data, on_epoch=epoch_printer(out))
+        uri = sweep.tracking_uri
         try:
-            outcome.mlflow = log_model(spec, trial, outcome, register=register)
+            outcome.mlflow = log_model(sweep, trial, outcome, register=register)
         except Exception as e:  # noqa: BLE001 - MLflow is a side channel: the stored model is the record
             outcome.mlflow = {"error": reason(e)}
             warn(f"warning: MLflow ({redact(uri)}) unavailable: {reason(e)}. The model is stored at {outcome.path}; "
                  f"run the same train command again later to log it to MLflow (nothing is trained again).")
     doc = {"model": str(outcome.path), "key": outcome.key, "trained": outcome.trained,
            "trained_on": {**outcome.info["trained_on"], "point": trial.point, "point_label": trial.point_label,
-                          "seed": trial.seed, "sweep": spec.name},
+                          "seed": trial.seed, "sweep": sweep.name},
            "evaluation": outcome.info["evaluation"], "mlflow": outcome.mlflow}
     if as_json:
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
@@ -103,7 +104,7 @@ def predict(model: str, onset: Optional[str], apex: Optional[str], clip_dir: Opt
     --onset A --apex B (two image files), --clip DIR --onset N --apex M (frame numbers in a folder), or
     --sheet S --root R (every row of a coding sheet; CSV on stdout or --out). Prints per AU P(active)
     and the decision, and the zero-shot MER class (Eq. 13) with its scores."""
-    from orchestrator.api import load_model
+    from orchestrator.api import load_model  # torch: only for `predict`, for start-up time
     from preprocessing.frames import describe, files_sample, folder_sample, sheet_samples
 
     mode = _mode(onset, apex, clip_dir, sheet, root)
@@ -165,10 +166,6 @@ def _frame_number(text: str, option: str) -> int:
 
 
 def _write(out: str, text: str) -> None:
-    from pathlib import Path
-
-    from orchestrator.store import atomic_write_text
-
     try:
         atomic_write_text(Path(out).expanduser(), text)
     except OSError as e:
@@ -179,7 +176,7 @@ def _write(out: str, text: str) -> None:
 def _csv(records: List[Dict[str, Any]]) -> str:
     import pandas as pd
 
-    from orchestrator.api import flat
+    from orchestrator.serving.predictor import flat  # torch (model.inference): see predict
 
     buf = io.StringIO()
     pd.DataFrame(flat(records)).to_csv(buf, index=False, float_format="%.6g")
@@ -196,8 +193,6 @@ def _print_trained_on(t: Dict[str, Any], stream) -> None:
 
 def _print_record(r: Dict[str, Any], mer_texts) -> None:
     from rich.table import Table
-
-    from orchestrator.view import console
 
     c = console()
     c.print(f"clip: onset {r['onset']}, apex {r['apex']}", highlight=False, soft_wrap=True)

@@ -1,7 +1,7 @@
 """Tables and exports of a sweep: the dry-run summary of its plan (`plan_document`), the rows of pooled metrics per (dataset, point, seed), the `--json`
 object, `<workdir>/reports/<sweep>.{csv,json}`, per-fold `predictions.csv`, and `report --compare`.
 
-They read a `SweepState` (orchestrator/state.py), the live state of the sweep, and write nothing but the
+They read a `SweepState` (orchestrator/execution/state.py), the live state of the sweep, and write nothing but the
 report files.
 """
 from __future__ import annotations
@@ -10,8 +10,13 @@ import io
 import json
 from typing import Any, Dict, List, Optional
 
-from orchestrator.store import atomic_write_text
-from orchestrator.tracking import flat_metrics
+from orchestrator.errors import ConfigError
+from orchestrator.planning.data import data_ids
+from orchestrator.planning.store import atomic_write_text
+from orchestrator.spec.paper import compare
+from orchestrator.tracking.client import flat_metrics
+from preprocessing.annotations import get_reader
+from preprocessing.errors import MicroAUError
 
 _POOLED_KEYS = ("f1", "acc", "per_au", "ci", "mer", "text_si")
 
@@ -19,9 +24,7 @@ _POOLED_KEYS = ("f1", "acc", "per_au", "ci", "mer", "text_si")
 def rows(state) -> List[Dict[str, Any]]:
     """The table of a `SweepState`: one dict per (dataset, point, seed), in sweep order. `paper`: per
     metric the paper reports for the point (sweep file `paper:`), {paper, measured, diff}; else None."""
-    from orchestrator.paper import compare
-
-    points = state.spec.points()
+    points = state.sweep.points
     out = []
     for g in state.groups.values():
         t = g.trial
@@ -54,12 +57,10 @@ def seed_summaries(state, table: Optional[List[Dict[str, Any]]] = None) -> List[
     import numpy as np
 
     from model.metrics import seed_summary
-    from orchestrator.paper import compare
-
-    if len(state.spec.seeds) < 2:
+    if len(state.sweep.seeds) < 2:
         return []
     table = rows(state) if table is None else table
-    points = state.spec.points()
+    points = state.sweep.points
     by_point: Dict[tuple, List[Any]] = {}
     for g, r in zip(state.groups.values(), table):
         by_point.setdefault((g.trial.dataset, g.trial.point), []).append((g, r))
@@ -86,8 +87,6 @@ def seed_summaries(state, table: Optional[List[Dict[str, Any]]] = None) -> List[
 def data_notes(state) -> List[Dict[str, Any]]:
     """Per prepared dataset with something to say: {dataset, data_id, skipped, dropped_subjects,
     apex_estimated, corrected, warnings}."""
-    from orchestrator.data import data_ids
-
     out, seen = [], set()
     for g in state.groups.values():
         for name, did in zip(g.trial.reads, data_ids(g.trial)):  # a cross-dataset pair reads two
@@ -99,14 +98,14 @@ def data_notes(state) -> List[Dict[str, Any]]:
 
 def to_json(state, trained: int, reused: int) -> Dict[str, Any]:
     table = rows(state)
-    return {"sweep": state.spec.name, "trained_folds": trained, "reused_folds": reused,
+    return {"sweep": state.sweep.name, "trained_folds": trained, "reused_folds": reused,
             "points": table, "seed_summary": seed_summaries(state, table), "data_notes": data_notes(state)}
 
 def write_reports(state) -> Dict[str, str]:
     """`<workdir>/reports/<sweep>.csv` and `.json` (atomic)."""
     import pandas as pd
 
-    folder = state.spec.workdir_path() / "reports"
+    folder = state.sweep.paths.reports
     table = rows(state)
     flat = []
     for r in table:
@@ -120,9 +119,9 @@ def write_reports(state) -> Dict[str, str]:
         flat.append(base)
     buf = io.StringIO()
     pd.DataFrame(flat).to_csv(buf, index=False, float_format="%.6g")
-    csv_path, json_path = folder / f"{state.spec.name}.csv", folder / f"{state.spec.name}.json"
+    csv_path, json_path = folder / f"{state.sweep.name}.csv", folder / f"{state.sweep.name}.json"
     atomic_write_text(csv_path, buf.getvalue())
-    atomic_write_text(json_path, json.dumps({"sweep": state.spec.name, "points": table,
+    atomic_write_text(json_path, json.dumps({"sweep": state.sweep.name, "points": table,
                                              "seed_summary": seed_summaries(state, table),
                                              "data_notes": data_notes(state)}, indent=1, default=_jsonable))
     return {"csv": str(csv_path), "json": str(json_path)}
@@ -188,12 +187,10 @@ def compare_points(state, a: int, b: int) -> List[Dict[str, Any]]:
     CI, the bootstrap p-value of the F1 difference and a verdict in words (`verdict`)."""
     from model.metrics import paired_difference
 
-    from orchestrator.config import ConfigError
-
-    n = len(state.spec.points())
+    n = len(state.sweep.points)
     for k in (a, b):
         if not 0 <= k < n:
-            raise ConfigError(f"{state.spec.source}: --compare {a} {b}: points are 0..{n - 1}")
+            raise ConfigError(f"{state.sweep.source}: --compare {a} {b}: points are 0..{n - 1}")
     by = {(g.trial.dataset, g.trial.seed, g.trial.point): g for g in state.groups.values()}
     out = []
     for (dataset, seed, point), ga in by.items():
@@ -218,15 +215,13 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
     point, seed) and in all, resources, and a wall-time estimate from the stored folds' timings.
 
     cpus, gpus: what this machine offers Ray (the concurrent slots are what fits of `resources`)."""
-    from orchestrator.data import data_ids
-
-    spec = plan.spec
+    sweep = plan.sweep
     datasets = []
     for name, did in ((n, i) for t in plan.trials for n, i in zip(t.reads, data_ids(t))):
         if any(d["data_id"] == did for d in datasets):
             continue
         d = plan.datasets.get(did)
-        row = {"name": name, "data_id": did, "reader": spec.datasets[name].reader}
+        row = {"name": name, "data_id": did, "reader": sweep.datasets[name].reader}
         if d is not None and getattr(d, "current_key", None):
             row.update(state="changed", key=d.current_key, samples=None, subjects=len(set(d.subjects)),
                        subject_names=sorted(set(map(str, d.subjects))), recorded_key=d.key)
@@ -235,7 +230,7 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
                        samples=getattr(d, "samples", None), subjects=len(set(d.subjects)),
                        subject_names=sorted(set(map(str, d.subjects))))
         else:
-            row.update(state="to prepare", key=None, samples=None, subjects=_subjects_without_data(spec, name),
+            row.update(state="to prepare", key=None, samples=None, subjects=_subjects_without_data(sweep, name),
                        subject_names=None)
         datasets.append(row)
     by_id = {d["data_id"]: d for d in datasets}
@@ -251,8 +246,8 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
         elif info["state"] == "changed":  # `run` prepares the data anew: none of its folds is stored yet
             total, stored = len(folds), 0
         elif info["state"] == "to prepare":
-            n = info["subjects"] if spec.datasets[trial.dataset].subjects is None else \
-                len(spec.datasets[trial.dataset].subjects)
+            n = info["subjects"] if sweep.datasets[trial.dataset].subjects is None else \
+                len(sweep.datasets[trial.dataset].subjects)
             total, stored = n, 0
         else:
             total, stored = len(folds), sum(f.key in plan.stored for f in folds)
@@ -269,8 +264,8 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
         groups.append({"dataset": trial.dataset, "point": trial.point, "label": trial.point_label,
                        "seed": trial.seed, "config_hash": trial.hash, "folds_total": total,
                        "folds_stored": stored, "folds_to_train": todo, "fold_seconds": mean})
-    fits = [int(cpus // spec.resources.cpu)] + ([int(gpus // spec.resources.gpu)] if spec.resources.gpu else [])
-    slots = max(0, min(fits + ([spec.max_concurrent] if spec.max_concurrent else [])))
+    fits = [int(cpus // sweep.resources.cpu)] + ([int(gpus // sweep.resources.gpu)] if sweep.resources.gpu else [])
+    slots = max(0, min(fits + ([sweep.max_concurrent] if sweep.max_concurrent else [])))
     counts = [g["folds_to_train"] for g in groups]
     total = {"total": _sum([g["folds_total"] for g in groups]), "stored": sum(g["folds_stored"] for g in groups),
              "to_train": _sum(counts)}
@@ -278,7 +273,7 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
         estimate, basis = 0.0, "nothing to train: every fold is stored"
     elif slots == 0:
         estimate, basis = None, (f"no fold fits this machine ({cpus} CPUs, {gpus} GPUs) with resources "
-                                 f"{{cpu: {spec.resources.cpu:g}, gpu: {spec.resources.gpu:g}}}")
+                                 f"{{cpu: {sweep.resources.cpu:g}, gpu: {sweep.resources.gpu:g}}}")
     elif seconds is None or not known_s:
         estimate, basis = None, "no estimate: no fold of this sweep is stored yet (its timings are the basis)"
     else:
@@ -287,12 +282,12 @@ def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
                  f"train / {slots} concurrent slot(s) on this machine; excludes data preparation, prefix "
                  f"computation, Ray start-up and scheduling, and assumes the stored folds ran on similar "
                  f"hardware")
-    return {"sweep": spec.name, "source": spec.source, "workdir": str(spec.workdir_path()),
+    return {"sweep": sweep.name, "source": sweep.source, "workdir": str(sweep.paths.workdir),
             "datasets": datasets,
-            "points": [{"index": p.index, "label": p.label, "params": p.params} for p in spec.points()],
-            "seeds": list(spec.seeds), "groups": groups, "folds": total,
-            "resources": {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu,
-                          "max_concurrent": spec.max_concurrent},
+            "points": [{"index": p.index, "label": p.label, "params": p.params} for p in sweep.points],
+            "seeds": list(sweep.seeds), "groups": groups, "folds": total,
+            "resources": {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu,
+                          "max_concurrent": sweep.max_concurrent},
             "machine": {"cpus": cpus, "gpus": gpus, "slots": slots},
             "estimate": {"seconds": estimate, "basis": basis}}
 
@@ -308,26 +303,18 @@ def _fold_seconds(plan, key: str):
         return None
 
 
-def _subjects_without_data(spec, name: str):
+def _subjects_without_data(sweep, name: str):
     """How many test subjects a dataset not prepared yet has, when that is cheap to know: the sweep's
     `subjects:`, the synthetic generator's count, else the coding sheet's subjects; None otherwise."""
-    from preprocessing.errors import MicroAUError
-
-    ds = spec.datasets[name]
+    ds = sweep.datasets[name]
     if ds.subjects is not None:
         return len(ds.subjects)
-    if ds.synthetic is not None:
-        from orchestrator.data import dataset_root
-
-        root = dataset_root(spec, name)
+    if ds.spec.synthetic is not None:
+        root = ds.root
         if not (root.is_dir() and any(root.iterdir())):
-            return ds.synthetic.subjects
+            return ds.spec.synthetic.subjects
     try:
-        from orchestrator.config import expand_env
-        from orchestrator.data import dataset_root
-        from preprocessing.annotations import get_reader
-
-        sheet = expand_env(ds.sheet, f"{spec.source}: datasets.{name}.sheet") if ds.sheet else None
-        return len({str(s.subject) for s in get_reader(ds.reader)(dataset_root(spec, name), sheet=sheet)})
+        sheet = str(ds.sheet) if ds.sheet is not None else None
+        return len({str(s.subject) for s in get_reader(ds.reader)(ds.root, sheet=sheet)})
     except (MicroAUError, OSError, ValueError):
         return None

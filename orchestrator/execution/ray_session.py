@@ -1,0 +1,132 @@
+"""Ray for a command: joined at `--address`, or embedded in this process (never attached to another Ray
+that happens to run on the machine), started when first needed and shut down by whoever started it.
+
+`RaySession` serves `run` (folds and samples share it); `check_resources` fails a sweep at once when no
+node can run one of its folds. Ray's start-up notices go to `<workdir>/logs/ray.log`, not the terminal.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+from orchestrator.errors import ResourceError
+from orchestrator.spec.resolved import Sweep
+
+_MAX_SOCKET_DIR = 60  # Ray's Unix socket paths (<temp>/session_<date>_<pid>/sockets/...) must stay < 108
+
+
+def _ray_temp_dir(wanted: Path) -> str:
+    """Ray's temp dir inside the workdir when its path is short enough for Ray's Unix sockets."""
+    wanted = wanted.resolve()
+    if len(str(wanted)) <= _MAX_SOCKET_DIR:
+        wanted.mkdir(parents=True, exist_ok=True)
+        return str(wanted)
+    return tempfile.mkdtemp(prefix="microau-ray-")
+
+
+def connect(sweep: Sweep, address: Optional[str], quiet: bool, dashboard: bool = False) -> bool:
+    """Join `address`, reuse an initialised Ray, or start an embedded one. True if we started it.
+
+    The embedded Ray's dashboard is off unless asked for, and then bound to 127.0.0.1 only."""
+    import ray  # heavy: when Ray is first needed, for start-up time
+
+    if ray.is_initialized():
+        return False
+    for name in RAY_STARTUP_LOGGERS:
+        log = logging.getLogger(name)
+        for f in [f for f in log.filters if isinstance(f, ToLogFile)]:
+            log.removeFilter(f)  # an earlier sweep of this process
+        log.addFilter(ToLogFile(sweep.paths.logs / "ray.log"))
+    common = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
+    if address:
+        ray.init(address=address, **common)
+        return True
+    extra = {}
+    if dashboard:
+        missing = ray._private.utils.get_dashboard_dependency_error()
+        if missing:
+            raise ResourceError(f"--dashboard: the Ray dashboard needs ray[default] ({missing}); install it "
+                                f"with `.venv/bin/pip install -e '.[cluster]'` or run without --dashboard")
+        extra = {"dashboard_host": "127.0.0.1"}
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
+             _temp_dir=_ray_temp_dir(sweep.paths.ray), **extra, **common)
+    return True
+
+
+class RaySession:
+    """`connect` on first call (preparing samples, or scheduling folds), once; `close()` shuts down the Ray
+    this run started or joined."""
+
+    def __init__(self, sweep: Sweep, address: Optional[str], quiet: bool, dashboard: bool):
+        self.args = (sweep, address, quiet, dashboard)
+        self.connected = self.started = False
+
+    def __call__(self) -> None:
+        if not self.connected:
+            sweep, address, quiet, dashboard = self.args
+            self.started = connect(sweep, address, quiet=quiet, dashboard=dashboard)
+            self.connected = True
+
+    def close(self) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False
+
+
+def check_resources(sweep: Sweep, address: Optional[str] = None) -> Dict[str, float]:
+    """Fail now, with a message saying what to change, when no node can run one fold of the sweep."""
+    import ray
+
+    need = {"CPU": sweep.resources.cpu, "GPU": sweep.resources.gpu}
+    where = f"the Ray cluster at {address}" if address else "the local Ray instance"
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    total = {"CPU": sum(n["Resources"].get("CPU", 0) for n in nodes),
+             "GPU": sum(n["Resources"].get("GPU", 0) for n in nodes)}
+    if need["GPU"] > 0 and total["GPU"] == 0:
+        raise ResourceError(
+            f"{sweep.source}: resources.gpu is {need['GPU']} per fold, but {where} has no GPU "
+            f"({len(nodes)} node(s), {total['CPU']:g} CPUs). Set `resources: {{cpu: 1, gpu: 0}}` in the "
+            f"sweep file to train on CPUs, or run it on a cluster with GPU nodes (--address).")
+    fits = [n for n in nodes if all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v > 0)]
+    if not fits:
+        biggest = max(((n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in nodes),
+                      default=(0, 0))
+        raise ResourceError(
+            f"{sweep.source}: one fold asks for resources {{cpu: {need['CPU']:g}, gpu: {need['GPU']:g}}} "
+            f"but no node of {where} has that much (largest: {biggest[0]:g} CPUs, {biggest[1]:g} GPUs); "
+            f"lower `resources` in the sweep file")
+    return total
+
+
+class ToLogFile(logging.Filter):
+    """Moves the records of one logger from the console into a log file (Ray's start-up notices)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {record.levelname} {record.name}: "
+                        f"{record.getMessage()}\n")
+        except OSError:
+            return True  # no log file: show it after all
+        return False
+
+
+# Ray's start-up notices that are about Ray, not the sweep (token authentication is on by default)
+RAY_STARTUP_LOGGERS = ("ray._private.authentication.authentication_token_setup",
+                        "ray.tune.utils.util")  # "... may be a performance bottleneck" (our callback logs to MLflow)
+
+
+# Ray's start-up notices that are about Ray, not the sweep (token authentication is on by default)
+RAY_STARTUP_LOGGERS = ("ray._private.authentication.authentication_token_setup",
+                       "ray.tune.utils.util")  # "... may be a performance bottleneck" (our callback logs to MLflow)

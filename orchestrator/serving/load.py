@@ -1,0 +1,49 @@
+"""Loading a trained model: a package folder of `microau-sweep train`, or an MLflow model of it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from model.inference import ModelPackageError
+from model.inference import load_model as load_package
+from orchestrator.serving.predictor import PathLike, Predictor
+from orchestrator.tracking.client import fluent_tracking_uri, quiet_model_io, reason, redact
+from preprocessing.errors import MicroAUError
+
+
+def load_model(path_or_uri: PathLike, device: str = "auto", tracking_uri: Optional[str] = None) -> Predictor:
+    """A model ready to predict: the package folder `microau-sweep train` printed (`<workdir>/models/<key>`),
+    a folder holding an MLflow model of it (its `MLmodel` file), or an MLflow model URI (`runs:/<run id>/model`,
+    `models:/<name>/<version>`, `models:/<model id>`) read from `tracking_uri` (default: MLflow's,
+    e.g. $MLFLOW_TRACKING_URI). `device`: 'auto' (CUDA when available), 'cpu', 'cuda:1', ...
+    The backbone weights it was trained with must be on this machine (a missing file is named)."""
+    text = os.fspath(path_or_uri)
+    path = Path(text).expanduser()
+    if path.is_dir() and not (path / "MLmodel").is_file():
+        return Predictor(load_package(path, device=device), str(path))
+    if path.is_dir() or "://" in text or text.startswith(("runs:/", "models:/")):
+        return _load_mlflow(str(path) if path.is_dir() else text, device, tracking_uri)
+    raise ModelPackageError(f"{text}: no such model folder or MLflow model URI; give the folder `microau-sweep "
+                            f"train` printed (<workdir>/models/<key>) or a runs:/ or models:/ URI")
+
+
+def _load_mlflow(uri: str, device: str, tracking_uri: Optional[str]) -> Predictor:
+    import mlflow  # heavy: only for a model read from MLflow, for start-up time
+
+    from orchestrator.serving.pyfunc import MicroAUPythonModel  # imports mlflow.pyfunc: see above
+
+    try:
+        with fluent_tracking_uri(tracking_uri), quiet_model_io():
+            loaded = mlflow.pyfunc.load_model(uri, model_config={"device": device})
+    except MicroAUError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unknown run or model, unreachable store, not a model
+        where = f" (tracking URI {redact(tracking_uri)})" if tracking_uri else ""
+        raise ModelPackageError(f"{uri}: cannot load the MLflow model{where}: {reason(e)}; check the URI (the "
+                                f"`train` command printed it) and --tracking-uri") from None
+    inner = loaded.unwrap_python_model()
+    if not isinstance(inner, MicroAUPythonModel):
+        raise ModelPackageError(f"{uri}: an MLflow model, but not one of microau-sweep train "
+                                f"({type(inner).__name__})")
+    return inner.predictor
