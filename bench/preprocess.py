@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def main() -> None:
@@ -119,11 +119,11 @@ def _timed_prepare(root, tmp, flow, mag, weights, mode, mapper):
 
 
 def _ray_runs(root, tmp, configs, weights, n, cold=False):
+    import logging
+
     import ray
 
     from orchestrator.parallel import RaySamples
-
-    import logging
 
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     t0 = time.perf_counter()

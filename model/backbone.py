@@ -20,15 +20,16 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
-from model import _torchvision_guard  # noqa: F401  (must precede the first open_clip import)
-from preprocessing.checkpoints import mismatch  # noqa: E402
+from model import _torchvision_guard  # noqa: F401 - must precede the first open_clip import
 
-import open_clip  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from preprocessing.errors import MicroAUError  # noqa: E402
+# isort: split
+import open_clip
+import torch
+from torch import nn
+
+from preprocessing.checkpoints import mismatch
+from preprocessing.errors import MicroAUError
 
 TINY = "microau-tiny"  # 2 layers, width 64, ViT patch 32 at 224 (7x7 grid): for tests and quick starts
 open_clip.add_model_config(Path(__file__).parent / "configs" / f"{TINY}.json")
@@ -57,7 +58,7 @@ def _check_arch(arch: str) -> None:
                             f"use one of open_clip.list_models() (e.g. ViT-B-32, or {TINY} for tests)")
 
 
-def resolve_pretrained(arch: str, pretrained: str) -> Tuple[Optional[str], bool, str]:
+def resolve_pretrained(arch: str, pretrained: str) -> tuple[str | None, bool, str]:
     """-> (checkpoint path or None, QuickGELU, weights id for cache keys).
 
     `pretrained` is 'none', an open_clip tag of `arch` whose file is already in ~/.cache/clip or the
@@ -90,7 +91,7 @@ def resolve_pretrained(arch: str, pretrained: str) -> Tuple[Optional[str], bool,
     return cached, quick, _weights_id(path, form, quick)
 
 
-def _hub_repo(hub: str) -> Tuple[str, str]:
+def _hub_repo(hub: str) -> tuple[str, str]:
     """open_clip's `hf_hub` ('org/name/' or 'org/name/file') -> (repo id, file name or '')."""
     repo, filename = os.path.split(hub)
     return (repo.rstrip("/"), filename) if filename else (hub.rstrip("/"), "")
@@ -124,7 +125,7 @@ def _missing_weights(arch: str, tag: str, cfg: dict) -> str:
     return "\n".join(lines)
 
 
-def _cached_file(cfg: dict) -> Optional[str]:
+def _cached_file(cfg: dict) -> str | None:
     url = cfg.get("url", "")
     if url:
         p = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
@@ -164,7 +165,7 @@ def file_form(path) -> str:
     return STATE_DICT
 
 
-def _tensor_names(path: Path, form: str) -> List[str]:
+def _tensor_names(path: Path, form: str) -> list[str]:
     """The entry names of a safetensors file (its JSON header) or of a torch.save zip (the strings of its
     data.pkl, listed by pickletools without unpickling); [] for other forms. Reads no tensor."""
     try:
@@ -220,7 +221,7 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
-def read_weights(path, form: Optional[str] = None) -> Dict[str, torch.Tensor]:
+def read_weights(path, form: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, by its form (`file_form`): a TorchScript archive through
     torch.jit.load (this runs the archive's TorchScript code: the known limit, docs/model.md), a
     .safetensors through safetensors, anything else through torch.load(weights_only=True), which builds
@@ -266,7 +267,7 @@ def read_weights(path, form: Optional[str] = None) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if k not in _OPENAI_EXTRAS}
 
 
-def load_weights(clip: nn.Module, state_dict: Dict[str, torch.Tensor], arch: str, path) -> None:
+def load_weights(clip: nn.Module, state_dict: dict[str, torch.Tensor], arch: str, path) -> None:
     """open_clip's own key conversions (those of `open_clip.load_checkpoint`, without its resizing of
     position embeddings: another grid is another architecture here), then a check that names the first
     tensor that does not fit, then a strict load."""
@@ -285,13 +286,13 @@ def load_weights(clip: nn.Module, state_dict: Dict[str, torch.Tensor], arch: str
     clip.load_state_dict(sd, strict=True)
 
 
-def load_clip(arch: str, pretrained: str) -> Tuple[nn.Module, str]:
+def load_clip(arch: str, pretrained: str) -> tuple[nn.Module, str]:
     """Build the open_clip model on CPU in eval mode -> (model, weights id)."""
     path, quick_gelu, weights_id = resolve_pretrained(arch, pretrained)
     return create_clip(arch, path, quick_gelu), weights_id
 
 
-def create_clip(arch: str, path: Optional[str], quick_gelu: bool) -> nn.Module:
+def create_clip(arch: str, path: str | None, quick_gelu: bool) -> nn.Module:
     """`arch` on CPU in eval mode, float32: the seeded random init (also what a cached prefix loads its
     tail weights into), then the weights of `path` when given (`read_weights`, `load_weights`; the first
     load of a file in a process names it and its activation on stderr). `quick_gelu` as
@@ -347,11 +348,11 @@ def _check_supported(clip: nn.Module, arch: str) -> None:
                             f"the truncated text prefix would not be exact")
 
 
-def grid_size(clip: nn.Module) -> Tuple[int, int]:
+def grid_size(clip: nn.Module) -> tuple[int, int]:
     return tuple(clip.visual.grid_size)
 
 
-def num_blocks(clip: nn.Module) -> Tuple[int, int]:
+def num_blocks(clip: nn.Module) -> tuple[int, int]:
     return len(clip.visual.transformer.resblocks), len(_text_parts(clip)["transformer"].resblocks)
 
 
@@ -402,7 +403,7 @@ class VisualTail(nn.Module):
         self.ln_post = v.ln_post
         self.proj = v.proj  # (width, d)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1+G, width) prefix -> patch tokens (B, G, d) in the joint space, global feature (B, d)."""
         x = self.ln_post(_run_blocks(self.blocks, x, self.batch_first))
         x = x @ self.proj

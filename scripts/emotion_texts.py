@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's model/, not another
 
-from model.text import EMOTION_COMBINATIONS, MER_CLASSES, _join, au_prompts, emotion_texts, label_texts  # noqa: E402
-from preprocessing.annotations import DEFAULT_AUS  # noqa: E402
+from model.text import EMOTION_COMBINATIONS, MER_CLASSES, _join, au_prompts, emotion_texts, label_texts
+from preprocessing.annotations import DEFAULT_AUS
 
 
 def tables() -> str:
