@@ -16,9 +16,10 @@ Imported lazily, so `model.config` (read by the sweep schema) does not pull in t
 """
 import importlib
 
-_LAZY = {"compute_prefix": "model.prefix", "cached_prefix": "model.prefix", "Prefix": "model.prefix", "FoldResult": "model.result",
-         "train_fold": "model.train", "cross_dataset_fold": "model.train", "loso": "model.train",
-         "FoldError": "model.train", "metrics": "model.metrics", "fit": "model.train", "evaluate": "model.train"}
+_LAZY = {"compute_prefix": "model.prefix", "cached_prefix": "model.prefix", "Prefix": "model.prefix",
+         "FoldResult": "model.result", "train_fold": "model.train", "cross_dataset_fold": "model.train",
+         "loso": "model.train", "FoldError": "model.train", "metrics": "model.metrics", "fit": "model.train",
+         "evaluate": "model.train"}
 __all__ = sorted(_LAZY)
 
 

@@ -179,7 +179,7 @@ def _tensor_names(path: Path, form: str) -> list[str]:
                 if pkl is None:
                     return []
                 return [arg for op, arg, _ in pickletools.genops(z.read(pkl)) if isinstance(arg, str)]
-    except Exception:  # unreadable: the load names the problem
+    except Exception:  # noqa: BLE001 - unreadable: the load names the problem
         return []
     return []
 
@@ -250,7 +250,7 @@ def read_weights(path, form: str | None = None) -> dict[str, torch.Tensor]:
         raise BackboneError(f"model.pretrained: {path} is not a plain checkpoint: torch.load(weights_only=True), "
                             f"which builds tensors and plain containers only, refused it ({why}); nothing in "
                             f"it was unpickled. {_USE[0].upper()}{_USE[1:]}") from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any other failure of the load: the message names the file
         raise BackboneError(f"model.pretrained: {path} cannot be read as a {_FORM_NAMES[form]} "
                             f"({type(e).__name__}: {_first_line(e)}); {_USE}") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):

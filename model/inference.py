@@ -111,7 +111,8 @@ def save_model(fitted: Fitted, spec, folder, info: dict[str, Any] | None = None)
                      "quick_gelu": bool(quick_gelu), "trainable_blocks": k},
         "grid": [int(v) for v in prefix.grid], "image": list(image), "logit_scale": float(prefix.logit_scale),
         "mer_classes": list(MER_CLASSES),
-        "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(prefix.emotion_class.tolist(), prefix.emotion_texts.texts)],
+        "mer_texts": [[MER_CLASSES[c], t]
+                      for c, t in zip(prefix.emotion_class.tolist(), prefix.emotion_texts.texts, strict=True)],
         "training": {"samples": int(len(fitted.train_idx)), "loss_curve": fitted.curve,
                      "alpha": fitted.weights["alpha"], "beta": fitted.weights["beta"],
                      "device": str(fitted.device), "timings": fitted.timings, "prefix_key": prefix.key},
@@ -176,7 +177,7 @@ def _read_tensors(folder: Path, load: bool = True) -> dict[str, torch.Tensor | N
             return {n: f.get_tensor(n).clone() if load else None for n in names}  # off the file's mmap
     except ModelPackageError:
         raise
-    except Exception as e:  # not safetensors, truncated
+    except Exception as e:  # noqa: BLE001 - not safetensors, truncated
         raise ModelPackageError(f"{path}: unreadable ({type(e).__name__}: {e}); train the model again") from None
 
 

@@ -120,7 +120,7 @@ def _mer_conf(y, p, groups, names, classes) -> np.ndarray:
     ix = {c: i for i, c in enumerate(classes)}
     out = np.zeros((len(names), len(classes), len(classes)))
     gi = {n: i for i, n in enumerate(names)}
-    for yy, pp, g in zip(y, p, groups):
+    for yy, pp, g in zip(y, p, groups, strict=True):
         if yy is not None:
             out[gi[g], ix[yy], ix[pp]] += 1
     return out

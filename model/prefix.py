@@ -129,13 +129,13 @@ class Prefix:
                 tensors = {name: f.get_tensor(name).clone() for name in f.keys()}  # off the file's mmap
         except PrefixFileError:
             raise
-        except Exception as e:  # not safetensors (a pickle, random bytes, truncated), bad JSON
+        except Exception as e:  # noqa: BLE001 - not safetensors (a pickle, random bytes, truncated), bad JSON
             raise PrefixFileError(path, f"{type(e).__name__}: {e}") from None
         try:
             out = _from_stored(meta, tensors)
         except PrefixFileError:
             raise
-        except Exception as e:  # missing metadata keys or tensors, wrong shapes, tails that do not load
+        except Exception as e:  # noqa: BLE001 - missing metadata keys or tensors, wrong shapes, tails that do not load
             raise PrefixFileError(path, f"{type(e).__name__}: {e}") from None
         out.timings = {**out.timings, "read_s": time.perf_counter() - t0}
         return out

@@ -92,7 +92,7 @@ def emotion_texts(aus: Sequence[int], prompts: Sequence[tuple[str, str]],
     if unknown:
         raise TextConfigError(f"model.emotion_texts: unknown MER class(es) {unknown}; the classes are "
                               f"{list(MER_CLASSES)}: rename or remove {unknown[0]!r}")
-    pos = {au: p for au, (p, _) in zip(aus, prompts)}
+    pos = {au: p for au, (p, _) in zip(aus, prompts, strict=True)}
     out: dict[str, list[str]] = {}
     for cls in MER_CLASSES:
         if cls in overrides:
@@ -124,6 +124,6 @@ def label_texts(texts: Mapping[str, Sequence[str]]) -> tuple[list[str], list[int
 
 def global_text(active: Sequence[int], aus: Sequence[int], prompts: Sequence[tuple[str, str]]) -> str:
     """One description of all active AUs (global OrigCL, Table VIII)."""
-    pos = {au: p for au, (p, _) in zip(aus, prompts)}
+    pos = {au: p for au, (p, _) in zip(aus, prompts, strict=True)}
     mine = [pos[a] for a in aus if a in set(active)]
     return _join(mine) if mine else NO_ACTION_TEXT

@@ -262,7 +262,7 @@ def fit(spec, data, train_idx: Sequence[int], prefix: Prefix | None = None,
                                  terms["gd"].detach()]).double()
         lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)}  # this epoch's
         sched.step()
-        for k, v in zip(curve, sums.tolist()):
+        for k, v in zip(curve, sums.tolist(), strict=True):
             curve[k].append(v / len(batches))
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "epochs": tcfg.epochs, **{k: v[-1] for k, v in curve.items()},
@@ -347,7 +347,7 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
         timings={**f.timings, "prefix_s": f.timings["prefix_s"] + t_test_prefix, "eval_s": t_eval,
                  "total_s": time.perf_counter() - t_start},
         n_train=int(len(f.train_idx)),
-        extras={"text_similarity": {str(a): float(s) for a, s in zip(aus, text_sim.cpu().tolist())},
+        extras={"text_similarity": {str(a): float(s) for a, s in zip(aus, text_sim.cpu().tolist(), strict=True)},
                 # attention of the evaluated model per test sample, for the paper's Fig. 5 (float32,
                 # shortest decimals): GDA's W_d (n, A); each AU's PTA weights (n, N_L) over the patch
                 # tokens `pta_tokens` (n, N_L) of its Table I landmarks (no `pta_tokens` without LSI: the
@@ -357,7 +357,7 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
                              test_data.landmarks[test_idx], test_prefix, mcfg),
                 # Eq. 13's label texts as (class, text) and each test sample's best text (index)
                 "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(test_prefix.emotion_class.tolist(),
-                                                                 test_prefix.emotion_texts.texts)],
+                                                                 test_prefix.emotion_texts.texts, strict=True)],
                 "mer_best_text": best_text.cpu().tolist(),
                 "prefix_key": train_prefix.key, "device": str(f.device), "precision": precision,
                 "alpha": w["alpha"], "beta": w["beta"]},
@@ -367,13 +367,13 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
 def _attention(out: dict, aus: Sequence[int], groups: Sequence[Sequence[int]], tok: Sequence[torch.Tensor],
                landmarks: np.ndarray, prefix: Prefix, mcfg) -> dict:
     """What FoldResult.extras keeps of the evaluated model's attention (see train_eval)."""
-    pta = {str(a): w for a, w in zip(aus, out["pta"]) if w is not None}
+    pta = {str(a): w for a, w in zip(aus, out["pta"], strict=True) if w is not None}
     return {"w_d": None if out["w_d"] is None else _f32_list(out["w_d"].float().cpu().numpy()),
             "pta": {a: _f32_list(w.float().cpu().numpy()) for a, w in pta.items()},
-            "pta_tokens": ({str(a): t.cpu().tolist() for a, t in zip(aus, tok) if str(a) in pta}
+            "pta_tokens": ({str(a): t.cpu().tolist() for a, t in zip(aus, tok, strict=True) if str(a) in pta}
                            if mcfg.lsi else None),
             "landmarks": _f32_list(np.round(landmarks, 2)),  # 0.01 px: dlib's are whole frame pixels
-            "landmark_groups": {str(a): [int(i) for i in g] for a, g in zip(aus, groups)},
+            "landmark_groups": {str(a): [int(i) for i in g] for a, g in zip(aus, groups, strict=True)},
             "token_grid": {"grid": [int(v) for v in prefix.grid], "image": [int(v) for v in prefix.image]}}
 
 

@@ -185,7 +185,7 @@ def read_sheet(path: Path, required: dict[str, str]) -> tuple[pd.DataFrame, int]
         raise DatasetError(f"{path}: a coding sheet must be .xlsx or .csv, not {path.suffix!r}")
     try:
         raw = _read_csv(path) if suffix == ".csv" else pd.read_excel(path, header=None, dtype=object)
-    except Exception as e:  # corrupt workbook, not a text file, ...
+    except Exception as e:  # noqa: BLE001 - corrupt workbook, not a text file, ...
         advice = ("it must be a comma-separated text file; open the original sheet in a spreadsheet program "
                   "and save it as .xlsx (or as CSV UTF-8)") if suffix == ".csv" else \
             "open it in a spreadsheet program and save it again as .xlsx, or use the dataset's original sheet"
@@ -282,7 +282,7 @@ def image_problem(path: Path) -> str | None:
         read_image(path, check_only=True)
     except DatasetError:
         raise
-    except Exception as e:  # UnidentifiedImageError, truncated data, decompression bomb, ...
+    except Exception as e:  # noqa: BLE001 - UnidentifiedImageError, truncated data, decompression bomb, ...
         return f"{type(e).__name__}: {e}"
     return None
 
@@ -445,10 +445,10 @@ def validate_samples(samples: Sequence[Sample], clip: bool, corrections_where: s
         seen[s.id] = s.row
         names = ("onset", "apex", "offset")
         bad = [f"{n} frame {raw!r} is not a frame number" for n, raw, v in
-               zip(names, s.raw_frames, (s.onset, s.apex, s.offset))
+               zip(names, s.raw_frames, (s.onset, s.apex, s.offset), strict=True)
                if v is None and not (n == "apex" and s.apex_missing)]
         if bad:
-            field = next(n for n, v in zip(names, (s.onset, s.apex, s.offset)) if v is None)
+            field = next(n for n, v in zip(names, (s.onset, s.apex, s.offset), strict=True) if v is None)
             bad[-1] += (f"; correct the cell in the sheet or "
                         f"{correction_hint(s, f'{field}: N', corrections_where)} with the frame number N")
         if s.aus is None:

@@ -104,7 +104,7 @@ class PreparedDataset:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 flow, landmarks = z["flow"], z["landmarks"]
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - not an npz, truncated, keys missing: prepare again
             raise DatasetError(f"{path}: cannot read the prepared dataset ({type(e).__name__}: {e}); "
                                f"delete the file and run preprocess again") from None
         return cls(flow=flow, landmarks=landmarks, **meta)

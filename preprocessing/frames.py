@@ -45,7 +45,7 @@ def files_sample(onset, apex, reader: str = "casme2", name: str | None = None) -
     file's). With Eulerian magnification a dataset's samples are magnified over every frame onset..apex;
     two files give it only these two."""
     paths = [Path(onset).expanduser(), Path(apex).expanduser()]
-    for what, p in zip(("onset", "apex"), paths):
+    for what, p in zip(("onset", "apex"), paths, strict=True):
         if not p.is_file():
             raise ClipError(f"{what} frame file {p} does not exist" if not p.exists() else
                             f"{what} frame {p} is not a file; give an image file")

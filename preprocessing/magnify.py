@@ -174,7 +174,7 @@ def load_magnet(weights: str):
         raise DatasetError(f"{path}: magnification weights not found; {WEIGHTS_HINT}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - not a checkpoint, truncated, refused by weights_only
         raise DatasetError(f"{path}: cannot read the magnification checkpoint ({type(e).__name__}: {e}); "
                            f"{WEIGHTS_HINT}") from None
     for key in ("state_dict", "model", "net"):

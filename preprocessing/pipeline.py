@@ -66,7 +66,7 @@ def load_frame(sample: Sample, number: int) -> np.ndarray:
         return read_image(io.BytesIO(shipped) if shipped is not None else path)
     except DatasetError:
         raise
-    except Exception as e:  # UnidentifiedImageError, truncated data, ...
+    except Exception as e:  # noqa: BLE001 - UnidentifiedImageError, truncated data, ...
         raise SampleProblem(sample, f"frame file {path} cannot be read as an image ({type(e).__name__}: "
                                     f"{e}); restore it from the dataset archive") from None
 
@@ -351,7 +351,7 @@ def _read_piece(path: Path, key: str, size: int) -> dict[str, Any] | None:
             flow, lm = z["flow"], z["landmarks"]
         ok = (meta.get("key") == key and flow.shape == (3, size, size) and flow.dtype == np.float32
               and lm.shape == (68, 2) and lm.dtype == np.float32)
-    except Exception:  # torn, foreign, not an npz
+    except Exception:  # noqa: BLE001 - torn, foreign, not an npz: computed again
         ok = False
     if not ok:
         path.unlink(missing_ok=True)
@@ -432,7 +432,7 @@ def prepare_dataset(reader: str, root, cfg: PreprocessConfig | None = None, cach
     keys = [piece_key(s, cfg, digests, models) for s in good]
     paths = [piece_path(cache_dir, k) for k in keys]
     pieces: dict[int, dict[str, Any]] = {}
-    for i, (k, pp) in enumerate(zip(keys, paths)):
+    for i, (k, pp) in enumerate(zip(keys, paths, strict=True)):
         found = _read_piece(pp, k, cfg.size)
         if found is not None:
             pieces[i] = found
