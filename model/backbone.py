@@ -16,7 +16,6 @@ import os
 import pickle
 import pickletools
 import re
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -30,6 +29,8 @@ from torch import nn
 
 from preprocessing.checkpoints import mismatch
 from preprocessing.errors import MicroAUError
+
+logger = logging.getLogger(__name__)
 
 TINY = "microau-tiny"  # 2 layers, width 64, ViT patch 32 at 224 (7x7 grid): for tests and quick starts
 open_clip.add_model_config(Path(__file__).parent / "configs" / f"{TINY}.json")
@@ -47,7 +48,7 @@ TORCHSCRIPT, STATE_DICT, SAFETENSORS = "torchscript", "state_dict", "safetensors
 _FORM_NAMES = {TORCHSCRIPT: "OpenAI TorchScript archive", STATE_DICT: "state dict", SAFETENSORS: "safetensors"}
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # entries only OpenAI's archive has
 _FINGERPRINT_BYTES = 1 << 20  # the weights id hashes the first and the last MiB of the file
-_ANNOUNCED: set = set()  # (arch, file, activation) already named on stderr by this process
+_ANNOUNCED: set = set()  # (arch, file, activation) already named (logged) by this process
 _USE = ("use OpenAI's ViT-B-32.pt, open_clip's open_clip_pytorch_model.bin / open_clip_model.safetensors, "
         "or a state dict saved with torch.save(model.state_dict())")
 
@@ -295,7 +296,7 @@ def load_clip(arch: str, pretrained: str) -> tuple[nn.Module, str]:
 def create_clip(arch: str, path: str | None, quick_gelu: bool) -> nn.Module:
     """`arch` on CPU in eval mode, float32: the seeded random init (also what a cached prefix loads its
     tail weights into), then the weights of `path` when given (`read_weights`, `load_weights`; the first
-    load of a file in a process names it and its activation on stderr). `quick_gelu` as
+    load of a file in a process logs it and its activation, for stderr). `quick_gelu` as
     `resolve_pretrained` says."""
     _check_arch(arch)
     with torch.random.fork_rng(devices=[]), _no_random_init_warning():
@@ -311,12 +312,13 @@ def create_clip(arch: str, path: str | None, quick_gelu: bool) -> nn.Module:
 
 
 def _announce(clip: nn.Module, arch: str, path, form: str) -> None:
-    """One line on stderr per (arch, file, activation) and process: which weights the run uses."""
+    """One INFO record per (arch, file, activation) and process: which weights the run uses. It is a
+    notice, not a result: `stderr=True` asks the CLI's handler to print it on stderr, not stdout."""
     act = type(getattr(getattr(clip.visual.transformer.resblocks[0], "mlp", None), "gelu", None)).__name__
     key = (arch, os.path.realpath(path), act)
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
-        print(f"backbone: {arch} from {path} ({_FORM_NAMES[form]}, {act})", file=sys.stderr, flush=True)
+        logger.info("backbone: %s from %s (%s, %s)", arch, path, _FORM_NAMES[form], act, extra={"stderr": True})
 
 
 class _RandomInitFilter(logging.Filter):

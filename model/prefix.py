@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import sys
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +37,8 @@ from model import backbone
 from model.text import au_prompts, emotion_texts, global_text, label_texts
 from preprocessing.atomic import atomic_file
 from preprocessing.errors import MicroAUError
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3  # bump when what the prefix holds, how it is computed or how it is stored changes
 FORMAT = "microau-prefix"  # the safetensors metadata's "format": what Prefix.load accepts
@@ -316,7 +318,7 @@ def cached_prefix(model_cfg, data, aus: Sequence[int], cache_dir, device: str = 
     key, backbone weights file identity, k, AUs, texts): a later run, a grid point added later or a
     `fold` debug session reuses the prefix instead of running the frozen blocks again. A file there that
     is not a prefix of this key (torn, foreign, a planted pickle, an older schema) is deleted with a
-    warning on stderr and computed again; it is never unpickled."""
+    logged warning and computed again; it is never unpickled."""
     aus = [int(a) for a in aus]
     _, quick_gelu, weights = backbone.resolve_pretrained(model_cfg.arch, model_cfg.pretrained)
     key = prefix_key(_identity(model_cfg, data, aus, weights, quick_gelu))
@@ -328,8 +330,8 @@ def cached_prefix(model_cfg, data, aus: Sequence[int], cache_dir, device: str = 
                 raise PrefixFileError(path, f"it holds the prefix {prefix.key}")
             return prefix
         except PrefixFileError as e:
-            print(f"warning: ignoring the cached prefix {e.path} ({e.why}); deleting it and computing the "
-                  f"prefix again", file=sys.stderr)
+            logger.warning("warning: ignoring the cached prefix %s (%s); deleting it and computing the prefix "
+                           "again", e.path, e.why)
             path.unlink(missing_ok=True)
     prefix = compute_prefix(model_cfg, data, aus, device)
     prefix.save(path)

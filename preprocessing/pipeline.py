@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import io
 import json
-import sys
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,6 +39,8 @@ from preprocessing.dataset import PreparedDataset
 from preprocessing.errors import DatasetError, SampleProblem
 from preprocessing.flow import flow_image, optical_flow
 from preprocessing.landmarks import NoFaceError, crop, detect_landmarks, face_box, predictor_path, to_crop_grid
+
+logger = logging.getLogger(__name__)
 
 # Bump when the prepared output of the same input and config changes (crop, flow, normalisation, ...).
 # 2: landmarks mapped with the pixel-centre convention. 3: frames decoded with Pillow, which fails on a
@@ -524,8 +526,7 @@ def _cached(path: Path, samples: Sequence[Sample], on_error: str) -> PreparedDat
     try:
         data = PreparedDataset.load(path)
     except DatasetError as e:
-        print(f"warning: {str(e).split('; delete')[0]}; deleting it, the dataset is prepared again",
-              file=sys.stderr, flush=True)
+        logger.warning("warning: %s; deleting it, the dataset is prepared again", str(e).split("; delete")[0])
         path.unlink(missing_ok=True)
         return None
     if on_error == "stop" and data.skipped:
