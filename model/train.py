@@ -27,6 +27,7 @@ from model.net import MicroAUCLIP, TextTensors, as_tensor
 from model.prefix import Prefix, compute_prefix
 from model.result import FoldResult, _f32_list
 from model.text import MER_CLASSES
+from model.trial import TrialLike
 from preprocessing.errors import MicroAUError
 
 
@@ -68,7 +69,7 @@ def _fp32(v):
     return v
 
 
-def _weights(spec) -> dict[str, float]:
+def _weights(spec: TrialLike) -> dict[str, float]:
     reader = getattr(spec, "reader", None)
     t = with_dataset_defaults(spec.training, reader)
     for k in ("alpha", "beta"):
@@ -96,11 +97,11 @@ def _optimizer(model: MicroAUCLIP, t) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=t.weight_decay)
 
 
-def train_fold(spec, data, test_subject: str, prefix: Prefix | None = None,
+def train_fold(spec: TrialLike, data, test_subject: str, prefix: Prefix | None = None,
                on_epoch: Callable[[dict], None] | None = None) -> FoldResult:
     """Train on every subject of `data` except `test_subject`, evaluate on `test_subject` (LOSO).
 
-    spec: has .reader, .aus, .seed, .model (ModelConfig), .training (TrainConfig) - a TrialConfig.
+    spec: a `model.trial.TrialLike` (.reader, .aus, .seed, .model, .training): the orchestrator's TrialConfig.
     prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
     on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
     """
@@ -116,7 +117,7 @@ def train_fold(spec, data, test_subject: str, prefix: Prefix | None = None,
     return train_eval(spec, data, train_idx, data, test_idx, test_subject, prefix, prefix, on_epoch)
 
 
-def cross_dataset_fold(spec, train_data, test_data, train_prefix: Prefix | None = None,
+def cross_dataset_fold(spec: TrialLike, train_data, test_data, train_prefix: Prefix | None = None,
                        test_prefix: Prefix | None = None, on_epoch: Callable[[dict], None] | None = None,
                        label: str = "all") -> FoldResult:
     """Train on every sample of `train_data`, evaluate on every sample of `test_data` (cross-dataset
@@ -194,13 +195,13 @@ class Fitted:
             return self.model.text_features(self.emo_txt)
 
 
-def fit(spec, data, train_idx: Sequence[int], prefix: Prefix | None = None,
+def fit(spec: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None = None,
         on_epoch: Callable[[dict], None] | None = None) -> Fitted:
     """Train Micro-AU CLIP on the samples `train_idx` of `data` for training.epochs; the one training
     loop, run by every LOSO fold and cross-dataset unit (`train_eval`) and by a model trained on a whole
     dataset (`model.inference.train_model`). Reads the AU labels of `train_idx` only.
 
-    spec: has .reader, .aus, .seed, .model (ModelConfig), .training (TrainConfig) - a TrialConfig.
+    spec: a `model.trial.TrialLike` (.reader, .aus, .seed, .model, .training): the orchestrator's TrialConfig.
     prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
     on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
     """
@@ -293,7 +294,7 @@ def evaluate(model: MicroAUCLIP, vis: torch.Tensor, tok: Sequence[torch.Tensor],
     return {**out, "probs": probs, "mer_scores": scores, "best_text": best_text}
 
 
-def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: str,
+def train_eval(spec: TrialLike, train_data, train_idx, test_data, test_idx, test_subject: str,
                train_prefix: Prefix | None = None, test_prefix: Prefix | None = None,
                on_epoch: Callable[[dict], None] | None = None) -> FoldResult:
     """The one training path: `fit` on the samples `train_idx` of `train_data`, `evaluate` the last epoch's
@@ -377,7 +378,7 @@ def _attention(out: dict, aus: Sequence[int], groups: Sequence[Sequence[int]], t
             "token_grid": {"grid": [int(v) for v in prefix.grid], "image": [int(v) for v in prefix.image]}}
 
 
-def loso(spec, data, prefix: Prefix | None = None, subjects: Sequence[str] | None = None,
+def loso(spec: TrialLike, data, prefix: Prefix | None = None, subjects: Sequence[str] | None = None,
          on_fold: Callable[[FoldResult], None] | None = None,
          on_epoch: Callable[[dict], None] | None = None) -> list[FoldResult]:
     """The LOSO loop, written once: `train_fold` with each subject of `subjects` (default: every subject
