@@ -236,10 +236,9 @@ def count_step_flops(trial, data, prefix, device: str) -> float:
 
 def precision_check(trial, data, prefix, epochs: int) -> dict:
     import numpy as np
+    import torch
 
     from orchestrator.execution.trainable import run_fold
-
-    import torch
 
     # auto is bf16 on CUDA; on a CPU (--tiny) bf16 is asked for, so that the autocast path runs there too
     other = "auto" if torch.cuda.is_available() else "bf16"

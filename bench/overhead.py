@@ -144,7 +144,8 @@ def run_command(sweep: Path, tmp: Path, repo) -> tuple:
                 "run.lock"):
         p = tmp / "wd" / sub
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": path}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(sweep), "--json"], cwd=tmp,
                           env=env, capture_output=True, text=True)

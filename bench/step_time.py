@@ -18,26 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
-import math
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from model import backbone, compute_prefix  # noqa: E402
-from model.config import ModelConfig, TrainConfig  # noqa: E402
-from model.lsi import au_token_indices, landmark_groups  # noqa: E402
-from model.net import MicroAUCLIP, TextTensors  # noqa: E402
-from model.prefix import TextGroup  # noqa: E402
-from model.train import _optimizer, step_losses  # noqa: E402
-from model import losses  # noqa: E402
-from preprocessing.dataset import PreparedDataset  # noqa: E402
+from model import backbone, compute_prefix, losses
+from model.config import ModelConfig, TrainConfig
+from model.lsi import au_token_indices, landmark_groups
+from model.net import MicroAUCLIP, TextTensors
+from model.prefix import TextGroup
+from model.train import _optimizer, step_losses
+from preprocessing.dataset import PreparedDataset
 
 AUS = [1, 2, 4, 7, 12, 14, 15, 17]
 

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import loso, metrics  # noqa: E402
-from model.config import ModelConfig, TrainConfig  # noqa: E402
-from preprocessing import prepare_dataset  # noqa: E402
-from preprocessing.config import QUICK_PREPROCESS, PreprocessConfig  # noqa: E402
-from preprocessing.synth import generate  # noqa: E402
+from model import loso, metrics
+from model.config import ModelConfig, TrainConfig
+from preprocessing import prepare_dataset
+from preprocessing.config import QUICK_PREPROCESS, PreprocessConfig
+from preprocessing.synth import generate
 
 SPEC = SimpleNamespace(reader="casme2", aus=[1, 2, 4, 7, 12, 14, 15, 17], seed=1,
                        model=ModelConfig(arch="microau-tiny", pretrained="none", trainable_blocks=1),

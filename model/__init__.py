@@ -10,15 +10,17 @@ Public API (docs/model.md):
     cross_dataset_fold(spec, train_data, test_data, train_prefix=None, test_prefix=None, on_epoch=None)
         -> FoldResult  (train on one whole dataset, test on another)
     FoldResult (.to_dict() / .from_dict())
+    TrialLike  (the `spec` above: what the model reads of a trial; the orchestrator's TrialConfig is one)
     metrics.pooled_metrics(results), metrics.paired_difference(results_a, results_b)
 
 Imported lazily, so `model.config` (read by the sweep schema) does not pull in torch and open_clip.
 """
 import importlib
 
-_LAZY = {"compute_prefix": "model.prefix", "cached_prefix": "model.prefix", "Prefix": "model.prefix", "FoldResult": "model.result",
-         "train_fold": "model.train", "cross_dataset_fold": "model.train", "loso": "model.train",
-         "FoldError": "model.train", "metrics": "model.metrics", "fit": "model.train", "evaluate": "model.train"}
+_LAZY = {"compute_prefix": "model.prefix", "cached_prefix": "model.prefix", "Prefix": "model.prefix",
+         "FoldResult": "model.result", "train_fold": "model.train", "cross_dataset_fold": "model.train",
+         "loso": "model.train", "FoldError": "model.train", "metrics": "model.metrics", "fit": "model.train",
+         "evaluate": "model.train", "TrialLike": "model.trial"}
 __all__ = sorted(_LAZY)
 
 

@@ -16,19 +16,21 @@ import os
 import pickle
 import pickletools
 import re
-import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
-from model import _torchvision_guard  # noqa: F401  (must precede the first open_clip import)
-from preprocessing.checkpoints import mismatch  # noqa: E402
+from model import _torchvision_guard  # noqa: F401 - must precede the first open_clip import
 
-import open_clip  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from preprocessing.errors import MicroAUError  # noqa: E402
+# isort: split
+import open_clip
+import torch
+from torch import nn
+
+from preprocessing.checkpoints import mismatch
+from preprocessing.errors import MicroAUError
+
+logger = logging.getLogger(__name__)
 
 TINY = "microau-tiny"  # 2 layers, width 64, ViT patch 32 at 224 (7x7 grid): for tests and quick starts
 open_clip.add_model_config(Path(__file__).parent / "configs" / f"{TINY}.json")
@@ -46,7 +48,7 @@ TORCHSCRIPT, STATE_DICT, SAFETENSORS = "torchscript", "state_dict", "safetensors
 _FORM_NAMES = {TORCHSCRIPT: "OpenAI TorchScript archive", STATE_DICT: "state dict", SAFETENSORS: "safetensors"}
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # entries only OpenAI's archive has
 _FINGERPRINT_BYTES = 1 << 20  # the weights id hashes the first and the last MiB of the file
-_ANNOUNCED: set = set()  # (arch, file, activation) already named on stderr by this process
+_ANNOUNCED: set = set()  # (arch, file, activation) already named (logged) by this process
 _USE = ("use OpenAI's ViT-B-32.pt, open_clip's open_clip_pytorch_model.bin / open_clip_model.safetensors, "
         "or a state dict saved with torch.save(model.state_dict())")
 
@@ -57,7 +59,7 @@ def _check_arch(arch: str) -> None:
                             f"use one of open_clip.list_models() (e.g. ViT-B-32, or {TINY} for tests)")
 
 
-def resolve_pretrained(arch: str, pretrained: str) -> Tuple[Optional[str], bool, str]:
+def resolve_pretrained(arch: str, pretrained: str) -> tuple[str | None, bool, str]:
     """-> (checkpoint path or None, QuickGELU, weights id for cache keys).
 
     `pretrained` is 'none', an open_clip tag of `arch` whose file is already in ~/.cache/clip or the
@@ -90,7 +92,7 @@ def resolve_pretrained(arch: str, pretrained: str) -> Tuple[Optional[str], bool,
     return cached, quick, _weights_id(path, form, quick)
 
 
-def _hub_repo(hub: str) -> Tuple[str, str]:
+def _hub_repo(hub: str) -> tuple[str, str]:
     """open_clip's `hf_hub` ('org/name/' or 'org/name/file') -> (repo id, file name or '')."""
     repo, filename = os.path.split(hub)
     return (repo.rstrip("/"), filename) if filename else (hub.rstrip("/"), "")
@@ -124,7 +126,7 @@ def _missing_weights(arch: str, tag: str, cfg: dict) -> str:
     return "\n".join(lines)
 
 
-def _cached_file(cfg: dict) -> Optional[str]:
+def _cached_file(cfg: dict) -> str | None:
     url = cfg.get("url", "")
     if url:
         p = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
@@ -164,7 +166,7 @@ def file_form(path) -> str:
     return STATE_DICT
 
 
-def _tensor_names(path: Path, form: str) -> List[str]:
+def _tensor_names(path: Path, form: str) -> list[str]:
     """The entry names of a safetensors file (its JSON header) or of a torch.save zip (the strings of its
     data.pkl, listed by pickletools without unpickling); [] for other forms. Reads no tensor."""
     try:
@@ -178,7 +180,7 @@ def _tensor_names(path: Path, form: str) -> List[str]:
                 if pkl is None:
                     return []
                 return [arg for op, arg, _ in pickletools.genops(z.read(pkl)) if isinstance(arg, str)]
-    except Exception:  # unreadable: the load names the problem
+    except Exception:  # noqa: BLE001 - unreadable: the load names the problem
         return []
     return []
 
@@ -220,7 +222,7 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
-def read_weights(path, form: Optional[str] = None) -> Dict[str, torch.Tensor]:
+def read_weights(path, form: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, by its form (`file_form`): a TorchScript archive through
     torch.jit.load (this runs the archive's TorchScript code: the known limit, docs/model.md), a
     .safetensors through safetensors, anything else through torch.load(weights_only=True), which builds
@@ -249,7 +251,7 @@ def read_weights(path, form: Optional[str] = None) -> Dict[str, torch.Tensor]:
         raise BackboneError(f"model.pretrained: {path} is not a plain checkpoint: torch.load(weights_only=True), "
                             f"which builds tensors and plain containers only, refused it ({why}); nothing in "
                             f"it was unpickled. {_USE[0].upper()}{_USE[1:]}") from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any other failure of the load: the message names the file
         raise BackboneError(f"model.pretrained: {path} cannot be read as a {_FORM_NAMES[form]} "
                             f"({type(e).__name__}: {_first_line(e)}); {_USE}") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
@@ -266,7 +268,7 @@ def read_weights(path, form: Optional[str] = None) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if k not in _OPENAI_EXTRAS}
 
 
-def load_weights(clip: nn.Module, state_dict: Dict[str, torch.Tensor], arch: str, path) -> None:
+def load_weights(clip: nn.Module, state_dict: dict[str, torch.Tensor], arch: str, path) -> None:
     """open_clip's own key conversions (those of `open_clip.load_checkpoint`, without its resizing of
     position embeddings: another grid is another architecture here), then a check that names the first
     tensor that does not fit, then a strict load."""
@@ -285,16 +287,16 @@ def load_weights(clip: nn.Module, state_dict: Dict[str, torch.Tensor], arch: str
     clip.load_state_dict(sd, strict=True)
 
 
-def load_clip(arch: str, pretrained: str) -> Tuple[nn.Module, str]:
+def load_clip(arch: str, pretrained: str) -> tuple[nn.Module, str]:
     """Build the open_clip model on CPU in eval mode -> (model, weights id)."""
     path, quick_gelu, weights_id = resolve_pretrained(arch, pretrained)
     return create_clip(arch, path, quick_gelu), weights_id
 
 
-def create_clip(arch: str, path: Optional[str], quick_gelu: bool) -> nn.Module:
+def create_clip(arch: str, path: str | None, quick_gelu: bool) -> nn.Module:
     """`arch` on CPU in eval mode, float32: the seeded random init (also what a cached prefix loads its
     tail weights into), then the weights of `path` when given (`read_weights`, `load_weights`; the first
-    load of a file in a process names it and its activation on stderr). `quick_gelu` as
+    load of a file in a process logs it and its activation, for stderr). `quick_gelu` as
     `resolve_pretrained` says."""
     _check_arch(arch)
     with torch.random.fork_rng(devices=[]), _no_random_init_warning():
@@ -310,12 +312,13 @@ def create_clip(arch: str, path: Optional[str], quick_gelu: bool) -> nn.Module:
 
 
 def _announce(clip: nn.Module, arch: str, path, form: str) -> None:
-    """One line on stderr per (arch, file, activation) and process: which weights the run uses."""
+    """One INFO record per (arch, file, activation) and process: which weights the run uses. It is a
+    notice, not a result: `stderr=True` asks the CLI's handler to print it on stderr, not stdout."""
     act = type(getattr(getattr(clip.visual.transformer.resblocks[0], "mlp", None), "gelu", None)).__name__
     key = (arch, os.path.realpath(path), act)
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
-        print(f"backbone: {arch} from {path} ({_FORM_NAMES[form]}, {act})", file=sys.stderr, flush=True)
+        logger.info("backbone: %s from %s (%s, %s)", arch, path, _FORM_NAMES[form], act, extra={"stderr": True})
 
 
 class _RandomInitFilter(logging.Filter):
@@ -347,11 +350,11 @@ def _check_supported(clip: nn.Module, arch: str) -> None:
                             f"the truncated text prefix would not be exact")
 
 
-def grid_size(clip: nn.Module) -> Tuple[int, int]:
+def grid_size(clip: nn.Module) -> tuple[int, int]:
     return tuple(clip.visual.grid_size)
 
 
-def num_blocks(clip: nn.Module) -> Tuple[int, int]:
+def num_blocks(clip: nn.Module) -> tuple[int, int]:
     return len(clip.visual.transformer.resblocks), len(_text_parts(clip)["transformer"].resblocks)
 
 
@@ -402,7 +405,7 @@ class VisualTail(nn.Module):
         self.ln_post = v.ln_post
         self.proj = v.proj  # (width, d)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1+G, width) prefix -> patch tokens (B, G, d) in the joint space, global feature (B, d)."""
         x = self.ln_post(_run_blocks(self.blocks, x, self.batch_first))
         x = x @ self.proj

@@ -1,7 +1,8 @@
 """Model and training sections of a sweep file (paper III, IV-A; ablation switches of Tables II-VIII)."""
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,10 +28,10 @@ class ModelConfig(_Strict):
     pta_hidden: int = Field(128, ge=1)  # hidden width of the PTA MLP (Eq. 2)
     head_hidden: int = Field(256, ge=1)  # hidden width of the per-AU classifier MLP (Eq. 7)
     # Optional overrides of the defaults in model/text.py and model/lsi.py, keyed by AU number.
-    prompts: Optional[Dict[int, List[str]]] = None  # AU -> [positive text, negative text]
-    landmark_groups: Optional[Dict[int, List[int]]] = None  # AU -> 0-based dlib indices (Table I)
+    prompts: dict[int, list[str]] | None = None  # AU -> [positive text, negative text]
+    landmark_groups: dict[int, list[int]] | None = None  # AU -> 0-based dlib indices (Table I)
     # MER class -> one label text or a list of them (Eq. 13: the best text decides); replaces the defaults
-    emotion_texts: Optional[Dict[str, Union[str, List[str]]]] = None
+    emotion_texts: dict[str, str | list[str]] | None = None
 
 
 class TrainConfig(_Strict):
@@ -43,10 +44,10 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     lr_step_epoch: int = Field(40, ge=1)  # lr divided by lr_gamma^-1 at this epoch
     lr_gamma: float = Field(0.1, gt=0)
-    alpha: Optional[float] = Field(None, ge=0)  # Eq. 12 contrastive weight; None -> per-dataset default
-    beta: Optional[float] = Field(None, ge=0)  # Eq. 12 GD weight; None -> per-dataset default
+    alpha: float | None = Field(None, ge=0)  # Eq. 12 contrastive weight; None -> per-dataset default
+    beta: float | None = Field(None, ge=0)  # Eq. 12 GD weight; None -> per-dataset default
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1'
-    threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
     # Arithmetic of the trainable blocks: 'bf16' = bfloat16 autocast of the forward passes (weights, optimiser
     # state and updates stay fp32); 'fp32'; 'auto' = bf16 on a CUDA device that supports it, fp32 elsewhere
     # (docs/model.md, "Precision": bf16 predictions stay within 0.02 of fp32's)
@@ -60,7 +61,7 @@ DATASET_DEFAULTS = {
 }
 
 
-def with_dataset_defaults(training: TrainConfig, reader: Optional[str]) -> TrainConfig:
+def with_dataset_defaults(training: TrainConfig, reader: str | None) -> TrainConfig:
     """`training` with alpha/beta, where unset, taken from the reader's paper defaults (DATASET_DEFAULTS).
     The one place they are filled: the sweep's resolution and `train_fold` both call it."""
     fill = {k: v for k, v in DATASET_DEFAULTS.get(reader, {}).items() if getattr(training, k) is None}

@@ -3,7 +3,6 @@ the Table VII alternatives Add+MLP / Cat+MLP. GDL (Eq. 8) is in model/losses.py.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -19,7 +18,7 @@ class GDA(nn.Module):
         self.w_v = nn.Linear(d, d, bias=False)
         self.fc = nn.Linear(n_aus * n_aus, n_aus)
 
-    def forward(self, f: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """F~ (B, N, d) -> F_G (B, d), W_d (B, N), A (B, N, N)."""
         q, k = self.w_q(f), self.w_k(f)
         a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(f.shape[-1]), dim=-1)  # Eq. 4
@@ -60,7 +59,7 @@ class GSD(nn.Module):
         super().__init__()
         self.dep = DEPENDENCY[dependency](n_aus, d)
 
-    def forward(self, f: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """F~ (B, N, d) -> final AU features (B, N, d), W_d (B, N) or None (no GDL without GDA)."""
         f_g, w_d, _ = self.dep(f)
         return f + f_g.unsqueeze(1), w_d

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from model.prefix import visual_features
 from model.result import Decisions
 from model.text import MER_CLASSES
 from model.train import Fitted, FoldError, evaluate, fit, resolve_device
+from model.trial import TrialLike
 from preprocessing.atomic import atomic_file
 from preprocessing.errors import MicroAUError
 
@@ -62,9 +64,9 @@ class ModelPackageError(MicroAUError, ValueError):
     """A model package cannot be used; the message names the folder or file and what to do."""
 
 
-def train_model(spec, data, prefix=None, on_epoch=None) -> Fitted:
+def train_model(spec: TrialLike, data, prefix=None, on_epoch=None) -> Fitted:
     """Train on every sample of `data` (no held-out subject) with `model.train.fit`, the code of every
-    LOSO fold. `spec` as for `train_fold` (a TrialConfig)."""
+    LOSO fold. `spec` as for `train_fold` (a TrialLike: the orchestrator's TrialConfig)."""
     return fit(spec, data, np.arange(len(data)), prefix=prefix, on_epoch=on_epoch)
 
 
@@ -82,7 +84,7 @@ def _relative_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
-def save_model(fitted: Fitted, spec, folder, info: Optional[Dict[str, Any]] = None) -> Path:
+def save_model(fitted: Fitted, spec: TrialLike, folder, info: dict[str, Any] | None = None) -> Path:
     """Write the package of a trained model into `folder` (created; see the module docstring). `spec` is
     the config it was trained with (.aus, .model); `info` (JSON) is stored as it is. The caller makes
     the package appear atomically (write into a temp folder, then rename it)."""
@@ -110,7 +112,8 @@ def save_model(fitted: Fitted, spec, folder, info: Optional[Dict[str, Any]] = No
                      "quick_gelu": bool(quick_gelu), "trainable_blocks": k},
         "grid": [int(v) for v in prefix.grid], "image": list(image), "logit_scale": float(prefix.logit_scale),
         "mer_classes": list(MER_CLASSES),
-        "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(prefix.emotion_class.tolist(), prefix.emotion_texts.texts)],
+        "mer_texts": [[MER_CLASSES[c], t]
+                      for c, t in zip(prefix.emotion_class.tolist(), prefix.emotion_texts.texts, strict=True)],
         "training": {"samples": int(len(fitted.train_idx)), "loss_curve": fitted.curve,
                      "alpha": fitted.weights["alpha"], "beta": fitted.weights["beta"],
                      "device": str(fitted.device), "timings": fitted.timings, "prefix_key": prefix.key},
@@ -125,7 +128,7 @@ def save_model(fitted: Fitted, spec, folder, info: Optional[Dict[str, Any]] = No
     return folder
 
 
-def read_meta(folder) -> Dict[str, Any]:
+def read_meta(folder) -> dict[str, Any]:
     """The package's model.json, checked (format, schema, the weights file beside it); ModelPackageError
     naming the folder otherwise. Reads no tensor."""
     folder = Path(folder)
@@ -157,7 +160,7 @@ def read_meta(folder) -> Dict[str, Any]:
 _TENSORS = ("emotion_features", "emotion_class", "probe")  # besides the model's `model.*`
 
 
-def _read_tensors(folder: Path, load: bool = True) -> Dict[str, Optional[torch.Tensor]]:
+def _read_tensors(folder: Path, load: bool = True) -> dict[str, torch.Tensor | None]:
     """The tensors of the package's weights file (load=False: their names only, mapped to None), its
     header and names checked; ModelPackageError naming the file otherwise. Never unpickles."""
     path = Path(folder) / WEIGHTS_FILE
@@ -175,11 +178,11 @@ def _read_tensors(folder: Path, load: bool = True) -> Dict[str, Optional[torch.T
             return {n: f.get_tensor(n).clone() if load else None for n in names}  # off the file's mmap
     except ModelPackageError:
         raise
-    except Exception as e:  # not safetensors, truncated
+    except Exception as e:  # noqa: BLE001 - not safetensors, truncated
         raise ModelPackageError(f"{path}: unreadable ({type(e).__name__}: {e}); train the model again") from None
 
 
-def check_package(folder) -> Dict[str, Any]:
+def check_package(folder) -> dict[str, Any]:
     """model.json and the weights file's header and tensor names checked (no tensor read, no backbone
     built) -> model.json; ModelPackageError naming the file otherwise."""
     meta = read_meta(folder)
@@ -190,30 +193,30 @@ def check_package(folder) -> Dict[str, Any]:
 @dataclass
 class Predictions(Decisions):
     """What `AUModel.predict` returns, one row per clip; `.preds` and `.mer_preds` decide as a LOSO fold does."""
-    sample_ids: List[str]
-    aus: List[int]
+    sample_ids: list[str]
+    aus: list[int]
     probs: np.ndarray  # float32 (S, A): P(active) per AU
-    mer_classes: List[str]
+    mer_classes: list[str]
     mer_scores: np.ndarray  # float32 (S, C): per MER class, the best Eq. 13 score of its label texts
-    best_text: List[int]  # index of each clip's best label text (AUModel.mer_texts)
+    best_text: list[int]  # index of each clip's best label text (AUModel.mer_texts)
 
 
 class AUModel:
     """A loaded package: `predict(flow, landmarks)` on preprocessed clips (`load_model`)."""
 
-    def __init__(self, folder: Path, meta: Dict[str, Any], clip, net: MicroAUCLIP, emotion_features: torch.Tensor,
+    def __init__(self, folder: Path, meta: dict[str, Any], clip, net: MicroAUCLIP, emotion_features: torch.Tensor,
                  emotion_class: torch.Tensor, device: torch.device):
         self.folder, self.meta, self.clip, self.net, self.device = folder, meta, clip, net, device
         self.emotion_features, self.emotion_class = emotion_features, emotion_class
-        self.aus: List[int] = [int(a) for a in meta["aus"]]
-        self.mer_classes: List[str] = list(meta["mer_classes"])
-        self.mer_texts: List[List[str]] = [list(t) for t in meta.get("mer_texts", [])]
-        self.info: Dict[str, Any] = dict(meta["info"])
+        self.aus: list[int] = [int(a) for a in meta["aus"]]
+        self.mer_classes: list[str] = list(meta["mer_classes"])
+        self.mer_texts: list[list[str]] = [list(t) for t in meta.get("mer_texts", [])]
+        self.info: dict[str, Any] = dict(meta["info"])
         cfg = ModelConfig.model_validate(meta["model"])
         self.groups = landmark_groups(self.aus, cfg.landmark_groups)
         self.k = int(meta["backbone"]["trainable_blocks"])
 
-    def predict(self, flow: np.ndarray, landmarks: np.ndarray, sample_ids: Optional[Sequence[str]] = None,
+    def predict(self, flow: np.ndarray, landmarks: np.ndarray, sample_ids: Sequence[str] | None = None,
                 batch_size: int = 32) -> Predictions:
         """flow images float32 (S, 3, H, W) in [0, 1] and apex landmarks (S, 68, 2) in their grid, as
         preprocessing makes them with the config the model was trained with -> Predictions."""

@@ -2,7 +2,7 @@
 attention (Eq. 2-3) and the Table VI / Table II alternatives (mean / max pooling, LSI off)."""
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -10,7 +10,8 @@ from torch import nn
 
 from model.regions import TABLE_I, LandmarkError, landmark_groups  # noqa: F401  (Table I lives there)
 
-def landmark_to_token(xy: np.ndarray, grid: Tuple[int, int], image: Tuple[int, int]) -> np.ndarray:
+
+def landmark_to_token(xy: np.ndarray, grid: tuple[int, int], image: tuple[int, int]) -> np.ndarray:
     """Eq. 1: landmark (x, y) in an h0 x w0 image -> index of its patch token in the h x w grid,
     row-major as open_clip flattens the patch grid (row * w + col). (..., 2) -> (...) int64."""
     (h, w), (h0, w0) = grid, image
@@ -19,8 +20,8 @@ def landmark_to_token(xy: np.ndarray, grid: Tuple[int, int], image: Tuple[int, i
     return row * w + col
 
 
-def au_token_indices(landmarks: np.ndarray, groups: Sequence[Sequence[int]], grid: Tuple[int, int],
-                     image: Tuple[int, int], sample_ids: Optional[Sequence[str]] = None) -> List[np.ndarray]:
+def au_token_indices(landmarks: np.ndarray, groups: Sequence[Sequence[int]], grid: tuple[int, int],
+                     image: tuple[int, int], sample_ids: Sequence[str] | None = None) -> list[np.ndarray]:
     """Per AU, the patch token index of each of its landmarks for every sample: list of (S, N_L)."""
     lm = np.asarray(landmarks, dtype=np.float64)
     bad = ~np.isfinite(lm).all(axis=(1, 2))
@@ -38,7 +39,7 @@ class PTA(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def forward(self, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N_L, d) tokens -> AU feature (B, d), weights (B, N_L)."""
         w = torch.softmax(self.mlp(k).squeeze(-1), dim=-1)  # Eq. 2
         return (w.unsqueeze(-1) * k).sum(dim=1), w  # Eq. 3
@@ -68,7 +69,7 @@ class LocalFeatures(nn.Module):
                     if pooling == "pta" and not self.shared else None)
 
     def forward(self, tokens: torch.Tensor, idx: Sequence[torch.Tensor],
-                global_feat: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
+                global_feat: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """tokens (B, G, d), idx: per AU (B, N_L) token indices, global_feat (B, d) (read only by the
         shared-feature variant) -> F~ (B, N, d), PTA weights per AU (None where no PTA runs)."""
         if self.shared:

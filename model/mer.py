@@ -3,7 +3,8 @@
 class. A class's score is the best of its texts' scores."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,7 +24,7 @@ def mer_scores(au_features: torch.Tensor, emotion_features: torch.Tensor) -> tor
 
 
 def mer_class_scores(text_scores: torch.Tensor, text_class: torch.Tensor, n_classes: int
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 13's MaxME over all R texts, kept per class: text_scores (S, R), text_class (R,) the class
     index of each text -> (class scores (S, C): the best score of each class's texts, best text (S,):
     the argmax over all R texts). The argmax of the class scores is the class of the best text."""
@@ -37,7 +38,7 @@ def mer_class_scores(text_scores: torch.Tensor, text_class: torch.Tensor, n_clas
     return scores, text_scores.argmax(dim=-1)
 
 
-def mer_predict(scores, classes: Sequence[str]) -> List[str]:
+def mer_predict(scores, classes: Sequence[str]) -> list[str]:
     """Eq. 13: MaxME, the class with the largest summed similarity (per class: its best text's)."""
     idx = np.asarray(scores).argmax(axis=-1).tolist()  # the first of equal maxima, as torch.argmax
     return [classes[i] for i in idx]

@@ -15,7 +15,7 @@ that these counts give exactly sklearn's numbers on the full data.
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
@@ -31,7 +31,7 @@ class MetricsError(MicroAUError, ValueError):
     pass
 
 
-def _pool(results) -> Dict:
+def _pool(results) -> dict:
     rs = [FoldResult.coerce(r) for r in results]
     if not rs:
         raise MetricsError("no fold results to pool")
@@ -55,7 +55,7 @@ def _pool(results) -> Dict:
     }
 
 
-def _au_scores(y: np.ndarray, p: np.ndarray, aus) -> Dict:
+def _au_scores(y: np.ndarray, p: np.ndarray, aus) -> dict:
     with warnings.catch_warnings():  # one fold's AU all inactive and predicted so: F1 0 (zero_division), not news
         warnings.filterwarnings("ignore", message="A single label was found in 'y_true' and 'y_pred'")
         per_au = {int(a): {"f1": float(f1_score(y[:, j], p[:, j], pos_label=1, zero_division=0)),
@@ -64,7 +64,7 @@ def _au_scores(y: np.ndarray, p: np.ndarray, aus) -> Dict:
             "acc": float(np.mean([v["acc"] for v in per_au.values()])), "per_au": per_au}
 
 
-def _mer_scores(y: Sequence[Optional[str]], p: Sequence[str]) -> Optional[Dict]:
+def _mer_scores(y: Sequence[str | None], p: Sequence[str]) -> dict | None:
     keep = [i for i, m in enumerate(y) if m is not None]
     if not keep:
         return None
@@ -77,7 +77,7 @@ def _mer_scores(y: Sequence[Optional[str]], p: Sequence[str]) -> Optional[Dict]:
             "uar": uar, "acc": float(accuracy_score(yt, yp)), "n": len(keep)}
 
 
-def _text_si(results) -> Optional[float]:
+def _text_si(results) -> float | None:
     """Table III TextSi: mean over folds of the mean over AUs of cos(positive, negative text feature)
     (FoldResult.extras["text_similarity"]); None when no fold carries it (records of older versions)."""
     per_fold = [float(np.mean(list(sims.values()))) for r in results
@@ -120,7 +120,7 @@ def _mer_conf(y, p, groups, names, classes) -> np.ndarray:
     ix = {c: i for i, c in enumerate(classes)}
     out = np.zeros((len(names), len(classes), len(classes)))
     gi = {n: i for i, n in enumerate(names)}
-    for yy, pp, g in zip(y, p, groups):
+    for yy, pp, g in zip(y, p, groups, strict=True):
         if yy is not None:
             out[gi[g], ix[yy], ix[pp]] += 1
     return out
@@ -146,13 +146,13 @@ def _boot_weights(n_subjects: int, n_boot: int, seed: int) -> np.ndarray:
     return np.stack([np.bincount(d, minlength=n_subjects) for d in draws]).astype(np.float64)
 
 
-def _ci(values: np.ndarray) -> List[float]:
+def _ci(values: np.ndarray) -> list[float]:
     lo, hi = np.percentile(values, [2.5, 97.5])
     return [float(lo), float(hi)]
 
 
 # -- public ---------------------------------------------------------------------------------------------
-def pooled_metrics(results, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Dict:
+def pooled_metrics(results, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> dict:
     """Pooled F1/ACC (mean over AUs), per AU, MER, TextSi, subject-bootstrap 95% CIs and the per-fold
     average."""
     d = _pool(results)
@@ -184,7 +184,7 @@ def pooled_metrics(results, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Dict
     return out
 
 
-def per_au_f1_ci(results, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Dict[int, List[float]]:
+def per_au_f1_ci(results, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> dict[int, list[float]]:
     """Per AU, the 95% subject-bootstrap CI of its pooled F1 (the resamples of `pooled_metrics`' `ci`:
     same subjects, seed and count), {AU: [low, high]}; for the per-AU F1 figure."""
     d = _pool(results)
@@ -195,7 +195,7 @@ def per_au_f1_ci(results, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Dict[i
     return {int(a): _ci(f1[:, j]) for j, a in enumerate(d["aus"])}
 
 
-def baselines(results) -> Dict[str, Dict]:
+def baselines(results) -> dict[str, dict]:
     """Pooled F1/ACC of constant predictors (all positive, all negative) on the same pooled labels."""
     d = _pool(results)
     return {name: {k: v for k, v in _au_scores(d["y"], np.full_like(d["y"], c), d["aus"]).items()
@@ -203,7 +203,7 @@ def baselines(results) -> Dict[str, Dict]:
             for name, c in (("all_positive", 1), ("all_negative", 0))}
 
 
-def paired_difference(results_a, results_b, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> Dict:
+def paired_difference(results_a, results_b, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> dict:
     """Point A minus point B on the same samples: pooled F1/ACC difference with a subject-bootstrap CI
     (both points scored on the same resampled subjects in each resample)."""
     a, b = _pool(results_a), _pool(results_b)
@@ -228,7 +228,7 @@ def paired_difference(results_a, results_b, n_boot: int = N_BOOT, seed: int = BO
             "n_samples": len(a["ids"]), "n_subjects": len(names), "n_boot": n_boot, "seed": seed}
 
 
-def seed_summary(results_by_seed: Dict[int, Sequence]) -> Dict:
+def seed_summary(results_by_seed: dict[int, Sequence]) -> dict:
     """One point run with several seeds (each a full LOSO over the same samples): the mean and sample
     standard deviation (ddof=1) over seeds of the pooled F1/ACC, per-AU F1 and MER UF1, and the pooled
     numbers over all seeds: every seed's predictions concatenated (each test sample counts once per seed),
@@ -245,7 +245,7 @@ def seed_summary(results_by_seed: Dict[int, Sequence]) -> Dict:
     pooled = _au_scores(np.concatenate([d["y"] for d in pools.values()]),
                         np.concatenate([d["p"] for d in pools.values()]), first["aus"])
 
-    def stats(values: Dict[int, float], pooled_value: Optional[float]) -> Dict:
+    def stats(values: dict[int, float], pooled_value: float | None) -> dict:
         v = np.array(list(values.values()), dtype=np.float64)
         return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "pooled": pooled_value,
                 "per_seed": {int(s): float(x) for s, x in values.items()}}

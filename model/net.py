@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -45,17 +45,17 @@ class MicroAUCLIP(nn.Module):
                 p.requires_grad_(False)
 
     # -- parameter groups (paper IV-A: lr 1e-3 encoders, 1e-2 other modules) -----------------------------
-    def encoder_parameters(self) -> List[nn.Parameter]:
+    def encoder_parameters(self) -> list[nn.Parameter]:
         mods = [self.visual_tail] + ([self.text_tail] if self.text_tail is not None else [])
         return [p for m in mods for p in m.parameters() if p.requires_grad]
 
-    def head_parameters(self) -> List[nn.Parameter]:
+    def head_parameters(self) -> list[nn.Parameter]:
         mods = [self.local, self.heads] + ([self.gsd] if self.gsd is not None else [])
         return [p for m in mods for p in m.parameters() if p.requires_grad]
 
     # -- visual -----------------------------------------------------------------------------------------
     def au_forward(self, tokens: torch.Tensor, idx: Sequence[torch.Tensor],
-                   global_feat: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                   global_feat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Patch tokens (B, G, d), per-AU token indices, global image feature (B, d) -> local / final AU
         features, W_d, logits."""
         local, pta_w = self.local(tokens, idx, global_feat)
@@ -65,14 +65,14 @@ class MicroAUCLIP(nn.Module):
             final, w_d = local, None
         return {"local": local, "final": final, "w_d": w_d, "logits": self.heads(final), "pta": pta_w}
 
-    def forward(self, visual_prefix: torch.Tensor, idx: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward(self, visual_prefix: torch.Tensor, idx: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         tokens, global_feat = self.visual_tail(visual_prefix)
         out = self.au_forward(tokens, idx, global_feat)
         out["global"] = global_feat
         return out
 
     # -- text -------------------------------------------------------------------------------------------
-    def text_features(self, group: "TextTensors", rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def text_features(self, group: TextTensors, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Features of the group's prompts (all, or `rows`): through the trainable tail when the text
         tower is fine-tuned, else the cached features of the frozen tower."""
         if self.text_tail is None:

@@ -21,11 +21,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import sys
+import logging
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ from model import backbone
 from model.text import au_prompts, emotion_texts, global_text, label_texts
 from preprocessing.atomic import atomic_file
 from preprocessing.errors import MicroAUError
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3  # bump when what the prefix holds, how it is computed or how it is stored changes
 FORMAT = "microau-prefix"  # the safetensors metadata's "format": what Prefix.load accepts
@@ -61,7 +63,7 @@ class PrefixFileError(MicroAUError, ValueError):
 class TextGroup:
     """One group of prompts: token ids truncated to the group's longest EOT, the frozen-prefix hidden
     states, and the final features of the untouched text tower."""
-    texts: List[str]
+    texts: list[str]
     ids: np.ndarray  # int64 (P, T)
     eot: np.ndarray  # int64 (P,)
     hidden: np.ndarray  # float32 (P, T, width): output of text blocks 1..L-k
@@ -71,11 +73,11 @@ class TextGroup:
 @dataclass
 class Prefix:
     key: str
-    identity: Dict  # what the key hashes (arch, pretrained, weights, k, aus, texts, data key)
-    sample_ids: List[str]
+    identity: dict  # what the key hashes (arch, pretrained, weights, k, aus, texts, data key)
+    sample_ids: list[str]
     visual: np.ndarray  # float32 (S, 1 + h*w, width): output of visual blocks 1..L-k
-    grid: Tuple[int, int]  # patch grid (h, w)
-    image: Tuple[int, int]  # flow image size (h0, w0) the landmarks refer to (Eq. 1)
+    grid: tuple[int, int]  # patch grid (h, w)
+    image: tuple[int, int]  # flow image size (h0, w0) the landmarks refer to (Eq. 1)
     au_texts: TextGroup  # 2 per AU: [AU1 pos, AU1 neg, AU2 pos, ...]
     emotion_texts: TextGroup  # the R label texts of Eq. 13, grouped by class in MER_CLASSES order
     emotion_class: np.ndarray  # int64 (R,): each label text's class (index in MER_CLASSES)
@@ -84,7 +86,7 @@ class Prefix:
     visual_tail: torch.nn.Module  # initial weights of visual blocks L-k+1..L, ln_post, proj
     text_tail: torch.nn.Module  # initial weights of text blocks L-k+1..L, ln_final, text_projection
     logit_scale: float  # exp of CLIP's learned temperature
-    timings: Dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def width(self) -> int:
@@ -113,7 +115,7 @@ class Prefix:
         return path
 
     @staticmethod
-    def load(path) -> "Prefix":
+    def load(path) -> Prefix:
         """Read a file written by `save`; anything else (a pickle, a torn or foreign file, another
         schema) raises PrefixFileError naming the file. Never unpickles."""
         t0 = time.perf_counter()
@@ -129,18 +131,18 @@ class Prefix:
                 tensors = {name: f.get_tensor(name).clone() for name in f.keys()}  # off the file's mmap
         except PrefixFileError:
             raise
-        except Exception as e:  # not safetensors (a pickle, random bytes, truncated), bad JSON
+        except Exception as e:  # noqa: BLE001 - not safetensors (a pickle, random bytes, truncated), bad JSON
             raise PrefixFileError(path, f"{type(e).__name__}: {e}") from None
         try:
             out = _from_stored(meta, tensors)
         except PrefixFileError:
             raise
-        except Exception as e:  # missing metadata keys or tensors, wrong shapes, tails that do not load
+        except Exception as e:  # noqa: BLE001 - missing metadata keys or tensors, wrong shapes, tails that do not load
             raise PrefixFileError(path, f"{type(e).__name__}: {e}") from None
         out.timings = {**out.timings, "read_s": time.perf_counter() - t0}
         return out
 
-    def matches(self, model_cfg, data, aus: Sequence[int]) -> Optional[str]:
+    def matches(self, model_cfg, data, aus: Sequence[int]) -> str | None:
         """None when this prefix was computed for (model_cfg, data, aus); else what differs."""
         want = _identity(model_cfg, data, aus, weights=None)
         have = {k: v for k, v in self.identity.items() if k != "weights"}
@@ -153,7 +155,7 @@ class Prefix:
 PREFIX_FIELDS = ("arch", "pretrained", "trainable_blocks", "prompts", "emotion_texts")
 
 
-def _identity(model_cfg, data, aus, weights: Optional[str], quick_gelu: Optional[bool] = None) -> Dict:
+def _identity(model_cfg, data, aus, weights: str | None, quick_gelu: bool | None = None) -> dict:
     c = {k: getattr(model_cfg, k) for k in PREFIX_FIELDS}
     prompts = au_prompts(aus, c["prompts"])
     out = {"schema": SCHEMA_VERSION, "data": data.key, "arch": c["arch"],
@@ -170,7 +172,7 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.require(a, requirements=["C", "W"]))  # a copy only when read-only
 
 
-def _array(tensors: Dict[str, torch.Tensor], name: str, dtype: torch.dtype, rows: int) -> np.ndarray:
+def _array(tensors: dict[str, torch.Tensor], name: str, dtype: torch.dtype, rows: int) -> np.ndarray:
     if name not in tensors:
         raise KeyError(f"tensor {name!r} missing")
     t = tensors[name]
@@ -179,7 +181,7 @@ def _array(tensors: Dict[str, torch.Tensor], name: str, dtype: torch.dtype, rows
     return t.numpy()
 
 
-def _from_stored(meta: Dict, tensors: Dict[str, torch.Tensor]) -> Prefix:
+def _from_stored(meta: dict, tensors: dict[str, torch.Tensor]) -> Prefix:
     """The Prefix of `save`'s metadata and tensors; the tails rebuilt from the architecture's random
     init (no checkpoint) with the stored weights loaded strictly."""
     identity = meta["identity"]
@@ -208,7 +210,7 @@ def _from_stored(meta: Dict, tensors: Dict[str, torch.Tensor]) -> Prefix:
         timings={k: float(v) for k, v in meta["timings"].items()})
 
 
-def _emotion_class(classes: np.ndarray, identity: Dict, groups: Dict[str, TextGroup]) -> np.ndarray:
+def _emotion_class(classes: np.ndarray, identity: dict, groups: dict[str, TextGroup]) -> np.ndarray:
     """The stored class of each label text, checked against the identity's texts per class."""
     texts, want = label_texts(identity["emotion_texts"])
     if groups["emotion_texts"].texts != texts or classes.tolist() != want:
@@ -216,7 +218,7 @@ def _emotion_class(classes: np.ndarray, identity: Dict, groups: Dict[str, TextGr
     return classes
 
 
-def _rebuild_tails(tails: Dict, states: Dict[str, Dict[str, torch.Tensor]]):
+def _rebuild_tails(tails: dict, states: dict[str, dict[str, torch.Tensor]]):
     """VisualTail / TextTail of a random-init `arch` (same QuickGELU flag as when computed), then the
     stored weights with strict=True; TextTail's causal mask (not stored) comes from the same clip."""
     arch, k, context = str(tails["arch"]), int(tails["k"]), int(tails["context"])
@@ -233,7 +235,7 @@ def _tails(clip, k: int, context: int):
     return backbone.VisualTail(clip, k).eval(), backbone.TextTail(clip, k, context).eval()
 
 
-def prefix_key(identity: Dict) -> str:
+def prefix_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -316,7 +318,7 @@ def cached_prefix(model_cfg, data, aus: Sequence[int], cache_dir, device: str = 
     key, backbone weights file identity, k, AUs, texts): a later run, a grid point added later or a
     `fold` debug session reuses the prefix instead of running the frozen blocks again. A file there that
     is not a prefix of this key (torn, foreign, a planted pickle, an older schema) is deleted with a
-    warning on stderr and computed again; it is never unpickled."""
+    logged warning and computed again; it is never unpickled."""
     aus = [int(a) for a in aus]
     _, quick_gelu, weights = backbone.resolve_pretrained(model_cfg.arch, model_cfg.pretrained)
     key = prefix_key(_identity(model_cfg, data, aus, weights, quick_gelu))
@@ -328,8 +330,8 @@ def cached_prefix(model_cfg, data, aus: Sequence[int], cache_dir, device: str = 
                 raise PrefixFileError(path, f"it holds the prefix {prefix.key}")
             return prefix
         except PrefixFileError as e:
-            print(f"warning: ignoring the cached prefix {e.path} ({e.why}); deleting it and computing the "
-                  f"prefix again", file=sys.stderr)
+            logger.warning("warning: ignoring the cached prefix %s (%s); deleting it and computing the prefix "
+                           "again", e.path, e.why)
             path.unlink(missing_ok=True)
     prefix = compute_prefix(model_cfg, data, aus, device)
     prefix.save(path)

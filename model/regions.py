@@ -2,12 +2,12 @@
 sweep file's AUs are checked when it is read without loading torch (model.config.check_aus)."""
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
 
 from preprocessing.errors import MicroAUError
 
 # Table I: AU -> 0-based dlib 68-point indices (docs/protocol.md: 48 and 54 are the mouth corners).
-TABLE_I: Dict[int, Tuple[int, ...]] = {
+TABLE_I: dict[int, tuple[int, ...]] = {
     1: (19, 20, 21, 22, 23, 24),
     2: (19, 20, 21, 22, 23, 24),
     4: (19, 20, 21, 22, 23, 24),
@@ -23,8 +23,8 @@ class LandmarkError(MicroAUError, ValueError):
     """Landmark groups or coordinates are unusable; the message names the AU / sample."""
 
 
-def landmark_groups(aus: Sequence[int], overrides: Optional[Mapping[int, Sequence[int]]] = None
-                    ) -> List[List[int]]:
+def landmark_groups(aus: Sequence[int], overrides: Mapping[int, Sequence[int]] | None = None
+                    ) -> list[list[int]]:
     table = {int(k): list(v) for k, v in (overrides or {}).items()}
     out = []
     for au in aus:

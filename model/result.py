@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class Decisions:
         return au_decisions(self.probs)
 
     @property
-    def mer_preds(self) -> List[str]:
+    def mer_preds(self) -> list[str]:
         """Eq. 13 argmax per sample (model.mer.mer_predict)."""
         from model.mer import mer_predict
         return mer_predict(self.mer_scores, self.mer_classes) if len(self.mer_scores) else []
@@ -39,23 +39,23 @@ class Decisions:
 class FoldResult(Decisions):
     test_subject: str
     seed: int
-    aus: List[int]
-    sample_ids: List[str]  # test samples
-    subjects: List[str]
+    aus: list[int]
+    sample_ids: list[str]  # test samples
+    subjects: list[str]
     probs: np.ndarray  # float32 (n, A): P(active) = softmax of the AU's 2-way head, index 1
     labels: np.ndarray  # uint8 (n, A)
     features: np.ndarray  # float32 (n, A, d): final AU visual features (Eq. 7's F_G + F~_n)
-    mer_classes: List[str]  # order of the columns of mer_scores
+    mer_classes: list[str]  # order of the columns of mer_scores
     mer_scores: np.ndarray  # float32 (n, C): per class, the best Eq. 13 summed similarity of its label texts
-    mer_labels: List[Optional[str]]  # ground-truth MER class (None: excluded); never used in training
-    loss_curve: Dict[str, List[float]] = field(default_factory=dict)  # term -> value per epoch
-    timings: Dict[str, float] = field(default_factory=dict)  # seconds: prefix, build, train, eval, total
+    mer_labels: list[str | None]  # ground-truth MER class (None: excluded); never used in training
+    loss_curve: dict[str, list[float]] = field(default_factory=dict)  # term -> value per epoch
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: prefix, build, train, eval, total
     n_train: int = 0
     # e.g. text_similarity (Table III TextSi), mer_texts ([class, text] of the R label texts) and
     # mer_best_text (each sample's best text)
-    extras: Dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "test_subject": self.test_subject, "seed": int(self.seed), "aus": [int(a) for a in self.aus],
             "sample_ids": list(self.sample_ids), "subjects": list(self.subjects),
@@ -71,7 +71,7 @@ class FoldResult(Decisions):
         }
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "FoldResult":
+    def from_dict(cls, d: dict[str, Any]) -> FoldResult:
         n, a = len(d["sample_ids"]), len(d["aus"])
         return cls(
             test_subject=d["test_subject"], seed=d["seed"], aus=list(d["aus"]),
@@ -87,5 +87,5 @@ class FoldResult(Decisions):
         )
 
     @classmethod
-    def coerce(cls, r) -> "FoldResult":
+    def coerce(cls, r) -> FoldResult:
         return r if isinstance(r, cls) else cls.from_dict(r)

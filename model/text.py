@@ -5,13 +5,13 @@ Every default can be overridden from the sweep file (`model.prompts`, `model.emo
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
 
 from preprocessing.errors import MicroAUError
 
 # AU -> (positive text, negative text). AU4 is the paper's Fig. 2 example; the others follow it:
 # the FACS name of the movement, "is/are <verb>ing" / "is/are not <verb>ing".
-AU_PROMPTS: Dict[int, Tuple[str, str]] = {
+AU_PROMPTS: dict[int, tuple[str, str]] = {
     1: ("The inner eyebrows are raising", "The inner eyebrows are not raising"),
     2: ("The outer eyebrows are raising", "The outer eyebrows are not raising"),
     4: ("The eyebrows are lowering", "The eyebrows are not lowering"),
@@ -24,12 +24,12 @@ AU_PROMPTS: Dict[int, Tuple[str, str]] = {
 
 # MER classes (docs/protocol.md): positive = happiness; negative = disgust, repression (CASME II) and anger,
 # contempt, disgust, fear, sadness (SAMM); surprise = surprise.
-MER_CLASSES: Tuple[str, ...] = ("positive", "negative", "surprise")
+MER_CLASSES: tuple[str, ...] = ("positive", "negative", "surprise")
 # The AU combinations that code each emotion in FACS-based ME coding (FACS/EMFACS prototypes and the
 # CASME II coding criteria), per MER class and emotion. Each combination, filtered to the AUs the dataset
 # detects, is one label text LF_r of Eq. 13 (paper IV-F); a combination with no detected AU is dropped.
 # Contempt is AU14 alone: its unilateral AU12 would read as happiness.
-EMOTION_COMBINATIONS: Dict[str, Dict[str, Tuple[Tuple[int, ...], ...]]] = {
+EMOTION_COMBINATIONS: dict[str, dict[str, tuple[tuple[int, ...], ...]]] = {
     "positive": {"happiness": ((6, 12), (12,))},
     "negative": {"disgust": ((4, 7), (9,), (10,), (14,)),
                  "repression": ((14,), (15,), (17,), (15, 17)),
@@ -46,8 +46,8 @@ class TextConfigError(MicroAUError, ValueError):
     """A prompt or emotion text is missing for an AU / class; the message names the config key."""
 
 
-def au_prompts(aus: Sequence[int], overrides: Optional[Mapping[int, Sequence[str]]] = None
-               ) -> List[Tuple[str, str]]:
+def au_prompts(aus: Sequence[int], overrides: Mapping[int, Sequence[str]] | None = None
+               ) -> list[tuple[str, str]]:
     """(positive, negative) text per AU, in the order of `aus`."""
     table = {int(k): tuple(v) for k, v in (overrides or {}).items()}
     out = []
@@ -71,7 +71,7 @@ def _join(sentences: Sequence[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _override(cls: str, value) -> List[str]:
+def _override(cls: str, value) -> list[str]:
     """`model.emotion_texts[cls]`: one text or a list of texts -> the list (repeats dropped, order kept)."""
     texts = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
     if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
@@ -80,8 +80,8 @@ def _override(cls: str, value) -> List[str]:
     return list(dict.fromkeys(texts))
 
 
-def emotion_texts(aus: Sequence[int], prompts: Sequence[Tuple[str, str]],
-                  overrides: Optional[Mapping[str, object]] = None) -> Dict[str, List[str]]:
+def emotion_texts(aus: Sequence[int], prompts: Sequence[tuple[str, str]],
+                  overrides: Mapping[str, object] | None = None) -> dict[str, list[str]]:
     """MER class -> its label texts LF_r (Eq. 13), in MER_CLASSES order. By default one text per AU
     combination of the class's emotions (EMOTION_COMBINATIONS) filtered to the AUs the dataset detects:
     the positive prompts of those AUs joined into one sentence; combinations left with no AU are dropped,
@@ -92,8 +92,8 @@ def emotion_texts(aus: Sequence[int], prompts: Sequence[Tuple[str, str]],
     if unknown:
         raise TextConfigError(f"model.emotion_texts: unknown MER class(es) {unknown}; the classes are "
                               f"{list(MER_CLASSES)}: rename or remove {unknown[0]!r}")
-    pos = {au: p for au, (p, _) in zip(aus, prompts)}
-    out: Dict[str, List[str]] = {}
+    pos = {au: p for au, (p, _) in zip(aus, prompts, strict=True)}
+    out: dict[str, list[str]] = {}
     for cls in MER_CLASSES:
         if cls in overrides:
             out[cls] = _override(cls, overrides[cls])
@@ -105,7 +105,7 @@ def emotion_texts(aus: Sequence[int], prompts: Sequence[Tuple[str, str]],
                                   f"{[list(c) for c in combos]} is among the dataset's AUs {list(aus)}; set "
                                   f"`emotion_texts: {{{cls}: [\"...\"]}}` in the model section")
         out[cls] = list(dict.fromkeys(texts))
-    owner: Dict[str, str] = {}
+    owner: dict[str, str] = {}
     for cls, texts in out.items():
         for t in texts:
             if t in owner:
@@ -116,14 +116,14 @@ def emotion_texts(aus: Sequence[int], prompts: Sequence[Tuple[str, str]],
     return out
 
 
-def label_texts(texts: Mapping[str, Sequence[str]]) -> Tuple[List[str], List[int]]:
+def label_texts(texts: Mapping[str, Sequence[str]]) -> tuple[list[str], list[int]]:
     """emotion_texts' dict -> all R label texts in MER_CLASSES order and each one's class index."""
     flat = [(t, i) for i, cls in enumerate(MER_CLASSES) for t in texts[cls]]
     return [t for t, _ in flat], [i for _, i in flat]
 
 
-def global_text(active: Sequence[int], aus: Sequence[int], prompts: Sequence[Tuple[str, str]]) -> str:
+def global_text(active: Sequence[int], aus: Sequence[int], prompts: Sequence[tuple[str, str]]) -> str:
     """One description of all active AUs (global OrigCL, Table VIII)."""
-    pos = {au: p for au, (p, _) in zip(aus, prompts)}
+    pos = {au: p for au, (p, _) in zip(aus, prompts, strict=True)}
     mine = [pos[a] for a in aus if a in set(active)]
     return _join(mine) if mine else NO_ACTION_TEXT

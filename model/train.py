@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from model.net import MicroAUCLIP, TextTensors, as_tensor
 from model.prefix import Prefix, compute_prefix
 from model.result import FoldResult, _f32_list
 from model.text import MER_CLASSES
+from model.trial import TrialLike
 from preprocessing.errors import MicroAUError
 
 
@@ -68,7 +69,7 @@ def _fp32(v):
     return v
 
 
-def _weights(spec) -> Dict[str, float]:
+def _weights(spec: TrialLike) -> dict[str, float]:
     reader = getattr(spec, "reader", None)
     t = with_dataset_defaults(spec.training, reader)
     for k in ("alpha", "beta"):
@@ -77,7 +78,7 @@ def _weights(spec) -> Dict[str, float]:
     return {"alpha": float(t.alpha), "beta": float(t.beta)}
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> List[torch.Tensor]:
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     """A shuffled epoch; a last batch of one sample joins the one before (contrastive needs B >= 2)."""
     perm = torch.randperm(n, generator=gen)
     out = list(torch.split(perm, batch_size))
@@ -96,11 +97,11 @@ def _optimizer(model: MicroAUCLIP, t) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=t.weight_decay)
 
 
-def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
-               on_epoch: Optional[Callable[[Dict], None]] = None) -> FoldResult:
+def train_fold(spec: TrialLike, data, test_subject: str, prefix: Prefix | None = None,
+               on_epoch: Callable[[dict], None] | None = None) -> FoldResult:
     """Train on every subject of `data` except `test_subject`, evaluate on `test_subject` (LOSO).
 
-    spec: has .reader, .aus, .seed, .model (ModelConfig), .training (TrainConfig) - a TrialConfig.
+    spec: a `model.trial.TrialLike` (.reader, .aus, .seed, .model, .training): the orchestrator's TrialConfig.
     prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
     on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
     """
@@ -116,8 +117,8 @@ def train_fold(spec, data, test_subject: str, prefix: Optional[Prefix] = None,
     return train_eval(spec, data, train_idx, data, test_idx, test_subject, prefix, prefix, on_epoch)
 
 
-def cross_dataset_fold(spec, train_data, test_data, train_prefix: Optional[Prefix] = None,
-                       test_prefix: Optional[Prefix] = None, on_epoch: Optional[Callable[[Dict], None]] = None,
+def cross_dataset_fold(spec: TrialLike, train_data, test_data, train_prefix: Prefix | None = None,
+                       test_prefix: Prefix | None = None, on_epoch: Callable[[dict], None] | None = None,
                        label: str = "all") -> FoldResult:
     """Train on every sample of `train_data`, evaluate on every sample of `test_data` (cross-dataset
     protocol, docs/protocol.md), on the AUs `spec.aus`, which both datasets' labels are read for by AU
@@ -137,7 +138,7 @@ def cross_dataset_fold(spec, train_data, test_data, train_prefix: Optional[Prefi
     return result
 
 
-def _prefix_of(prefix: Optional[Prefix], mcfg, data, aus, device) -> Prefix:
+def _prefix_of(prefix: Prefix | None, mcfg, data, aus, device) -> Prefix:
     """`prefix` checked against (config, data, AUs), or computed now when None."""
     if prefix is None:
         return compute_prefix(mcfg, data, aus, device=str(device))
@@ -176,17 +177,17 @@ class Fitted:
     model: MicroAUCLIP
     prefix: Prefix
     device: torch.device
-    aus: List[int]
+    aus: list[int]
     train_idx: np.ndarray
     labels: np.ndarray  # int64 (S, A): every sample's AU labels (only train_idx's were read)
     vis: torch.Tensor  # frozen visual prefix of every sample
-    tok: List[torch.Tensor]  # per AU, every sample's landmark token indices (Eq. 1)
+    tok: list[torch.Tensor]  # per AU, every sample's landmark token indices (Eq. 1)
     au_txt: TextTensors
     emo_txt: TextTensors
     emo_class: torch.Tensor
-    curve: Dict[str, List[float]]  # each term of Eq. 12 per epoch
-    weights: Dict[str, float]  # alpha, beta
-    timings: Dict[str, float]  # prefix_s, build_s, train_s
+    curve: dict[str, list[float]]  # each term of Eq. 12 per epoch
+    weights: dict[str, float]  # alpha, beta
+    timings: dict[str, float]  # prefix_s, build_s, train_s
 
     def emotion_features(self) -> torch.Tensor:
         """Eq. 13's label-text features of the trained model (R, d)."""
@@ -194,13 +195,13 @@ class Fitted:
             return self.model.text_features(self.emo_txt)
 
 
-def fit(spec, data, train_idx: Sequence[int], prefix: Optional[Prefix] = None,
-        on_epoch: Optional[Callable[[Dict], None]] = None) -> Fitted:
+def fit(spec: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> Fitted:
     """Train Micro-AU CLIP on the samples `train_idx` of `data` for training.epochs; the one training
     loop, run by every LOSO fold and cross-dataset unit (`train_eval`) and by a model trained on a whole
     dataset (`model.inference.train_model`). Reads the AU labels of `train_idx` only.
 
-    spec: has .reader, .aus, .seed, .model (ModelConfig), .training (TrainConfig) - a TrialConfig.
+    spec: a `model.trial.TrialLike` (.reader, .aus, .seed, .model, .training): the orchestrator's TrialConfig.
     prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
     on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
     """
@@ -242,7 +243,7 @@ def fit(spec, data, train_idx: Sequence[int], prefix: Optional[Prefix] = None,
     # generator) is copied over once, and the loss sums are read back once per epoch, not per step
     t0 = time.perf_counter()
     train_t = torch.from_numpy(train_idx)
-    curve: Dict[str, List[float]] = {k: [] for k in ("total", "multitask", "contrastive", "gd")}
+    curve: dict[str, list[float]] = {k: [] for k in ("total", "multitask", "contrastive", "gd")}
     for epoch in range(tcfg.epochs):
         te = time.perf_counter()
         model.train()
@@ -262,7 +263,7 @@ def fit(spec, data, train_idx: Sequence[int], prefix: Optional[Prefix] = None,
                                  terms["gd"].detach()]).double()
         lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)}  # this epoch's
         sched.step()
-        for k, v in zip(curve, sums.tolist()):
+        for k, v in zip(curve, sums.tolist(), strict=True):
             curve[k].append(v / len(batches))
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "epochs": tcfg.epochs, **{k: v[-1] for k, v in curve.items()},
@@ -276,7 +277,7 @@ def fit(spec, data, train_idx: Sequence[int], prefix: Optional[Prefix] = None,
 
 
 def evaluate(model: MicroAUCLIP, vis: torch.Tensor, tok: Sequence[torch.Tensor], emotion_features: torch.Tensor,
-             emotion_class: torch.Tensor, precision: str = "fp32") -> Dict[str, torch.Tensor]:
+             emotion_class: torch.Tensor, precision: str = "fp32") -> dict[str, torch.Tensor]:
     """The trained model on samples (frozen visual prefix `vis`, token indices `tok`): the model's outputs
     (final AU features, W_d, PTA weights, logits) plus `probs` (P(active) per AU: the 2-way softmax),
     `mer_scores` (per MER class, the best Eq. 13 score of its label texts) and `best_text`. What a LOSO
@@ -293,9 +294,9 @@ def evaluate(model: MicroAUCLIP, vis: torch.Tensor, tok: Sequence[torch.Tensor],
     return {**out, "probs": probs, "mer_scores": scores, "best_text": best_text}
 
 
-def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: str,
-               train_prefix: Optional[Prefix] = None, test_prefix: Optional[Prefix] = None,
-               on_epoch: Optional[Callable[[Dict], None]] = None) -> FoldResult:
+def train_eval(spec: TrialLike, train_data, train_idx, test_data, test_idx, test_subject: str,
+               train_prefix: Prefix | None = None, test_prefix: Prefix | None = None,
+               on_epoch: Callable[[dict], None] | None = None) -> FoldResult:
     """The one training path: `fit` on the samples `train_idx` of `train_data`, `evaluate` the last epoch's
     model on the samples `test_idx` of `test_data`. LOSO (`train_fold`) passes one dataset and one prefix
     twice; the cross-dataset protocol (`cross_dataset_fold`) two datasets, each with its own prefix."""
@@ -347,7 +348,7 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
         timings={**f.timings, "prefix_s": f.timings["prefix_s"] + t_test_prefix, "eval_s": t_eval,
                  "total_s": time.perf_counter() - t_start},
         n_train=int(len(f.train_idx)),
-        extras={"text_similarity": {str(a): float(s) for a, s in zip(aus, text_sim.cpu().tolist())},
+        extras={"text_similarity": {str(a): float(s) for a, s in zip(aus, text_sim.cpu().tolist(), strict=True)},
                 # attention of the evaluated model per test sample, for the paper's Fig. 5 (float32,
                 # shortest decimals): GDA's W_d (n, A); each AU's PTA weights (n, N_L) over the patch
                 # tokens `pta_tokens` (n, N_L) of its Table I landmarks (no `pta_tokens` without LSI: the
@@ -357,29 +358,29 @@ def train_eval(spec, train_data, train_idx, test_data, test_idx, test_subject: s
                              test_data.landmarks[test_idx], test_prefix, mcfg),
                 # Eq. 13's label texts as (class, text) and each test sample's best text (index)
                 "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(test_prefix.emotion_class.tolist(),
-                                                                 test_prefix.emotion_texts.texts)],
+                                                                 test_prefix.emotion_texts.texts, strict=True)],
                 "mer_best_text": best_text.cpu().tolist(),
                 "prefix_key": train_prefix.key, "device": str(f.device), "precision": precision,
                 "alpha": w["alpha"], "beta": w["beta"]},
     )
 
 
-def _attention(out: Dict, aus: Sequence[int], groups: Sequence[Sequence[int]], tok: Sequence[torch.Tensor],
-               landmarks: np.ndarray, prefix: Prefix, mcfg) -> Dict:
+def _attention(out: dict, aus: Sequence[int], groups: Sequence[Sequence[int]], tok: Sequence[torch.Tensor],
+               landmarks: np.ndarray, prefix: Prefix, mcfg) -> dict:
     """What FoldResult.extras keeps of the evaluated model's attention (see train_eval)."""
-    pta = {str(a): w for a, w in zip(aus, out["pta"]) if w is not None}
+    pta = {str(a): w for a, w in zip(aus, out["pta"], strict=True) if w is not None}
     return {"w_d": None if out["w_d"] is None else _f32_list(out["w_d"].float().cpu().numpy()),
             "pta": {a: _f32_list(w.float().cpu().numpy()) for a, w in pta.items()},
-            "pta_tokens": ({str(a): t.cpu().tolist() for a, t in zip(aus, tok) if str(a) in pta}
+            "pta_tokens": ({str(a): t.cpu().tolist() for a, t in zip(aus, tok, strict=True) if str(a) in pta}
                            if mcfg.lsi else None),
             "landmarks": _f32_list(np.round(landmarks, 2)),  # 0.01 px: dlib's are whole frame pixels
-            "landmark_groups": {str(a): [int(i) for i in g] for a, g in zip(aus, groups)},
+            "landmark_groups": {str(a): [int(i) for i in g] for a, g in zip(aus, groups, strict=True)},
             "token_grid": {"grid": [int(v) for v in prefix.grid], "image": [int(v) for v in prefix.image]}}
 
 
-def loso(spec, data, prefix: Optional[Prefix] = None, subjects: Optional[Sequence[str]] = None,
-         on_fold: Optional[Callable[[FoldResult], None]] = None,
-         on_epoch: Optional[Callable[[Dict], None]] = None) -> List[FoldResult]:
+def loso(spec: TrialLike, data, prefix: Prefix | None = None, subjects: Sequence[str] | None = None,
+         on_fold: Callable[[FoldResult], None] | None = None,
+         on_epoch: Callable[[dict], None] | None = None) -> list[FoldResult]:
     """The LOSO loop, written once: `train_fold` with each subject of `subjects` (default: every subject
     of `data`, sorted) held out in turn, on one frozen prefix (computed here when None). `on_fold(result)`
     after each fold. The tests, bench/ and `microau-sweep fold` (one subject) call it; a sweep runs its
@@ -396,7 +397,7 @@ def loso(spec, data, prefix: Optional[Prefix] = None, subjects: Optional[Sequenc
 
 
 def step_losses(model: MicroAUCLIP, mcfg, vis: torch.Tensor, tok: Sequence[torch.Tensor], y: torch.Tensor,
-                au_txt: TextTensors, glob_txt: TextTensors, glob_rows: torch.Tensor) -> Dict[str, torch.Tensor]:
+                au_txt: TextTensors, glob_txt: TextTensors, glob_rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """Forward one batch -> the three terms of Eq. 12 (each a scalar tensor; 0 where switched off)."""
     out = model(vis, tok)
     zero = out["logits"].new_zeros(())

@@ -8,9 +8,9 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,7 @@ class AUAlternatives(ValueError):
     """An AU cell that offers alternatives (`R14 or 15`, as 5 cells of SAMM do): AU codes, but not one
     label. `alternatives` holds the AU numbers of each alternative, in the cell's order."""
 
-    def __init__(self, text: str, alternatives: List[List[int]]):
+    def __init__(self, text: str, alternatives: list[list[int]]):
         self.text = text
         self.alternatives = alternatives
         super().__init__(f"AU cell {text!r} gives alternatives ({alternatives_text(alternatives)}), not one "
@@ -99,7 +99,7 @@ def parse_aus(text) -> set[int]:
     return {int(m.group(1)) for m in codes if m.group(1)}
 
 
-def mer_class(reader: str, emotion) -> Optional[str]:
+def mer_class(reader: str, emotion) -> str | None:
     """3-class MER label (`positive`, `negative`, `surprise`) of an emotion name, or None (excluded)."""
     if reader not in _MER:
         raise DatasetError(f"unknown reader {reader!r}; known readers: {', '.join(sorted(_MER))}")
@@ -112,26 +112,26 @@ class Sample:
     reader: str
     subject: str  # `sub01` (CASME II), `006` (SAMM)
     filename: str  # `EP02_01f`, `006_1_2`
-    onset: Optional[int]  # frame numbers as coded; None when the cell is not a number
-    apex: Optional[int]
-    offset: Optional[int]
-    aus: Optional[List[int]]  # sorted AU numbers; None when the cell does not parse (a validation problem)
+    onset: int | None  # frame numbers as coded; None when the cell is not a number
+    apex: int | None
+    offset: int | None
+    aus: list[int] | None  # sorted AU numbers; None when the cell does not parse (a validation problem)
     au_text: str  # the AU cell as written
     emotion: str
     sheet: Path  # coding sheet it came from
     row: int  # 1-based row number in the sheet (as a spreadsheet program shows it)
     frames_dir: Path  # folder of the sample's frames (may not exist: validation reports it)
-    frames: Dict[int, Path] = field(default_factory=dict)  # frame number -> file, found by globbing
-    raw_frames: Tuple[str, str, str] = ("", "", "")  # onset/apex/offset cells as written
-    au_problem: Optional[str] = None  # why the AU cell does not parse (then aus is None)
-    au_alternatives: Optional[List[List[int]]] = None  # AU cell `R14 or 15`: [[14], [15]] (aus is None)
+    frames: dict[int, Path] = field(default_factory=dict)  # frame number -> file, found by globbing
+    raw_frames: tuple[str, str, str] = ("", "", "")  # onset/apex/offset cells as written
+    au_problem: str | None = None  # why the AU cell does not parse (then aus is None)
+    au_alternatives: list[list[int]] | None = None  # AU cell `R14 or 15`: [[14], [15]] (aus is None)
 
     @property
     def id(self) -> str:
         return f"{self.subject}/{self.filename}"
 
     @property
-    def mer(self) -> Optional[str]:
+    def mer(self) -> str | None:
         return mer_class(self.reader, self.emotion)
 
     def where(self) -> str:
@@ -144,11 +144,11 @@ class Sample:
         return self.apex is None and not _is_number(self.raw_frames[1])
 
     @property
-    def last_frame(self) -> Optional[int]:
+    def last_frame(self) -> int | None:
         """The highest frame number in the sample's folder (None when it has no frames)."""
         return max(self.frames) if self.frames else None
 
-    def needed_frames(self, clip: bool) -> List[int]:
+    def needed_frames(self, clip: bool) -> list[int]:
         """Frame numbers the pipeline reads: onset and apex, or every frame onset..apex (clip=True); with
         a missing apex, every frame onset..offset that the folder reaches (the apex is estimated among
         them)."""
@@ -169,7 +169,7 @@ def _norm(name) -> str:
     return re.sub(r"[\s_\-]+", "", str(name)).lower()
 
 
-def read_sheet(path: Path, required: Dict[str, str]) -> Tuple[pd.DataFrame, int]:
+def read_sheet(path: Path, required: dict[str, str]) -> tuple[pd.DataFrame, int]:
     """Read a coding sheet (.xlsx/.csv) whose header row is found by content, not position.
 
     `required` maps a normalised column name (`onsetframe`) to the name shown in messages. Returns the
@@ -185,7 +185,7 @@ def read_sheet(path: Path, required: Dict[str, str]) -> Tuple[pd.DataFrame, int]
         raise DatasetError(f"{path}: a coding sheet must be .xlsx or .csv, not {path.suffix!r}")
     try:
         raw = _read_csv(path) if suffix == ".csv" else pd.read_excel(path, header=None, dtype=object)
-    except Exception as e:  # corrupt workbook, not a text file, ...
+    except Exception as e:  # noqa: BLE001 - corrupt workbook, not a text file, ...
         advice = ("it must be a comma-separated text file; open the original sheet in a spreadsheet program "
                   "and save it as .xlsx (or as CSV UTF-8)") if suffix == ".csv" else \
             "open it in a spreadsheet program and save it again as .xlsx, or use the dataset's original sheet"
@@ -240,7 +240,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _frame_number(v) -> Optional[int]:
+def _frame_number(v) -> int | None:
     s = _cell(v)
     try:
         f = float(s)
@@ -249,7 +249,7 @@ def _frame_number(v) -> Optional[int]:
     return int(f) if f.is_integer() else None
 
 
-def read_image(path: Path, check_only: bool = False) -> Optional[np.ndarray]:
+def read_image(path: Path, check_only: bool = False) -> np.ndarray | None:
     """Decode an image file with Pillow -> RGB uint8 (H, W, 3) (grey repeated to 3 channels, 16-bit scaled
     to 8, EXIF orientation applied as OpenCV's imread does).
 
@@ -276,21 +276,21 @@ def read_image(path: Path, check_only: bool = False) -> Optional[np.ndarray]:
         return np.asarray(im.convert("RGB"))
 
 
-def image_problem(path: Path) -> Optional[str]:
+def image_problem(path: Path) -> str | None:
     """None when the file decodes as a whole image, else the reason (for messages)."""
     try:
         read_image(path, check_only=True)
     except DatasetError:
         raise
-    except Exception as e:  # UnidentifiedImageError, truncated data, decompression bomb, ...
+    except Exception as e:  # noqa: BLE001 - UnidentifiedImageError, truncated data, decompression bomb, ...
         return f"{type(e).__name__}: {e}"
     return None
 
 
-def find_frames(folder: Path) -> Dict[int, Path]:
+def find_frames(folder: Path) -> dict[int, Path]:
     """Frame number -> file for every image in a sample folder, from the trailing number of the file name
     (`img46.jpg`, `reg_img46.jpg`, `006_05566.jpg`, `006_5566.jpg`): zero padding may vary."""
-    out: Dict[int, Path] = {}
+    out: dict[int, Path] = {}
     if not folder.is_dir():
         return out
     for p in folder.iterdir():
@@ -339,7 +339,7 @@ def _samm_subject(v) -> str:
     return f"{int(s):03d}" if s.isdigit() else s  # Subject 6 (a number in Excel) -> 006
 
 
-def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> List[Sample]:
+def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> list[Sample]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root is not a folder; pass --root with the folder the "
@@ -374,7 +374,7 @@ def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> L
     return out
 
 
-def _aus_cell(cell) -> Tuple[Optional[List[int]], Optional[str], Optional[List[List[int]]]]:
+def _aus_cell(cell) -> tuple[list[int] | None, str | None, list[list[int]] | None]:
     """(sorted AU numbers, None, None), or (None, why, alternatives or None) when the cell does not parse
     (validate_samples reports it with the row)."""
     try:
@@ -385,7 +385,7 @@ def _aus_cell(cell) -> Tuple[Optional[List[int]], Optional[str], Optional[List[L
         return None, str(e), None
 
 
-def read_casme2(root, sheet=None) -> List[Sample]:
+def read_casme2(root, sheet=None) -> list[Sample]:
     """CASME II: `CASME2-coding-*.xlsx` (or .csv) and `CASME2_RAW_selected/sub{NN}/{Filename}/img{N}.jpg`
     and/or `Cropped/sub{NN}/{Filename}/reg_img{N}.jpg`; or `root` is the frames folder and `sheet` given.
     Raw frames are used when both are present (landmarks and crop are computed here)."""
@@ -394,7 +394,7 @@ def read_casme2(root, sheet=None) -> List[Sample]:
                  ["CASME2_RAW_selected", "CASME2_RAW", "Cropped", ""], _casme2_subject)
 
 
-def read_samm(root, sheet=None) -> List[Sample]:
+def read_samm(root, sheet=None) -> list[Sample]:
     """SAMM: `SAMM_Micro_FACS_Codes_v2.xlsx` (or .csv) and `SAMM/{Subject}/{Filename}/{Subject}_{N}.jpg`
     (or the subject folders directly under `root`); or `root` is the frames folder and `sheet` given."""
     return _read("samm", root, sheet, ["SAMM_Micro_FACS_Codes*.xlsx", "SAMM_Micro_FACS_Codes*.csv",
@@ -402,10 +402,10 @@ def read_samm(root, sheet=None) -> List[Sample]:
                  ["SAMM", ""], _samm_subject)
 
 
-READERS: Dict[str, Callable[..., List[Sample]]] = {"casme2": read_casme2, "samm": read_samm}
+READERS: dict[str, Callable[..., list[Sample]]] = {"casme2": read_casme2, "samm": read_samm}
 
 
-def get_reader(name: str) -> Callable[..., List[Sample]]:
+def get_reader(name: str) -> Callable[..., list[Sample]]:
     try:
         return READERS[name]
     except KeyError:
@@ -415,15 +415,15 @@ def get_reader(name: str) -> Callable[..., List[Sample]]:
 # ---------------------------------------------------------------------------------------------------
 # Validation (one function, run when a dataset is built)
 # ---------------------------------------------------------------------------------------------------
-def correction_hint(sample: Sample, fields: str, where: Optional[str] = None) -> str:
+def correction_hint(sample: Sample, fields: str, where: str | None = None) -> str:
     """`add to datasets.samm.corrections: {'006/006_1_2': {aus: '14'}}`: the entry that fixes a sample
     without editing the sheet. `where`: where corrections are given (a sweep file's key, a --corrections
     file); default `datasets.<reader>.corrections`."""
     return f"add to {where or f'datasets.{sample.reader}.corrections'}: {{'{sample.id}': {{{fields}}}}}"
 
 
-def validate_samples(samples: Sequence[Sample], clip: bool, corrections_where: Optional[str] = None
-                     ) -> Tuple[List[Sample], List[SampleProblem]]:
+def validate_samples(samples: Sequence[Sample], clip: bool, corrections_where: str | None = None
+                     ) -> tuple[list[Sample], list[SampleProblem]]:
     """Check every sample before any work: frame numbers are numbers, onset <= apex <= offset, the
     sample folder and every needed frame exist and are non-empty image files that decode whole (Pillow;
     a file cut short fails), ids are unique.
@@ -445,10 +445,10 @@ def validate_samples(samples: Sequence[Sample], clip: bool, corrections_where: O
         seen[s.id] = s.row
         names = ("onset", "apex", "offset")
         bad = [f"{n} frame {raw!r} is not a frame number" for n, raw, v in
-               zip(names, s.raw_frames, (s.onset, s.apex, s.offset))
+               zip(names, s.raw_frames, (s.onset, s.apex, s.offset), strict=True)
                if v is None and not (n == "apex" and s.apex_missing)]
         if bad:
-            field = next(n for n, v in zip(names, (s.onset, s.apex, s.offset)) if v is None)
+            field = next(n for n, v in zip(names, (s.onset, s.apex, s.offset), strict=True) if v is None)
             bad[-1] += (f"; correct the cell in the sheet or "
                         f"{correction_hint(s, f'{field}: N', corrections_where)} with the frame number N")
         if s.aus is None:
@@ -506,8 +506,8 @@ def validate_samples(samples: Sequence[Sample], clip: bool, corrections_where: O
     return good, problems
 
 
-def sample_warnings(samples: Sequence[Sample], corrections_where: Optional[str] = None
-                    ) -> List[SampleProblem]:
+def sample_warnings(samples: Sequence[Sample], corrections_where: str | None = None
+                    ) -> list[SampleProblem]:
     """Quirks that do not stop a sample (run on the good samples of `validate_samples`): an offset past
     the last frame of the sample's folder (the pipeline reads only onset..apex; a missing apex is then
     estimated among the frames up to the last one)."""

@@ -2,7 +2,7 @@
 CLIP backbone in model/): one description, so every loader names the first tensor at fault."""
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 
 def few(names: Sequence[str]) -> str:
@@ -11,7 +11,7 @@ def few(names: Sequence[str]) -> str:
     return f"tensor {names[0]}" if len(names) == 1 else f"{len(names)} tensors ({shown})"
 
 
-def mismatch(want: Mapping, have: Mapping, net: str) -> Optional[str]:
+def mismatch(want: Mapping, have: Mapping, net: str) -> str | None:
     """None when `have` (a state dict read from a file) has exactly the tensors of `want` (the network's
     own state dict) with their shapes; else what differs, the first mismatching tensor with both shapes."""
     wrong = [k for k in want if k in have and tuple(want[k].shape) != tuple(have[k].shape)]

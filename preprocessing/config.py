@@ -1,7 +1,7 @@
 """Preprocessing section of a sweep file (paper III-A/B, IV-A)."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,7 +15,7 @@ class MagnificationConfig(_Strict):
     # checkpoint of a public PyTorch port; `eulerian` needs no weights; `none` switches it off.
     method: Literal["none", "eulerian", "learned"] = "eulerian"
     factor: float = Field(3.0, gt=0)
-    weights: Optional[str] = None  # path to the learned network's checkpoint (method: learned)
+    weights: str | None = None  # path to the learned network's checkpoint (method: learned)
     # Eulerian (linear, band-limited): temporal pass band [low, high] in cycles per frame of the onset..apex
     # clip (the mean, frequency 0, is never amplified) and the number of Laplacian pyramid levels that are
     # amplified. The default [0, 0.5] passes every non-zero frequency up to Nyquist, so an onset->apex
@@ -40,7 +40,7 @@ class PreprocessConfig(_Strict):
     magnification: MagnificationConfig = MagnificationConfig()
     crop_margin: float = Field(0.15, ge=0, le=1)  # face box = landmark box grown by this share per side
     detector_upsample: int = Field(1, ge=0, le=3)  # dlib frontal detector upsampling
-    predictor: Optional[str] = None  # dlib 68-point predictor .dat; default: face-recognition-models'
+    predictor: str | None = None  # dlib 68-point predictor .dat; default: face-recognition-models'
 
 
 # The fastest sensible preprocessing of generated data (tests, bench/): DIS flow (0.03 s/pair vs ~0.4 s for

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
 
 from preprocessing.errors import DatasetError
 
@@ -20,7 +21,7 @@ FIELDS = ("onset", "apex", "offset", "aus")
 _FRAME_FIELDS = ("onset", "apex", "offset")
 
 
-def normalise(raw: Any, where: str = "") -> Dict[str, Dict[str, Any]]:
+def normalise(raw: Any, where: str = "") -> dict[str, dict[str, Any]]:
     """Check a corrections map and return it as {sample id: {field: int frame | AU cell str}}, ids and
     fields sorted (so the same corrections written differently give the same prepared-data key).
     A DatasetError (a ValueError) names `where` (when given), the sample and the field at fault."""
@@ -32,7 +33,7 @@ def normalise(raw: Any, where: str = "") -> Dict[str, Dict[str, Any]]:
     if not isinstance(raw, dict):
         raise DatasetError(f"{pre}corrections must be a map of sample ids to fields, e.g. "
                            f"{{'sub01/EP02_01f': {{apex: 59}}}}, not {type(raw).__name__}")
-    out: Dict[str, Dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for sid, fields in raw.items():
         sid_s = str(sid).strip()
         if sid_s.count("/") != 1 or not all(sid_s.split("/")):
@@ -45,7 +46,7 @@ def normalise(raw: Any, where: str = "") -> Dict[str, Dict[str, Any]]:
         if unknown:
             raise DatasetError(f"{pre}{sid_s}: unknown field(s) {', '.join(map(repr, unknown))}; a "
                                f"correction sets {', '.join(FIELDS)}")
-        clean: Dict[str, Any] = {}
+        clean: dict[str, Any] = {}
         for name in FIELDS:
             if name not in fields:
                 continue
@@ -78,7 +79,7 @@ def normalise(raw: Any, where: str = "") -> Dict[str, Dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-def load_file(path) -> Dict[str, Dict[str, Any]]:
+def load_file(path) -> dict[str, dict[str, Any]]:
     """A YAML corrections file: the map itself, or the map under a top-level `corrections:` key (as in a
     sweep file's dataset section)."""
     import yaml
@@ -97,8 +98,8 @@ def load_file(path) -> Dict[str, Dict[str, Any]]:
     return normalise(raw if raw is not None else {}, str(path))
 
 
-def apply(samples: Sequence, corrections: Dict[str, Dict[str, Any]], where: str
-          ) -> Tuple[List, List[Dict[str, Any]]]:
+def apply(samples: Sequence, corrections: dict[str, dict[str, Any]], where: str
+          ) -> tuple[list, list[dict[str, Any]]]:
     """The samples with their corrections applied, and what changed: [{sample, fields: {field: {sheet,
     corrected}}}] in the order of the sheet. A correction naming a sample that is not in the sheet is a
     DatasetError naming it (a typo would otherwise leave the row as it was, silently)."""
@@ -124,8 +125,8 @@ def apply(samples: Sequence, corrections: Dict[str, Dict[str, Any]], where: str
         if not fix:
             out.append(s)
             continue
-        update: Dict[str, Any] = {}
-        fields: Dict[str, Dict[str, Any]] = {}
+        update: dict[str, Any] = {}
+        fields: dict[str, dict[str, Any]] = {}
         raw = list(s.raw_frames)
         for i, name in enumerate(_FRAME_FIELDS):
             if name in fix:

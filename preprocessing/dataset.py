@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,18 +19,18 @@ from preprocessing.errors import DatasetError
 class PreparedDataset:
     reader: str  # casme2 | samm
     key: str  # content hash: sheet + frame files + preprocessing config + SCHEMA_VERSION
-    sample_ids: List[str]  # `{subject}/{filename}`, unique
-    subjects: List[str]  # subject per sample
+    sample_ids: list[str]  # `{subject}/{filename}`, unique
+    subjects: list[str]  # subject per sample
     flow: np.ndarray  # float32 (S, 3, H, W): u, v, optical strain, each min-max normalised to [0, 1]
     landmarks: np.ndarray  # float32 (S, 68, 2): apex landmarks (x, y) in the flow image's pixels
-    au_sets: List[List[int]]  # every AU coded for the sample, sorted
-    emotions: List[str]  # emotion as written in the sheet
-    mer: List[Optional[str]]  # positive | negative | surprise | None (excluded)
-    skipped: List[Dict[str, str]] = field(default_factory=list)  # {sample, reason}
+    au_sets: list[list[int]]  # every AU coded for the sample, sorted
+    emotions: list[str]  # emotion as written in the sheet
+    mer: list[str | None]  # positive | negative | surprise | None (excluded)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {sample, reason}
     # Sheet quirks handled (empty in files written before they were recorded):
-    apex_estimated: List[Dict[str, Any]] = field(default_factory=list)  # {sample, apex, sheet: the cell}
-    warnings: List[Dict[str, str]] = field(default_factory=list)  # {sample, warning}
-    corrected: List[Dict[str, Any]] = field(default_factory=list)  # {sample, fields: {f: {sheet, corrected}}}
+    apex_estimated: list[dict[str, Any]] = field(default_factory=list)  # {sample, apex, sheet: the cell}
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {sample, warning}
+    corrected: list[dict[str, Any]] = field(default_factory=list)  # {sample, fields: {f: {sheet, corrected}}}
 
     def __post_init__(self):
         n = len(self.sample_ids)
@@ -52,7 +53,7 @@ class PreparedDataset:
                 out[i, j] = au in s
         return out
 
-    def subset(self, indices) -> "PreparedDataset":
+    def subset(self, indices) -> PreparedDataset:
         """The samples at `indices` (a list of ints or a boolean mask), same key and skipped list."""
         idx = np.arange(len(self))[np.asarray(indices)] if len(indices) else np.zeros(0, dtype=int)
         pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
@@ -63,7 +64,7 @@ class PreparedDataset:
                                apex_estimated=list(self.apex_estimated), warnings=list(self.warnings),
                                corrected=list(self.corrected))
 
-    def summary(self) -> Dict:
+    def summary(self) -> dict:
         """Counts for people and for `--json`: samples, subjects, au_counts, emotion_counts, mer_counts,
         skipped, apex_estimated, warnings, corrected."""
         au = Counter(a for s in self.au_sets for a in s)
@@ -97,13 +98,13 @@ class PreparedDataset:
         return path
 
     @classmethod
-    def load(cls, path) -> "PreparedDataset":
+    def load(cls, path) -> PreparedDataset:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 flow, landmarks = z["flow"], z["landmarks"]
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - not an npz, truncated, keys missing: prepare again
             raise DatasetError(f"{path}: cannot read the prepared dataset ({type(e).__name__}: {e}); "
                                f"delete the file and run preprocess again") from None
         return cls(flow=flow, landmarks=landmarks, **meta)

@@ -9,8 +9,6 @@ scaling keeps the unnormalised field right, should the normalisation change.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import cv2
 import numpy as np
 
@@ -69,7 +67,7 @@ def resize_flow(channels: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def flow_image(flow: np.ndarray, size: Optional[int] = None) -> np.ndarray:
+def flow_image(flow: np.ndarray, size: int | None = None) -> np.ndarray:
     """(H, W, 2) flow -> float32 (3, size, size) (size None: H x W): u, v, optical strain computed at the
     flow's resolution, resized (`resize_flow`), each channel then min-max normalised to [0, 1]."""
     channels = np.dstack([flow[..., 0], flow[..., 1], optical_strain(flow)]).astype(np.float32)

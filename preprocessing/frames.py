@@ -16,9 +16,10 @@ could not use). Nothing is cached.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Literal, Optional, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -39,12 +40,12 @@ def _sample(reader: str, subject: str, name: str, folder: Path, frames, onset: i
                   raw_frames=(str(onset), str(apex), str(apex)))
 
 
-def files_sample(onset, apex, reader: str = "casme2", name: Optional[str] = None) -> Sample:
+def files_sample(onset, apex, reader: str = "casme2", name: str | None = None) -> Sample:
     """Two image files, onset and apex, as a sample (frames 0 and 1) named `name` (default: the apex
     file's). With Eulerian magnification a dataset's samples are magnified over every frame onset..apex;
     two files give it only these two."""
     paths = [Path(onset).expanduser(), Path(apex).expanduser()]
-    for what, p in zip(("onset", "apex"), paths):
+    for what, p in zip(("onset", "apex"), paths, strict=True):
         if not p.is_file():
             raise ClipError(f"{what} frame file {p} does not exist" if not p.exists() else
                             f"{what} frame {p} is not a file; give an image file")
@@ -66,7 +67,7 @@ def folder_sample(folder, onset: int, apex: int, reader: str = "casme2") -> Samp
     return _sample(reader, folder.parent.name, folder.name, folder, frames, int(onset), int(apex))
 
 
-def sheet_samples(reader: str, root, sheet=None) -> List[Sample]:
+def sheet_samples(reader: str, root, sheet=None) -> list[Sample]:
     """Every row of a coding sheet in `reader`'s layout. A row whose AU cell is empty or does not parse is
     kept (its AUs are not needed to predict; `au_text` keeps the cell as written)."""
     return [dataclasses.replace(s, aus=[], au_problem=None, au_alternatives=None) if s.aus is None else s
@@ -81,16 +82,16 @@ def describe(problem: SampleProblem) -> str:
 @dataclass
 class Clips:
     """Preprocessed clips: the usable ones in order, and the problem of each one left out."""
-    samples: List[Sample]  # apex estimated where the sheet gave none
+    samples: list[Sample]  # apex estimated where the sheet gave none
     flow: np.ndarray  # float32 (S, 3, size, size)
     landmarks: np.ndarray  # float32 (S, 68, 2)
-    problems: List[SampleProblem] = field(default_factory=list)
-    apex_estimated: List[str] = field(default_factory=list)  # sample ids
+    problems: list[SampleProblem] = field(default_factory=list)
+    apex_estimated: list[str] = field(default_factory=list)  # sample ids
 
 
 def preprocess_clips(samples: Sequence[Sample], cfg: PreprocessConfig,
                      on_error: Literal["stop", "skip"] = "stop",
-                     progress: Optional[Callable[[Sample], None]] = None) -> Clips:
+                     progress: Callable[[Sample], None] | None = None) -> Clips:
     """`validate_samples`, apex estimation, then `pipeline.process_sample` per clip. on_error="stop": the
     first problems raise a ClipError listing each (every clip is checked before any work); "skip": they
     are left out and listed in `problems`. `progress(sample)` after each clip."""

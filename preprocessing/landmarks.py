@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
-from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -29,7 +28,7 @@ def default_predictor_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "models" / PREDICTOR_FILE
 
 
-def predictor_path(configured: Optional[str]) -> Path:
+def predictor_path(configured: str | None) -> Path:
     path = Path(configured).expanduser() if configured else default_predictor_path()
     if not path.is_file():
         raise DatasetError(f"{path}: dlib landmark predictor not found; set preprocessing.predictor to "
@@ -43,7 +42,7 @@ def _models(path: str):
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(path)
 
 
-def detect_landmarks(image: np.ndarray, predictor: Optional[str] = None, upsample: int = 1) -> np.ndarray:
+def detect_landmarks(image: np.ndarray, predictor: str | None = None, upsample: int = 1) -> np.ndarray:
     """68 (x, y) landmarks, float32 (68, 2), of the best-scoring frontal face in an RGB or grey uint8
     image. Raises NoFaceError when there is none."""
     detector, shape_predictor = _models(str(predictor_path(predictor)))
@@ -56,7 +55,7 @@ def detect_landmarks(image: np.ndarray, predictor: Optional[str] = None, upsampl
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
 
 
-def face_box(landmarks: np.ndarray, margin: float) -> Tuple[int, int, int]:
+def face_box(landmarks: np.ndarray, margin: float) -> tuple[int, int, int]:
     """Square box (x0, y0, side) around the landmarks, grown by `margin` of the side on each side."""
     lo, hi = landmarks.min(0), landmarks.max(0)
     side = float(max(hi - lo)) * (1 + 2 * margin)
@@ -65,7 +64,7 @@ def face_box(landmarks: np.ndarray, margin: float) -> Tuple[int, int, int]:
     return int(round(cx - side_i / 2)), int(round(cy - side_i / 2)), side_i
 
 
-def crop(image: np.ndarray, box: Tuple[int, int, int], size: Optional[int] = None) -> np.ndarray:
+def crop(image: np.ndarray, box: tuple[int, int, int], size: int | None = None) -> np.ndarray:
     """The box of an image, at its native resolution (side x side pixels of the frame, size=None) or
     resized to size x size; parts outside the image repeat its border."""
     x0, y0, side = box
@@ -80,7 +79,7 @@ def crop(image: np.ndarray, box: Tuple[int, int, int], size: Optional[int] = Non
     return cv2.resize(patch, (size, size), interpolation=interp)
 
 
-def to_crop_grid(landmarks: np.ndarray, box: Tuple[int, int, int], size: int) -> np.ndarray:
+def to_crop_grid(landmarks: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
     """Landmarks in image pixels -> pixels of the size x size flow image (its grid, Eq. 1): the crop's
     offset, then the scale size / side of resizing the native crop (or the flow image computed on it),
     with pixel centres at integer coordinates in both (as cv2.resize maps them)."""

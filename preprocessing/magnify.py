@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import List
 
 import cv2
 import numpy as np
 
-from preprocessing.config import MagnificationConfig
 from preprocessing.checkpoints import mismatch
+from preprocessing.config import MagnificationConfig
 from preprocessing.errors import DatasetError
 
 
 # ---------------------------------------------------------------------------------------------------
 # Eulerian (linear) magnification
 # ---------------------------------------------------------------------------------------------------
-def _laplacian_pyramid(img: np.ndarray, levels: int) -> List[np.ndarray]:
+def _laplacian_pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
     bands, cur = [], img
     for _ in range(levels):
         down = cv2.pyrDown(cur)
@@ -37,7 +36,7 @@ def _laplacian_pyramid(img: np.ndarray, levels: int) -> List[np.ndarray]:
     return bands + [cur]  # `levels` band-pass images, then the low-pass residual
 
 
-def _collapse(pyr: List[np.ndarray]) -> np.ndarray:
+def _collapse(pyr: list[np.ndarray]) -> np.ndarray:
     cur = pyr[-1]
     for band in reversed(pyr[:-1]):
         cur = cv2.pyrUp(cur, dstsize=(band.shape[1], band.shape[0])) + band
@@ -175,7 +174,7 @@ def load_magnet(weights: str):
         raise DatasetError(f"{path}: magnification weights not found; {WEIGHTS_HINT}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - not a checkpoint, truncated, refused by weights_only
         raise DatasetError(f"{path}: cannot read the magnification checkpoint ({type(e).__name__}: {e}); "
                            f"{WEIGHTS_HINT}") from None
     for key in ("state_dict", "model", "net"):

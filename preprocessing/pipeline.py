@@ -21,10 +21,11 @@ import dataclasses
 import hashlib
 import io
 import json
-import sys
+import logging
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -38,6 +39,8 @@ from preprocessing.dataset import PreparedDataset
 from preprocessing.errors import DatasetError, SampleProblem
 from preprocessing.flow import flow_image, optical_flow
 from preprocessing.landmarks import NoFaceError, crop, detect_landmarks, face_box, predictor_path, to_crop_grid
+
+logger = logging.getLogger(__name__)
 
 # Bump when the prepared output of the same input and config changes (crop, flow, normalisation, ...).
 # 2: landmarks mapped with the pixel-centre convention. 3: frames decoded with Pillow, which fails on a
@@ -53,7 +56,7 @@ ESTIMATE_SIZE = 128
 
 # path -> bytes of frame files shipped with a `prepare_piece` call (a worker on a machine that does not see the
 # dataset's folder); `load_frame` reads them instead of the file, and names the file in its messages.
-_SHIPPED: Dict[str, bytes] = {}
+_SHIPPED: dict[str, bytes] = {}
 
 
 def load_frame(sample: Sample, number: int) -> np.ndarray:
@@ -65,12 +68,12 @@ def load_frame(sample: Sample, number: int) -> np.ndarray:
         return read_image(io.BytesIO(shipped) if shipped is not None else path)
     except DatasetError:
         raise
-    except Exception as e:  # UnidentifiedImageError, truncated data, ...
+    except Exception as e:  # noqa: BLE001 - UnidentifiedImageError, truncated data, ...
         raise SampleProblem(sample, f"frame file {path} cannot be read as an image ({type(e).__name__}: "
                                     f"{e}); restore it from the dataset archive") from None
 
 
-def process_sample(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, np.ndarray]:
+def process_sample(sample: Sample, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     """-> (flow image float32 (3, size, size), apex landmarks float32 (68, 2) in that grid).
 
     The face box is cut from every frame at its native resolution (side x side pixels of the frame);
@@ -84,7 +87,7 @@ def process_sample(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, n
     return flow_image(optical_flow(onset, apex_m, cfg.flow), cfg.size), to_crop_grid(lm, box, cfg.size)
 
 
-def _apex_face(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int, int]]:
+def _apex_face(sample: Sample, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
     """-> (apex frame RGB, its dlib landmarks in frame pixels, the face box they define)."""
     apex = load_frame(sample, sample.apex)
     try:
@@ -95,9 +98,9 @@ def _apex_face(sample: Sample, cfg: PreprocessConfig) -> Tuple[np.ndarray, np.nd
     return apex, lm, face_box(lm, cfg.crop_margin)
 
 
-def apex_face_crops(reader: str, root, sample_ids: Sequence[str], cfg: Optional[PreprocessConfig] = None, *,
-                    sheet=None, corrections: Optional[Dict] = None, corrections_where: Optional[str] = None,
-                    apex: Optional[Dict[str, int]] = None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+def apex_face_crops(reader: str, root, sample_ids: Sequence[str], cfg: PreprocessConfig | None = None, *,
+                    sheet=None, corrections: dict | None = None, corrections_where: str | None = None,
+                    apex: dict[str, int] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The apex face crops of some prepared samples, for figures: {sample id: (RGB uint8 (size, size, 3),
     landmarks float32 (68, 2) in its pixels)}, the same box and grid as the sample's flow image (the crop
     is not magnified). Re-reads the sheet (corrections applied) and each apex frame, and runs dlib on it
@@ -154,8 +157,8 @@ def estimate_apex(sample: Sample, cfg: PreprocessConfig) -> int:
 # ---------------------------------------------------------------------------------------------------
 # One sample -> one piece
 # ---------------------------------------------------------------------------------------------------
-def prepare_piece(sample: Sample, cfg: PreprocessConfig, frames: Optional[Dict[str, bytes]] = None,
-                  threads: Optional[int] = None) -> Dict[str, Any]:
+def prepare_piece(sample: Sample, cfg: PreprocessConfig, frames: dict[str, bytes] | None = None,
+                  threads: int | None = None) -> dict[str, Any]:
     """Prepare one sample: its apex estimated first when the sheet gives none, then `process_sample`.
 
     -> {"flow": float32 (3, size, size), "landmarks": float32 (68, 2), "apex": the apex frame used,
@@ -184,7 +187,7 @@ def prepare_piece(sample: Sample, cfg: PreprocessConfig, frames: Optional[Dict[s
     return {"flow": flow, "landmarks": lm, "apex": int(sample.apex), "estimated": bool(estimated)}
 
 
-def frame_bytes(sample: Sample, cfg: PreprocessConfig) -> Dict[str, bytes]:
+def frame_bytes(sample: Sample, cfg: PreprocessConfig) -> dict[str, bytes]:
     """The bytes of every frame file `prepare_piece` reads for `sample`, by path (to ship with a task)."""
     return {str(sample.frames[n]): sample.frames[n].read_bytes()
             for n in _frames_read(sample, mag.needs_clip(cfg.magnification))}
@@ -210,7 +213,7 @@ class FrameDigests:
 
     def __init__(self, cache_dir=None):
         self.path = Path(cache_dir).expanduser() / self.FILE if cache_dir is not None else None
-        self.known: Dict[str, List] = {}
+        self.known: dict[str, list] = {}
         self.changed = False
         if self.path is not None and self.path.is_file():
             try:
@@ -239,7 +242,7 @@ class FrameDigests:
                 pass  # the memo is an optimisation
 
 
-def _frames_read(s: Sample, clip: bool) -> List[int]:
+def _frames_read(s: Sample, clip: bool) -> list[int]:
     """The frames of `s` the pipeline reads, those present (validation reports the others)."""
     try:
         needed = s.needed_frames(clip)
@@ -248,14 +251,14 @@ def _frames_read(s: Sample, clip: bool) -> List[int]:
     return [n for n in needed if n in s.frames]
 
 
-def _model_stamp(path: Path) -> List:
+def _model_stamp(path: Path) -> list:
     """(file name, size) of a model file: the same predictor or weights installed elsewhere, or unpacked
     at another time, is the same input."""
     return [path.name, path.stat().st_size]
 
 
 def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, root,
-              corrections: Optional[Dict] = None, digests: Optional[FrameDigests] = None) -> str:
+              corrections: dict | None = None, digests: FrameDigests | None = None) -> str:
     """sha256 over: SCHEMA_VERSION, reader, the preprocessing config, the corrections (normalised), the
     sheet's bytes, per coded sample the frame numbers its folder holds and the content (sha256) of every
     frame the pipeline reads, and the predictor / magnification weights files (file name and size: not
@@ -277,15 +280,15 @@ def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, roo
     return h.hexdigest()[:20]
 
 
-def _model_stamps(cfg: PreprocessConfig) -> List:
+def _model_stamps(cfg: PreprocessConfig) -> list:
     extra = [_model_stamp(predictor_path(cfg.predictor))]
     if cfg.magnification.method == "learned" and cfg.magnification.weights:
         extra.append(_model_stamp(Path(cfg.magnification.weights).expanduser()))
     return extra
 
 
-def piece_key(sample: Sample, cfg: PreprocessConfig, digests: Optional[FrameDigests] = None,
-              models: Optional[List] = None) -> str:
+def piece_key(sample: Sample, cfg: PreprocessConfig, digests: FrameDigests | None = None,
+              models: list | None = None) -> str:
     """sha256 over what one sample's piece is computed from: SCHEMA_VERSION, the preprocessing config and
     model files (as in `cache_key`), the sample's onset/apex/offset and the content of every frame the
     pipeline reads. Not its AUs, emotion, id or paths: a piece is reused wherever the same frames are
@@ -318,10 +321,10 @@ _STALE_TMP_S = 3600  # a temp file of a piece this old was left by a killed run:
 # `prepare_piece` over the samples to prepare (default `serial_map`, in this process). A mapper that runs
 # jobs in other processes adds `frames=frame_bytes(sample, cfg)` and `threads=` (see `prepare_piece`).
 # Closing the iterator (a stop on the first problem, Ctrl-C) must cancel what is still running.
-MapSamples = Callable[[Callable[..., Dict[str, Any]], List[Dict[str, Any]]], Iterable[Tuple[int, Dict[str, Any]]]]
+MapSamples = Callable[[Callable[..., dict[str, Any]], list[dict[str, Any]]], Iterable[tuple[int, dict[str, Any]]]]
 
 
-def serial_map(fn, jobs: List[Dict[str, Any]]) -> Iterator[Tuple[int, Dict[str, Any]]]:
+def serial_map(fn, jobs: list[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
     """The samples one after another in this process (OpenCV's own threads use every core)."""
     for i, job in enumerate(jobs):
         yield i, fn(**job)
@@ -331,7 +334,7 @@ def piece_path(cache_dir, key: str) -> Path:
     return Path(cache_dir).expanduser() / PIECES / f"{key}.npz"
 
 
-def _write_piece(path: Path, key: str, piece: Dict[str, Any]) -> None:
+def _write_piece(path: Path, key: str, piece: dict[str, Any]) -> None:
     """Atomically (temp file, then rename): a run killed while writing leaves no file under this name."""
     meta = {"key": key, "apex": piece["apex"], "estimated": piece["estimated"], "schema": SCHEMA_VERSION}
     with atomic_file(path) as f:
@@ -339,7 +342,7 @@ def _write_piece(path: Path, key: str, piece: Dict[str, Any]) -> None:
                  meta=np.array(json.dumps(meta)))
 
 
-def _read_piece(path: Path, key: str, size: int) -> Optional[Dict[str, Any]]:
+def _read_piece(path: Path, key: str, size: int) -> dict[str, Any] | None:
     """The finished piece at `path`, or None when there is none; one that does not read back whole, or
     is not the piece of `key` at this size, is removed (and the sample prepared again)."""
     if not path.is_file():
@@ -350,7 +353,7 @@ def _read_piece(path: Path, key: str, size: int) -> Optional[Dict[str, Any]]:
             flow, lm = z["flow"], z["landmarks"]
         ok = (meta.get("key") == key and flow.shape == (3, size, size) and flow.dtype == np.float32
               and lm.shape == (68, 2) and lm.dtype == np.float32)
-    except Exception:  # torn, foreign, not an npz
+    except Exception:  # noqa: BLE001 - torn, foreign, not an npz: computed again
         ok = False
     if not ok:
         path.unlink(missing_ok=True)
@@ -389,10 +392,10 @@ def _problems_error(problems: Sequence[SampleProblem], total: int, kept: int = 0
 
 
 # ---------------------------------------------------------------------------------------------------
-def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, cache_dir=".microau/cache",
+def prepare_dataset(reader: str, root, cfg: PreprocessConfig | None = None, cache_dir=".microau/cache",
                     *, sheet=None, on_error: Literal["stop", "skip"] = "stop", progress: bool = True,
-                    corrections: Optional[Dict] = None, corrections_where: Optional[str] = None,
-                    map_samples: Optional[MapSamples] = None, stats: Optional[Dict[str, Any]] = None
+                    corrections: dict | None = None, corrections_where: str | None = None,
+                    map_samples: MapSamples | None = None, stats: dict[str, Any] | None = None
                     ) -> PreparedDataset:
     """Read, validate and preprocess a dataset, or load it from the cache when nothing changed.
 
@@ -430,14 +433,14 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
     models = _model_stamps(cfg)
     keys = [piece_key(s, cfg, digests, models) for s in good]
     paths = [piece_path(cache_dir, k) for k in keys]
-    pieces: Dict[int, Dict[str, Any]] = {}
-    for i, (k, pp) in enumerate(zip(keys, paths)):
+    pieces: dict[int, dict[str, Any]] = {}
+    for i, (k, pp) in enumerate(zip(keys, paths, strict=True)):
         found = _read_piece(pp, k, cfg.size)
         if found is not None:
             pieces[i] = found
     reused = len(pieces)
     todo = [i for i in range(len(good)) if i not in pieces]
-    failed: Dict[int, SampleProblem] = {}
+    failed: dict[int, SampleProblem] = {}
     bar = _progress(progress)
     with bar:
         task = bar.add_task(f"preprocess {reader}", total=len(good), completed=reused)
@@ -483,10 +486,10 @@ def prepare_dataset(reader: str, root, cfg: Optional[PreprocessConfig] = None, c
     return data
 
 
-def find_prepared(reader: str, root, cfg: Optional[PreprocessConfig] = None, cache_dir=".microau/cache",
+def find_prepared(reader: str, root, cfg: PreprocessConfig | None = None, cache_dir=".microau/cache",
                   *, sheet=None, on_error: Literal["stop", "skip"] = "stop",
-                  corrections: Optional[Dict] = None, corrections_where: Optional[str] = None
-                  ) -> Optional[PreparedDataset]:
+                  corrections: dict | None = None, corrections_where: str | None = None
+                  ) -> PreparedDataset | None:
     """The cached `PreparedDataset` of this dataset, corrections and config, or None when it has not been
     prepared; never preprocesses (reads the sheet and stats the frames to compute the key)."""
     cfg = cfg or PreprocessConfig()
@@ -494,8 +497,8 @@ def find_prepared(reader: str, root, cfg: Optional[PreprocessConfig] = None, cac
     return _cached(path, samples, on_error) if path.is_file() else None
 
 
-def prepared_key(reader: str, root, cfg: Optional[PreprocessConfig] = None, cache_dir=".microau/cache",
-                 *, sheet=None, corrections: Optional[Dict] = None, corrections_where: Optional[str] = None) -> str:
+def prepared_key(reader: str, root, cfg: PreprocessConfig | None = None, cache_dir=".microau/cache",
+                 *, sheet=None, corrections: dict | None = None, corrections_where: str | None = None) -> str:
     """The prepared-data key this dataset and config have now (reads the sheet, hashes the frames the
     pipeline reads; never preprocesses)."""
     return _locate(reader, root, cfg or PreprocessConfig(), cache_dir, sheet, corrections, corrections_where)[2]
@@ -517,14 +520,13 @@ def _locate(reader: str, root, cfg: PreprocessConfig, cache_dir, sheet, correcti
     return samples, corrected, key, path, digests
 
 
-def _cached(path: Path, samples: Sequence[Sample], on_error: str) -> Optional[PreparedDataset]:
+def _cached(path: Path, samples: Sequence[Sample], on_error: str) -> PreparedDataset | None:
     """The cached dataset at `path`; None (file removed, with a warning) when it cannot be read: it is
     prepared again."""
     try:
         data = PreparedDataset.load(path)
     except DatasetError as e:
-        print(f"warning: {str(e).split('; delete')[0]}; deleting it, the dataset is prepared again",
-              file=sys.stderr, flush=True)
+        logger.warning("warning: %s; deleting it, the dataset is prepared again", str(e).split("; delete")[0])
         path.unlink(missing_ok=True)
         return None
     if on_error == "stop" and data.skipped:

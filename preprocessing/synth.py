@@ -18,8 +18,8 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -34,7 +34,7 @@ _JPEG_QUALITY = 95
 # AU -> (dlib 0-based landmark centres, direction (dx, dy) with dx as "outward" share, Gaussian sigma as a
 # share of the face width). Directions follow issue 2 (FACS): y grows downwards; "outward" is away from
 # the face's vertical midline, so (+0.6, -0.8) on a lip corner is "up and out".
-AU_MOTION: Dict[int, Tuple[Tuple[int, ...], Tuple[float, float], float]] = {
+AU_MOTION: dict[int, tuple[tuple[int, ...], tuple[float, float], float]] = {
     1: ((20, 21, 22, 23), (0.0, -1.0), 0.07),  # inner brow raiser
     2: ((18, 19, 24, 25), (0.0, -1.0), 0.07),  # outer brow raiser
     4: ((19, 20, 21, 22, 23, 24), (-0.6, 0.8), 0.08),  # brow lowerer: down and together
@@ -69,9 +69,10 @@ _UNILATERAL_OK = {12, 14, 10}  # AUs a sheet often codes with a side (L/R)
 
 
 @functools.lru_cache(maxsize=1)
-def _astronaut() -> Tuple[np.ndarray, np.ndarray]:
+def _astronaut() -> tuple[np.ndarray, np.ndarray]:
     """The astronaut photograph (RGB uint8) and its dlib landmarks."""
     from skimage.data import astronaut
+
     from preprocessing.landmarks import detect_landmarks
     img = astronaut()
     return img, detect_landmarks(img, upsample=1)
@@ -82,7 +83,7 @@ def _smooth_field(rng, h: int, w: int, amp: float, grid: int = 5) -> np.ndarray:
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) * amp
 
 
-def _subject_face(rng, layout: str) -> Tuple[np.ndarray, np.ndarray]:
+def _subject_face(rng, layout: str) -> tuple[np.ndarray, np.ndarray]:
     """One identity: (RGB uint8 canvas, its 68 landmarks) from the astronaut by shape warp, scale,
     rotation, shift and brightness. Redrawn until dlib finds the face (as in real data)."""
     from preprocessing.landmarks import NoFaceError, detect_landmarks
@@ -112,7 +113,7 @@ def _subject_face(rng, layout: str) -> Tuple[np.ndarray, np.ndarray]:
     raise DatasetError("synth: no detectable face after 20 identity draws; use another --seed")
 
 
-def motion_field(landmarks: np.ndarray, aus: Dict[int, Tuple[float, str]], shape) -> np.ndarray:
+def motion_field(landmarks: np.ndarray, aus: dict[int, tuple[float, str]], shape) -> np.ndarray:
     """Displacement (H, W, 2) in pixels at the apex for active AUs {au: (amplitude px, side '', 'L', 'R')}.
     Side L is the subject's left (image right)."""
     h, w = shape
@@ -153,7 +154,7 @@ def _profile(n: int, onset: int, apex: int, offset: int) -> float:
     return math.cos(math.pi / 2 * (n - apex) / max(offset - apex, 1)) ** 2
 
 
-def _au_text(layout: str, aus: Dict[int, Tuple[float, str]], rng) -> str:
+def _au_text(layout: str, aus: dict[int, tuple[float, str]], rng) -> str:
     parts = []
     for au, (_, side) in sorted(aus.items()):
         code = f"{side}{au}"
@@ -177,7 +178,7 @@ def _draw_aus(layout: str, index: int, seed: int, rng, intensity: float):
 
 
 # ---------------------------------------------------------------------------------------------------
-def _write_xlsx(path: Path, rows: List[List], preamble: Sequence[Sequence] = ()) -> None:
+def _write_xlsx(path: Path, rows: list[list], preamble: Sequence[Sequence] = ()) -> None:
     """A workbook whose bytes depend only on its content (fixed timestamps in the zip and properties)."""
     from openpyxl import Workbook
     wb = Workbook()
@@ -242,7 +243,7 @@ def generate(out, layout: str = "casme2", subjects: int = 4, per_subject: int = 
     return out
 
 
-def _generate_into(root: Path, layout, n_subjects, per_subject, seed, intensity, noise) -> List[Dict]:
+def _generate_into(root: Path, layout, n_subjects, per_subject, seed, intensity, noise) -> list[dict]:
     w, h = _CANVAS[layout]
     grey = layout == "samm"
     rows, truth = [], []
@@ -340,7 +341,7 @@ def region_motion(data, au: int, radius: int = 8, directed: bool = False) -> np.
     return out
 
 
-def au_signal(data, aus: Sequence[int]) -> Dict[int, Dict[str, float]]:
+def au_signal(data, aus: Sequence[int]) -> dict[int, dict[str, float]]:
     """Per AU: mean region motion of active and of inactive samples, the ROC AUC of region motion as a
     detector of the AU (1.0: perfectly separable, 0.5: no signal), and the AUC of the motion along the
     AU's direction (`directed_auc`)."""

@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's model/, not another
 
-from model.text import EMOTION_COMBINATIONS, MER_CLASSES, _join, au_prompts, emotion_texts, label_texts  # noqa: E402
-from preprocessing.annotations import DEFAULT_AUS  # noqa: E402
+from model.text import EMOTION_COMBINATIONS, MER_CLASSES, _join, au_prompts, emotion_texts, label_texts
+from preprocessing.annotations import DEFAULT_AUS
 
 
 def tables() -> str:
@@ -21,7 +21,7 @@ def tables() -> str:
     for reader, aus in DEFAULT_AUS.items():
         prompts = au_prompts(aus)
         texts, classes = label_texts(emotion_texts(aus, prompts))
-        pos = {a: p for a, (p, _) in zip(aus, prompts)}
+        pos = {a: p for a, (p, _) in zip(aus, prompts, strict=True)}
         src = {}  # text -> (detected AUs, ["emotion combination", ...])
         for emotions in EMOTION_COMBINATIONS.values():
             for emotion, combos in emotions.items():
@@ -33,7 +33,7 @@ def tables() -> str:
         out += [f"{reader} (AUs {', '.join(map(str, aus))}): R = {len(texts)}", "",
                 "| r | class | AUs | from (emotion, combination) | label text |", "|---|---|---|---|---|"]
         out += [f"| {r} | {MER_CLASSES[c]} | {src[t][0]} | {'; '.join(src[t][1])} | {t} |"
-                for r, (t, c) in enumerate(zip(texts, classes))]
+                for r, (t, c) in enumerate(zip(texts, classes, strict=True))]
         out.append("")
     return "\n".join(out)
 
