@@ -110,9 +110,9 @@ def check(work: Path, args) -> dict:
                "resources": {"cpu": s["cpu_per_fold"], "gpu": 0.25}, "retries": 0}
         sweep = work / "gpu-check.yaml"
         sweep.write_text(yaml.safe_dump(doc))
-        from orchestrator.spec.resolved import load_sweep
-        from orchestrator.planning.data import prepare
         from orchestrator.execution.parallel import RaySamples
+        from orchestrator.planning.data import prepare
+        from orchestrator.spec.resolved import load_sweep
 
         spec = load_sweep(sweep)
         trial = spec.trials[0]

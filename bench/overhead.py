@@ -79,8 +79,8 @@ def run(args, tmp: Path, ncpu: int) -> dict:
            "model": {"arch": "microau-tiny", "pretrained": "none", "trainable_blocks": 1},
            "training": {"epochs": 1, "batch_size": 8, "threads": threads, "device": "cpu"},
            "resources": {"cpu": threads, "gpu": 0}, "retries": 0}
-    from orchestrator.spec.resolved import load_sweep
     from orchestrator.planning.data import prepare
+    from orchestrator.spec.resolved import load_sweep
 
     sweep = tmp / "overhead.yaml"
     sweep.write_text(yaml.safe_dump(doc))

@@ -9,7 +9,7 @@ preprocessing it was trained with; serving/predictor.py).
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from orchestrator.serving.load import load_model
 from orchestrator.serving.predictor import Frame, Predictor
@@ -17,7 +17,7 @@ from orchestrator.serving.predictor import Frame, Predictor
 __all__ = ["Predictor", "load_model", "predict"]
 
 
-def predict(model: Predictor, onset_frame: Frame, apex_frame: Frame) -> Dict[str, Any]:
+def predict(model: Predictor, onset_frame: Frame, apex_frame: Frame) -> dict[str, Any]:
     """One clip: onset and apex frames as image files or RGB uint8 arrays -> {probs: {AU: P(active)},
     preds: {AU: 0/1}, mer_pred, mer_scores: {class: score}, mer_text, trained_on: {...}}.
 

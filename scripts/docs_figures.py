@@ -31,10 +31,10 @@ def main(argv=None) -> None:
 
     from PIL import Image
 
-    from orchestrator.reporting import figures
     from orchestrator.cli.sweep import plan_from_store
-    from orchestrator.spec.resolved import load_sweep
+    from orchestrator.reporting import figures
     from orchestrator.reporting.results import results_from_store as state_from_store
+    from orchestrator.spec.resolved import load_sweep
 
     state = state_from_store(plan_from_store(load_sweep(args.sweep, args.overrides), strict=True))
     g = next(g for g in state.groups.values() if g.trial.point == 0 and figures.complete(g))

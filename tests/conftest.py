@@ -6,11 +6,10 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
+import pytest
+from helpers import TEST_PREPROCESS
 
-from helpers import TEST_PREPROCESS  # noqa: E402
-
-from orchestrator.cli import logs  # noqa: E402
+from orchestrator.cli import logs
 
 logs.install()  # library warnings print as the CLI prints them, so tests read them where users do
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from preprocessing.dataset import PreparedDataset
-
 from preprocessing.config import QUICK_PREPROCESS
+from preprocessing.dataset import PreparedDataset
 
 CASME2_AUS = [1, 2, 4, 7, 12, 14, 15, 17]
 TEST_PREPROCESS = QUICK_PREPROCESS  # fastest sensible preprocessing (preprocessing/config.py)

@@ -40,7 +40,8 @@ def fake_result(subject: str, seed: int = 0, n: int = 5, text_similarity=None) -
                       mer_scores=rng.standard_normal((n, 3)).astype(np.float32), mer_labels=mer,
                       loss_curve={"total": [2.0, 1.0]}, timings={"total_s": 0.1}, n_train=10,
                       extras={} if text_similarity is None else
-                      {"text_similarity": {str(a): float(v) for a, v in zip(AUS, text_similarity)}}).to_dict()
+                      {"text_similarity": {str(a): float(v)
+                                              for a, v in zip(AUS, text_similarity, strict=False)}}).to_dict()
 
 
 class FakeBackend:

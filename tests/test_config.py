@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import BaseModel
+from sweep_helpers import by_data_id
 
 from model.config import DATASET_DEFAULTS, ModelConfig, TrainConfig
-from orchestrator.spec.resolved import load_sweep
 from orchestrator.errors import ConfigError
 from orchestrator.planning.plan import expand
-from sweep_helpers import by_data_id
+from orchestrator.spec.resolved import load_sweep
 from preprocessing.config import PreprocessConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,9 +109,9 @@ def _alternatives(annotation, current):
         return [(current or 0.0) * 0.5 + 0.0123]
     if annotation is str:
         return [f"{current}-x"]
-    if origin in (dict, typing.Dict):
+    if origin in (dict, dict):
         key_t, val_t = args
-        if key_t is int and typing.get_origin(val_t) in (list, typing.List):
+        if key_t is int and typing.get_origin(val_t) in (list, list):
             inner = typing.get_args(val_t)[0]
             return [{1: ["a", "b"]}] if inner is str else [{1: [0, 1]}]
         return [{"positive": "a happy face"}]
@@ -214,11 +214,11 @@ def test_unset_root_variable_is_named(tmp_path, monkeypatch):
     sweep = load_sweep(path)
     for _ in range(2):  # raised each time it is used
         with pytest.raises(ConfigError, match="MICROAU_TEST_ROOT is not set") as e:
-            sweep.datasets["c"].root
+            _ = sweep.datasets["c"].root
         assert "datasets.c.root" in str(e.value)
     monkeypatch.setenv("MICROAU_TEST_ROOT", str(tmp_path))
     with pytest.raises(ConfigError, match="MICROAU_TEST_ROOT is not set"):
-        sweep.datasets["c"].root  # resolved at load
+        _ = sweep.datasets["c"].root  # resolved at load
     assert load_sweep(path).datasets["c"].root == tmp_path / "c"
 
 
@@ -243,7 +243,7 @@ def test_the_resolved_sweep_holds_every_path_once(tmp_path, monkeypatch):
                              "datasets": {"c": {"reader": "casme2", "root": "/x"}}}, "u.yaml")
     later = load_sweep(unset)  # loads (report needs no tracking) ...
     with pytest.raises(ConfigError, match="MICROAU_TEST_URI is not set"):
-        later.tracking_uri  # ... and names the variable where the URI is used
+        _ = later.tracking_uri  # ... and names the variable where the URI is used
 
 
 def test_subjects_not_in_data_is_an_error(tmp_path):
@@ -319,6 +319,7 @@ def test_tables_iii_iv_vi_run_on_the_full_model_and_the_add_mlp_reading(name, ke
 def test_grid_over_preprocessing_prepares_each_setting_once(tiny_casme2, tmp_path):
     """A grid may vary preprocessing.*: each setting is its own prepared dataset, with its own key."""
     from helpers import TEST_PREPROCESS
+
     from orchestrator.planning.data import data_id, prepare_all
 
     doc = {"name": "flows", "workdir": str(tmp_path / "wd"),

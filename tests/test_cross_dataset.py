@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from helpers import fake_prepared
-from orchestrator.spec.resolved import load_sweep
+
 from orchestrator.errors import ConfigError
+from orchestrator.spec.resolved import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = [2, 4, 7, 12]
@@ -139,7 +139,7 @@ def _samm_like(d, prefix: str = "0"):
     """`d` as another dataset: SAMM reader, its own key, subjects and sample ids."""
     subj = [f"{prefix}{s[-2:]}" for s in d.subjects]
     return replace(d, reader="samm", key=d.key + "-samm", subjects=subj,
-                   sample_ids=[f"{s}/{i.split('/')[1]}" for s, i in zip(subj, d.sample_ids)])
+                   sample_ids=[f"{s}/{i.split('/')[1]}" for s, i in zip(subj, d.sample_ids, strict=False)])
 
 
 def _joined(train, test):
@@ -222,8 +222,8 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
     from mlflow import MlflowClient
 
     from model.metrics import pooled_metrics
-    from orchestrator.planning.data import prepare
     from orchestrator.execution.runner import run_sweep
+    from orchestrator.planning.data import prepare
     from orchestrator.planning.store import ResultsStore
 
     spec = load_sweep(QUICKSTART, _small(tmp_path))

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from PIL import Image
-
 from helpers import TEST_PREPROCESS
-from orchestrator.spec.resolved import load_sweep
-from orchestrator.execution.runner import run_sweep
+from PIL import Image
 from sweep_helpers import inprocess_training
+
+from orchestrator.execution.runner import run_sweep
+from orchestrator.spec.resolved import load_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,8 @@ def no_training(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("figures must come from the results store, not from training")
 
-    for mod, name in ((model.train, "train_fold"), (model.train, "loso"), (orchestrator.execution.trainable, "run_fold")):
+    for mod, name in ((model.train, "train_fold"), (model.train, "loso"),
+                      (orchestrator.execution.trainable, "run_fold")):
         monkeypatch.setattr(mod, name, boom)
 
 

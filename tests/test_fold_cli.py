@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import TEST_PREPROCESS
 from sklearn.metrics import f1_score
 
-from helpers import TEST_PREPROCESS
 from orchestrator.cli import main
 
 

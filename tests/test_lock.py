@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from sweep_helpers import fake_training
 
-from orchestrator.spec.resolved import load_sweep
-from orchestrator.planning.lock import WorkdirLock
 from orchestrator.errors import LockError
 from orchestrator.execution.runner import run_sweep
-from sweep_helpers import fake_training
+from orchestrator.planning.lock import WorkdirLock
+from orchestrator.spec.resolved import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

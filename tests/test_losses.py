@@ -4,10 +4,12 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from model import backbone  # noqa: F401  (torchvision guard before open_clip.loss)
-from model import losses
 from open_clip.loss import ClipLoss
+
+from model import (
+    backbone,  # noqa: F401  (torchvision guard before open_clip.loss)
+    losses,
+)
 
 
 def test_multitask_loss_is_sum_of_per_au_cross_entropy():

@@ -103,7 +103,7 @@ def test_text_si_is_the_mean_over_aus_and_folds(folds):
     """Table III TextSi: cos(positive, negative text feature) per AU (FoldResult.extras), averaged over
     the AUs of each fold, then over the folds; absent (None) when no fold carries it."""
     assert metrics.pooled_metrics(folds)["text_si"] is None
-    for f, sims in zip(folds, ({"1": 0.9, "2": 0.5}, {"1": -0.9, "2": -0.7}, {"1": 0.1, "2": 0.4})):
+    for f, sims in zip(folds, ({"1": 0.9, "2": 0.5}, {"1": -0.9, "2": -0.7}, {"1": 0.1, "2": 0.4}), strict=False):
         f.extras = {"text_similarity": sims}
     want = ((0.9 + 0.5) / 2 + (-0.9 - 0.7) / 2 + (0.1 + 0.4) / 2) / 3
     assert metrics.pooled_metrics(folds)["text_si"] == pytest.approx(want, abs=1e-12)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from helpers import CASME2_AUS, fake_prepared
+
 from model.lsi import au_token_indices, landmark_groups
 
 

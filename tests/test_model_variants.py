@@ -4,12 +4,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import CASME2_AUS, fake_prepared
 
 from model import compute_prefix, train_fold
 from model.config import ModelConfig, TrainConfig
 from model.lsi import au_token_indices, landmark_groups
 from model.net import MicroAUCLIP
-from helpers import CASME2_AUS, fake_prepared
 
 VARIANTS = {
     "full": {},

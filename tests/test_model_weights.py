@@ -9,15 +9,14 @@ import re
 import shutil
 import warnings
 
+import open_clip
 import pytest
 import torch
+from helpers import CASME2_AUS, fake_prepared
 from torch import nn
 
 from model import backbone, compute_prefix
 from model.config import ModelConfig
-from helpers import CASME2_AUS, fake_prepared
-
-import open_clip  # noqa: E402  (after model.backbone: the torchvision guard)
 
 TINY = "microau-tiny"
 OPENAI_EXTRAS = {"input_resolution": torch.tensor(224), "context_length": torch.tensor(77),

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-
 from helpers import TEST_PREPROCESS
+
 from preprocessing import prepare_dataset
 from preprocessing.config import PreprocessConfig
 from preprocessing.errors import DatasetError
@@ -69,8 +69,8 @@ def test_four_quarter_gpu_folds_run_at_once(local_ray, synth_casme2, tmp_path, m
     import ray
 
     import orchestrator.execution.runner as runner
-    from orchestrator.spec.resolved import load_sweep
     from orchestrator.planning.store import ResultsStore
+    from orchestrator.spec.resolved import load_sweep
 
     @ray.remote(num_cpus=0)
     class Room:
@@ -113,7 +113,8 @@ def test_four_quarter_gpu_folds_run_at_once(local_ray, synth_casme2, tmp_path, m
     wd = tmp_path / "wd"
     wd.mkdir()
     shutil.copy(mlflow_db_template, wd / "mlflow.db")
-    doc = {"name": "packed", "workdir": str(wd), "datasets": {"casme2": {"reader": "casme2", "root": str(synth_casme2)}},
+    doc = {"name": "packed", "workdir": str(wd),
+           "datasets": {"casme2": {"reader": "casme2", "root": str(synth_casme2)}},
            "preprocessing": TEST_PREPROCESS, "model": {"arch": "microau-tiny", "pretrained": "none",
                                                        "trainable_blocks": 1},
            "training": {"epochs": 1, "device": "cpu"}, "resources": {"cpu": 1, "gpu": 0.25}, "retries": 0}

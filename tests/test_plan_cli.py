@@ -7,9 +7,9 @@ import shutil
 import pytest
 import yaml
 from click.testing import CliRunner
+from sweep_helpers import fake_training
 
 from orchestrator.cli import main
-from sweep_helpers import fake_training
 
 
 @pytest.fixture

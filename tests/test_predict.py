@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from helpers import CASME2_AUS, TEST_PREPROCESS, fake_prepared
+
 from orchestrator.cli import main
 
 HELD_SEED = 9  # 1 subject x 8 samples of this seed: none of it is in the training fixture (seed 0)

@@ -10,8 +10,16 @@ import pytest
 from openpyxl import Workbook
 
 from preprocessing import DatasetError
-from preprocessing.annotations import (DEFAULT_AUS, READERS, get_reader, mer_class, parse_aus, read_casme2,
-                                       read_samm, validate_samples)
+from preprocessing.annotations import (
+    DEFAULT_AUS,
+    READERS,
+    get_reader,
+    mer_class,
+    parse_aus,
+    read_casme2,
+    read_samm,
+    validate_samples,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from helpers import TEST_PREPROCESS
+
 from orchestrator.cli import main
 from orchestrator.spec.resolved import load_sweep
 
@@ -59,9 +59,9 @@ def gappy(tmp_path):
 def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_path):
     from mlflow import MlflowClient
 
+    from orchestrator.execution.state import SweepState
     from orchestrator.planning.data import prepare_all
     from orchestrator.planning.plan import make_plan
-    from orchestrator.execution.state import SweepState
 
     root, gone = gappy
     path = sweep_file(tmp_path, root, datasets={"casme2": {"reader": "casme2", "root": str(root),
@@ -185,8 +185,9 @@ def test_run_in_a_log_prints_one_line_per_fold_and_heartbeats(tmp_path, monkeypa
     or failed fold, and a heartbeat while folds run."""
     import time
 
-    import orchestrator.reporting.view as view
     from sweep_helpers import fake_training
+
+    import orchestrator.reporting.view as view
 
     fake_training(monkeypatch.setattr)
     import orchestrator.cli.sweep as cli_sweep
@@ -208,7 +209,7 @@ def test_run_in_a_log_prints_one_line_per_fold_and_heartbeats(tmp_path, monkeypa
                                     "variants": {"a": {}, "b": {"model.gsd": False}}}))
     r = cli("run", path)
     assert r.exit_code == 0, r.output
-    lines = [l for l in r.stdout.splitlines() if " fold " in f" {l}" and "done" in l]
+    lines = [line for line in r.stdout.splitlines() if " fold " in f" {line}" and "done" in line]
     assert len(lines) == 6, r.stdout
     assert "fold 1/6 done  samm a seed 1 subject 006  fold F1 " in lines[0] and "point F1 so far" in lines[0]
     assert "(1/3 folds)  ETA " in lines[0] and "fold 6/6 done  samm b seed 1 subject 008" in lines[-1]
@@ -239,8 +240,9 @@ def test_a_copied_dataset_and_workdir_reuse_every_fold(tiny_casme2, tmp_path, mo
 def ran_then_changed(tiny_casme2, tmp_path, monkeypatch):
     """A sweep over a copy of the tiny set run once (real data and keys, fake training), then one frame the
     pipeline reads replaced: the data here no longer gives the recorded prepared-data key."""
-    from preprocessing.annotations import read_casme2
     from sweep_helpers import fake_training
+
+    from preprocessing.annotations import read_casme2
 
     fake_training(monkeypatch.setattr, real_data=True)
     root = shutil.copytree(tiny_casme2, tmp_path / "data")

@@ -12,17 +12,17 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from sweep_helpers import AUS, fake_datasets
 
 from model.result import FoldResult
 from orchestrator.cli import main
-from orchestrator.spec.resolved import load_sweep
 from orchestrator.errors import ConfigError
+from orchestrator.execution.state import SweepState
 from orchestrator.planning.data import record_prepared
 from orchestrator.planning.plan import make_plan
-from orchestrator.reporting.report import compare_points, rows, seed_summaries
-from orchestrator.execution.state import SweepState
 from orchestrator.planning.store import ResultsStore
-from sweep_helpers import AUS, fake_datasets
+from orchestrator.reporting.report import compare_points, rows, seed_summaries
+from orchestrator.spec.resolved import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

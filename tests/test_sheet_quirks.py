@@ -158,9 +158,9 @@ def test_correction_of_a_sample_not_in_the_sheet_is_an_error(casme2_copy, tmp_pa
 def test_sweep_file_corrections_reach_the_data_layer(tmp_path, monkeypatch):
     """`datasets.<name>.corrections` is checked when the sweep file is read (errors name the key) and handed
     to preprocessing as a plain dict, with where it came from for messages."""
+    from orchestrator.errors import ConfigError
     from orchestrator.planning import data as odata
     from orchestrator.spec.resolved import load_sweep
-    from orchestrator.errors import ConfigError
     from preprocessing import pipeline
 
     root = tmp_path / "c"
@@ -189,13 +189,13 @@ def test_sweep_file_corrections_reach_the_data_layer(tmp_path, monkeypatch):
 def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme2_copy, tmp_path):
     """The sweep's report (text, JSON, CSV) and each MLflow parent name the samples whose apex was
     estimated and the corrected ones, so a table is never read as if the sheet had been complete."""
+    from helpers import TEST_PREPROCESS
     from mlflow import MlflowClient
 
-    from helpers import TEST_PREPROCESS
-    from orchestrator.spec.resolved import load_sweep
+    from orchestrator.execution.state import SweepState
     from orchestrator.planning.data import prepare_all
     from orchestrator.planning.plan import make_plan
-    from orchestrator.execution.state import SweepState
+    from orchestrator.spec.resolved import load_sweep
 
     root, samples = casme2_copy
     edit_sheet(samples[0].sheet, "casme2", {samples[1].row: {"apex": "/"}})
@@ -210,7 +210,7 @@ def test_estimated_apex_and_corrections_are_listed_by_report_and_on_mlflow(casme
     r = CliRunner().invoke(main, ["report", str(path)])
     assert r.exit_code == 0, r.output
     (est,) = next(iter(datasets.values())).apex_estimated
-    assert f"apex estimated casme2: the sheet gives no apex frame for 1 sample(s)" in r.output
+    assert "apex estimated casme2: the sheet gives no apex frame for 1 sample(s)" in r.output
     assert f"{samples[1].id} ({est['apex']})" in r.output and f"corrected casme2: {samples[2].id} (aus)" in r.output
     report = json.loads((tmp_path / "wd" / "reports" / "notes.json").read_text())
     assert report["data_notes"][0]["apex_estimated"][0]["sample"] == samples[1].id

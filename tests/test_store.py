@@ -7,16 +7,15 @@ import numpy as np
 import pytest
 import yaml
 from sklearn.metrics import accuracy_score, f1_score
+from sweep_helpers import AUS, by_data_id, fake_datasets, fake_result
 
 from model.result import FoldResult
-from orchestrator.spec.resolved import load_sweep
-from orchestrator.planning.plan import expand
-from sweep_helpers import AUS, by_data_id, fake_datasets, fake_result
-from orchestrator.planning.plan import make_plan
-from orchestrator.reporting.report import predictions_csv
-from orchestrator.execution.state import SweepState
-from orchestrator.planning.store import ResultsStore, atomic_write_text, fold_key
 from orchestrator.errors import StoreError
+from orchestrator.execution.state import SweepState
+from orchestrator.planning.plan import expand, make_plan
+from orchestrator.planning.store import ResultsStore, atomic_write_text, fold_key
+from orchestrator.reporting.report import predictions_csv
+from orchestrator.spec.resolved import load_sweep
 from orchestrator.tracking.client import Tracker, flat_metrics
 
 SUBJECTS = ["006", "007", "008"]
@@ -329,7 +328,8 @@ def test_unwritable_results_folder_is_found_before_training(tmp_path):
     from orchestrator.planning.store import ensure_writable
 
     (tmp_path / "results").write_text("a file where the folder should be")
-    with pytest.raises(StoreError, match=r"results: a file stands where the results folder should be.* Nothing was trained"):
+    with pytest.raises(StoreError,
+                       match=r"results: a file stands where the results folder should be.* Nothing was trained"):
         ResultsStore(tmp_path / "results").check_writable()
     ensure_writable(tmp_path / "ok", "reports folder", "x")
     assert (tmp_path / "ok").is_dir() and not list((tmp_path / "ok").iterdir())

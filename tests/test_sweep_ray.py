@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import TEST_PREPROCESS
 from sklearn.metrics import accuracy_score, f1_score
 
-from helpers import TEST_PREPROCESS
-from orchestrator.spec.resolved import load_sweep
-from orchestrator.execution.runner import run_sweep
 from orchestrator.errors import ResourceError
+from orchestrator.execution.runner import run_sweep
 from orchestrator.planning.store import ResultsStore
+from orchestrator.spec.resolved import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = {"arch": "microau-tiny", "pretrained": "none", "trainable_blocks": 1}
@@ -97,10 +97,10 @@ def test_trials_ran_on_both_nodes(first_run):
 
 def test_pooled_metrics_equal_a_single_node_in_process_run(first_run):
     """Same folds trained in this process (no Ray, one node): identical predictions and pooled metrics."""
-    from model.metrics import pooled_metrics
-    from orchestrator.planning.data import prepare
     from model import compute_prefix
+    from model.metrics import pooled_metrics
     from orchestrator.execution.trainable import run_fold
+    from orchestrator.planning.data import prepare
 
     path, spec, outcome = first_run
     data = prepare(spec, "casme2", spec.trials_of("casme2")[0].preprocessing, progress=False)
@@ -109,7 +109,7 @@ def test_pooled_metrics_equal_a_single_node_in_process_run(first_run):
     for g in outcome.state.groups.values():
         prefix = compute_prefix(g.trial.model, data, g.trial.aus)  # computed afresh, not from the cache
         local = [run_fold(g.trial, data, f.subject, prefix=prefix) for f in g.folds]
-        for f, r in zip(g.folds, local):
+        for f, r in zip(g.folds, local, strict=False):
             assert np.array_equal(np.array(r["probs"]), np.array(store.get(f.key)["result"]["probs"]))
         m = pooled_metrics(local)
         row = rows[g.trial.point_label]

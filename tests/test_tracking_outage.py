@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-
-from orchestrator.spec.resolved import load_sweep
-from orchestrator.execution.runner import run_sweep
-from orchestrator.planning.store import ResultsStore
-from orchestrator.tracking.client import Tracker
-from orchestrator.planning.plan import expand
 from sweep_helpers import by_data_id, fake_result, fake_training
+
+from orchestrator.execution.runner import run_sweep
+from orchestrator.planning.plan import expand
+from orchestrator.planning.store import ResultsStore
+from orchestrator.spec.resolved import load_sweep
+from orchestrator.tracking.client import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
 TAIL = "Training goes on; results are stored; run the sweep again later to log them to MLflow."

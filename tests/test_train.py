@@ -5,12 +5,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import CASME2_AUS, beats_constant_baselines, fake_prepared
 
 from model import FoldResult, compute_prefix, metrics, train_fold
-from model.train import loso as run_loso
 from model.config import ModelConfig, TrainConfig
 from model.train import FoldError
-from helpers import CASME2_AUS, beats_constant_baselines, fake_prepared
+from model.train import loso as run_loso
 
 MODEL = ModelConfig(arch="microau-tiny", pretrained="none", trainable_blocks=1)
 
@@ -47,7 +47,7 @@ def test_short_loso_beats_constant_baselines(loso):
 
 def test_loso_is_repeatable_bit_for_bit(data, prefix, loso):
     again = _loso(data, prefix, _spec())
-    for a, b in zip(loso, again):
+    for a, b in zip(loso, again, strict=False):
         assert np.array_equal(a.probs, b.probs) and np.array_equal(a.features, b.features)
         assert a.loss_curve == b.loss_curve
     other_seed = train_fold(_spec(seed=2), data, "sub01", prefix=prefix)
@@ -70,7 +70,7 @@ def test_test_labels_and_emotions_are_never_read(data, prefix, loso):
     from dataclasses import replace
     rng = np.random.default_rng(0)
     sets = [s if subj != "sub01" else sorted(rng.choice(CASME2_AUS, 2, replace=False).tolist())
-            for s, subj in zip(data.au_sets, data.subjects)]
+            for s, subj in zip(data.au_sets, data.subjects, strict=False)]
     scrambled = replace(data, au_sets=sets, mer=["positive"] * len(data), emotions=["happiness"] * len(data))
     r = train_fold(_spec(), scrambled, "sub01", prefix=prefix)
     assert np.array_equal(r.probs, loso[0].probs)
@@ -180,5 +180,5 @@ def test_mer_class_score_is_its_best_label_text(data, prefix):
     want = np.stack([per_text[:, prefix.emotion_class == c].max(1) for c in range(3)], 1)
     assert r.mer_scores.shape == (len(r.sample_ids), 3) and np.allclose(r.mer_scores, want, atol=1e-5)
     assert r.extras["mer_best_text"] == per_text.argmax(1).tolist()
-    assert r.extras["mer_texts"] == [[MER_CLASSES[c], t] for c, t in zip(classes, texts)]
+    assert r.extras["mer_texts"] == [[MER_CLASSES[c], t] for c, t in zip(classes, texts, strict=False)]
     assert r.mer_preds == [MER_CLASSES[classes[i]] for i in r.extras["mer_best_text"]]

@@ -4,10 +4,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import beats_constant_baselines
 
 from model import compute_prefix, loso, metrics, train_fold
 from model.config import ModelConfig, TrainConfig
-from helpers import beats_constant_baselines
 
 AUS = [1, 2, 4, 7, 12, 14, 15, 17]
 MODEL = ModelConfig(arch="microau-tiny", pretrained="none", trainable_blocks=1)
@@ -37,7 +37,7 @@ def test_full_model_beats_constant_baselines_on_synthetic_casme2(runs):
 
 def test_synthetic_loso_is_repeatable_bit_for_bit(runs):
     first, second = runs
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=False):
         assert np.array_equal(a.probs, b.probs)
         assert np.array_equal(a.features, b.features) and np.array_equal(a.mer_scores, b.mer_scores)
         assert a.loss_curve == b.loss_curve
@@ -46,6 +46,7 @@ def test_synthetic_loso_is_repeatable_bit_for_bit(runs):
 def test_samm_layout_fold_with_samm_defaults(synth_samm, tmp_path_factory):
     """SAMM: 4 AUs, subjects like '006', the paper's SAMM alpha/beta filled in when unset."""
     from helpers import TEST_PREPROCESS
+
     from preprocessing import prepare_dataset
     from preprocessing.config import PreprocessConfig
 

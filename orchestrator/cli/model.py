@@ -7,7 +7,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import click
 
@@ -29,8 +29,8 @@ from orchestrator.tracking.client import reason, redact
                                      "sqlite:///<workdir>/mlflow.db)")
 @click.option("--register", metavar="NAME", help="also register the MLflow model under NAME (a new version)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def train(sweep_file: str, overrides, point: int, dataset: Optional[str], seed: Optional[int],
-          tracking_uri: Optional[str], register: Optional[str], as_json: bool) -> None:
+def train(sweep_file: str, overrides, point: int, dataset: str | None, seed: int | None,
+          tracking_uri: str | None, register: str | None, as_json: bool) -> None:
     """Train one grid point on every subject of a dataset (no held-out subject: no evaluation), with the
     code of a LOSO fold; store the model under <workdir>/models and log it to MLflow as a model. A second
     run with nothing changed trains nothing."""
@@ -97,9 +97,9 @@ def train(sweep_file: str, overrides, point: int, dataset: Optional[str], seed: 
 @click.option("--tracking-uri", help="MLflow tracking URI to read a runs:/ or models:/ MODEL from")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--out", type=click.Path(dir_okay=False), help="write the predictions as CSV to this file")
-def predict(model: str, onset: Optional[str], apex: Optional[str], clip_dir: Optional[str], sheet: Optional[str],
-            root: Optional[str], reader: Optional[str], skip_bad: bool, device: str, tracking_uri: Optional[str],
-            as_json: bool, out: Optional[str]) -> None:
+def predict(model: str, onset: str | None, apex: str | None, clip_dir: str | None, sheet: str | None,
+            root: str | None, reader: str | None, skip_bad: bool, device: str, tracking_uri: str | None,
+            as_json: bool, out: str | None) -> None:
     """Run a model of `microau-sweep train` (its folder, or an MLflow runs:/ or models:/ URI) on clips:
     --onset A --apex B (two image files), --clip DIR --onset N --apex M (frame numbers in a folder), or
     --sheet S --root R (every row of a coding sheet; CSV on stdout or --out). Prints per AU P(active)
@@ -173,7 +173,7 @@ def _write(out: str, text: str) -> None:
                                    f"file") from None
 
 
-def _csv(records: List[Dict[str, Any]]) -> str:
+def _csv(records: list[dict[str, Any]]) -> str:
     import pandas as pd
 
     from orchestrator.serving.predictor import flat  # torch (model.inference): see predict
@@ -183,7 +183,7 @@ def _csv(records: List[Dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _print_trained_on(t: Dict[str, Any], stream) -> None:
+def _print_trained_on(t: dict[str, Any], stream) -> None:
     subjects = t.get("subjects") or []
     print(f"model {t.get('model')}: trained on all {len(subjects)} subjects ({t.get('samples')} samples) of "
           f"{t.get('dataset')} (prepared data {t.get('data_key')}), sweep {t.get('sweep')} point {t.get('point')} "
@@ -191,7 +191,7 @@ def _print_trained_on(t: Dict[str, Any], stream) -> None:
     print(f"evaluation: {t.get('evaluation')}", file=stream, flush=True)
 
 
-def _print_record(r: Dict[str, Any], mer_texts) -> None:
+def _print_record(r: dict[str, Any], mer_texts) -> None:
     from rich.table import Table
 
     c = console()

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import click
 
@@ -35,7 +35,7 @@ warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
-def load(path: str, overrides=(), tracking_uri: Optional[str] = None) -> Sweep:
+def load(path: str, overrides=(), tracking_uri: str | None = None) -> Sweep:
     """The resolved sweep of a command's SWEEP argument and its `--set`s (an error: `Error: ...`, exit 1)."""
     with friendly_errors():
         return load_sweep(path, overrides, tracking_uri=tracking_uri)
@@ -53,7 +53,7 @@ def _console(stderr: bool = False):
     return make_console(stderr=stderr)
 
 
-def pick_point(sweep: Sweep, sweep_file: str, dataset: Optional[str], point: int, seed: Optional[int]):
+def pick_point(sweep: Sweep, sweep_file: str, dataset: str | None, point: int, seed: int | None):
     """`--dataset` (default: the sweep's only dataset), `--point` and `--seed` (default: the sweep's first)
     checked against the sweep -> (dataset, seed); a click.UsageError saying what there is otherwise."""
     if dataset is None:
@@ -65,7 +65,7 @@ def pick_point(sweep: Sweep, sweep_file: str, dataset: Optional[str], point: int
     return dataset, _point_seed(sweep, sweep_file, point, seed)
 
 
-def _point_seed(sweep: Sweep, sweep_file: str, point: int, seed: Optional[int]) -> int:
+def _point_seed(sweep: Sweep, sweep_file: str, point: int, seed: int | None) -> int:
     """`--point` checked against the sweep's points -> the seed (`--seed`, default: the sweep's first)."""
     points = sweep.points
     if not 0 <= point < len(points):
@@ -86,8 +86,8 @@ def _point_seed(sweep: Sweep, sweep_file: str, point: int, seed: Optional[int]) 
 @click.option("--seed", type=int, help="seed (default: the sweep's first)")
 @click.option("--epochs", type=int, help="override training.epochs (quick debugging)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
-def fold(sweep_file: str, overrides, dataset: Optional[str], subject: Optional[str], train_on: Optional[str],
-         test_on: Optional[str], point: int, seed: Optional[int], epochs: Optional[int], as_json: bool) -> None:
+def fold(sweep_file: str, overrides, dataset: str | None, subject: str | None, train_on: str | None,
+         test_on: str | None, point: int, seed: int | None, epochs: int | None, as_json: bool) -> None:
     """Run one LOSO fold (or one cross-dataset unit: --train, --test) in-process, with exactly the code a
     sweep trial runs (no Ray)."""
     from orchestrator.execution.trainable import prefix_for, run_fold  # torch, when the fold runs
@@ -109,7 +109,7 @@ def fold(sweep_file: str, overrides, dataset: Optional[str], subject: Optional[s
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         trial = sweep.trial(dataset, point, seed)
         plan = make_plan(sweep, {i: prepare(sweep, name, trial.preprocessing, progress=True)
-                                 for name, i in zip(trial.reads, data_ids(trial))})
+                                 for name, i in zip(trial.reads, data_ids(trial), strict=False)})
         data = plan.datasets[data_id(trial)]
         test_data = plan.datasets[data_ids(trial)[1]] if trial.cross else None
         if epochs is not None:
@@ -135,8 +135,8 @@ def fold(sweep_file: str, overrides, dataset: Optional[str], subject: Optional[s
     _print_fold(doc)
 
 
-def _cross_pair(sweep: Sweep, sweep_file: str, dataset: Optional[str], subject: Optional[str], train_on: Optional[str],
-                test_on: Optional[str]) -> str:
+def _cross_pair(sweep: Sweep, sweep_file: str, dataset: str | None, subject: str | None, train_on: str | None,
+                test_on: str | None) -> str:
     """The label (`train->test`) of the cross-dataset pair that --train/--test pick."""
     pairs = sweep.cross_dataset.pairs
     if subject is not None or dataset is not None:
@@ -153,14 +153,14 @@ def _cross_pair(sweep: Sweep, sweep_file: str, dataset: Optional[str], subject: 
 
 def epoch_printer(out):
     """on_epoch for `model.train.fit`: one line per epoch with the loss terms on `out`."""
-    def on_epoch(info: Dict[str, Any]) -> None:
+    def on_epoch(info: dict[str, Any]) -> None:
         terms = "  ".join(f"{k} {v:.4f}" for k, v in info.items() if k in ("total", "multitask", "contrastive", "gd"))
         print(f"epoch {info['epoch']}/{info.get('epochs', '?')}  {terms}  ({info.get('seconds', 0):.1f}s)",
               file=out, flush=True)
     return on_epoch
 
 
-def fold_document(trial, subject: str, result: Dict[str, Any]) -> Dict[str, Any]:
+def fold_document(trial, subject: str, result: dict[str, Any]) -> dict[str, Any]:
     """The `fold --json` object: dataset, subject, per-sample predictions, fold metrics."""
     from model.metrics import pooled_metrics
     from model.result import FoldResult
@@ -184,7 +184,7 @@ def fold_document(trial, subject: str, result: Dict[str, Any]) -> Dict[str, Any]
             "loss_curve": r.loss_curve, "timings": r.timings}
 
 
-def _print_fold(doc: Dict[str, Any]) -> None:
+def _print_fold(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     c = _console()
@@ -214,7 +214,7 @@ def _print_fold(doc: Dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--share-name", is_flag=True, help="another sweep file of this workdir has the same name on "
                                                   "purpose: share its MLflow experiment and report file")
-def run(sweep_file: str, overrides, address: Optional[str], tracking_uri: Optional[str], dashboard: bool,
+def run(sweep_file: str, overrides, address: str | None, tracking_uri: str | None, dashboard: bool,
         as_json: bool, share_name: bool) -> None:
     """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
     from orchestrator.execution.runner import run_sweep  # Ray and Tune: only for `run`, for start-up time
@@ -262,9 +262,9 @@ def run(sweep_file: str, overrides, address: Optional[str], tracking_uri: Option
 @click.option("--figure-au", type=int, metavar="N", help="AU of Fig. 6 and 7 (default: AU1, else the first AU)")
 @click.option("--figure-points", metavar="K,L,...",
               help="points Fig. 6 (the first two) and Fig. 7 (all) compare (default: the first points, up to 4)")
-def report(sweep_file: str, overrides, as_json: bool, compare, fmt: Optional[str], output: Optional[str],
-           per_au: bool, share_name: bool, figures: bool, out_dir: Optional[str], figure_au: Optional[int],
-           figure_points: Optional[str]) -> None:
+def report(sweep_file: str, overrides, as_json: bool, compare, fmt: str | None, output: str | None,
+           per_au: bool, share_name: bool, figures: bool, out_dir: str | None, figure_au: int | None,
+           figure_points: str | None) -> None:
     """Rebuild the table from the results store (no training); --figures draws the figures too."""
     if (output or per_au) and not fmt:
         raise click.UsageError(f"{'--output' if output else '--per-au'} goes with --format md|latex|csv|json")
@@ -314,7 +314,7 @@ def report(sweep_file: str, overrides, as_json: bool, compare, fmt: Optional[str
         console.print(f"{fmt} table written to {output}", highlight=False)
 
 
-def _export(state, fmt: str, per_au: bool, output: Optional[str]) -> str:
+def _export(state, fmt: str, per_au: bool, output: str | None) -> str:
     """The paper-layout table (orchestrator/reporting/tables.py) as text; written atomically to `output` if given."""
     text = render(document(state, per_au=per_au), fmt)
     if output:
@@ -380,7 +380,7 @@ def _gpus() -> int:
         return 0
 
 
-def _print_plan(doc: Dict[str, Any]) -> None:
+def _print_plan(doc: dict[str, Any]) -> None:
     out = lambda *a: click.echo(" ".join(str(x) for x in a))  # noqa: E731
     na = lambda v: "?" if v is None else v  # noqa: E731
     out(f"sweep {doc['sweep']} ({doc['source']}), workdir {doc['workdir']}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any
 
 from orchestrator.spec.schema import TrialConfig
 
@@ -25,16 +25,16 @@ class FoldJob:
     trial: TrialConfig
     subject: str
     data: str  # data id of the prepared dataset it trains on (orchestrator.planning.data.data_id)
-    prefix: Optional[str] = None  # frozen-prefix group (orchestrator.execution.trainable.prefix_group)
-    threads: Optional[int] = None
-    test_data: Optional[str] = None  # cross-dataset: the test dataset's data id
-    test_prefix: Optional[str] = None
+    prefix: str | None = None  # frozen-prefix group (orchestrator.execution.trainable.prefix_group)
+    threads: int | None = None
+    test_data: str | None = None  # cross-dataset: the test dataset's data id
+    test_prefix: str | None = None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "trial": self.trial.model_dump(mode="json")}
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "FoldJob":
+    def from_dict(cls, d: dict[str, Any]) -> FoldJob:
         return cls(**{**d, "trial": TrialConfig.model_validate(d["trial"])})
 
 
@@ -42,13 +42,13 @@ class FoldJob:
 class FinishedFold:
     """What a trial sends back: the FoldResult as a plain dict (model.result), where it ran, and the
     worker's side of its fixed costs (orchestrator.execution.runner.RunTimings)."""
-    result: Dict[str, Any]
-    node: Dict[str, Any] = field(default_factory=dict)  # node_id, node_ip, hostname, pid, gpu_ids
-    timings: Dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any]
+    node: dict[str, Any] = field(default_factory=dict)  # node_id, node_ip, hostname, pid, gpu_ids
+    timings: dict[str, Any] = field(default_factory=dict)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
-    def loads(cls, text: str) -> "FinishedFold":
+    def loads(cls, text: str) -> FinishedFold:
         return cls(**json.loads(text))

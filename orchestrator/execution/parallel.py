@@ -13,7 +13,8 @@ process instead: starting Ray takes seconds, more than a few samples take.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from preprocessing.errors import MicroAUError
 
@@ -33,9 +34,9 @@ class RaySamples:
     def __init__(self, connect: Callable[[], Any], min_samples: int = MIN_SAMPLES):
         self.connect = connect
         self.min_samples = min_samples
-        self.workers: Optional[int] = None
+        self.workers: int | None = None
 
-    def __call__(self, fn, jobs: List[Dict[str, Any]]) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    def __call__(self, fn, jobs: list[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
         if not jobs or (len(jobs) < self.min_samples and not ray_running()):
             from preprocessing.pipeline import serial_map
 
@@ -44,11 +45,12 @@ class RaySamples:
             return
         self.connect()
         import ray
+
         from preprocessing.pipeline import frame_bytes
 
         task = ray.remote(num_cpus=1)(fn)
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        pending: Dict[Any, int] = {}
+        pending: dict[Any, int] = {}
         queue = iter(enumerate(jobs))
 
         def submit() -> bool:
@@ -82,7 +84,7 @@ class LocalRay:
     """Ray for a command that only prepares data (`preprocess`): join `address`, reuse a running Ray, or
     start a local one with `workers` CPUs, when first needed; `close()` shuts down what it started."""
 
-    def __init__(self, workers: Optional[int] = None, address: Optional[str] = None):
+    def __init__(self, workers: int | None = None, address: str | None = None):
         self.workers, self.address, self.started = workers, address, False
 
     def __call__(self) -> None:

@@ -11,7 +11,6 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Optional
 
 from orchestrator.errors import ResourceError
 from orchestrator.spec.resolved import Sweep
@@ -28,7 +27,7 @@ def _ray_temp_dir(wanted: Path) -> str:
     return tempfile.mkdtemp(prefix="microau-ray-")
 
 
-def connect(sweep: Sweep, address: Optional[str], quiet: bool, dashboard: bool = False) -> bool:
+def connect(sweep: Sweep, address: str | None, quiet: bool, dashboard: bool = False) -> bool:
     """Join `address`, reuse an initialised Ray, or start an embedded one. True if we started it.
 
     The embedded Ray's dashboard is off unless asked for, and then bound to 127.0.0.1 only."""
@@ -61,7 +60,7 @@ class RaySession:
     """`connect` on first call (preparing samples, or scheduling folds), once; `close()` shuts down the Ray
     this run started or joined."""
 
-    def __init__(self, sweep: Sweep, address: Optional[str], quiet: bool, dashboard: bool):
+    def __init__(self, sweep: Sweep, address: str | None, quiet: bool, dashboard: bool):
         self.args = (sweep, address, quiet, dashboard)
         self.connected = self.started = False
 
@@ -79,7 +78,7 @@ class RaySession:
             self.started = False
 
 
-def check_resources(sweep: Sweep, address: Optional[str] = None) -> Dict[str, float]:
+def check_resources(sweep: Sweep, address: str | None = None) -> dict[str, float]:
     """Fail now, with a message saying what to change, when no node can run one fold of the sweep."""
     import ray
 

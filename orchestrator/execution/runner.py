@@ -16,10 +16,11 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 from orchestrator.execution.jobs import RESULT_KEY, FinishedFold, FoldJob
 from orchestrator.execution.parallel import RaySamples
@@ -41,8 +42,8 @@ class RunOutcome:
     state: SweepState
     trained: int = 0
     reused: int = 0
-    failed: Dict[str, str] = field(default_factory=dict)  # fold key -> error
-    timings: Dict[str, Any] = field(default_factory=dict)  # RunTimings.summary(): where the wall time went
+    failed: dict[str, str] = field(default_factory=dict)  # fold key -> error
+    timings: dict[str, Any] = field(default_factory=dict)  # RunTimings.summary(): where the wall time went
 
 
 class RunTimings:
@@ -53,8 +54,8 @@ class RunTimings:
 
     def __init__(self):
         self.t0 = time.perf_counter()
-        self.phases: Dict[str, float] = {}
-        self.trials: Dict[str, Dict[str, float]] = {}
+        self.phases: dict[str, float] = {}
+        self.trials: dict[str, dict[str, float]] = {}
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -64,10 +65,10 @@ class RunTimings:
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
 
-    def trial(self, key: str) -> Dict[str, float]:
+    def trial(self, key: str) -> dict[str, float]:
         return self.trials.setdefault(key, {})
 
-    def summary(self) -> Dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         trials = []
         for key, t in self.trials.items():
             row = {"fold": key, **{k: round(v, 4) for k, v in t.items() if k not in ("start", "end")}}
@@ -79,7 +80,8 @@ class RunTimings:
                     row["fixed_s"] = round(row["wall_s"] - t["fold_s"], 4)
             trials.append(row)
         ended = sorted((t["start"], t["end"]) for t in self.trials.values() if "start" in t and "end" in t)
-        gaps = [round(b[0] - a[1], 4) for a, b in zip(ended, ended[1:])]  # one trial's end -> the next start
+        # one trial's end -> the next start
+        gaps = [round(b[0] - a[1], 4) for a, b in zip(ended, ended[1:], strict=False)]
         return {"total_s": round(time.perf_counter() - self.t0, 3), "gaps_between_trials_s": gaps,
                 "phases": {k: round(v, 3) for k, v in self.phases.items()}, "trials": trials}
 
@@ -90,8 +92,8 @@ class RunTimings:
 class FoldInputs:
     """What the folds to train read besides their jobs: the frozen prefixes by group, and the jobs by fold
     key."""
-    prefixes: Dict[str, Any]
-    jobs: Dict[str, FoldJob]
+    prefixes: dict[str, Any]
+    jobs: dict[str, FoldJob]
 
 
 class Backend(Protocol):
@@ -100,14 +102,14 @@ class Backend(Protocol):
     one fold; in parallel with `inputs`), `inputs`, `run` (train `todo`, sending each fold's events to
     `state`: started, progress, finished, retrying, failed), and always `close`."""
 
-    def prepare(self, sweep: Sweep, trials: Sequence[TrialConfig]) -> Dict[str, Any]: ...
+    def prepare(self, sweep: Sweep, trials: Sequence[TrialConfig]) -> dict[str, Any]: ...
 
     def start(self) -> None: ...
 
-    def inputs(self, sweep: Sweep, todo: List[Fold], datasets: Dict[str, Any]) -> FoldInputs: ...
+    def inputs(self, sweep: Sweep, todo: list[Fold], datasets: dict[str, Any]) -> FoldInputs: ...
 
-    def run(self, sweep: Sweep, todo: List[Fold], inputs: FoldInputs, datasets: Dict[str, Any],
-            state: SweepState, timings: "RunTimings") -> None: ...
+    def run(self, sweep: Sweep, todo: list[Fold], inputs: FoldInputs, datasets: dict[str, Any],
+            state: SweepState, timings: RunTimings) -> None: ...
 
     def close(self) -> None: ...
 
@@ -116,23 +118,23 @@ class RayTuneBackend:
     """Folds as Ray Tune trials on an embedded Ray or the cluster at `address`; samples prepared as Ray
     tasks on the same Ray (started only when there is something to prepare or train)."""
 
-    def __init__(self, sweep: Sweep, address: Optional[str] = None, *, quiet: bool = False, progress: bool = True,
+    def __init__(self, sweep: Sweep, address: str | None = None, *, quiet: bool = False, progress: bool = True,
                  dashboard: bool = False):
         self.sweep, self.address, self.progress = sweep, address, progress
         self.session = RaySession(sweep, address, quiet=quiet, dashboard=dashboard)
 
-    def prepare(self, sweep: Sweep, trials: Sequence[TrialConfig]) -> Dict[str, Any]:
+    def prepare(self, sweep: Sweep, trials: Sequence[TrialConfig]) -> dict[str, Any]:
         return prepare_all(sweep, trials, progress=self.progress, map_samples=RaySamples(self.session))
 
     def start(self) -> None:
         self.session()
         check_resources(self.sweep, self.address)
 
-    def inputs(self, sweep: Sweep, todo: List[Fold], datasets: Dict[str, Any]) -> FoldInputs:
+    def inputs(self, sweep: Sweep, todo: list[Fold], datasets: dict[str, Any]) -> FoldInputs:
         return fold_inputs(sweep, todo, datasets)
 
-    def run(self, sweep: Sweep, todo: List[Fold], inputs: FoldInputs, datasets: Dict[str, Any],
-            state: SweepState, timings: "RunTimings") -> None:
+    def run(self, sweep: Sweep, todo: list[Fold], inputs: FoldInputs, datasets: dict[str, Any],
+            state: SweepState, timings: RunTimings) -> None:
         tuner = _tuner(sweep, todo, inputs, datasets, state, timings)
         with _tune_interrupt_notice(sweep), _stdout_to(sweep.paths.logs / "tune.log"):
             tuner.fit()
@@ -141,9 +143,9 @@ class RayTuneBackend:
         self.session.close()
 
 
-def run_sweep(sweep: Sweep, address: Optional[str] = None, *, quiet: bool = False,
-              progress: bool = True, view: Optional[Callable[[SweepState], Any]] = None,
-              dashboard: bool = False, share_name: bool = False, backend: Optional[Backend] = None) -> RunOutcome:
+def run_sweep(sweep: Sweep, address: str | None = None, *, quiet: bool = False,
+              progress: bool = True, view: Callable[[SweepState], Any] | None = None,
+              dashboard: bool = False, share_name: bool = False, backend: Backend | None = None) -> RunOutcome:
     """Run every fold of the sweep not yet in the results store; return the updated state.
 
     `view(state)` is a context manager for a live display (rich) or None. Holds `<workdir>/run.lock`
@@ -158,7 +160,7 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, *, quiet: bool = Fals
         return _run_locked(sweep, backend, view=view)
 
 
-def _run_locked(sweep: Sweep, backend: Backend, view: Optional[Callable[[SweepState], Any]]) -> RunOutcome:
+def _run_locked(sweep: Sweep, backend: Backend, view: Callable[[SweepState], Any] | None) -> RunOutcome:
     store = ResultsStore(sweep.paths.results)
     store.check_writable()  # before any work: a fold that cannot be stored is a fold lost
     ensure_writable(sweep.paths.reports, "reports folder", "the table could not be written at the end")
@@ -217,15 +219,15 @@ def _timed(fn, *args):
     return fn(*args), time.perf_counter() - t
 
 
-def fold_inputs(sweep: Sweep, todo: List[Fold], datasets: Dict[str, Any]) -> FoldInputs:
+def fold_inputs(sweep: Sweep, todo: list[Fold], datasets: dict[str, Any]) -> FoldInputs:
     """One frozen prefix per (dataset, backbone) among the folds to train, and the per-fold jobs."""
-    prefixes: Dict[str, Any] = {}
-    jobs: Dict[str, FoldJob] = {}
+    prefixes: dict[str, Any] = {}
+    jobs: dict[str, FoldJob] = {}
     threads = max(1, int(sweep.resources.cpu))
     for f in todo:
         groups = []
         ids = data_ids(f.trial)
-        for did, key in zip(ids, f.data_keys):  # a cross-dataset unit reads two datasets
+        for did, key in zip(ids, f.data_keys, strict=False):  # a cross-dataset unit reads two datasets
             group = prefix_group(f.trial, key)
             if group not in prefixes:
                 prefixes[group] = prefix_for(f.trial, datasets[did], sweep.paths.cache)
@@ -237,7 +239,7 @@ def fold_inputs(sweep: Sweep, todo: List[Fold], datasets: Dict[str, Any]) -> Fol
 
 
 # ------------------------------------------------------------------------------------------------------
-def _tune_callback(state: SweepState, timings: Optional[RunTimings] = None):
+def _tune_callback(state: SweepState, timings: RunTimings | None = None):
     from ray import tune
 
     timings = timings or RunTimings()
@@ -299,7 +301,8 @@ def _stdout_to(path: Path):
     out of the user's way. Our views hold the real stream (orchestrator.reporting.view.console)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as log, contextlib.redirect_stdout(log):
-        print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} microau-sweep run", flush=True)
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} microau-sweep run\n")
+        log.flush()
         yield
 
 
@@ -334,8 +337,8 @@ def _tune_interrupt_notice(sweep: Sweep):
         log.removeFilter(notice)
 
 
-def _tuner(sweep: Sweep, todo: List[Fold], inputs: FoldInputs, datasets: Dict[str, Any], state: SweepState,
-           timings: Optional[RunTimings] = None):
+def _tuner(sweep: Sweep, todo: list[Fold], inputs: FoldInputs, datasets: dict[str, Any], state: SweepState,
+           timings: RunTimings | None = None):
     """One Tune trial per fold to train. Each trial's config names its fold (key, dataset, point, seed,
     subject) and its last result carries the fold's F1/ACC, so Ray's own tools (`ExperimentAnalysis`,
     `ResultGrid.get_dataframe()`) show a real table; the experiment folder is `<workdir>/ray_results/

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any
 
 from model.result import FoldResult
 from orchestrator.planning.plan import Fold, Plan
@@ -29,20 +30,20 @@ logger = logging.getLogger(__name__)
 class SweepState(SweepResults):
     def __init__(self, plan: Plan, tracking: bool = True):
         super().__init__(plan)
-        self.tracker: Optional[Tracker] = None
+        self.tracker: Tracker | None = None
         self.tracking_uri = plan.sweep.tracking_uri if tracking else None  # a ConfigError stops the run
-        self.tracking_errors: List[str] = []
+        self.tracking_errors: list[str] = []
         if tracking:
             try:
                 self.tracker = Tracker(plan.sweep)
             except Exception as e:  # noqa: BLE001 - any tracking-backend error
                 self._tracking_failed(e)
-        self.listeners: List[Callable[[str, str], None]] = []  # fn(event, fold key) after "finished"/"failed"
-        self.errors: Dict[str, str] = {}  # fold key -> error of a fold that kept failing
-        self.retries: Dict[str, int] = {}
-        self.epochs: Dict[str, int] = {}
+        self.listeners: list[Callable[[str, str], None]] = []  # fn(event, fold key) after "finished"/"failed"
+        self.errors: dict[str, str] = {}  # fold key -> error of a fold that kept failing
+        self.retries: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}
         self.trained = 0
-        self.todo: List[str] = []
+        self.todo: list[str] = []
         self.t0 = time.time()
         for g in self.groups.values():
             if self.tracker is not None:
@@ -79,7 +80,7 @@ class SweepState(SweepResults):
     def started(self, key: str) -> None:
         self.groups[self.folds[key].group].running.add(key)
 
-    def progress(self, key: str, result: Dict[str, Any]) -> None:
+    def progress(self, key: str, result: dict[str, Any]) -> None:
         if "epoch" in result:
             self.epochs[key] = int(result["epoch"])
 
@@ -100,7 +101,7 @@ class SweepState(SweepResults):
         for fn in self.listeners:
             fn(event, key)
 
-    def finished(self, key: str, result: Dict[str, Any], node: Dict[str, Any]) -> None:
+    def finished(self, key: str, result: dict[str, Any], node: dict[str, Any]) -> None:
         f = self.folds[key]
         g = self.groups[f.group]
         meta = {**f.meta(), **{k: v for k, v in node.items() if v is not None}, "code": code_version()}
@@ -151,7 +152,7 @@ class SweepState(SweepResults):
             logger.warning(f"warning: MLflow ({redact(self.tracking_uri or '?')}) unavailable: {reason(e)}. "
                            f"Training goes on; results are stored; run the sweep again later to log them to MLflow.")
 
-    def _track_fold(self, g: Group, f: Fold, result: Dict[str, Any], meta: Dict[str, Any]) -> None:
+    def _track_fold(self, g: Group, f: Fold, result: dict[str, Any], meta: dict[str, Any]) -> None:
         from model.metrics import pooled_metrics  # heavy: loaded by the first fold's metrics already
 
         r = self.result(f.key) if self.store.has(f.key) else FoldResult.coerce(result)
@@ -209,7 +210,7 @@ class SweepState(SweepResults):
     def elapsed(self) -> float:
         return time.time() - self.t0
 
-    def remaining(self) -> Optional[float]:
+    def remaining(self) -> float | None:
         left = sum(1 for k in self.todo if not self.store.has(k) and k not in self.errors)
         if not self.trained:
             return None

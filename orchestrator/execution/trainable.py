@@ -13,7 +13,8 @@ import socket
 import sys
 import time
 import warnings
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 from orchestrator.execution.jobs import RESULT_KEY, FinishedFold, FoldJob
 from orchestrator.spec.schema import TrialConfig, stable_hash
@@ -39,8 +40,8 @@ def prefix_for(trial: TrialConfig, data, cache_dir, device: str = "cpu"):
 
 
 def run_fold(trial: TrialConfig, data, subject: str, prefix=None,
-             on_epoch: Optional[Callable[..., None]] = None, threads: Optional[int] = None,
-             test_data=None, test_prefix=None) -> Dict[str, Any]:
+             on_epoch: Callable[..., None] | None = None, threads: int | None = None,
+             test_data=None, test_prefix=None) -> dict[str, Any]:
     """Train on every subject but `subject`, evaluate on it -> the FoldResult as a plain dict. A
     cross-dataset trial (`trial.cross`) trains on every sample of `data` and evaluates on every sample of
     `test_data` (`model.cross_dataset_fold`; `subject` labels the unit, `test_prefix` is the test data's).
@@ -66,8 +67,8 @@ def run_fold(trial: TrialConfig, data, subject: str, prefix=None,
 
 
 
-def fold_trainable(config: Dict[str, Any], jobs: Dict[str, Dict[str, Any]], datasets: Dict[str, Any],
-                   prefixes: Dict[str, Any]) -> None:
+def fold_trainable(config: dict[str, Any], jobs: dict[str, dict[str, Any]], datasets: dict[str, Any],
+                   prefixes: dict[str, Any]) -> None:
     """The Ray Tune function trainable of one fold: `config["fold"]["key"]` picks its `FoldJob` in `jobs`
     (fold key -> FoldJob.to_dict()); `datasets` and `prefixes` come from the object store once
     (`tune.with_parameters`)."""
@@ -91,7 +92,7 @@ def fold_trainable(config: Dict[str, Any], jobs: Dict[str, Dict[str, Any]], data
 
     last, waited = [0.0], [0.0]
 
-    def on_epoch(info: Dict[str, Any]) -> None:  # per-epoch losses, for the live view
+    def on_epoch(info: dict[str, Any]) -> None:  # per-epoch losses, for the live view
         # Each report is a round trip to the driver (Tune's function trainable waits until it is taken):
         # at most one per PROGRESS_EVERY_S, so short epochs do not pay it every time
         now = time.perf_counter()

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence
 
 from orchestrator.errors import ConfigError
 from orchestrator.spec.resolved import Sweep
@@ -22,7 +22,7 @@ from preprocessing.errors import MicroAUError
 logger = logging.getLogger(__name__)
 
 
-def ensure_synthetic(sweep: Sweep, name: str, progress: bool = True) -> Optional[Path]:
+def ensure_synthetic(sweep: Sweep, name: str, progress: bool = True) -> Path | None:
     """Generate the synthetic dataset of `datasets.<name>.synthetic` when its root is missing or empty.
 
     Returns the root when it generated something, else None.
@@ -43,14 +43,14 @@ def ensure_synthetic(sweep: Sweep, name: str, progress: bool = True) -> Optional
     return root
 
 
-def data_id(trial: TrialConfig, dataset: Optional[str] = None) -> str:
+def data_id(trial: TrialConfig, dataset: str | None = None) -> str:
     """Which prepared dataset a trial reads: its dataset (the one it trains on; or `dataset`, another it
     reads) under its preprocessing config. A grid or a variant may vary `preprocessing.*`; each distinct
     setting is prepared (and cached) once."""
     return f"{dataset or trial.reads[0]}@{stable_hash(trial.preprocessing.model_dump(mode='json'))}"
 
 
-def data_ids(trial: TrialConfig) -> List[str]:
+def data_ids(trial: TrialConfig) -> list[str]:
     """Every prepared dataset a trial reads, in `trial.reads` order (cross-dataset: train, test)."""
     return [data_id(trial, name) for name in trial.reads]
 
@@ -102,12 +102,12 @@ def expand_paths(cfg, where: str):
 
 
 def prepare_all(sweep: Sweep, trials: Sequence[TrialConfig], progress: bool = True,
-                cached_only: bool = False, map_samples=None) -> Dict[str, object]:
+                cached_only: bool = False, map_samples=None) -> dict[str, object]:
     """Every prepared dataset the `trials` (the sweep's expansion) read, keyed by `data_id` (cached_only,
     map_samples: see `prepare`; a dataset not prepared yet maps to None)."""
-    out: Dict[str, object] = {}
+    out: dict[str, object] = {}
     for trial in trials:
-        for name, key in zip(trial.reads, data_ids(trial)):
+        for name, key in zip(trial.reads, data_ids(trial), strict=False):
             if key not in out:
                 out[key] = prepare(sweep, name, trial.preprocessing, progress=progress, cached_only=cached_only,
                                    map_samples=map_samples)
@@ -117,7 +117,7 @@ def prepare_all(sweep: Sweep, trials: Sequence[TrialConfig], progress: bool = Tr
 # -- what `report` needs of the data when the data is not at hand -------------------------------------
 
 
-def _read_manifest(path: Path) -> Dict[str, dict]:
+def _read_manifest(path: Path) -> dict[str, dict]:
     """The manifest, or {} when there is none; a damaged one is moved aside (`.damaged`) with a warning:
     it only remembers keys, which the next run records again."""
     if not path.is_file():
@@ -140,7 +140,7 @@ def _read_manifest(path: Path) -> Dict[str, dict]:
 NOTES = ("skipped", "dropped_subjects", "apex_estimated", "corrected", "warnings")  # listed in every report
 
 
-def dataset_info(d) -> Dict[str, object]:
+def dataset_info(d) -> dict[str, object]:
     """What the sweep keeps of a prepared dataset: key, subjects, and the notes every report lists:
     skipped samples, subjects left with no sample (dropped from LOSO), samples whose apex was estimated,
     samples corrected by `corrections:`, and warnings (e.g. an offset past the last frame)."""
@@ -154,7 +154,7 @@ def dataset_info(d) -> Dict[str, object]:
                                                                            "warnings")}}
 
 
-def record_prepared(sweep: Sweep, datasets: Dict[str, object]) -> None:
+def record_prepared(sweep: Sweep, datasets: dict[str, object]) -> None:
     """Remember each prepared dataset's key, subjects and skipped samples beside the results store, so
     that `report` can rebuild tables where the datasets are not mounted (or their variables not set)."""
     path = sweep.paths.manifest
@@ -167,7 +167,8 @@ def record_prepared(sweep: Sweep, datasets: Dict[str, object]) -> None:
         json.dump(known, f, indent=1, sort_keys=True)
 
 
-def prepared_or_recorded(sweep: Sweep, trials: Sequence[TrialConfig], strict: bool = True) -> Dict[str, Optional[SimpleNamespace]]:
+def prepared_or_recorded(sweep: Sweep, trials: Sequence[TrialConfig],
+                         strict: bool = True) -> dict[str, SimpleNamespace | None]:
     """What `report` and `plan` need of each dataset the `trials` read (key, subjects, notes), without
     preprocessing: the cached prepared dataset, else what the last run recorded of it. Each value's
     `origin` says which ("prepared" or "recorded"). A dataset that is neither is a ConfigError, or maps
@@ -193,7 +194,7 @@ def prepared_or_recorded(sweep: Sweep, trials: Sequence[TrialConfig], strict: bo
     out.update({i: SimpleNamespace(**{**{k: [] for k in NOTES}, **known[i]}, origin="recorded")
                 for i in need if i in known})
     out.update({i: None for i in absent})
-    by_id = {i: (name, t) for t in trials for name, i in zip(t.reads, data_ids(t))}
+    by_id = {i: (name, t) for t in trials for name, i in zip(t.reads, data_ids(t), strict=False)}
     for i in sorted(need - set(absent)):
         if found.get(i, "unknown") is not None:
             continue  # the data is not at hand here: the recorded key is all there is
@@ -204,14 +205,15 @@ def prepared_or_recorded(sweep: Sweep, trials: Sequence[TrialConfig], strict: bo
             continue
         if now != out[i].key:
             out[i].current_key = now
-            logger.warning(f"note: the data of {i} here has the prepared-data key {now}, not the recorded {out[i].key}: "
+            logger.warning(f"note: the data of {i} here has the prepared-data key {now}, not the recorded "
+                           f"{out[i].key}: "
                  f"its coding sheet, frames, corrections or preprocessing model files differ from what the "
                  f"last run prepared (or this version keys them differently). The table shows the folds of "
                  f"the recorded key; `run` prepares the data as it is now and trains every fold of it.")
     return out
 
 
-def earlier_keys(sweep: Sweep) -> Dict[str, List[str]]:
+def earlier_keys(sweep: Sweep) -> dict[str, list[str]]:
     """data id -> prepared-data keys this workdir recorded for it before the current one (newest first):
     the folds stored under them were made from other data or preprocessing inputs."""
     known = _read_manifest(sweep.paths.manifest) if sweep.paths.manifest.is_file() else {}

@@ -20,12 +20,12 @@ from __future__ import annotations
 import datetime
 import fcntl
 import json
+import logging
 import os
 import socket
-import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 from orchestrator.errors import LockError
 
@@ -45,7 +45,7 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def _read(fd: int) -> Dict[str, Any]:
+def _read(fd: int) -> dict[str, Any]:
     try:
         text = os.pread(fd, 64 * 1024, 0).decode("utf-8", "replace").strip()
         doc = json.loads(text) if text else {}
@@ -54,7 +54,7 @@ def _read(fd: int) -> Dict[str, Any]:
         return {}
 
 
-def describe(holder: Dict[str, Any]) -> str:
+def describe(holder: dict[str, Any]) -> str:
     """`pid 123 on host since 2025-01-01 10:00:00+01:00 (sweeps/x.yaml)` from a lock file's contents."""
     if not holder.get("pid"):
         return "another process (it has not written its details yet)"
@@ -70,12 +70,12 @@ class WorkdirLock:
     """`with WorkdirLock(sweep.paths.lock, sweep_file):` holds the lock file (`<workdir>/run.lock`) or
     raises LockError."""
 
-    def __init__(self, path: Path, sweep: Optional[str] = None):
+    def __init__(self, path: Path, sweep: str | None = None):
         self.path = Path(path)
         self.sweep = sweep
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -113,7 +113,7 @@ class WorkdirLock:
         self._fd = fd
         return self
 
-    def _refusal(self, holder: Dict[str, Any]) -> str:
+    def _refusal(self, holder: dict[str, Any]) -> str:
         msg = (f"{self.path.parent}: another sweep is running in this workdir: {describe(holder)}. "
                f"Wait for it to finish, or give this sweep another workdir (`workdir:` in the sweep file).")
         pid = holder.get("pid")
@@ -133,7 +133,7 @@ class WorkdirLock:
             os.close(self._fd)  # releases the flock
             self._fd = None
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

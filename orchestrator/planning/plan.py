@@ -10,15 +10,15 @@ object; nothing after it expands the sweep again.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.planning.data import data_id, data_ids, dataset_info
 from orchestrator.planning.store import ResultsStore, fold_key
 from orchestrator.spec.resolved import Sweep
 from orchestrator.spec.schema import TrialConfig, stable_hash
-
 
 # The `subject` of a cross-dataset unit: it tests on every subject of its test dataset
 CROSS_SUBJECT = "all"
@@ -31,14 +31,14 @@ class Fold:
     trial: TrialConfig
     subject: str
     data_key: str
-    test_data_key: Optional[str] = None  # cross-dataset: the test dataset's prepared-data key
+    test_data_key: str | None = None  # cross-dataset: the test dataset's prepared-data key
 
     @property
     def key(self) -> str:
         return fold_key(self.trial.hash, self.subject, self.trial.seed, self.data_key, self.test_data_key)
 
     @property
-    def data_keys(self) -> List[str]:
+    def data_keys(self) -> list[str]:
         """The prepared-data keys of the datasets it reads, in `trial.reads` order."""
         return [self.data_key] + ([self.test_data_key] if self.test_data_key else [])
 
@@ -47,7 +47,7 @@ class Fold:
         """The (dataset, point, seed) it belongs to: one MLflow parent run and one table row."""
         return group_key(self.trial, self.data_key, self.test_data_key)
 
-    def meta(self) -> Dict[str, object]:
+    def meta(self) -> dict[str, object]:
         t = self.trial
         cross = {"train": t.train, "test": t.test, "test_data_key": self.test_data_key} if t.cross else {}
         return {"dataset": t.dataset, "reader": t.reader, "point": t.point, "point_label": t.point_label,
@@ -56,12 +56,12 @@ class Fold:
                 "aus": list(t.aus), **cross}
 
 
-def group_key(trial: TrialConfig, data_key: str, test_data_key: Optional[str] = None) -> str:
+def group_key(trial: TrialConfig, data_key: str, test_data_key: str | None = None) -> str:
     return stable_hash({"config": trial.hash, "data": data_key,
                         **({"test_data": test_data_key} if test_data_key else {})})
 
 
-def test_subjects(sweep: Sweep, dataset: str, available: Sequence[str]) -> List[str]:
+def test_subjects(sweep: Sweep, dataset: str, available: Sequence[str]) -> list[str]:
     """The test subjects to run for `dataset`: `subjects:` of the sweep file, else every subject.
 
     Training always uses all the other subjects of the prepared dataset, whatever `subjects:` says.
@@ -79,7 +79,7 @@ def test_subjects(sweep: Sweep, dataset: str, available: Sequence[str]) -> List[
     return list(wanted)
 
 
-def expand(sweep: Sweep, subjects: Dict[str, Sequence[str]], data_keys: Dict[str, str]) -> List[Fold]:
+def expand(sweep: Sweep, subjects: dict[str, Sequence[str]], data_keys: dict[str, str]) -> list[Fold]:
     """Every fold of the sweep, in a stable order (dataset, point, seed, subject).
 
     Both mappings are keyed by `orchestrator.planning.data.data_id(trial)` (a dataset under one preprocessing
@@ -117,27 +117,27 @@ class Plan:
     sweep: Sweep
     # data id -> the prepared dataset, or what the last run recorded of it (key, subjects, notes); None
     # when it is neither prepared here nor recorded (only `plan` builds such a plan)
-    datasets: Dict[str, Any]
-    folds: List[Fold]
-    stored: FrozenSet[str]  # keys of the folds the results store holds intact
+    datasets: dict[str, Any]
+    folds: list[Fold]
+    stored: frozenset[str]  # keys of the folds the results store holds intact
     store: ResultsStore
-    recorded: FrozenSet[str] = field(default_factory=frozenset)  # data ids known only from the record
+    recorded: frozenset[str] = field(default_factory=frozenset)  # data ids known only from the record
 
     @property
-    def trials(self) -> Tuple[TrialConfig, ...]:
+    def trials(self) -> tuple[TrialConfig, ...]:
         return self.sweep.trials
 
     @property
-    def todo(self) -> List[Fold]:
+    def todo(self) -> list[Fold]:
         """The folds to train, in sweep order."""
         return [f for f in self.folds if f.key not in self.stored]
 
-    def info(self) -> Dict[str, Dict[str, Any]]:
+    def info(self) -> dict[str, dict[str, Any]]:
         """data id -> what the sweep keeps of each known dataset (orchestrator.planning.data.dataset_info)."""
         return {i: dataset_info(d) for i, d in self.datasets.items() if d is not None}
 
 
-def make_plan(sweep: Sweep, datasets: Dict[str, Any], store: Optional[ResultsStore] = None,
+def make_plan(sweep: Sweep, datasets: dict[str, Any], store: ResultsStore | None = None,
               recorded: Sequence[str] = ()) -> Plan:
     """The plan of `sweep` over `datasets` (data id -> prepared dataset or its recorded info, None when
     unknown): every fold, and which are stored intact (a damaged record is set aside with a warning and

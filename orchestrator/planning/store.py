@@ -11,21 +11,22 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any
 
-from orchestrator.spec.schema import stable_hash
 from model.result import FoldResult
-from orchestrator.spec.resolved import Sweep
-from preprocessing.atomic import atomic_file
 from orchestrator.errors import ConfigError, StoreError
+from orchestrator.spec.resolved import Sweep
+from orchestrator.spec.schema import stable_hash
+from preprocessing.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 
 STORE_VERSION = 1
 
 
-def fold_key(config_hash: str, subject: str, seed: int, data_key: str, test_data_key: Optional[str] = None) -> str:
+def fold_key(config_hash: str, subject: str, seed: int, data_key: str, test_data_key: str | None = None) -> str:
     """The results-store key of one fold (a cross-dataset unit: also the test dataset's key)."""
     return stable_hash({"config": config_hash, "subject": str(subject), "seed": int(seed),
                         "data": data_key, "v": STORE_VERSION,
@@ -74,7 +75,7 @@ class ResultsStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self._results: Dict[str, Any] = {}  # key -> FoldResult, parsed once
+        self._results: dict[str, Any] = {}  # key -> FoldResult, parsed once
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.json"
@@ -86,7 +87,7 @@ class ResultsStore:
         """A StoreError now, before any fold trains, when finished folds could not be stored."""
         ensure_writable(self.root, "results folder", "finished folds could not be stored")
 
-    def put(self, key: str, result: Dict[str, Any], meta: Dict[str, Any]) -> Path:
+    def put(self, key: str, result: dict[str, Any], meta: dict[str, Any]) -> Path:
         record = {"key": key, "version": STORE_VERSION, "stored_at": time.time(), "meta": meta,
                   "result": result}
         path = self.path(key)
@@ -94,7 +95,7 @@ class ResultsStore:
         self._results.pop(key, None)
         return path
 
-    def get(self, key: str) -> Dict[str, Any]:
+    def get(self, key: str) -> dict[str, Any]:
         """The stored record, checked whole; a StoreError naming the file when it is unreadable."""
         path = self.path(key)
         try:

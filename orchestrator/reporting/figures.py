@@ -29,9 +29,10 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -73,8 +74,8 @@ class Planned:
     """One figure to draw: its file name (no extension), the groups (MLflow parents) it is logged on, the
     groups whose folds it reads, and how to draw it."""
     name: str
-    parents: List[str]
-    inputs: List[str]
+    parents: list[str]
+    inputs: list[str]
     draw: Callable[[], Any]
 
 
@@ -82,7 +83,7 @@ def complete(g) -> bool:
     return bool(g.folds) and g.done == len(g.folds)
 
 
-def plan_figures(state, au: Optional[int] = None, points: Optional[Sequence[int]] = None, dpi: int = DPI) -> List[Planned]:
+def plan_figures(state, au: int | None = None, points: Sequence[int] | None = None, dpi: int = DPI) -> list[Planned]:
     """Every figure of the sweep's complete points. au: the AU of Fig. 6 and 7 (default AU1 where the
     dataset has it, else its first AU); points: the point indices Fig. 6 (the first two) and Fig. 7
     (all) compare (default: the sweep's first points, up to 4)."""
@@ -95,12 +96,13 @@ def plan_figures(state, au: Optional[int] = None, points: Optional[Sequence[int]
     aus_seen = {int(a) for g in state.groups.values() for a in g.trial.aus}
     if au is not None and au not in aus_seen:
         raise ConfigError(f"{state.sweep.source}: --figure-au {au}: the sweep's AUs are {sorted(aus_seen)}")
-    out: List[Planned] = []
+    out: list[Planned] = []
     crops = _CropCache(state)
-    by_ds: Dict[Tuple[str, int], List[Any]] = {}
+    by_ds: dict[tuple[str, int], list[Any]] = {}
     for g in state.groups.values():
         if not complete(g):
-            logger.warning(f"note: figures: {_where(g)} has {g.done}/{len(g.folds)} folds; left out until the sweep has "
+            logger.warning(f"note: figures: {_where(g)} has {g.done}/{len(g.folds)} folds; left out until the "
+                           f"sweep has "
                  f"trained them all")
             continue
         by_ds.setdefault((g.trial.dataset, g.trial.seed), []).append(g)
@@ -145,7 +147,8 @@ def _draw_f1(state, groups, title: str, dpi: int):
 def _draw_similarity(state, groups, au: int, title: str, dpi: int):
     panels = similarity_panels(state, groups, au)
     if not panels:
-        logger.warning(f"note: figures: no test subject of {title} has both a positive and a negative sample of AU{au}; "
+        logger.warning(f"note: figures: no test subject of {title} has both a positive and a negative sample "
+                       f"of AU{au}; "
              f"no Fig. 6 (try another --figure-au)")
     return similarity_figure(panels, au, title, dpi=dpi)
 
@@ -157,7 +160,7 @@ def _draw_tsne(state, groups, au: int, title: str, dpi: int):
     return tsne_figure(panels, au, title, dpi=dpi)
 
 
-def _chosen_points(gs, points, dataset, seed) -> List[Any]:
+def _chosen_points(gs, points, dataset, seed) -> list[Any]:
     by_point = {g.trial.point: g for g in gs}
     if points is None:
         return [by_point[p] for p in sorted(by_point)][:MAX_TSNE_POINTS]
@@ -184,8 +187,8 @@ def digest(planned: Sequence[Planned], state) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_figures(state, out_dir, au: Optional[int] = None, points: Optional[Sequence[int]] = None, dpi: int = DPI,
-                  only: Optional[Sequence[Planned]] = None) -> List[str]:
+def write_figures(state, out_dir, au: int | None = None, points: Sequence[int] | None = None, dpi: int = DPI,
+                  only: Sequence[Planned] | None = None) -> list[str]:
     """Draw every figure (or `only` these, from plan_figures) as `<out_dir>/<name>.png` (atomic); the
     paths written, in plan order."""
     planned = plan_figures(state, au, points, dpi=dpi) if only is None else list(only)
@@ -226,15 +229,15 @@ class AttentionSample:
     tokens: np.ndarray  # (N_L,) patch token index of each weight (row-major in the grid)
     weights: np.ndarray  # (N_L,) PTA weights (sum to 1)
     landmarks: np.ndarray  # (68, 2) apex landmarks in the flow image's pixels
-    group: List[int]  # the AU's landmark indices (Table I or the sweep's landmark_groups)
-    grid: Tuple[int, int]  # patch grid (h, w)
-    image: Tuple[int, int]  # flow image (h0, w0)
-    w_d: Optional[np.ndarray]  # (A,) GDA weights, None without GDA
-    crop: Optional[np.ndarray] = None  # apex face crop RGB (h0, w0, 3), None when not at hand
+    group: list[int]  # the AU's landmark indices (Table I or the sweep's landmark_groups)
+    grid: tuple[int, int]  # patch grid (h, w)
+    image: tuple[int, int]  # flow image (h0, w0)
+    w_d: np.ndarray | None  # (A,) GDA weights, None without GDA
+    crop: np.ndarray | None = None  # apex face crop RGB (h0, w0, 3), None when not at hand
 
 
-def attention_samples(state, g, crops: Optional["_CropCache"] = None,
-                      per_au: int = PER_AU) -> List[AttentionSample]:
+def attention_samples(state, g, crops: _CropCache | None = None,
+                      per_au: int = PER_AU) -> list[AttentionSample]:
     """The samples of Fig. 5 for one (dataset, point, seed): per AU its `per_au` positives with the
     highest P(active) (its true positives first), each with its stored PTA weights, tokens, landmarks
     and W_d."""
@@ -322,8 +325,8 @@ def attention_figure(samples: Sequence[AttentionSample], aus: Sequence[int], tit
         ax.set_ylim(h0 - 0.5, -0.5)
         gh, gw = s.grid
         ch, cw = h0 / gh, w0 / gw
-        per_token: Dict[int, float] = {}
-        for t, w in zip(s.tokens.tolist(), s.weights.tolist()):
+        per_token: dict[int, float] = {}
+        for t, w in zip(s.tokens.tolist(), s.weights.tolist(), strict=False):
             per_token[int(t)] = per_token.get(int(t), 0.0) + float(w)  # two landmarks in one token: summed
         top = max(per_token.values()) or 1.0
         for t, w in per_token.items():
@@ -360,10 +363,10 @@ class _CropCache:
 
     def __init__(self, state):
         self.state = state
-        self.crops: Dict[Tuple[str, str], Tuple[np.ndarray, np.ndarray]] = {}
+        self.crops: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self.failed: set = set()
 
-    def get(self, g, sample_ids: Sequence[str]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    def get(self, g, sample_ids: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{sample id: (crop, its landmarks)} of the group's prepared dataset; {} when not at hand."""
 
         todo = [s for s in dict.fromkeys(sample_ids) if (g.data_id, s) not in self.crops]
@@ -385,7 +388,7 @@ class _CropCache:
                           f"its apex frames cannot be read here ({str(e).splitlines()[0]})")
         return {s: self.crops[(g.data_id, s)] for s in sample_ids if (g.data_id, s) in self.crops}
 
-    def checked(self, sample_id: str, found, landmarks: np.ndarray) -> Optional[np.ndarray]:
+    def checked(self, sample_id: str, found, landmarks: np.ndarray) -> np.ndarray | None:
         """The crop when its landmarks are within 1 px of those its fold was trained on, else None."""
         if found is None:
             return None
@@ -404,12 +407,12 @@ class _CropCache:
 class SimilarityPanel:
     label: str  # the point
     subject: str  # the test subject whose fold's model made the features
-    sample_ids: List[str]
-    labels: List[int]  # the AU's label per sample (1, 0, 1, 0, ...)
+    sample_ids: list[str]
+    labels: list[int]  # the AU's label per sample (1, 0, 1, 0, ...)
     matrix: np.ndarray  # (k, k) cosine similarity
 
 
-def similarity_panels(state, groups: Sequence[Any], au: int, per_class: int = PER_CLASS) -> List[SimilarityPanel]:
+def similarity_panels(state, groups: Sequence[Any], au: int, per_class: int = PER_CLASS) -> list[SimilarityPanel]:
     """One panel per point: `per_class` positive and negative samples of the AU, interleaved like the
     paper's {1, 0, 1, 0}, all of one test subject (so one model made their features: the subject with the
     most of both classes, the same subject and samples in every panel)."""
@@ -430,9 +433,9 @@ def similarity_panels(state, groups: Sequence[Any], au: int, per_class: int = PE
     y = r0.labels[:, j]
     pos = [i for i in range(len(y)) if y[i] == 1][:best_n]
     neg = [i for i in range(len(y)) if y[i] == 0][:best_n]
-    order = [i for pair in zip(pos, neg) for i in pair]
+    order = [i for pair in zip(pos, neg, strict=False) for i in pair]
     panels = []
-    for g, p in zip(groups, per_point):
+    for g, p in zip(groups, per_point, strict=False):
         r = p[best]
         idx = [r.sample_ids.index(r0.sample_ids[i]) for i in order]
         f = r.features[idx, j].astype(np.float64)
@@ -453,14 +456,14 @@ def similarity_figure(panels: Sequence[SimilarityPanel], au: int, title: str, dp
     lo = min(float(p.matrix.min()) for p in panels)
     vmin = min(lo, 0.0)
     im = None
-    for ax, p in zip(axes, panels):
+    for ax, p in zip(axes, panels, strict=False):
         im = ax.imshow(p.matrix, cmap="viridis", vmin=vmin, vmax=1.0)
         for a in range(k):
             for b in range(k):
                 v = p.matrix[a, b]
                 ax.text(b, a, f"{v:.2f}", ha="center", va="center", fontsize=7,
                         color="black" if v > vmin + 0.6 * (1 - vmin) else "white")
-        ticks = [f"{'+' if y else '-'} {s.split('/')[-1]}" for s, y in zip(p.sample_ids, p.labels)]
+        ticks = [f"{'+' if y else '-'} {s.split('/')[-1]}" for s, y in zip(p.sample_ids, p.labels, strict=False)]
         ax.set_xticks(range(k), ticks, rotation=35, ha="right", fontsize=6.5)
         ax.set_yticks(range(k), ticks, fontsize=6.5)
         ax.set_title(p.label, fontsize=8.5)
@@ -479,7 +482,7 @@ class TsnePanel:
     labels: np.ndarray  # (n,) the AU's label
 
 
-def tsne_panels(state, groups: Sequence[Any], au: int) -> List[TsnePanel]:
+def tsne_panels(state, groups: Sequence[Any], au: int) -> list[TsnePanel]:
     """Per point: t-SNE (scikit-learn, cosine metric, PCA init, seed 0) of the AU's final features of every test
     sample, pooled over the folds (each sample's features come from the model of the fold that tested
     it)."""
@@ -507,7 +510,7 @@ def tsne_figure(panels: Sequence[TsnePanel], au: int, title: str, dpi: int = DPI
         return None
     fig = _figure(0.4 + 2.9 * len(panels), 3.2, dpi)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, p in zip(axes, panels):
+    for ax, p in zip(axes, panels, strict=False):
         for value, colour, name in ((0, "tab:blue", "not active"), (1, "tab:red", "active")):
             m = p.labels == value
             ax.scatter(p.xy[m, 0], p.xy[m, 1], s=10, c=colour, alpha=0.75, lw=0, label=f"AU{au} {name} ({m.sum()})")
@@ -521,7 +524,7 @@ def tsne_figure(panels: Sequence[TsnePanel], au: int, title: str, dpi: int = DPI
 
 # ------------------------------------------------------------------------------------------------------
 # per-AU F1 with CIs, MER confusion, loss curves
-def _f1_rows(state, groups) -> List[Dict[str, Any]]:
+def _f1_rows(state, groups) -> list[dict[str, Any]]:
     from model.metrics import per_au_f1_ci
 
     rows = []
@@ -535,7 +538,7 @@ def _f1_rows(state, groups) -> List[Dict[str, Any]]:
     return rows
 
 
-def f1_figure(rows: Sequence[Dict[str, Any]], title: str, dpi: int = DPI):
+def f1_figure(rows: Sequence[dict[str, Any]], title: str, dpi: int = DPI):
     """Per AU a bar per point (pooled F1, 95% subject-bootstrap CI as error bars), then the mean over AUs
     (the paper's F1) with the table's CI."""
     if not rows:
@@ -548,8 +551,8 @@ def f1_figure(rows: Sequence[Dict[str, Any]], title: str, dpi: int = DPI):
     x = np.arange(len(aus) + 1)
     for k, r in enumerate(rows):
         vals = [r["f1"].get(a, np.nan) for a in aus] + [r["mean"] if r["mean"] is not None else np.nan]
-        cis = [r["ci"].get(a, [v, v]) for a, v in zip(aus, vals)] + [r["mean_ci"] or [vals[-1]] * 2]
-        err = np.array([[max(v - c[0], 0), max(c[1] - v, 0)] for v, c in zip(vals, cis)]).T
+        cis = [r["ci"].get(a, [v, v]) for a, v in zip(aus, vals, strict=False)] + [r["mean_ci"] or [vals[-1]] * 2]
+        err = np.array([[max(v - c[0], 0), max(c[1] - v, 0)] for v, c in zip(vals, cis, strict=False)]).T
         ax.bar(x - 0.4 + width * (k + 0.5), vals, width, yerr=err, capsize=2, label=r["label"],
                error_kw={"lw": 0.8})
     ax.set_xticks(x, [f"AU{a}" for a in aus] + ["mean"], fontsize=8)
@@ -562,7 +565,7 @@ def f1_figure(rows: Sequence[Dict[str, Any]], title: str, dpi: int = DPI):
     return fig
 
 
-def confusion_figure(results: Sequence[Any], title: str, pooled: Optional[Dict[str, Any]] = None,
+def confusion_figure(results: Sequence[Any], title: str, pooled: dict[str, Any] | None = None,
                      dpi: int = DPI):
     """Zero-shot MER confusion matrix (rows: true class, columns: predicted), pooled over the folds;
     counts written, colour the row's share. None when no sample has a MER class."""
@@ -608,7 +611,7 @@ def loss_figure(results: Sequence[Any], title: str, dpi: int = DPI):
 
     fig = _figure(2.4 * len(curves) + 0.3, 2.6, dpi)
     axes = fig.subplots(1, len(curves), squeeze=False)[0]
-    for ax, (term, c) in zip(axes, curves.items()):
+    for ax, (term, c) in zip(axes, curves.items(), strict=False):
         epochs = np.arange(1, c.shape[1] + 1)
         ax.fill_between(epochs, c.min(0), c.max(0), alpha=0.25, lw=0)
         ax.plot(epochs, c.mean(0), lw=1.2)

@@ -1,14 +1,15 @@
-"""Tables and exports of a sweep: the dry-run summary of its plan (`plan_document`), the rows of pooled metrics per (dataset, point, seed), the `--json`
-object, `<workdir>/reports/<sweep>.{csv,json}`, per-fold `predictions.csv`, and `report --compare`.
+"""Tables and exports of a sweep: the dry-run summary of its plan (`plan_document`), the rows of pooled
+metrics per (dataset, point, seed), the `--json` object, `<workdir>/reports/<sweep>.{csv,json}`, per-fold
+`predictions.csv`, and `report --compare`.
 
-They read a `SweepState` (orchestrator/execution/state.py), the live state of the sweep, and write nothing but the
-report files.
+They read a sweep's results (`SweepResults`, orchestrator/reporting/results.py: what the store holds, or
+the live state of a running sweep, which extends it) and write nothing but the report files.
 """
 from __future__ import annotations
 
 import io
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.planning.data import data_ids
@@ -21,7 +22,7 @@ from preprocessing.errors import MicroAUError
 _POOLED_KEYS = ("f1", "acc", "per_au", "ci", "mer", "text_si")
 
 
-def rows(state) -> List[Dict[str, Any]]:
+def rows(state) -> list[dict[str, Any]]:
     """The table of a `SweepState`: one dict per (dataset, point, seed), in sweep order. `paper`: per
     metric the paper reports for the point (sweep file `paper:`), {paper, measured, diff}; else None."""
     points = state.sweep.points
@@ -49,7 +50,7 @@ def rows(state) -> List[Dict[str, Any]]:
     return out
 
 
-def seed_summaries(state, table: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+def seed_summaries(state, table: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per (dataset, point) of a sweep with several seeds: mean ± sd over the seeds of the pooled metrics,
     and F1/ACC pooled over all seeds (model.metrics.seed_summary), over the seeds whose folds are all
     finished (`seeds_used`); `summary` is None while fewer than two are. `paper` compares the mean with
@@ -61,8 +62,8 @@ def seed_summaries(state, table: Optional[List[Dict[str, Any]]] = None) -> List[
         return []
     table = rows(state) if table is None else table
     points = state.sweep.points
-    by_point: Dict[tuple, List[Any]] = {}
-    for g, r in zip(state.groups.values(), table):
+    by_point: dict[tuple, list[Any]] = {}
+    for g, r in zip(state.groups.values(), table, strict=False):
         by_point.setdefault((g.trial.dataset, g.trial.point), []).append((g, r))
     out = []
     for (dataset, point), members in by_point.items():
@@ -84,24 +85,24 @@ def seed_summaries(state, table: Optional[List[Dict[str, Any]]] = None) -> List[
                     "paper": compare(means, numbers) if numbers else None})
     return out
 
-def data_notes(state) -> List[Dict[str, Any]]:
+def data_notes(state) -> list[dict[str, Any]]:
     """Per prepared dataset with something to say: {dataset, data_id, skipped, dropped_subjects,
     apex_estimated, corrected, warnings}."""
     out, seen = [], set()
     for g in state.groups.values():
-        for name, did in zip(g.trial.reads, data_ids(g.trial)):  # a cross-dataset pair reads two
+        for name, did in zip(g.trial.reads, data_ids(g.trial), strict=False):  # a cross-dataset pair reads two
             note = state.data_note(did)
             if note and did not in seen:
                 seen.add(did)
                 out.append({"dataset": name, "data_id": did, **note})
     return out
 
-def to_json(state, trained: int, reused: int) -> Dict[str, Any]:
+def to_json(state, trained: int, reused: int) -> dict[str, Any]:
     table = rows(state)
     return {"sweep": state.sweep.name, "trained_folds": trained, "reused_folds": reused,
             "points": table, "seed_summary": seed_summaries(state, table), "data_notes": data_notes(state)}
 
-def write_reports(state) -> Dict[str, str]:
+def write_reports(state) -> dict[str, str]:
     """`<workdir>/reports/<sweep>.csv` and `.json` (atomic)."""
     import pandas as pd
 
@@ -144,7 +145,7 @@ def predictions_csv(r) -> str:
     """Per test sample: id, subject, P(active), label and decision per AU, MER scores/label/prediction."""
     import pandas as pd
 
-    cols: Dict[str, Any] = {"sample_id": r.sample_ids, "subject": r.subjects}
+    cols: dict[str, Any] = {"sample_id": r.sample_ids, "subject": r.subjects}
     preds = r.preds
     for j, au in enumerate(r.aus):
         cols[f"prob_AU{au}"] = r.probs[:, j]
@@ -164,7 +165,7 @@ MIN_SUBJECTS = 5  # below this, a subject bootstrap says too little to tell two 
 ALPHA = 0.05
 
 
-def verdict(ci: List[float], p: float, subjects: int, a: str = "K", b: str = "L") -> Dict[str, str]:
+def verdict(ci: list[float], p: float, subjects: int, a: str = "K", b: str = "L") -> dict[str, str]:
     """The words under a paired difference: {code, text}. code: `too_few_subjects` (fewer than
     MIN_SUBJECTS test subjects: no claim either way), `inside_noise` (the 95% CI contains 0 or p >=
     0.05), `a_better` or `b_better`."""
@@ -182,7 +183,7 @@ def verdict(ci: List[float], p: float, subjects: int, a: str = "K", b: str = "L"
                     f"on these subjects"}
 
 
-def compare_points(state, a: int, b: int) -> List[Dict[str, Any]]:
+def compare_points(state, a: int, b: int) -> list[dict[str, Any]]:
     """Point a minus point b, per (dataset, seed): pooled F1 (and ACC) difference with a subject-bootstrap
     CI, the bootstrap p-value of the F1 difference and a verdict in words (`verdict`)."""
     from model.metrics import paired_difference
@@ -210,14 +211,14 @@ def compare_points(state, a: int, b: int) -> List[Dict[str, Any]]:
     return out
 
 
-def plan_document(plan, cpus: int, gpus: int) -> Dict[str, Any]:
+def plan_document(plan, cpus: int, gpus: int) -> dict[str, Any]:
     """What `microau-sweep plan` shows: datasets, points, seeds, folds total/stored/to train per (dataset,
     point, seed) and in all, resources, and a wall-time estimate from the stored folds' timings.
 
     cpus, gpus: what this machine offers Ray (the concurrent slots are what fits of `resources`)."""
     sweep = plan.sweep
     datasets = []
-    for name, did in ((n, i) for t in plan.trials for n, i in zip(t.reads, data_ids(t))):
+    for name, did in ((n, i) for t in plan.trials for n, i in zip(t.reads, data_ids(t), strict=False)):
         if any(d["data_id"] == did for d in datasets):
             continue
         d = plan.datasets.get(did)

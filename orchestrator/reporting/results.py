@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from orchestrator.planning.data import NOTES, data_id, data_ids, earlier_keys
 from orchestrator.planning.plan import Fold, Plan
@@ -27,11 +27,11 @@ class Group:
     key: str
     trial: TrialConfig
     data_key: str
-    folds: List[Fold]
-    parent_id: Optional[str] = None
+    folds: list[Fold]
+    parent_id: str | None = None
     running: set = field(default_factory=set)
-    failed: Dict[str, str] = field(default_factory=dict)  # subject -> error
-    pooled: Optional[Dict[str, Any]] = None
+    failed: dict[str, str] = field(default_factory=dict)  # subject -> error
+    pooled: dict[str, Any] | None = None
     done: int = 0
     dirty: bool = False  # its MLflow parent needs a final update at close()
     data_id: str = ""  # which prepared dataset it reads (orchestrator.planning.data.data_id)
@@ -49,7 +49,7 @@ class SweepResults:
         self.store = plan.store
         self.folds = {f.key: f for f in plan.folds}
         self.data = plan.info()
-        self.groups: Dict[str, Group] = {}
+        self.groups: dict[str, Group] = {}
         for f in plan.folds:
             g = self.groups.setdefault(f.group, Group(f.group, f.trial, f.data_key, [], data_id=data_id(f.trial)))
             g.folds.append(f)
@@ -60,10 +60,10 @@ class SweepResults:
     def result(self, key: str):
         return self.store.result(key)
 
-    def group_results(self, g: Group) -> List[Any]:
+    def group_results(self, g: Group) -> list[Any]:
         return [self.result(f.key) for f in g.folds if self.store.has(f.key)]
 
-    def pool(self, g: Group) -> List[Any]:
+    def pool(self, g: Group) -> list[Any]:
         """Pool the group's stored folds into `g.pooled`; returns its results."""
         from model.metrics import pooled_metrics  # heavy (sklearn, torch): when metrics are first needed
 
@@ -71,7 +71,7 @@ class SweepResults:
         g.pooled = pooled_metrics(results) if results else None
         return results
 
-    def note(self, g: Group) -> Dict[str, Any]:
+    def note(self, g: Group) -> dict[str, Any]:
         """What the reports list about the group's prepared datasets (orchestrator.planning.data.NOTES:
         skipped samples, dropped subjects, estimated apexes, corrections, warnings; a cross-dataset
         group's train and test datasets together); {} when there is nothing."""
@@ -79,23 +79,23 @@ class SweepResults:
         note = {k: [x for n in notes for x in n.get(k, [])] for k in NOTES}
         return note if any(note.values()) else {}
 
-    def data_note(self, data_id: str) -> Dict[str, Any]:
+    def data_note(self, data_id: str) -> dict[str, Any]:
         """The notes of one prepared dataset (see `note`); {} when there is nothing."""
         info = self.data.get(data_id) or {}
         note = {k: list(info.get(k) or []) for k in NOTES}
         return note if any(note.values()) else {}
 
     # -- output (orchestrator/reporting/report.py) ----------------------------------------------------
-    def rows(self) -> List[Dict[str, Any]]:
+    def rows(self) -> list[dict[str, Any]]:
         return report.rows(self)
 
-    def data_notes(self) -> List[Dict[str, Any]]:
+    def data_notes(self) -> list[dict[str, Any]]:
         return report.data_notes(self)
 
-    def to_json(self, trained: int, reused: int) -> Dict[str, Any]:
+    def to_json(self, trained: int, reused: int) -> dict[str, Any]:
         return report.to_json(self, trained, reused)
 
-    def write_reports(self) -> Dict[str, str]:
+    def write_reports(self) -> dict[str, str]:
         return report.write_reports(self)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from orchestrator.reporting.report import rows, seed_summaries
 from orchestrator.spec.paper import MEASURED
@@ -20,7 +20,7 @@ FORMATS = ("md", "latex", "csv", "json")
 _BASE = ("f1", "acc")
 
 
-def document(state, per_au: bool = False) -> Dict[str, Any]:
+def document(state, per_au: bool = False) -> dict[str, Any]:
     """The table as data: {sweep, datasets, metrics, paper_metrics, seeds, per_au, rows}; each row is
     {point, label, datasets: {name: {complete, folds, <metric>, <metric>_sd, <metric>_pooled, paper:
     {metric: value}, diff: {metric: measured - paper}, per_au: {AU: F1}, per_au_sd}}}. With one seed the
@@ -44,7 +44,7 @@ def document(state, per_au: bool = False) -> Dict[str, Any]:
             members = by.get((d, p.index), [])
             if not members:
                 continue
-            cell: Dict[str, Any] = {"complete": all(r["complete"] for r in members),
+            cell: dict[str, Any] = {"complete": all(r["complete"] for r in members),
                                     "folds": f"{sum(r['folds_done'] for r in members)}/"
                                              f"{sum(r['folds_total'] for r in members)}"}
             s = (summaries.get((d, p.index)) or {}).get("summary") if multi else None
@@ -75,7 +75,7 @@ def document(state, per_au: bool = False) -> Dict[str, Any]:
             "per_au": aus, "rows": out_rows}
 
 
-def _summary_stats(summary: Optional[Dict[str, Any]], metric: str) -> Dict[str, Any]:
+def _summary_stats(summary: dict[str, Any] | None, metric: str) -> dict[str, Any]:
     if not summary:
         return {}
     if metric == "mer_f1":
@@ -83,14 +83,14 @@ def _summary_stats(summary: Optional[Dict[str, Any]], metric: str) -> Dict[str, 
     return summary.get(metric) or {}
 
 
-def render(doc: Dict[str, Any], fmt: str) -> str:
+def render(doc: dict[str, Any], fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
     return {"md": markdown, "latex": latex, "csv": csv, "json": to_json}[fmt](doc)
 
 
 # -- columns ------------------------------------------------------------------------------------------------
-def _columns(doc: Dict[str, Any]) -> List[Dict[str, Any]]:
+def _columns(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The value columns, dataset by dataset: {dataset, key, heading, kind} with kind measured | paper |
     au."""
     cols = []
@@ -104,7 +104,7 @@ def _columns(doc: Dict[str, Any]) -> List[Dict[str, Any]]:
     return cols
 
 
-def _text(cell: Optional[Dict[str, Any]], col: Dict[str, Any], pm: str = "±") -> str:
+def _text(cell: dict[str, Any] | None, col: dict[str, Any], pm: str = "±") -> str:
     if cell is None:
         return "-"
     if col["kind"] == "paper":
@@ -119,12 +119,12 @@ def _text(cell: Optional[Dict[str, Any]], col: Dict[str, Any], pm: str = "±") -
     return f"{v:.3f}" if sd is None else f"{v:.3f} {pm} {sd:.3f}"
 
 
-def _label(row: Dict[str, Any]) -> str:
+def _label(row: dict[str, Any]) -> str:
     bad = [f"{d} {c['folds']} folds" for d, c in row["datasets"].items() if not c["complete"]]
     return row["label"] + (f" (incomplete: {', '.join(bad)})" if bad else "")
 
 
-def _notes(doc: Dict[str, Any]) -> List[str]:
+def _notes(doc: dict[str, Any]) -> list[str]:
     notes = []
     if doc["seed_statistic"]:
         notes.append(f"Seeds {', '.join(map(str, doc['seeds']))}: mean ± sample sd over the seeds whose folds "
@@ -136,7 +136,7 @@ def _notes(doc: Dict[str, Any]) -> List[str]:
 
 
 # -- formats ------------------------------------------------------------------------------------------------
-def markdown(doc: Dict[str, Any]) -> str:
+def markdown(doc: dict[str, Any]) -> str:
     cols = _columns(doc)
 
     def esc(s: str) -> str:
@@ -159,11 +159,11 @@ def latex_escape(s: str) -> str:
     return "".join(_LATEX.get(ch, ch) for ch in s)
 
 
-def latex(doc: Dict[str, Any]) -> str:
+def latex(doc: dict[str, Any]) -> str:
     """A booktabs tabular as the paper's tables: a header row of datasets spanning their columns, a row
     of metric names, one row per point."""
     cols = _columns(doc)
-    spans: List[List[Any]] = []
+    spans: list[list[Any]] = []
     for c in cols:
         if spans and spans[-1][0] == c["dataset"]:
             spans[-1][1] += 1
@@ -186,13 +186,13 @@ def latex(doc: Dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _flat(doc: Dict[str, Any]) -> List[Dict[str, Any]]:
+def _flat(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat dict per point: `<dataset>_<metric>` (and `_sd`, `_pooled` with several seeds,
     `_paper`, `_diff` where the paper gives it), `<dataset>_AU<n>_f1`, `<dataset>_complete`."""
     multi = bool(doc["seed_statistic"])
     out = []
     for r in doc["rows"]:
-        flat: Dict[str, Any] = {"point": r["point"], "label": r["label"]}
+        flat: dict[str, Any] = {"point": r["point"], "label": r["label"]}
         for d in doc["datasets"]:
             c = r["datasets"].get(d) or {}
             for m in doc["metrics"]:
@@ -212,7 +212,7 @@ def _flat(doc: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
-def csv(doc: Dict[str, Any]) -> str:
+def csv(doc: dict[str, Any]) -> str:
     import pandas as pd
 
     buf = io.StringIO()
@@ -220,5 +220,5 @@ def csv(doc: Dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def to_json(doc: Dict[str, Any]) -> str:
+def to_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=1) + "\n"

@@ -5,10 +5,11 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Protocol
+from typing import Any, Protocol
 
 from rich import box
-from rich.console import Console, Group as RGroup
+from rich.console import Console
+from rich.console import Group as RGroup
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -20,31 +21,31 @@ from orchestrator.spec.paper import MEASURED
 class LiveProgress(Protocol):
     """What the live views read of a running sweep (orchestrator.execution.state.SweepState provides it)."""
     sweep: Any
-    groups: Dict[str, Any]
-    folds: Dict[str, Any]
-    epochs: Dict[str, int]
-    errors: Dict[str, str]
-    listeners: List[Any]
+    groups: dict[str, Any]
+    folds: dict[str, Any]
+    epochs: dict[str, int]
+    errors: dict[str, str]
+    listeners: list[Any]
     trained: int
-    todo: List[str]
+    todo: list[str]
 
     def elapsed(self) -> float: ...
 
-    def remaining(self) -> Optional[float]: ...
+    def remaining(self) -> float | None: ...
 
 
-def _f(v: Optional[float], digits: int = 3) -> str:
+def _f(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def _duration(s: Optional[float]) -> str:
+def _duration(s: float | None) -> str:
     if s is None:
         return "?"
     s = int(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def ci_text(ci: Optional[Dict[str, Any]], name: str = "f1") -> str:
+def ci_text(ci: dict[str, Any] | None, name: str = "f1") -> str:
     """`[lo, hi]` of a pooled metric's subject-bootstrap CI (model.metrics: `ci[name] == [lo, hi]`)."""
     v = (ci or {}).get(name)
     return "-" if not v else f"[{v[0]:.3f}, {v[1]:.3f}]"
@@ -148,12 +149,12 @@ def log_view(out, heartbeat_s: float = 60.0):
     return lambda state: LogLines(state, out, heartbeat_s)()
 
 
-def _pm(stats: Optional[Dict[str, Any]]) -> str:
+def _pm(stats: dict[str, Any] | None) -> str:
     """`mean ± sd` of a seed summary's statistic (model.metrics.seed_summary)."""
     return "-" if not stats else f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
 
 
-def _with_summaries(rows: List[Dict[str, Any]], summaries: List[Dict[str, Any]]):
+def _with_summaries(rows: list[dict[str, Any]], summaries: list[dict[str, Any]]):
     """The rows in order, each point's seed summary (report.seed_summaries) right after its last seed:
     (kind, dict) with kind `seed` or `summary`."""
     last = {}
@@ -166,7 +167,7 @@ def _with_summaries(rows: List[Dict[str, Any]], summaries: List[Dict[str, Any]])
             yield "summary", after[i]
 
 
-def points_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
+def points_table(rows: list[dict[str, Any]], dataset: str) -> Table:
     """The final table of one dataset: F1, ACC (means over AUs), F1 CI, MER (UF1, UAR, ACC), TextSi
     (Table III; a column when some point has it)."""
     rows = [r for r in rows if r["dataset"] == dataset]
@@ -191,7 +192,7 @@ def points_table(rows: List[Dict[str, Any]], dataset: str) -> Table:
     return t
 
 
-def seeds_table(summaries: List[Dict[str, Any]], dataset: str) -> Optional[Table]:
+def seeds_table(summaries: list[dict[str, Any]], dataset: str) -> Table | None:
     """One row per point run with several seeds (report.seed_summaries): mean ± sd over its seeds of the
     pooled F1, ACC (and MER UF1, TextSi where there), and F1/ACC pooled over all seeds; None for a
     one-seed sweep."""
@@ -208,7 +209,7 @@ def seeds_table(summaries: List[Dict[str, Any]], dataset: str) -> Optional[Table
     for col in ["seeds", "F1 mean ± sd", "ACC mean ± sd", "F1 pooled", "ACC pooled"] + (
             ["MER UF1 mean ± sd"] if has_mer else []) + (["TextSi mean ± sd"] if has_si else []):
         t.add_column(col, justify="right", no_wrap=col != "seeds")
-    for x, s in zip(summaries, stats):
+    for x, s in zip(summaries, stats, strict=False):
         seeds = ",".join(map(str, x["seeds_used"])) + ("" if x["complete"] else
                                                        f" of {','.join(map(str, x['seeds']))}")
         cells = [str(x["point"]), x["label"], seeds, _pm(s.get("f1")), _pm(s.get("acc")),
@@ -219,8 +220,8 @@ def seeds_table(summaries: List[Dict[str, Any]], dataset: str) -> Optional[Table
     return t
 
 
-def paper_table(rows: List[Dict[str, Any]], dataset: str,
-                summaries: Optional[List[Dict[str, Any]]] = None) -> Optional[Table]:
+def paper_table(rows: list[dict[str, Any]], dataset: str,
+                summaries: list[dict[str, Any]] | None = None) -> Table | None:
     """Measured next to the paper's numbers (sweep file `paper:`), with the difference measured - paper,
     for the points of one dataset that have them; None when none has. A multi-seed point is compared by
     the mean over its seeds (one extra row)."""
@@ -254,13 +255,13 @@ def paper_table(rows: List[Dict[str, Any]], dataset: str,
     return t
 
 
-def per_au_table(rows: List[Dict[str, Any]], dataset: str,
-                 summaries: Optional[List[Dict[str, Any]]] = None) -> Table:
+def per_au_table(rows: list[dict[str, Any]], dataset: str,
+                 summaries: list[dict[str, Any]] | None = None) -> Table:
     """Per-AU pooled F1 of every (point, seed) of one dataset, and for a point with several seeds the mean
     and the sample sd over them (two rows)."""
     rows = [r for r in rows if r["dataset"] == dataset]
     summaries = [s for s in summaries or [] if s["dataset"] == dataset]
-    aus: List[str] = []
+    aus: list[str] = []
     for r in rows:
         for au in (r.get("per_au") or {}):
             if str(au) not in aus:
@@ -284,7 +285,7 @@ def per_au_table(rows: List[Dict[str, Any]], dataset: str,
     return t
 
 
-def _lookup(per_au: Dict[Any, Any], au: str) -> Dict[str, Any]:
+def _lookup(per_au: dict[Any, Any], au: str) -> dict[str, Any]:
     for k, v in per_au.items():
         if str(k) == au:
             return v or {}
@@ -300,10 +301,10 @@ def console(stderr: bool = False) -> Console:
     return c if c.is_terminal else Console(file=stream, width=max(c.width, 120))
 
 
-def print_report(console: Console, rows: List[Dict[str, Any]], trained: Optional[int] = None,
-                 reused: Optional[int] = None, paths: Optional[Dict[str, str]] = None,
-                 notes: Optional[List[Dict[str, Any]]] = None,
-                 summaries: Optional[List[Dict[str, Any]]] = None) -> None:
+def print_report(console: Console, rows: list[dict[str, Any]], trained: int | None = None,
+                 reused: int | None = None, paths: dict[str, str] | None = None,
+                 notes: list[dict[str, Any]] | None = None,
+                 summaries: list[dict[str, Any]] | None = None) -> None:
     """The tables of every dataset (with the seed summaries of report.seed_summaries and, where the
     sweep file gives the paper's numbers, measured vs paper), failed and incomplete points, and the notes
     on each prepared dataset (SweepState.data_notes: skipped samples, dropped subjects, estimated apexes,

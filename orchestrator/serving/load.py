@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 from model.inference import ModelPackageError
 from model.inference import load_model as load_package
@@ -12,7 +11,7 @@ from orchestrator.tracking.client import fluent_tracking_uri, quiet_model_io, re
 from preprocessing.errors import MicroAUError
 
 
-def load_model(path_or_uri: PathLike, device: str = "auto", tracking_uri: Optional[str] = None) -> Predictor:
+def load_model(path_or_uri: PathLike, device: str = "auto", tracking_uri: str | None = None) -> Predictor:
     """A model ready to predict: the package folder `microau-sweep train` printed (`<workdir>/models/<key>`),
     a folder holding an MLflow model of it (its `MLmodel` file), or an MLflow model URI (`runs:/<run id>/model`,
     `models:/<name>/<version>`, `models:/<model id>`) read from `tracking_uri` (default: MLflow's,
@@ -28,7 +27,7 @@ def load_model(path_or_uri: PathLike, device: str = "auto", tracking_uri: Option
                             f"train` printed (<workdir>/models/<key>) or a runs:/ or models:/ URI")
 
 
-def _load_mlflow(uri: str, device: str, tracking_uri: Optional[str]) -> Predictor:
+def _load_mlflow(uri: str, device: str, tracking_uri: str | None) -> Predictor:
     import mlflow  # heavy: only for a model read from MLflow, for start-up time
 
     from orchestrator.serving.pyfunc import MicroAUPythonModel  # imports mlflow.pyfunc: see above

@@ -23,15 +23,21 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from orchestrator.execution.trainable import prefix_for
 from orchestrator.planning.store import ensure_writable
 from orchestrator.serving import pyfunc
 from orchestrator.spec.resolved import Sweep
 from orchestrator.spec.schema import TrialConfig, stable_hash
-from orchestrator.tracking.client import (TAG_KIND, TAG_SWEEP, Tracker, bounded_calls, fluent_tracking_uri,
-                                          quiet_model_io)
+from orchestrator.tracking.client import (
+    TAG_KIND,
+    TAG_SWEEP,
+    Tracker,
+    bounded_calls,
+    fluent_tracking_uri,
+    quiet_model_io,
+)
 from orchestrator.tracking.version import code_version, mlflow_tags
 
 logger = logging.getLogger(__name__)
@@ -56,11 +62,11 @@ class TrainOutcome:
     key: str
     path: Path
     trained: bool  # False: the package was in the store already
-    info: Dict[str, Any]
-    mlflow: Dict[str, Any] = field(default_factory=dict)  # run_id, model_uri, logged, registered, error
+    info: dict[str, Any]
+    mlflow: dict[str, Any] = field(default_factory=dict)  # run_id, model_uri, logged, registered, error
 
 
-def stored_package(root: Path, key: str) -> Optional[Path]:
+def stored_package(root: Path, key: str) -> Path | None:
     """The intact package of `key` in the store, else None; a damaged one is moved to `damaged/` with a
     warning (it is trained again)."""
     from model.inference import ModelPackageError, check_package
@@ -82,7 +88,7 @@ def stored_package(root: Path, key: str) -> Optional[Path]:
         return None
 
 
-def training_info(sweep: Sweep, trial: TrialConfig, data, key: str) -> Dict[str, Any]:
+def training_info(sweep: Sweep, trial: TrialConfig, data, key: str) -> dict[str, Any]:
     """What the package records of its training (module docstring)."""
     return {
         "key": key,
@@ -130,7 +136,7 @@ def train_and_store(sweep: Sweep, trial: TrialConfig, data, on_epoch=None) -> Tr
 
 
 # -- MLflow ------------------------------------------------------------------------------------------
-def pip_requirements() -> List[str]:
+def pip_requirements() -> list[str]:
     """The environment an MLflow model of this tool needs: this package's own dependencies (the code is
     not copied into the model: load it where microau-sweep is installed)."""
     from importlib import metadata
@@ -142,8 +148,8 @@ def pip_requirements() -> List[str]:
     return [r for r in reqs if "extra ==" not in r]
 
 
-def log_model(sweep: Sweep, trial: TrialConfig, outcome: TrainOutcome, register: Optional[str] = None
-              ) -> Dict[str, Any]:
+def log_model(sweep: Sweep, trial: TrialConfig, outcome: TrainOutcome, register: str | None = None
+              ) -> dict[str, Any]:
     """Log the stored model to the sweep's MLflow experiment as a pyfunc model, once (found again by the
     tag `microau.model`); `register`: also register it under that name (a new version). Raises on any
     tracking failure (the caller warns: MLflow is a side channel)."""
@@ -154,7 +160,7 @@ def log_model(sweep: Sweep, trial: TrialConfig, outcome: TrainOutcome, register:
 
     tracker = Tracker(sweep)  # bounded first contact; creates the experiment where missing
     client = tracker.client
-    out: Dict[str, Any] = {"logged": False}
+    out: dict[str, Any] = {"logged": False}
     with bounded_calls(), fluent_tracking_uri(tracker.uri):
         runs = client.search_runs([tracker.experiment_id], f"tags.`{TAG_MODEL}` = '{outcome.key}'", max_results=5)
         done = [r for r in runs if r.data.tags.get(TAG_MODEL_URI)]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -20,8 +21,8 @@ from orchestrator.planning.data import expand_paths
 from preprocessing.config import PreprocessConfig
 from preprocessing.frames import ClipError, files_sample, folder_sample, preprocess_clips
 
-PathLike = Union[str, "os.PathLike[str]"]
-Frame = Union[PathLike, np.ndarray]
+PathLike = str | os.PathLike
+Frame = PathLike | np.ndarray
 
 
 class Predictor:
@@ -30,7 +31,7 @@ class Predictor:
     def __init__(self, model, source: str):
         self.model = model  # model.inference.AUModel
         self.source = source
-        self.info: Dict[str, Any] = model.info
+        self.info: dict[str, Any] = model.info
         try:
             cfg = PreprocessConfig.model_validate(self.info["preprocessing"])
         except Exception as e:  # noqa: BLE001 - a package from elsewhere
@@ -39,7 +40,7 @@ class Predictor:
         self.preprocessing = expand_paths(cfg, f"{source}: preprocessing")  # ${VAR} in model file paths
 
     @property
-    def aus(self) -> List[int]:
+    def aus(self) -> list[int]:
         return list(self.model.aus)
 
     @property
@@ -47,7 +48,7 @@ class Predictor:
         return str(self.info.get("trained_on", {}).get("reader") or self.info.get("config", {}).get("reader")
                    or "casme2")
 
-    def trained_on(self) -> Dict[str, Any]:
+    def trained_on(self) -> dict[str, Any]:
         """What the model was trained on and how (printed by `predict`): dataset, reader, prepared-data
         key, subjects, samples, sweep, point, seed, and the note that it has no held-out evaluation."""
         i = self.info
@@ -62,22 +63,22 @@ class Predictor:
         preds = self.model.predict(clips.flow, clips.landmarks, [s.id for s in clips.samples])
         return [record(preds, i, s) for i, s in enumerate(clips.samples)], clips
 
-    def predict_frames(self, onset: Frame, apex: Frame) -> Dict[str, Any]:
+    def predict_frames(self, onset: Frame, apex: Frame) -> dict[str, Any]:
         """One clip given by its onset and apex frames: image files, or RGB uint8 arrays (H, W, 3)."""
         with FramesAsFiles(onset, apex) as (a, b):
             return self.run([files_sample(a, b, reader=self.reader)])[0][0]
 
-    def predict_pairs(self, pairs: Sequence[Tuple[PathLike, PathLike]]) -> List[Dict[str, Any]]:
+    def predict_pairs(self, pairs: Sequence[tuple[PathLike, PathLike]]) -> list[dict[str, Any]]:
         """Clips given as (onset file, apex file) pairs, in one batch (the MLflow pyfunc model's input)."""
         samples = [files_sample(a, b, reader=self.reader, name=f"{i}") for i, (a, b) in enumerate(pairs)]
         return self.run(samples)[0]
 
-    def predict_clip(self, folder: PathLike, onset: int, apex: int) -> Dict[str, Any]:
+    def predict_clip(self, folder: PathLike, onset: int, apex: int) -> dict[str, Any]:
         """One clip given as frame numbers in a folder of numbered frames."""
         return self.run([folder_sample(folder, onset, apex, reader=self.reader)])[0][0]
 
 
-def record(preds, i: int, sample) -> Dict[str, Any]:
+def record(preds, i: int, sample) -> dict[str, Any]:
     """Clip `i` of `Predictions` as a plain dict: id, frames, P(active) and decision per AU, the zero-shot
     MER class (Eq. 13), its scores per class and the label text that decided it."""
     aus = [f"AU{a}" for a in preds.aus]
@@ -97,7 +98,7 @@ def record(preds, i: int, sample) -> Dict[str, Any]:
     return out
 
 
-def flat(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def flat(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Records as flat rows (CSV, the pyfunc model's output): prob_AU1 ..., pred_AU1 ..., mer_score_<class>
     ..., mer_pred, as the results store's predictions.csv names them."""
     rows = []
@@ -118,9 +119,9 @@ class FramesAsFiles:
 
     def __init__(self, *frames: Frame):
         self.frames = frames
-        self.tmp: Optional[tempfile.TemporaryDirectory] = None
+        self.tmp: tempfile.TemporaryDirectory | None = None
 
-    def __enter__(self) -> List[str]:
+    def __enter__(self) -> list[str]:
         out = []
         for i, f in enumerate(self.frames):
             if isinstance(f, np.ndarray):

@@ -9,7 +9,7 @@ MER class and `mer_pred` (Eq. 13), the columns of `predict --out`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import mlflow.pyfunc
 import pandas as pd
@@ -30,7 +30,8 @@ class MicroAUPythonModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)
-        records = self.predictor.predict_pairs(list(zip(frame["onset"].astype(str), frame["apex"].astype(str))))
+        pairs = zip(frame["onset"].astype(str), frame["apex"].astype(str), strict=True)  # columns of one frame
+        records = self.predictor.predict_pairs(list(pairs))
         return pd.DataFrame(flat(records), columns=output_columns(self.predictor.aus, self.predictor.model.mer_classes))
 
 

@@ -15,7 +15,7 @@ values' together; two of them giving the same dataset and metric is an error.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -26,10 +26,10 @@ class PaperMetrics(BaseModel):
     """What a paper table reports for one point on one dataset."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    f1: Optional[float] = Field(None, ge=0, le=1)  # AU detection F1, mean over AUs (Tables II-IX)
-    acc: Optional[float] = Field(None, ge=0, le=1)  # AU detection accuracy, mean over AUs (Tables II-VIII)
-    text_si: Optional[float] = Field(None, ge=-1, le=1)  # Table III TextSi, a cosine similarity
-    mer_f1: Optional[float] = Field(None, ge=0, le=1)  # Table X "F1" of zero-shot MER (compared with UF1)
+    f1: float | None = Field(None, ge=0, le=1)  # AU detection F1, mean over AUs (Tables II-IX)
+    acc: float | None = Field(None, ge=0, le=1)  # AU detection accuracy, mean over AUs (Tables II-VIII)
+    text_si: float | None = Field(None, ge=-1, le=1)  # Table III TextSi, a cosine similarity
+    mer_f1: float | None = Field(None, ge=0, le=1)  # Table X "F1" of zero-shot MER (compared with UF1)
 
 
 # paper key -> (heading, how to read the measured value from a report row)
@@ -40,10 +40,10 @@ MEASURED = {
     "mer_f1": ("MER F1 (UF1)", lambda r: (r.get("mer") or {}).get("uf1")),
 }
 METRICS = tuple(PaperMetrics.model_fields)
-_ADAPTER = TypeAdapter(Dict[str, PaperMetrics])
+_ADAPTER = TypeAdapter(dict[str, PaperMetrics])
 
 
-def parse(value: Any, where: str, datasets, source: Optional[str]) -> Dict[str, Dict[str, float]]:
+def parse(value: Any, where: str, datasets, source: str | None) -> dict[str, dict[str, float]]:
     """`paper:` mapping -> {dataset: {metric: value}} (metrics not given are left out). `where` is the
     dotted key of the mapping in the file (`variants.full.paper`), named by every error."""
     if value is None:
@@ -71,7 +71,7 @@ def parse(value: Any, where: str, datasets, source: Optional[str]) -> Dict[str, 
     return {d: m.model_dump(exclude_none=True) for d, m in parsed.items() if m.model_dump(exclude_none=True)}
 
 
-def split_grid_value(value: Any, where: str, datasets, source: Optional[str]) -> Tuple[Any, Dict]:
+def split_grid_value(value: Any, where: str, datasets, source: str | None) -> tuple[Any, dict]:
     """A grid value as written -> (the value, its paper numbers). `{value: V, paper: {...}}` (exactly
     these keys, `paper` optional) carries numbers; anything else is a plain value."""
     if isinstance(value, dict) and "value" in value and set(value) <= {"value", "paper"}:
@@ -79,11 +79,11 @@ def split_grid_value(value: Any, where: str, datasets, source: Optional[str]) ->
     return value, {}
 
 
-def merge(parts: List[Tuple[str, Dict[str, Dict[str, float]]]], label: str, source: Optional[str]) -> Dict:
+def merge(parts: list[tuple[str, dict[str, dict[str, float]]]], label: str, source: str | None) -> dict:
     """A point's numbers from its variant's and grid values' ((where, numbers) each); the same dataset
     and metric from two of them is an error naming both."""
-    out: Dict[str, Dict[str, float]] = {}
-    origin: Dict[Tuple[str, str], str] = {}
+    out: dict[str, dict[str, float]] = {}
+    origin: dict[tuple[str, str], str] = {}
     for where, numbers in parts:
         for dataset, metrics in numbers.items():
             for metric, v in metrics.items():
@@ -95,7 +95,7 @@ def merge(parts: List[Tuple[str, Dict[str, Dict[str, float]]]], label: str, sour
     return out
 
 
-def compare(row: Dict[str, Any], paper: Dict[str, float]) -> Dict[str, Dict[str, Optional[float]]]:
+def compare(row: dict[str, Any], paper: dict[str, float]) -> dict[str, dict[str, float | None]]:
     """{metric: {paper, measured, diff}} for each metric the paper gives; diff = measured - paper, None
     where this tool has no measured value (yet)."""
     out = {}

@@ -13,14 +13,23 @@ machine keeps its data never changes which folds are stored.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Union
 
 from orchestrator.errors import ConfigError
-from orchestrator.spec.schema import (CrossDatasetSpec, DatasetSpec, Point, ResourcesSpec, SweepSpec, TrialConfig,
-                                      expand_env, read_sweep_file)
+from orchestrator.spec.schema import (
+    CrossDatasetSpec,
+    DatasetSpec,
+    Point,
+    ResourcesSpec,
+    SweepSpec,
+    TrialConfig,
+    expand_env,
+    read_sweep_file,
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class SweepPaths:
     mlartifacts: Path  # its artifacts
 
     @classmethod
-    def under(cls, workdir: Path) -> "SweepPaths":
+    def under(cls, workdir: Path) -> SweepPaths:
         return cls(workdir=workdir, cache=workdir / "cache", results=workdir / "results",
                    reports=workdir / "reports", logs=workdir / "logs", ray=workdir / "ray",
                    ray_results=workdir / "ray_results", models=workdir / "models",
@@ -75,7 +84,7 @@ class ResolvedDataset:
     spec: DatasetSpec
     where: str  # "<file>: datasets.<name>", for messages
     _root: _Expanded
-    _sheet: Optional[_Expanded]
+    _sheet: _Expanded | None
 
     @property
     def root(self) -> Path:
@@ -83,7 +92,7 @@ class ResolvedDataset:
         return self._root.raise_() if isinstance(self._root, _Unset) else self._root
 
     @property
-    def sheet(self) -> Optional[Path]:
+    def sheet(self) -> Path | None:
         """The coding sheet when the file names one (`sheet:`), else None (the reader finds it)."""
         if self._sheet is None:
             return None
@@ -94,10 +103,10 @@ class ResolvedDataset:
         return self.spec.reader
 
     @property
-    def subjects(self) -> Optional[List[str]]:
+    def subjects(self) -> list[str] | None:
         return self.spec.subjects
 
-    def au_list(self) -> List[int]:
+    def au_list(self) -> list[int]:
         return self.spec.au_list()
 
 
@@ -107,11 +116,11 @@ class Sweep:
     path and name a command uses, expanded once."""
     spec: SweepSpec
     paths: SweepPaths
-    trials: Tuple[TrialConfig, ...]
-    points: Tuple[Point, ...]
+    trials: tuple[TrialConfig, ...]
+    points: tuple[Point, ...]
     datasets: Mapping[str, ResolvedDataset]
     experiment: str  # the MLflow experiment
-    _tracking_uri: Union[str, _Unset] = field(repr=False)
+    _tracking_uri: str | _Unset = field(repr=False)
 
     # -- what the file says ---------------------------------------------------------------------------
     @property
@@ -119,12 +128,12 @@ class Sweep:
         return self.spec.name
 
     @property
-    def source(self) -> Optional[str]:
+    def source(self) -> str | None:
         """The file it was read from (for messages)."""
         return self.spec.source
 
     @property
-    def seeds(self) -> List[int]:
+    def seeds(self) -> list[int]:
         return list(self.spec.seeds)
 
     @property
@@ -136,11 +145,11 @@ class Sweep:
         return self.spec.retries
 
     @property
-    def max_concurrent(self) -> Optional[int]:
+    def max_concurrent(self) -> int | None:
         return self.spec.max_concurrent
 
     @property
-    def cross_dataset(self) -> Optional[CrossDatasetSpec]:
+    def cross_dataset(self) -> CrossDatasetSpec | None:
         return self.spec.cross_dataset
 
     @property
@@ -150,7 +159,7 @@ class Sweep:
         return self._tracking_uri.raise_() if isinstance(self._tracking_uri, _Unset) else self._tracking_uri
 
     # -- its trials -----------------------------------------------------------------------------------
-    def trials_of(self, dataset: str) -> List[TrialConfig]:
+    def trials_of(self, dataset: str) -> list[TrialConfig]:
         """The trials of one dataset (a cross-dataset sweep: of one pair, `train->test`)."""
         names = [p.label for p in self.cross_dataset.pairs] if self.cross_dataset else list(self.datasets)
         if dataset not in names:
@@ -166,12 +175,12 @@ class Sweep:
         raise ConfigError(f"{self.source}: no point {point} with seed {seed} (points 0..{len(self.points) - 1}, "
                           f"seeds {self.seeds})")
 
-    def with_tracking_uri(self, uri: Optional[str]) -> "Sweep":
+    def with_tracking_uri(self, uri: str | None) -> Sweep:
         """The same sweep tracked at `uri` (the command line's `--tracking-uri`); unchanged for None."""
         return self if not uri else replace(self, _tracking_uri=uri)
 
 
-def resolve(spec: SweepSpec, tracking_uri: Optional[str] = None) -> Sweep:
+def resolve(spec: SweepSpec, tracking_uri: str | None = None) -> Sweep:
     """The resolved sweep of a validated file: its trials expanded (every point validated now, not when its
     trial starts) and its paths expanded once."""
     src = spec.source
@@ -188,7 +197,7 @@ def resolve(spec: SweepSpec, tracking_uri: Optional[str] = None) -> Sweep:
                                       else None)
                 for name, ds in spec.datasets.items()}
     if tracking_uri:
-        uri: Union[str, _Unset] = tracking_uri
+        uri: str | _Unset = tracking_uri
     elif spec.tracking.uri:
         try:
             uri = expand_env(spec.tracking.uri, f"{src}: tracking.uri")
@@ -201,8 +210,8 @@ def resolve(spec: SweepSpec, tracking_uri: Optional[str] = None) -> Sweep:
                  _tracking_uri=uri)
 
 
-def load_sweep(path: Union[str, "os.PathLike[str]"], overrides: Sequence[str] = (),
-               tracking_uri: Optional[str] = None) -> Sweep:
+def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = (),
+               tracking_uri: str | None = None) -> Sweep:
     """Read, validate and resolve a sweep file with `--set KEY=VALUE` overrides applied first (the
     effective config is what is validated, hashed and stored); every error names the file and the key."""
     return resolve(read_sweep_file(path, overrides), tracking_uri=tracking_uri)

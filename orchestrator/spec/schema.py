@@ -14,16 +14,17 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from model.config import ModelConfig, TrainConfig, check_aus, with_dataset_defaults
-from preprocessing.config import PreprocessConfig
 from orchestrator.errors import ConfigError
 from orchestrator.spec import paper
+from preprocessing.config import PreprocessConfig
 
 SECTIONS = ("preprocessing", "model", "training")
 _SECTION_MODELS = {"preprocessing": PreprocessConfig, "model": ModelConfig, "training": TrainConfig}
@@ -62,16 +63,16 @@ class SynthSpec(_Strict):
 class DatasetSpec(_Strict):
     reader: Literal["casme2", "samm"]
     root: str  # `${ENV}` expanded when the dataset is prepared
-    sheet: Optional[str] = None  # coding sheet, when `root` is the frames folder itself
-    aus: Optional[List[int]] = None  # None: the paper's AUs for the reader
-    subjects: Optional[List[str]] = None  # test subjects to run (folds); None: every subject
-    overrides: Dict[str, Any] = Field(default_factory=dict)  # dotted keys for this dataset only
-    synthetic: Optional[SynthSpec] = None
+    sheet: str | None = None  # coding sheet, when `root` is the frames folder itself
+    aus: list[int] | None = None  # None: the paper's AUs for the reader
+    subjects: list[str] | None = None  # test subjects to run (folds); None: every subject
+    overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys for this dataset only
+    synthetic: SynthSpec | None = None
     on_error: Literal["stop", "skip"] = "stop"
     # Fixes of coding-sheet rows without editing the licensed sheet: {sample id: {onset?, apex?, offset?,
     # aus?}}, e.g. {'006/006_1_2': {aus: '14'}}. A plain dict for the data layer (preprocessing.corrections
     # checks it here and applies it); part of the prepared-data key.
-    corrections: Dict[str, Dict[str, Any]] = Field(default_factory=dict)
+    corrections: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("subjects", mode="before")
     @classmethod
@@ -89,14 +90,14 @@ class DatasetSpec(_Strict):
     def _aus_distinct(cls, v):
         return _check_au_list(v, "the paper's AUs")
 
-    def au_list(self) -> List[int]:
+    def au_list(self) -> list[int]:
         """The AUs this dataset evaluates: its `aus`, else the paper's for its reader."""
         from preprocessing.annotations import DEFAULT_AUS  # dataset knowledge lives in preprocessing
 
         return list(self.aus) if self.aus else list(DEFAULT_AUS[self.reader])
 
 
-def _check_au_list(v: Optional[List[int]], default: str) -> Optional[List[int]]:
+def _check_au_list(v: list[int] | None, default: str) -> list[int] | None:
     if v is not None:
         if not v:
             raise ValueError(f"give at least one AU, or remove the key for {default}")
@@ -117,8 +118,8 @@ class CrossPair(_Strict):
 class CrossDatasetSpec(_Strict):
     """The cross-dataset protocol (docs/protocol.md): per pair, train on every sample of `train` and test
     on every sample of `test`, on AUs both datasets evaluate."""
-    pairs: List[CrossPair] = Field(min_length=1)
-    aus: Optional[List[int]] = None  # None: the AUs of both datasets' lists (e.g. CASME II, SAMM: 2, 4, 7, 12)
+    pairs: list[CrossPair] = Field(min_length=1)
+    aus: list[int] | None = None  # None: the AUs of both datasets' lists (e.g. CASME II, SAMM: 2, 4, 7, 12)
 
     @field_validator("aus")
     @classmethod
@@ -132,27 +133,27 @@ class ResourcesSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    uri: Optional[str] = None  # None: sqlite:///<workdir>/mlflow.db
-    experiment: Optional[str] = None  # None: the sweep's name
+    uri: str | None = None  # None: sqlite:///<workdir>/mlflow.db
+    experiment: str | None = None  # None: the sweep's name
 
 
 class SweepSpec(_Strict):
     name: str  # names the report files and the MLflow experiment
     workdir: str = ".microau"  # cache, results store, reports and the default MLflow store
-    datasets: Dict[str, DatasetSpec]
-    preprocessing: Dict[str, Any] = Field(default_factory=dict)
-    model: Dict[str, Any] = Field(default_factory=dict)
-    training: Dict[str, Any] = Field(default_factory=dict)
-    grid: Dict[str, List[Any]] = Field(default_factory=dict)
-    variants: Dict[str, Dict[str, Any]] = Field(default_factory=dict)
-    seeds: List[int] = Field(default_factory=lambda: [1], min_length=1)
+    datasets: dict[str, DatasetSpec]
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [1], min_length=1)
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
     retries: int = Field(2, ge=0)  # Ray Tune max_failures per trial
-    max_concurrent: Optional[int] = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
     # Present: the cross-dataset protocol (one unit per pair, point and seed) instead of LOSO
-    cross_dataset: Optional[CrossDatasetSpec] = None
-    source: Optional[str] = Field(None, exclude=True)  # the file it was read from (for messages)
+    cross_dataset: CrossDatasetSpec | None = None
+    source: str | None = Field(None, exclude=True)  # the file it was read from (for messages)
 
     @field_validator("name")
     @classmethod
@@ -177,7 +178,7 @@ class SweepSpec(_Strict):
             raise ValueError(f"seed(s) {twice} listed more than once; list each seed once")
         return v
 
-    def points(self) -> List["Point"]:
+    def points(self) -> list[Point]:
         """Grid points: every variant (or none) crossed with the product of the grid's values. A variant's
         `paper:` key and a grid value written `{value: V, paper: {...}}` give the paper's numbers of the
         point (orchestrator/spec/paper.py); they are not config and never reach a trial's params or hash."""
@@ -191,14 +192,14 @@ class SweepSpec(_Strict):
         out = []
         for vname, vparams, vpaper in variants:
             for combo in itertools.product(*values):
-                grid = {k: v for k, (v, _) in zip(keys, combo)}
+                grid = {k: v for k, (v, _) in zip(keys, combo, strict=False)}
                 point = Point(index=len(out), variant=vname, params={**vparams, **grid}, grid=grid)
                 parts = [(f"variants.{vname}.paper", vpaper)] + [
-                    (f"grid.{k} value {v!r}", numbers) for k, (v, numbers) in zip(keys, combo)]
+                    (f"grid.{k} value {v!r}", numbers) for k, (v, numbers) in zip(keys, combo, strict=False)]
                 out.append(point.model_copy(update={"paper": paper.merge(parts, point.label, src)}))
         return out
 
-    def expand(self) -> List["TrialConfig"]:
+    def expand(self) -> list[TrialConfig]:
         """Resolved configs, one per (dataset, point, seed) in sweep order (per (pair, point, seed) under the
         cross-dataset protocol); every point of every dataset is validated here. `load_sweep` calls it once
         and keeps the result in the resolved sweep (orchestrator/spec/resolved.py)."""
@@ -209,7 +210,7 @@ class SweepSpec(_Strict):
                     for p in points for s in self.seeds]
         return [self.resolve(n, p, s) for n in self.datasets for p in points for s in self.seeds]
 
-    def cross_aus(self) -> List[int]:
+    def cross_aus(self) -> list[int]:
         """The AUs of the cross-dataset protocol, with its pairs checked: `cross_dataset.aus`, each one in
         the AU list of every dataset of a pair, else the AUs all those lists share (in the first's order)."""
         cross, where = self.cross_dataset, f"{self.source}: cross_dataset"
@@ -252,8 +253,8 @@ class SweepSpec(_Strict):
                                   f"evaluates (here {shared}), or add them to datasets.{name}.aus")
         return list(cross.aus)
 
-    def resolve(self, dataset: str, point: "Point", seed: int, test: Optional[str] = None,
-                aus: Optional[List[int]] = None) -> "TrialConfig":
+    def resolve(self, dataset: str, point: Point, seed: int, test: str | None = None,
+                aus: list[int] | None = None) -> TrialConfig:
         """The config of (dataset, point, seed); with `test`, of the cross-dataset unit that trains on
         `dataset` (its overrides and its reader's alpha/beta) and tests on `test`, on `aus`."""
         ds = self.datasets[dataset]
@@ -285,10 +286,10 @@ class SweepSpec(_Strict):
 
 class Point(BaseModel):
     index: int
-    variant: Optional[str]
-    params: Dict[str, Any]  # every dotted key the point sets (variant's and grid's)
-    grid: Dict[str, Any]  # the grid's part alone
-    paper: Dict[str, Dict[str, float]] = {}  # the paper's numbers, {dataset: {metric: value}}; not config
+    variant: str | None
+    params: dict[str, Any]  # every dotted key the point sets (variant's and grid's)
+    grid: dict[str, Any]  # the grid's part alone
+    paper: dict[str, dict[str, float]] = {}  # the paper's numbers, {dataset: {metric: value}}; not config
 
     @property
     def label(self) -> str:
@@ -301,30 +302,30 @@ class TrialConfig(_Strict):
     cross-dataset protocol, one per (pair, point, seed): `dataset` is the pair's label `train->test`."""
     dataset: str
     reader: str  # of the dataset trained on
-    aus: List[int]
+    aus: list[int]
     point: int
     point_label: str
-    variant: Optional[str]
-    params: Dict[str, Any]
+    variant: str | None
+    params: dict[str, Any]
     seed: int
     preprocessing: PreprocessConfig
     model: ModelConfig
     training: TrainConfig
     # cross-dataset protocol only: the datasets (names in `datasets`) trained and tested on
-    train: Optional[str] = None
-    test: Optional[str] = None
-    test_reader: Optional[str] = None
+    train: str | None = None
+    test: str | None = None
+    test_reader: str | None = None
 
     @property
     def cross(self) -> bool:
         return self.test is not None
 
     @property
-    def reads(self) -> List[str]:
+    def reads(self) -> list[str]:
         """The datasets (names in `datasets`) it reads, the one it trains on first."""
         return [self.train, self.test] if self.cross else [self.dataset]
 
-    def scientific(self) -> Dict[str, Any]:
+    def scientific(self) -> dict[str, Any]:
         """The part that determines the result (names and labels excluded)."""
         out = {"reader": self.reader, "aus": self.aus, "seed": self.seed,
                "preprocessing": self.preprocessing.model_dump(mode="json"),
@@ -338,7 +339,7 @@ class TrialConfig(_Strict):
     def hash(self) -> str:
         return stable_hash(self.scientific())
 
-    def flat_params(self) -> Dict[str, Any]:
+    def flat_params(self) -> dict[str, Any]:
         """`section.key` -> value, for MLflow params."""
         out = {"dataset": self.dataset, "reader": self.reader, "aus": ",".join(map(str, self.aus)),
                "seed": self.seed, "point": self.point_label}
@@ -348,11 +349,11 @@ class TrialConfig(_Strict):
             out.update(_flatten(getattr(self, section).model_dump(mode="json"), section))
         return out
 
-    def with_training(self, **update) -> "TrialConfig":
+    def with_training(self, **update) -> TrialConfig:
         return self.model_copy(update={"training": self.training.model_copy(update=update)})
 
 
-def _training_for_hash(train: TrainConfig) -> Dict[str, Any]:
+def _training_for_hash(train: TrainConfig) -> dict[str, Any]:
     # Where it runs and with how many threads does not change what it computes. `precision: auto` follows
     # the device as `device: auto` does (bf16 on CUDA, fp32 elsewhere, within the tolerance docs/model.md
     # states), so it is left out too, and folds stored before the field existed keep their key; a
@@ -366,7 +367,7 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _flatten(d: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+def _flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         key = f"{prefix}.{k}"
@@ -377,7 +378,7 @@ def _flatten(d: Dict[str, Any], prefix: str) -> Dict[str, Any]:
     return out
 
 
-def _set_dotted(tree: Dict[str, Any], key: str, value: Any, where: str) -> None:
+def _set_dotted(tree: dict[str, Any], key: str, value: Any, where: str) -> None:
     parts = key.split(".")
     if parts[0] not in SECTIONS or len(parts) < 2:
         raise ConfigError(f"{where}: key {key!r} must start with one of {', '.join(SECTIONS)} "
@@ -413,7 +414,7 @@ def _format_errors(e: ValidationError, source: str, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str], source: str) -> Dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
     """`KEY=VALUE` items (the command line's `--set`) applied to a sweep file's mapping: KEY is dotted
     (`training.epochs`, `datasets.casme2.root`, `seeds`), VALUE is read as YAML (`2`, `[1, 2]`,
     `false`, `{cpu: 1}`). Section keys are checked against their schema here, so a typo is named with

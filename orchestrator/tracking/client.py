@@ -18,8 +18,9 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any
 
 from orchestrator.spec.resolved import Sweep
 from orchestrator.spec.schema import TrialConfig
@@ -40,14 +41,14 @@ _PARENT_ID = "mlflow.parentRunId"
 _NOT_METRICS = {"aus", "folds", "level", "n_boot", "seed", "unit", "note"}
 
 
-def flat_metrics(pooled: Dict[str, Any], prefix: str = "") -> Dict[str, float]:
+def flat_metrics(pooled: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Pooled-metrics dict -> flat MLflow metric names: `f1`, `acc`, `f1_AU1`, `acc_AU1`, `ci_f1_low`,
     `mer_uf1`, `mer_ci_uf1_high`, `per_fold_f1_mean_of_folds`, ...
 
     The names depend only on the AU list, so every parent of a dataset carries the same names and the
     MLflow UI compares them side by side.
     """
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for k, v in pooled.items():
         if k in _NOT_METRICS:
             continue
@@ -100,7 +101,7 @@ SQLITE_WAIT_S = 3.0
 
 
 @contextlib.contextmanager
-def env_defaults(values: Dict[str, str]):
+def env_defaults(values: dict[str, str]):
     """`values` in os.environ for the block, except the variables the user has set."""
     mine = [k for k in values if k not in os.environ]
     os.environ.update({k: values[k] for k in mine})
@@ -118,7 +119,7 @@ def bounded_calls():
 
 
 @contextlib.contextmanager
-def fluent_tracking_uri(uri: Optional[str]):
+def fluent_tracking_uri(uri: str | None):
     """MLflow's fluent API (start_run, log_model, load_model) pointed at `uri` for the block only."""
     import mlflow
 
@@ -174,7 +175,7 @@ def reason(e: BaseException) -> str:
     readonly database`, `database is locked`), the socket error (`Connection refused`), else the first
     line of the error, shortened."""
     seen = set()
-    err: Optional[BaseException] = e
+    err: BaseException | None = e
     while err is not None and id(err) not in seen:  # MLflow wraps SQLAlchemy errors, which wrap sqlite's
         seen.add(id(err))
         if getattr(err, "orig", None) is not None:
@@ -217,11 +218,11 @@ class Tracker:
             self.client = MlflowClient(tracking_uri=self.uri)
             self._mlflow = mlflow
             self.experiment_id = self._experiment()
-        self._parents: Dict[str, str] = {}
-        self._parent_tags: Dict[str, Dict[str, str]] = {}  # parent run id -> its tags when found
-        self.parent_status: Dict[str, str] = {}  # group -> MLflow status when found or created
-        self._children: Dict[str, Dict[str, str]] = {}
-        self._no_steps: Dict[str, set] = {}  # parent run id -> fold keys of children without loss steps
+        self._parents: dict[str, str] = {}
+        self._parent_tags: dict[str, dict[str, str]] = {}  # parent run id -> its tags when found
+        self.parent_status: dict[str, str] = {}  # group -> MLflow status when found or created
+        self._children: dict[str, dict[str, str]] = {}
+        self._no_steps: dict[str, set] = {}  # parent run id -> fold keys of children without loss steps
 
     # -- experiment and runs ------------------------------------------------------------------------
     def _experiment(self) -> str:
@@ -263,10 +264,10 @@ class Tracker:
         return run_id
 
     @_bounded
-    def children(self, parent_id: str) -> Dict[str, str]:
+    def children(self, parent_id: str) -> dict[str, str]:
         """fold key -> child run id, for the folds already tracked under `parent_id`."""
         if parent_id not in self._children:
-            found: Dict[str, str] = {}
+            found: dict[str, str] = {}
             token = None
             while True:
                 page = self.client.search_runs([self.experiment_id],
@@ -284,9 +285,9 @@ class Tracker:
         return self._children[parent_id]
 
     @_bounded
-    def log_fold(self, parent_id: str, key: str, meta: Dict[str, Any], metrics: Dict[str, float],
-                 predictions_csv: str, extra: Optional[Dict[str, Any]] = None,
-                 loss_curve: Optional[Dict[str, List[float]]] = None) -> str:
+    def log_fold(self, parent_id: str, key: str, meta: dict[str, Any], metrics: dict[str, float],
+                 predictions_csv: str, extra: dict[str, Any] | None = None,
+                 loss_curve: dict[str, list[float]] | None = None) -> str:
         """One nested child run for a finished fold (skipped when the fold is tracked already), with its
         loss terms per epoch as step metrics `loss_<term>` (step = epoch, from 1)."""
         known = self.children(parent_id)
@@ -316,14 +317,14 @@ class Tracker:
         return key in self._no_steps.get(parent_id, set())
 
     @_bounded
-    def log_loss_steps(self, parent_id: str, key: str, loss_curve: Dict[str, List[float]]) -> None:
+    def log_loss_steps(self, parent_id: str, key: str, loss_curve: dict[str, list[float]]) -> None:
         """The per-epoch loss terms of a child run logged without them; then tagged, so once."""
         run_id = self.children(parent_id)[key]
         self._log_steps(run_id, loss_curve)
         self.client.set_tag(run_id, TAG_STEPS, "1")
         self._no_steps.get(parent_id, set()).discard(key)
 
-    def _log_steps(self, run_id: str, loss_curve: Dict[str, List[float]]) -> None:
+    def _log_steps(self, run_id: str, loss_curve: dict[str, list[float]]) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
@@ -332,7 +333,7 @@ class Tracker:
         for i in range(0, len(items), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
 
-    def figures_digest(self, parent_id: str) -> Optional[str]:
+    def figures_digest(self, parent_id: str) -> str | None:
         """The digest of the figures the parent holds (None: none yet)."""
         return self._parent_tags.get(parent_id, {}).get(TAG_FIGURES)
 
@@ -346,7 +347,7 @@ class Tracker:
         self._parent_tags.setdefault(parent_id, {})[TAG_FIGURES] = digest
 
     @_bounded
-    def update_parent(self, parent_id: str, pooled: Optional[Dict[str, Any]], folds_done: int,
+    def update_parent(self, parent_id: str, pooled: dict[str, Any] | None, folds_done: int,
                       folds_total: int, failed: Iterable[str] = (), final: bool = False) -> None:
         """Pooled metrics so far (step = folds in); at the end the run is closed, FAILED if incomplete."""
         values = flat_metrics(pooled) if pooled else {}
@@ -366,7 +367,7 @@ class Tracker:
             status = "FINISHED" if folds_done == folds_total else "FAILED"
             self.client.set_terminated(parent_id, status)
 
-    def note_dataset(self, parent_id: str, note: Dict[str, List[Any]]) -> None:
+    def note_dataset(self, parent_id: str, note: dict[str, list[Any]]) -> None:
         """What the reports list about the parent's prepared dataset (skipped samples, subjects dropped
         from LOSO, estimated apexes, corrections, warnings): tags of the ids, counts as metrics, and
         dataset_notes.json with every entry and its reason."""
@@ -386,13 +387,13 @@ class Tracker:
         self._parent_tags.setdefault(parent_id, {})[TAG_NOTES] = digest
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _metrics(self, values: Dict[str, float], step: int) -> List[Any]:
+    def _metrics(self, values: dict[str, float], step: int) -> list[Any]:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         return [Metric(k, float(v), ts, step) for k, v in values.items() if _is_number(v)]
 
-    def log_params(self, run_id: str, params: Dict[str, Any]) -> None:
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]

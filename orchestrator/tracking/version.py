@@ -6,13 +6,12 @@ import functools
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, Optional
 
 _REPO = Path(__file__).resolve().parents[2]  # the checkout this package runs from (editable install)
 
 
 @functools.lru_cache(maxsize=1)
-def code_version() -> Dict[str, Optional[str]]:
+def code_version() -> dict[str, str | None]:
     """{package, git_commit, git_dirty}: git fields are None outside a git checkout or without git."""
     try:
         package = metadata.version("microau-sweep")
@@ -26,7 +25,7 @@ def code_version() -> Dict[str, Optional[str]]:
     return {"package": package, "git_commit": commit, "git_dirty": dirty}
 
 
-def _git(*args: str) -> Optional[str]:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(_REPO), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -34,7 +33,7 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def mlflow_tags() -> Dict[str, str]:
+def mlflow_tags() -> dict[str, str]:
     """The code version as MLflow tags (`mlflow.source.git.commit` is the tag MLflow's UI shows)."""
     v = code_version()
     tags = {"microau.version": v["package"] or "unknown"}
