@@ -129,7 +129,7 @@ def check(work: Path, args) -> dict:
         from orchestrator.execution.trainable import prefix_for, run_fold
 
         t = time.perf_counter()
-        prefix = prefix_for(trial, data, spec.paths.workdir / "cache", device=device)
+        prefix = prefix_for(trial, data, spec.paths.cache, device=device)
         out["prefix_s"] = round(time.perf_counter() - t, 1)
         step_flops = count_step_flops(trial, data, prefix, device)
 
@@ -299,7 +299,7 @@ def packed(spec, single_fold_s: float, cuda: bool) -> dict:
 def _records(spec):
     from orchestrator.planning.store import ResultsStore
 
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     return [store.get(k) for k in store.keys()]
 
 

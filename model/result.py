@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 
-def _f32_list(a) -> list:
+def f32_list(a) -> list:
     """float32 array -> nested lists of the shortest decimals that read back as the same float32 values
     (about half the JSON of full float64 reprs; from_dict restores the arrays bit for bit)."""
     a = np.asarray(a, dtype=np.float32)
@@ -59,11 +59,11 @@ class FoldResult(Decisions):
         return {
             "test_subject": self.test_subject, "seed": int(self.seed), "aus": [int(a) for a in self.aus],
             "sample_ids": list(self.sample_ids), "subjects": list(self.subjects),
-            "probs": _f32_list(self.probs),
+            "probs": f32_list(self.probs),
             "labels": np.asarray(self.labels, dtype=np.uint8).tolist(),
-            "features": _f32_list(self.features),
+            "features": f32_list(self.features),
             "mer_classes": list(self.mer_classes),
-            "mer_scores": _f32_list(self.mer_scores),
+            "mer_scores": f32_list(self.mer_scores),
             "mer_labels": list(self.mer_labels),
             "loss_curve": {k: [float(x) for x in v] for k, v in self.loss_curve.items()},
             "timings": {k: float(v) for k, v in self.timings.items()},

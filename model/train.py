@@ -25,7 +25,7 @@ from model.lsi import au_token_indices, landmark_groups
 from model.mer import mer_class_scores, mer_scores
 from model.net import MicroAUCLIP, TextTensors, as_tensor
 from model.prefix import Prefix, compute_prefix
-from model.result import FoldResult, _f32_list
+from model.result import FoldResult, f32_list
 from model.text import MER_CLASSES
 from model.trial import TrialLike
 from preprocessing.errors import MicroAUError
@@ -369,11 +369,11 @@ def _attention(out: dict, aus: Sequence[int], groups: Sequence[Sequence[int]], t
                landmarks: np.ndarray, prefix: Prefix, mcfg) -> dict:
     """What FoldResult.extras keeps of the evaluated model's attention (see train_eval)."""
     pta = {str(a): w for a, w in zip(aus, out["pta"], strict=True) if w is not None}
-    return {"w_d": None if out["w_d"] is None else _f32_list(out["w_d"].float().cpu().numpy()),
-            "pta": {a: _f32_list(w.float().cpu().numpy()) for a, w in pta.items()},
+    return {"w_d": None if out["w_d"] is None else f32_list(out["w_d"].float().cpu().numpy()),
+            "pta": {a: f32_list(w.float().cpu().numpy()) for a, w in pta.items()},
             "pta_tokens": ({str(a): t.cpu().tolist() for a, t in zip(aus, tok, strict=True) if str(a) in pta}
                            if mcfg.lsi else None),
-            "landmarks": _f32_list(np.round(landmarks, 2)),  # 0.01 px: dlib's are whole frame pixels
+            "landmarks": f32_list(np.round(landmarks, 2)),  # 0.01 px: dlib's are whole frame pixels
             "landmark_groups": {str(a): [int(i) for i in g] for a, g in zip(aus, groups, strict=True)},
             "token_grid": {"grid": [int(v) for v in prefix.grid], "image": [int(v) for v in prefix.image]}}
 

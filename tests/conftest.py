@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# isort: split
+import model._torchvision_guard  # noqa: F401 - before any test module imports open_clip itself
+
+# isort: split
 import pytest
 from helpers import TEST_PREPROCESS
 

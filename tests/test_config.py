@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def _alternatives(annotation, current):
     args = typing.get_args(annotation)
     if origin is typing.Literal:
         return [a for a in args if a != current]
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):
         out = []
         for a in args:
             if a is type(None):
@@ -109,9 +110,9 @@ def _alternatives(annotation, current):
         return [(current or 0.0) * 0.5 + 0.0123]
     if annotation is str:
         return [f"{current}-x"]
-    if origin in (dict, dict):
+    if origin is dict:
         key_t, val_t = args
-        if key_t is int and typing.get_origin(val_t) in (list, list):
+        if key_t is int and typing.get_origin(val_t) is list:
             inner = typing.get_args(val_t)[0]
             return [{1: ["a", "b"]}] if inner is str else [{1: [0, 1]}]
         return [{"positive": "a happy face"}]

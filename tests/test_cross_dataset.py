@@ -233,7 +233,7 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
     assert first.trained == 2 and first.reused == 0 and not first.failed
 
     # the stored units: every test sample of the other dataset, its subjects and labels on AUs 2, 4, 7, 12
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     records = {store.get(k)["meta"]["dataset"]: store.get(k) for k in store.keys()}
     assert sorted(records) == ["casme2->samm", "samm->casme2"]
     data = {n: prepare(spec, n, spec.trials[0].preprocessing, progress=False) for n in ("casme2", "samm")}

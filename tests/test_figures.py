@@ -104,7 +104,7 @@ def test_report_figures_writes_each_figure_from_the_store(sweep, monkeypatch):
     no_training(monkeypatch)
     res = CliRunner().invoke(main, ["report", str(sweep), "--figures"])
     assert res.exit_code == 0, res.output
-    folder = load_sweep(sweep).paths.workdir / "reports" / "figs-figures"  # the default
+    folder = load_sweep(sweep).paths.reports / "figs-figures"  # the default
     paths = sorted(folder.glob("*.png"))
     assert sorted(p.stem for p in paths) == sorted(EXPECTED)
     assert f"figures ({len(EXPECTED)}):" in res.output
@@ -130,7 +130,7 @@ def test_figure_options_are_checked(sweep):
     assert res.exit_code == 2 and "go with --figures" in res.output
 
 
-def test_fig5_draws_the_stored_attention_over_the_apex_crop(sweep, prepared_casme2, monkeypatch, tmp_path):
+def test_fig5_draws_the_stored_attention_over_the_apex_crop(sweep, prepared_casme2, monkeypatch, tmp_path, capsys):
     """Fig. 5's inputs are the fold records' PTA weights, tokens, landmarks and W_d; its tokens are Eq. 1
     of the prepared landmarks of each AU's Table I group; the apex crop is the one the flow image was cut
     from (its dlib landmarks are the stored ones)."""
@@ -167,12 +167,14 @@ def test_fig5_draws_the_stored_attention_over_the_apex_crop(sweep, prepared_casm
         assert probs == sorted(probs, reverse=True) and len(probs) <= figures.PER_AU
     # without the data (its root moved away: report uses what the run recorded), the same figure draws the
     # stored landmarks alone, with a note
-    notes = []
+    capsys.readouterr()
     state = state_of(sweep, [f"datasets.casme2.root={tmp_path / 'gone'}"])
     g = next(g for g in state.groups.values() if g.trial.point == 0)
-    again = figures.attention_samples(state, g, figures._CropCache(state, notes.append), notes.append)
+    again = figures.attention_samples(state, g, figures.CropCache(state))
     assert [s.sample_id for s in again] == [s.sample_id for s in samples] and all(s.crop is None for s in again)
-    assert len(notes) == 1 and "draws the stored landmarks without the face" in notes[0]
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("note: figures:")]
+    assert len(notes) == 1 and "draws the stored landmarks without the face" in notes[0], err
     assert figures.attention_figure(again, g.trial.aus, "x") is not None
 
 
@@ -212,7 +214,7 @@ def test_mlflow_parents_carry_the_figures_and_children_the_loss_curves(sweep):
                                [f"casme2-seed1-{n}" for n in PER_DATASET])
         local = Path(client.download_artifacts(p.info.run_id, f"figures/casme2-p{point}-seed1-loss.png"))
         assert local.read_bytes()[:4] == b"\x89PNG"
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     for c in children:
         curve = store.result(c.data.tags["microau.fold"]).loss_curve
         assert set(curve) == {"total", "multitask", "contrastive", "gd"}
@@ -243,7 +245,7 @@ def test_children_of_an_older_version_get_their_loss_curves_once(sweep, tmp_path
     """A child run logged without per-epoch losses (before they were logged) gets them on the next run,
     once."""
     from orchestrator.execution import state as state_mod
-    from orchestrator.tracking.client import client as tracking
+    from orchestrator.tracking import client as tracking
 
     spec = copy_workdir(sweep, tmp_path, mlflow_db_template)
     monkeypatch.setattr(state_mod.SweepState, "log_figures", lambda self: None)  # figures: tested above
@@ -271,7 +273,7 @@ def test_mlflow_failing_while_logging_figures_fails_nothing(sweep, tmp_path, mlf
     """MLflow going down when the figures are logged is the usual one warning line; the run ends as it
     would have. A figure that cannot be drawn is one warning line too."""
     from orchestrator.reporting import figures
-    from orchestrator.tracking.client import client as tracking
+    from orchestrator.tracking import client as tracking
 
     spec = copy_workdir(sweep, tmp_path, mlflow_db_template)
 

@@ -78,11 +78,11 @@ def test_skipped_samples_and_dropped_subjects_are_listed_everywhere(gappy, tmp_p
     for sid in gone:
         assert f"sample {sid}: frame(s)" in r.output
     assert "dropped casme2: subject(s) sub03 have no usable sample and are not in LOSO" in r.output
-    doc = json.loads((spec.paths.workdir / "reports" / "rel.json").read_text())
+    doc = json.loads((spec.paths.reports / "rel.json").read_text())
     assert sorted(s["sample"] for s in doc["data_notes"][0]["skipped"]) == gone
     assert doc["data_notes"][0]["dropped_subjects"] == ["sub03"]
     assert sorted(doc["points"][0]["skipped_samples"]) == gone
-    csv = (spec.paths.workdir / "reports" / "rel.csv").read_text()
+    csv = (spec.paths.reports / "rel.csv").read_text()
     assert "skipped_samples" in csv.splitlines()[0] and "sub03" in csv.splitlines()[1]
     rj = cli("report", path, "--json")
     assert json.loads(rj.stdout)["data_notes"][0]["dropped_subjects"] == ["sub03"]

@@ -56,7 +56,7 @@ def stored_state(path, subjects, fp):
     spec = load_sweep(path)
     datasets = fake_datasets(spec, {"samm": subjects}, {"samm": "datakey"})
     record_prepared(spec, datasets)
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     for f in make_plan(spec, datasets, store=store).folds:
         store.put(f.key, hand_result(f.subject, fp(f.trial.variant, f.trial.seed, f.subject)), f.meta())
     state = SweepState(make_plan(spec, datasets, store=store), tracking=False)
@@ -295,7 +295,7 @@ def test_paper_columns_appear_for_a_paper_table_sweep(tmp_path, paper_env):
     # CASME II has 8 AUs: hand_result's 4 AUs stand for the dataset's own list here (pooling checks only
     # that the folds of a point agree)
     record_prepared(spec, datasets)
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     for f in make_plan(spec, datasets, store=store).folds:
         store.put(f.key, hand_result(f.subject, fp=f.trial.variant != "full"), f.meta())
     state = SweepState(make_plan(spec, datasets, store=store), tracking=False)

@@ -161,7 +161,6 @@ def test_sweep_file_corrections_reach_the_data_layer(tmp_path, monkeypatch):
     from orchestrator.errors import ConfigError
     from orchestrator.planning import data as odata
     from orchestrator.spec.resolved import load_sweep
-    from preprocessing import pipeline
 
     root = tmp_path / "c"
     root.mkdir()
@@ -171,9 +170,9 @@ def test_sweep_file_corrections_reach_the_data_layer(tmp_path, monkeypatch):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc))
     spec = load_sweep(path)
-    assert spec.datasets["c"].corrections == {"sub01/EP02_01f": {"apex": 59, "aus": "R14"}}
+    assert spec.datasets["c"].spec.corrections == {"sub01/EP02_01f": {"apex": 59, "aus": "R14"}}
     seen = {}
-    monkeypatch.setattr(pipeline, "prepare_dataset", lambda *a, **k: seen.update(k) or "prepared")
+    monkeypatch.setattr(odata, "prepare_dataset", lambda *a, **k: seen.update(k) or "prepared")
     assert odata.prepare(spec, "c", spec.trials_of("c")[0].preprocessing, progress=False) == "prepared"
     assert seen["corrections"] == {"sub01/EP02_01f": {"apex": 59, "aus": "R14"}}
     assert type(seen["corrections"]) is dict

@@ -91,7 +91,7 @@ def _state(spec, store, tracking=True):
 def test_state_tracks_pools_and_marks_failed_points_incomplete(spec):
     from mlflow import MlflowClient
 
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     folds, state = _state(spec, store)
     assert len(folds) == 6 and len(state.groups) == 2
     state.begin(folds)
@@ -154,7 +154,7 @@ def test_begin_restores_children_missing_from_mlflow(spec):
     """A driver killed between storing a fold and tracking it: the next run tracks the stored fold."""
     from mlflow import MlflowClient
 
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     folds = expand(spec, *by_data_id(spec, {"samm": SUBJECTS}, {"samm": "datakey"}))
     store.put(folds[0].key, fake_result(folds[0].subject), folds[0].meta())  # stored, never tracked
     state = SweepState(make_plan(spec, fake_datasets(spec, {"samm": SUBJECTS}, {"samm": "datakey"}), store=store))
@@ -166,7 +166,7 @@ def test_begin_restores_children_missing_from_mlflow(spec):
 
 
 def test_report_json_shape_and_csv(spec):
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     folds, state = _state(spec, store, tracking=False)
     state.begin(folds)
     for f in folds:
@@ -201,7 +201,7 @@ def test_live_view_shows_progress_per_point(spec):
 
     from orchestrator.reporting.view import LiveView
 
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     folds, state = _state(spec, store, tracking=False)
     state.begin(folds)
     state.finished(folds[0].key, fake_result(folds[0].subject), {})
@@ -223,7 +223,7 @@ def test_compare_two_points_paired_bootstrap(spec):
     from orchestrator.errors import ConfigError
     from orchestrator.reporting.report import compare_points
 
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     folds, state = _state(spec, store, tracking=False)
     state.begin(folds)
     for f in folds:
@@ -246,7 +246,7 @@ def test_compare_two_points_paired_bootstrap(spec):
 def test_rerun_of_a_finished_sweep_writes_nothing_to_mlflow(spec):
     from mlflow import MlflowClient
 
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     folds, state = _state(spec, store)
     state.begin(folds)
     for f in folds:
@@ -271,7 +271,7 @@ def test_rerun_of_a_finished_sweep_writes_nothing_to_mlflow(spec):
 def test_mlflow_failure_does_not_stop_the_sweep_and_is_repaired_next_run(spec, monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     folds, state = _state(spec, store)
     state.begin(folds)
 
@@ -295,7 +295,7 @@ def test_mlflow_failure_does_not_stop_the_sweep_and_is_repaired_next_run(spec, m
 def test_damaged_record_is_set_aside_named_and_its_fold_retrained(spec, capsys, damage):
     """A corrupt or incomplete fold record does not block `report`/`run`: it is moved to
     results/damaged/ (kept), named in a warning, and its fold counts as not stored."""
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     folds, state = _state(spec, store, tracking=False)
     state.begin(folds)
     for f in folds:
@@ -343,7 +343,7 @@ def test_text_si_reaches_the_table_json_csv_and_mlflow_parents(spec):
 
     from orchestrator.reporting.view import points_table
 
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     folds, state = _state(spec, store)
     state.begin(folds)
     sims = {"006": [0.9, 0.8, 0.7, 0.6], "007": [0.5, 0.5, 0.5, 0.5], "008": [-0.1, 0.1, 0.3, 0.5]}
@@ -382,7 +382,7 @@ def test_runs_and_fold_records_carry_the_code_version(spec):
 
     v = code_version()
     assert v["package"] == "0.1.0" and len(v["git_commit"] or "") == 40 and v["git_dirty"] in ("true", "false")
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     folds, state = _state(spec, store)
     state.begin(folds)
     state.finished(folds[0].key, fake_result(folds[0].subject), {})

@@ -80,7 +80,7 @@ def first_run(cluster, synth_casme2, tmp_path_factory):
 
 
 def _records(spec):
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     return [store.get(k) for k in store.keys()]
 
 
@@ -105,7 +105,7 @@ def test_pooled_metrics_equal_a_single_node_in_process_run(first_run):
     path, spec, outcome = first_run
     data = prepare(spec, "casme2", spec.trials_of("casme2")[0].preprocessing, progress=False)
     rows = {r["label"]: r for r in outcome.state.rows()}
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     for g in outcome.state.groups.values():
         prefix = compute_prefix(g.trial.model, data, g.trial.aus)  # computed afresh, not from the cache
         local = [run_fold(g.trial, data, f.subject, prefix=prefix) for f in g.folds]
@@ -201,7 +201,7 @@ def test_fold_command_runs_exactly_the_sweep_trial(first_run):
     doc = json.loads(res.stdout)
     g = [g for g in outcome.state.groups.values() if g.trial.point == 1][0]
     key = [f.key for f in g.folds if f.subject == "sub02"][0]
-    stored = ResultsStore(spec.paths.workdir / "results").get(key)["result"]
+    stored = ResultsStore(spec.paths.results).get(key)["result"]
     assert [p["id"] for p in doc["predictions"]] == stored["sample_ids"]
     got = [[p["probs"][f"AU{a}"] for a in stored["aus"]] for p in doc["predictions"]]
     assert np.array_equal(np.array(got, dtype=np.float32), np.array(stored["probs"], dtype=np.float32))
@@ -215,11 +215,11 @@ def test_ray_tools_show_one_row_per_trained_fold(first_run):
     from model.result import FoldResult
 
     path, spec, outcome = first_run
-    exp = spec.paths.workdir / "ray_results"
+    exp = spec.paths.ray_results
     assert sorted(p.name for p in exp.iterdir() if p.is_dir()) == ["two_nodes"]
     df = ResultGrid(ExperimentAnalysis(str(exp / "two_nodes"))).get_dataframe()
     assert len(df) == outcome.trained == 8
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     for _, row in df.iterrows():
         assert row["config/fold/dataset"] == "casme2" and row["config/fold/label"] in ("full", "no_gsd")
         r = FoldResult.from_dict(store.get(row["config/fold/key"])["result"])
@@ -237,7 +237,7 @@ def test_adding_a_point_trains_only_its_folds(first_run, cluster, tmp_path):
     more = run_sweep(load_sweep(path2), address=cluster.address, quiet=True, progress=False, share_name=True)
     assert more.trained == 4 and more.reused == 8
     assert [r["label"] for r in more.state.rows()] == ["full", "no_gsd", "no_cl"]
-    exp = spec.paths.workdir / "ray_results"  # the same Tune experiment folder, not one per run
+    exp = spec.paths.ray_results  # the same Tune experiment folder, not one per run
     assert sorted(p.name for p in exp.iterdir() if p.is_dir()) == ["two_nodes"]
 
 
@@ -246,7 +246,7 @@ def test_killed_driver_resumes_where_it_stopped(cluster, synth_casme2, tmp_path)
     path = write_sweep(tmp_path, synth_casme2, "killed", variants={}, max_concurrent=1,
                        training={**TRAIN, "epochs": 40})
     spec = load_sweep(path)
-    results = spec.paths.workdir / "results"
+    results = spec.paths.results
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--json",
                              "--address", cluster.address], cwd=REPO, env=env, stdout=subprocess.DEVNULL,

@@ -220,7 +220,7 @@ def test_failure_later_is_one_warning_then_tracking_is_off(where, sweep, monkeyp
     one warning, no further MLflow call this run, every fold stored; the next run logs everything."""
     fake_training(monkeypatch.setattr)
     spec = load_sweep(sweep)
-    store = ResultsStore(spec.paths.workdir / "results")
+    store = ResultsStore(spec.paths.results)
     if where == "children":  # begin() looks up the children of points with stored folds
         folds = expand(spec, *by_data_id(spec, {"samm": ["006", "007", "008"]}, {"samm": "datakey"}))
         for f in folds[:4]:  # stored by an earlier run that could not reach MLflow

@@ -207,9 +207,9 @@ def prepared_or_recorded(sweep: Sweep, trials: Sequence[TrialConfig],
             out[i].current_key = now
             logger.warning(f"note: the data of {i} here has the prepared-data key {now}, not the recorded "
                            f"{out[i].key}: "
-                 f"its coding sheet, frames, corrections or preprocessing model files differ from what the "
-                 f"last run prepared (or this version keys them differently). The table shows the folds of "
-                 f"the recorded key; `run` prepares the data as it is now and trains every fold of it.")
+                           f"its coding sheet, frames, corrections or preprocessing model files differ from what the "
+                           f"last run prepared (or this version keys them differently). The table shows the folds of "
+                           f"the recorded key; `run` prepares the data as it is now and trains every fold of it.")
     return out
 
 

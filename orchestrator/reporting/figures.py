@@ -97,13 +97,13 @@ def plan_figures(state, au: int | None = None, points: Sequence[int] | None = No
     if au is not None and au not in aus_seen:
         raise ConfigError(f"{state.sweep.source}: --figure-au {au}: the sweep's AUs are {sorted(aus_seen)}")
     out: list[Planned] = []
-    crops = _CropCache(state)
+    crops = CropCache(state)
     by_ds: dict[tuple[str, int], list[Any]] = {}
     for g in state.groups.values():
         if not complete(g):
             logger.warning(f"note: figures: {_where(g)} has {g.done}/{len(g.folds)} folds; left out until the "
                            f"sweep has "
-                 f"trained them all")
+                           f"trained them all")
             continue
         by_ds.setdefault((g.trial.dataset, g.trial.seed), []).append(g)
         stem, title = f"{g.trial.dataset}-p{g.trial.point}-seed{g.trial.seed}", _title(g)
@@ -149,7 +149,7 @@ def _draw_similarity(state, groups, au: int, title: str, dpi: int):
     if not panels:
         logger.warning(f"note: figures: no test subject of {title} has both a positive and a negative sample "
                        f"of AU{au}; "
-             f"no Fig. 6 (try another --figure-au)")
+                       f"no Fig. 6 (try another --figure-au)")
     return similarity_figure(panels, au, title, dpi=dpi)
 
 
@@ -167,7 +167,7 @@ def _chosen_points(gs, points, dataset, seed) -> list[Any]:
     missing = [p for p in points if p not in by_point]
     if missing:
         logger.warning(f"note: figures: point(s) {missing} of {dataset} seed {seed} are not complete; Fig. 6 / 7 "
-             f"compare the others")
+                       f"compare the others")
     return [by_point[p] for p in points if p in by_point]
 
 
@@ -236,7 +236,7 @@ class AttentionSample:
     crop: np.ndarray | None = None  # apex face crop RGB (h0, w0, 3), None when not at hand
 
 
-def attention_samples(state, g, crops: _CropCache | None = None,
+def attention_samples(state, g, crops: CropCache | None = None,
                       per_au: int = PER_AU) -> list[AttentionSample]:
     """The samples of Fig. 5 for one (dataset, point, seed): per AU its `per_au` positives with the
     highest P(active) (its true positives first), each with its stored PTA weights, tokens, landmarks
@@ -244,12 +244,12 @@ def attention_samples(state, g, crops: _CropCache | None = None,
     results = state.group_results(g)
     if not any((r.extras or {}).get("pta") for r in results):
         logger.warning(f"note: figures: {_where(g)} has no PTA weights (pooling {g.trial.model.pooling}, lsi "
-             f"{g.trial.model.lsi}); its Fig. 5 is left out")
+                       f"{g.trial.model.lsi}); its Fig. 5 is left out")
         return []
     if not all("landmarks" in (r.extras or {}) for r in results):
         logger.warning(f"note: figures: the fold records of {_where(g)} were written by an older version, without the "
-             f"landmarks Fig. 5 needs; its Fig. 5 is left out (delete them from the results store and run "
-             f"the sweep to write them again)")
+                       f"landmarks Fig. 5 needs; its Fig. 5 is left out (delete them from the results store and run "
+                       f"the sweep to write them again)")
         return []
     out = []
     for j, au in enumerate(g.trial.aus):
@@ -356,7 +356,7 @@ def attention_figure(samples: Sequence[AttentionSample], aus: Sequence[int], tit
     return fig
 
 
-class _CropCache:
+class CropCache:
     """Apex face crops of a sweep's samples, read once (preprocessing.pipeline.apex_face_crops: the sheet
     once per call, dlib once per sample) and checked against the landmarks the model saw; None where
     that fails (a note says why, once per dataset)."""
@@ -385,7 +385,7 @@ class _CropCache:
             except (MicroAUError, SampleProblem, OSError) as e:
                 self.failed.add(g.data_id)
                 logger.warning(f"note: figures: Fig. 5 of {t.dataset} draws the stored landmarks without the face: "
-                          f"its apex frames cannot be read here ({str(e).splitlines()[0]})")
+                               f"its apex frames cannot be read here ({str(e).splitlines()[0]})")
         return {s: self.crops[(g.data_id, s)] for s in sample_ids if (g.data_id, s) in self.crops}
 
     def checked(self, sample_id: str, found, landmarks: np.ndarray) -> np.ndarray | None:
@@ -396,7 +396,7 @@ class _CropCache:
         off = float(np.abs(lm - landmarks).max())
         if off > 1.0:
             logger.warning(f"note: figures: the apex frame of {sample_id} gives landmarks {off:.1f} px away from "
-                      f"those its fold was trained on (the data changed?); its Fig. 5 panel has no face")
+                           f"those its fold was trained on (the data changed?); its Fig. 5 panel has no face")
             return None
         return crop
 
