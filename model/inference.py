@@ -64,10 +64,10 @@ class ModelPackageError(MicroAUError, ValueError):
     """A model package cannot be used; the message names the folder or file and what to do."""
 
 
-def train_model(spec: TrialLike, data, prefix=None, on_epoch=None) -> Fitted:
+def train_model(trial: TrialLike, data, prefix=None, on_epoch=None) -> Fitted:
     """Train on every sample of `data` (no held-out subject) with `model.train.fit`, the code of every
-    LOSO fold. `spec` as for `train_fold` (a TrialLike: the orchestrator's TrialConfig)."""
-    return fit(spec, data, np.arange(len(data)), prefix=prefix, on_epoch=on_epoch)
+    LOSO fold. `trial` as for `train_fold` (a TrialLike: the orchestrator's TrialConfig)."""
+    return fit(trial, data, np.arange(len(data)), prefix=prefix, on_epoch=on_epoch)
 
 
 def _probe(image) -> np.ndarray:
@@ -84,11 +84,11 @@ def _relative_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
-def save_model(fitted: Fitted, spec: TrialLike, folder, info: dict[str, Any] | None = None) -> Path:
-    """Write the package of a trained model into `folder` (created; see the module docstring). `spec` is
+def save_model(fitted: Fitted, trial: TrialLike, folder, info: dict[str, Any] | None = None) -> Path:
+    """Write the package of a trained model into `folder` (created; see the module docstring). `trial` is
     the config it was trained with (.aus, .model); `info` (JSON) is stored as it is. The caller makes
     the package appear atomically (write into a temp folder, then rename it)."""
-    mcfg = spec.model
+    mcfg = trial.model
     prefix = fitted.prefix
     ident = prefix.identity
     k = int(mcfg.trainable_blocks)

@@ -69,9 +69,9 @@ def _fp32(v):
     return v
 
 
-def _weights(spec: TrialLike) -> dict[str, float]:
-    reader = getattr(spec, "reader", None)
-    t = with_dataset_defaults(spec.training, reader)
+def _weights(trial: TrialLike) -> dict[str, float]:
+    reader = getattr(trial, "reader", None)
+    t = with_dataset_defaults(trial.training, reader)
     for k in ("alpha", "beta"):
         if getattr(t, k) is None:
             raise FoldError(f"training.{k} is not set and reader {reader!r} has no default; set training.{k}")
@@ -97,12 +97,12 @@ def _optimizer(model: MicroAUCLIP, t) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=t.weight_decay)
 
 
-def train_fold(spec: TrialLike, data, test_subject: str, prefix: Prefix | None = None,
+def train_fold(trial: TrialLike, data, test_subject: str, prefix: Prefix | None = None,
                on_epoch: Callable[[dict], None] | None = None) -> FoldResult:
     """Train on every subject of `data` except `test_subject`, evaluate on `test_subject` (LOSO).
 
-    spec: a `model.trial.TrialLike` (.reader, .aus, .seed, .model, .training): the orchestrator's TrialConfig.
-    prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
+    trial: a `model.trial.TrialLike` (.reader, .aus, .seed, .model, .training): the orchestrator's TrialConfig.
+    prefix: from compute_prefix(trial.model, data, trial.aus); computed here when None.
     on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
     """
     test_subject = str(test_subject)
@@ -114,15 +114,15 @@ def train_fold(spec: TrialLike, data, test_subject: str, prefix: Prefix | None =
                         f"its subjects are {sorted(set(subjects.tolist()))}")
     if len(train_idx) < 2:
         raise FoldError(f"dataset {data.reader}: fewer than 2 training samples when {test_subject} is held out")
-    return train_eval(spec, data, train_idx, data, test_idx, test_subject, prefix, prefix, on_epoch)
+    return train_eval(trial, data, train_idx, data, test_idx, test_subject, prefix, prefix, on_epoch)
 
 
-def cross_dataset_fold(spec: TrialLike, train_data, test_data, train_prefix: Prefix | None = None,
+def cross_dataset_fold(trial: TrialLike, train_data, test_data, train_prefix: Prefix | None = None,
                        test_prefix: Prefix | None = None, on_epoch: Callable[[dict], None] | None = None,
                        label: str = "all") -> FoldResult:
     """Train on every sample of `train_data`, evaluate on every sample of `test_data` (cross-dataset
-    protocol, docs/protocol.md), on the AUs `spec.aus`, which both datasets' labels are read for by AU
-    number. alpha/beta default to the paper's values for `spec.reader` (the training dataset's).
+    protocol, docs/protocol.md), on the AUs `trial.aus`, which both datasets' labels are read for by AU
+    number. alpha/beta default to the paper's values for `trial.reader` (the training dataset's).
 
     train_prefix / test_prefix: each dataset's frozen prefix for the same backbone and AUs; computed here
     when None. `label` is the FoldResult's `test_subject` (the test set is every subject of `test_data`;
@@ -132,7 +132,7 @@ def cross_dataset_fold(spec: TrialLike, train_data, test_data, train_prefix: Pre
         raise FoldError(f"dataset {train_data.reader} ({train_data.key}): fewer than 2 training samples")
     if len(test_data.sample_ids) == 0:
         raise FoldError(f"dataset {test_data.reader} ({test_data.key}): no test sample")
-    result = train_eval(spec, train_data, np.arange(len(train_data.sample_ids)), test_data,
+    result = train_eval(trial, train_data, np.arange(len(train_data.sample_ids)), test_data,
                         np.arange(len(test_data.sample_ids)), str(label), train_prefix, test_prefix, on_epoch)
     result.extras.update(train_data=train_data.key, test_data=test_data.key)
     return result
@@ -145,7 +145,7 @@ def _prefix_of(prefix: Prefix | None, mcfg, data, aus, device) -> Prefix:
     diff = prefix.matches(mcfg, data, aus)
     if diff:
         raise FoldError(f"the prefix passed for dataset {data.reader} ({data.key}) was computed for another "
-                        f"{diff}; compute it with compute_prefix(spec.model, data, spec.aus)")
+                        f"{diff}; compute it with compute_prefix(trial.model, data, trial.aus)")
     if list(prefix.sample_ids) != list(data.sample_ids):
         raise FoldError("the prefix's samples are not the dataset's; compute the prefix from this dataset")
     return prefix
@@ -157,7 +157,7 @@ def _check_same_backbone(a: Prefix, b: Prefix) -> None:
                   if k != "data" and a.identity.get(k) != b.identity.get(k))
     if diff or a.grid != b.grid:
         raise FoldError(f"the training and test prefixes differ in {', '.join(diff) or 'patch grid'}; compute "
-                        f"both with the same spec.model and spec.aus")
+                        f"both with the same trial.model and trial.aus")
 
 
 def _inputs(data, prefix: Prefix, aus, groups, device):
@@ -195,23 +195,23 @@ class Fitted:
             return self.model.text_features(self.emo_txt)
 
 
-def fit(spec: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None = None,
+def fit(trial: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None = None,
         on_epoch: Callable[[dict], None] | None = None) -> Fitted:
     """Train Micro-AU CLIP on the samples `train_idx` of `data` for training.epochs; the one training
     loop, run by every LOSO fold and cross-dataset unit (`train_eval`) and by a model trained on a whole
     dataset (`model.inference.train_model`). Reads the AU labels of `train_idx` only.
 
-    spec: a `model.trial.TrialLike` (.reader, .aus, .seed, .model, .training): the orchestrator's TrialConfig.
-    prefix: from compute_prefix(spec.model, data, spec.aus); computed here when None.
+    trial: a `model.trial.TrialLike` (.reader, .aus, .seed, .model, .training): the orchestrator's TrialConfig.
+    prefix: from compute_prefix(trial.model, data, trial.aus); computed here when None.
     on_epoch: called after each epoch with {epoch, epochs, total, multitask, contrastive, gd, lr_*, seconds}.
     """
-    mcfg, tcfg = spec.model, spec.training
-    aus = [int(a) for a in spec.aus]
+    mcfg, tcfg = trial.model, trial.training
+    aus = [int(a) for a in trial.aus]
     device = resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    w = _weights(spec)
+    w = _weights(trial)
     train_idx = np.asarray(train_idx, dtype=np.int64)
     if len(train_idx) < 2:
         raise FoldError(f"dataset {data.reader} ({data.key}): {len(train_idx)} training sample(s); training "
@@ -232,11 +232,11 @@ def fit(spec: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None =
     glob_txt = TextTensors(prefix.global_texts, device)
 
     # the model and its optimiser, seeded
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(trial.seed)
     model = MicroAUCLIP(mcfg, len(aus), prefix).to(device)
     opt = _optimizer(model, tcfg)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[tcfg.lr_step_epoch], gamma=tcfg.lr_gamma)
-    gen = torch.Generator().manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(trial.seed)
     t_build = time.perf_counter() - t0
 
     # train: everything stays on the device for the whole fold; each epoch's order (drawn on the CPU
@@ -294,16 +294,16 @@ def evaluate(model: MicroAUCLIP, vis: torch.Tensor, tok: Sequence[torch.Tensor],
     return {**out, "probs": probs, "mer_scores": scores, "best_text": best_text}
 
 
-def train_eval(spec: TrialLike, train_data, train_idx, test_data, test_idx, test_subject: str,
+def train_eval(trial: TrialLike, train_data, train_idx, test_data, test_idx, test_subject: str,
                train_prefix: Prefix | None = None, test_prefix: Prefix | None = None,
                on_epoch: Callable[[dict], None] | None = None) -> FoldResult:
     """The one training path: `fit` on the samples `train_idx` of `train_data`, `evaluate` the last epoch's
     model on the samples `test_idx` of `test_data`. LOSO (`train_fold`) passes one dataset and one prefix
     twice; the cross-dataset protocol (`cross_dataset_fold`) two datasets, each with its own prefix."""
     t_start = time.perf_counter()
-    mcfg = spec.model
-    aus = [int(a) for a in spec.aus]
-    device = resolve_device(spec.training.device)
+    mcfg = trial.model
+    aus = [int(a) for a in trial.aus]
+    device = resolve_device(trial.training.device)
     test_idx = np.asarray(test_idx, dtype=np.int64)
 
     # frozen prefixes: given (shared by the sweep) or computed now
@@ -315,7 +315,7 @@ def train_eval(spec: TrialLike, train_data, train_idx, test_data, test_idx, test
         _check_same_backbone(train_prefix, test_prefix)
     t_test_prefix = time.perf_counter() - t0
 
-    f = fit(spec, train_data, train_idx, prefix=train_prefix, on_epoch=on_epoch)
+    f = fit(trial, train_data, train_idx, prefix=train_prefix, on_epoch=on_epoch)
     model, w = f.model, f.weights
 
     # evaluate the last epoch's model on the test samples
@@ -329,7 +329,7 @@ def train_eval(spec: TrialLike, train_data, train_idx, test_data, test_idx, test
     ti = torch.from_numpy(test_idx).to(f.device)
     with torch.no_grad():
         emo_feat = model.text_features(emo_txt)
-    precision = resolve_precision(spec.training.precision, f.device)
+    precision = resolve_precision(trial.training.precision, f.device)
     out = evaluate(model, te.vis[ti], [t[ti] for t in te.tok], emo_feat, emo_class, precision)
     probs, scores, best_text = out["probs"], out["mer_scores"], out["best_text"]
     with torch.no_grad():
@@ -338,7 +338,7 @@ def train_eval(spec: TrialLike, train_data, train_idx, test_data, test_idx, test
     t_eval = time.perf_counter() - t0
 
     return FoldResult(
-        test_subject=test_subject, seed=int(spec.seed), aus=aus,
+        test_subject=test_subject, seed=int(trial.seed), aus=aus,
         sample_ids=[test_data.sample_ids[i] for i in test_idx],
         subjects=[str(test_data.subjects[i]) for i in test_idx],
         probs=probs.float().cpu().numpy(), labels=te.labels_np[test_idx].astype(np.uint8),
@@ -378,7 +378,7 @@ def _attention(out: dict, aus: Sequence[int], groups: Sequence[Sequence[int]], t
             "token_grid": {"grid": [int(v) for v in prefix.grid], "image": [int(v) for v in prefix.image]}}
 
 
-def loso(spec: TrialLike, data, prefix: Prefix | None = None, subjects: Sequence[str] | None = None,
+def loso(trial: TrialLike, data, prefix: Prefix | None = None, subjects: Sequence[str] | None = None,
          on_fold: Callable[[FoldResult], None] | None = None,
          on_epoch: Callable[[dict], None] | None = None) -> list[FoldResult]:
     """The LOSO loop, written once: `train_fold` with each subject of `subjects` (default: every subject
@@ -386,11 +386,11 @@ def loso(spec: TrialLike, data, prefix: Prefix | None = None, subjects: Sequence
     after each fold. The tests, bench/ and `microau-sweep fold` (one subject) call it; a sweep runs its
     folds as separate Ray trials through the same `train_fold`."""
     if prefix is None:
-        prefix = compute_prefix(spec.model, data, [int(a) for a in spec.aus],
-                                device=str(resolve_device(spec.training.device)))
+        prefix = compute_prefix(trial.model, data, [int(a) for a in trial.aus],
+                                device=str(resolve_device(trial.training.device)))
     out = []
     for s in (sorted(set(map(str, data.subjects))) if subjects is None else subjects):
-        out.append(train_fold(spec, data, s, prefix=prefix, on_epoch=on_epoch))
+        out.append(train_fold(trial, data, s, prefix=prefix, on_epoch=on_epoch))
         if on_fold is not None:
             on_fold(out[-1])
     return out

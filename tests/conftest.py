@@ -11,11 +11,21 @@ import model._torchvision_guard  # noqa: F401 - before any test module imports o
 
 # isort: split
 import pytest
-from helpers import TEST_PREPROCESS
 
 from orchestrator.cli import logs
 
+from support.data import TEST_PREPROCESS
+
+pytest_plugins = ["support.ray"]  # the two-node Ray `cluster` fixture of the integration tests
+
 logs.install()  # library warnings print as the CLI prints them, so tests read them where users do
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/integration/ is an integration test (`-m "not integration"` leaves them out)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +54,24 @@ def tiny_casme2(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def prepared_casme2(synth_casme2, tmp_path_factory):
+def casme2_cache(synth_casme2, tmp_path_factory):
+    """A cache folder holding `synth_casme2` prepared with the test preprocessing: copied into a sweep's
+    `<workdir>/cache`, it makes preparing that dataset a cache hit (the key hashes the content)."""
+    from preprocessing import prepare_dataset
+    from preprocessing.config import PreprocessConfig
+
+    cache = tmp_path_factory.mktemp("cache")
+    prepare_dataset("casme2", synth_casme2, PreprocessConfig.model_validate(TEST_PREPROCESS), cache, progress=False)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def prepared_casme2(synth_casme2, casme2_cache):
     """`PreparedDataset` of `synth_casme2` (24 samples, flow (24, 3, 224, 224))."""
     from preprocessing import prepare_dataset
     from preprocessing.config import PreprocessConfig
     return prepare_dataset("casme2", synth_casme2, PreprocessConfig.model_validate(TEST_PREPROCESS),
-                           tmp_path_factory.mktemp("cache"), progress=False)
+                           casme2_cache, progress=False)
 
 
 @pytest.fixture(scope="session")

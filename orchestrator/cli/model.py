@@ -59,9 +59,9 @@ def train(sweep_file: str, overrides, point: int, dataset: str | None, seed: int
             warn(f"warning: MLflow ({redact(uri)}) unavailable: {reason(e)}. The model is stored at {outcome.path}; "
                  f"run the same train command again later to log it to MLflow (nothing is trained again).")
     doc = {"model": str(outcome.path), "key": outcome.key, "trained": outcome.trained,
-           "trained_on": {**outcome.info["trained_on"], "point": trial.point, "point_label": trial.point_label,
+           "trained_on": {**outcome.info.trained_on, "point": trial.point, "point_label": trial.point_label,
                           "seed": trial.seed, "sweep": sweep.name},
-           "evaluation": outcome.info["evaluation"], "mlflow": outcome.mlflow}
+           "evaluation": outcome.info.evaluation, "mlflow": outcome.mlflow}
     if as_json:
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
         return

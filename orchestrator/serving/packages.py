@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +57,43 @@ def model_key(trial: TrialConfig, data_key: str) -> str:
                         "package": SCHEMA_VERSION})
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a package records of its training (the module docstring): written into the package as its
+    `info` (model.inference.save_model) and read back by `predict`. One serialisation: `to_dict` /
+    `from_dict` (a package written by an earlier version reads back with its fields as they were)."""
+    key: str
+    trained_on: dict[str, Any]  # dataset, reader, data_key, subjects, samples, skipped_samples
+    evaluation: str
+    sweep: str | None = None
+    point: int | None = None
+    point_label: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    config_hash: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved TrialConfig
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    created: str | None = None
+    code: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known and v is not None},
+                   **{k: "" for k in ("key", "evaluation") if d.get(k) is None},
+                   **({"trained_on": {}} if d.get("trained_on") is None else {}))
+
+
 @dataclass
 class TrainOutcome:
+    """What `train` did: the package `key` at `path`, trained now or found; its MLflow log."""
     key: str
     path: Path
     trained: bool  # False: the package was in the store already
-    info: dict[str, Any]
+    info: ModelInfo
     mlflow: dict[str, Any] = field(default_factory=dict)  # run_id, model_uri, logged, registered, error
 
 
@@ -88,21 +119,21 @@ def stored_package(root: Path, key: str) -> Path | None:
         return None
 
 
-def training_info(sweep: Sweep, trial: TrialConfig, data, key: str) -> dict[str, Any]:
+def training_info(sweep: Sweep, trial: TrialConfig, data, key: str) -> ModelInfo:
     """What the package records of its training (module docstring)."""
-    return {
-        "key": key,
-        "trained_on": {"dataset": trial.dataset, "reader": trial.reader, "data_key": data.key,
-                       "subjects": sorted(set(map(str, data.subjects))), "samples": len(data.sample_ids),
-                       "skipped_samples": [str(s["sample"]) for s in (data.skipped or [])]},
-        "evaluation": EVALUATION_NOTE,
-        "sweep": sweep.name, "point": trial.point, "point_label": trial.point_label, "params": trial.params,
-        "seed": trial.seed, "config_hash": trial.hash,
-        "config": trial.model_dump(mode="json"),
-        "preprocessing": trial.preprocessing.model_dump(mode="json"),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "code": code_version(),
-    }
+    return ModelInfo(
+        key=key,
+        trained_on={"dataset": trial.dataset, "reader": trial.reader, "data_key": data.key,
+                    "subjects": sorted(set(map(str, data.subjects))), "samples": len(data.sample_ids),
+                    "skipped_samples": [str(s["sample"]) for s in (data.skipped or [])]},
+        evaluation=EVALUATION_NOTE,
+        sweep=sweep.name, point=trial.point, point_label=trial.point_label, params=dict(trial.params),
+        seed=trial.seed, config_hash=trial.hash,
+        config=trial.model_dump(mode="json"),
+        preprocessing=trial.preprocessing.model_dump(mode="json"),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        code=dict(code_version()),
+    )
 
 
 def train_and_store(sweep: Sweep, trial: TrialConfig, data, on_epoch=None) -> TrainOutcome:
@@ -114,7 +145,7 @@ def train_and_store(sweep: Sweep, trial: TrialConfig, data, on_epoch=None) -> Tr
     key = model_key(trial, data.key)
     found = stored_package(root, key)
     if found is not None:
-        return TrainOutcome(key=key, path=found, trained=False, info=read_meta(found)["info"])
+        return TrainOutcome(key=key, path=found, trained=False, info=ModelInfo.from_dict(read_meta(found)["info"]))
     ensure_writable(root, "models folder", "the trained model could not be stored")
     info = training_info(sweep, trial, data, key)
     prefix = prefix_for(trial, data, sweep.paths.cache)
@@ -124,7 +155,7 @@ def train_and_store(sweep: Sweep, trial: TrialConfig, data, on_epoch=None) -> Tr
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a shared workdir wants the usual mode
     try:
-        save_model(fitted, trial, tmp, info)
+        save_model(fitted, trial, tmp, info.to_dict())
         try:
             os.rename(tmp, root / key)
         except OSError:
@@ -167,7 +198,7 @@ def log_model(sweep: Sweep, trial: TrialConfig, outcome: TrainOutcome, register:
         if done:
             out.update(run_id=done[0].info.run_id, model_uri=done[0].data.tags[TAG_MODEL_URI])
         else:
-            t = outcome.info["trained_on"]
+            t = outcome.info.trained_on
             tags = {**mlflow_tags(), TAG_MODEL: outcome.key, TAG_KIND: "model", TAG_SWEEP: sweep.name,
                     "dataset": trial.dataset, "point": trial.point_label, "seed": str(trial.seed),
                     "config_hash": trial.hash, "data_key": t["data_key"],

@@ -304,7 +304,7 @@ class Tracker:
         run_id = run.info.run_id
         self.log_params(run_id, {"subject": meta["subject"], "fold_key": key})
         self.client.log_batch(run_id, metrics=self._metrics(metrics, step=0))
-        self._log_steps(run_id, loss_curve or {})
+        self.log_steps(run_id, loss_curve or {})
         self.client.log_text(run_id, predictions_csv, "predictions.csv")
         if extra:
             self.client.log_dict(run_id, extra, "fold.json")
@@ -320,11 +320,11 @@ class Tracker:
     def log_loss_steps(self, parent_id: str, key: str, loss_curve: dict[str, list[float]]) -> None:
         """The per-epoch loss terms of a child run logged without them; then tagged, so once."""
         run_id = self.children(parent_id)[key]
-        self._log_steps(run_id, loss_curve)
+        self.log_steps(run_id, loss_curve)
         self.client.set_tag(run_id, TAG_STEPS, "1")
         self._no_steps.get(parent_id, set()).discard(key)
 
-    def _log_steps(self, run_id: str, loss_curve: dict[str, list[float]]) -> None:
+    def log_steps(self, run_id: str, loss_curve: dict[str, list[float]]) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)

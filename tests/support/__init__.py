@@ -4,3 +4,11 @@ Ray Tune)."""
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def short_temp_dir(prefix: str = "ray") -> Path:
+    """A new folder with a short path under /tmp: Ray's Unix socket paths (<temp>/session_<date>_<pid>/
+    sockets/plasma_store) must stay under 108 bytes, which pytest's (and xdist's) tmp paths can exceed."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
