@@ -3,6 +3,8 @@ every test module reuses one copy)."""
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -28,29 +30,46 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
+def once(tmp_path_factory, name: str, make) -> Path:
+    """`<session tmp>/<name>`, made by `make(path)` once per test session whatever the number of xdist
+    workers: the first worker to get here makes it, the others wait for it (a file lock) and use it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's basetemp is <session tmp>/popen-gwN
+        root = root.parent
+    path, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            make(path)
+            done.touch()
+    return path
+
+
+def _generate(layout: str, subjects: int, per_subject: int, seed: int):
+    from preprocessing.synth import generate
+
+    return lambda path: generate(path, layout=layout, subjects=subjects, per_subject=per_subject, seed=seed)
+
+
 @pytest.fixture(scope="session")
 def synth_casme2(tmp_path_factory):
-    """Root of a generated CASME II-layout dataset: 4 subjects x 6 samples, seed 0."""
-    from preprocessing.synth import generate
-    return generate(tmp_path_factory.mktemp("data") / "casme2", layout="casme2", subjects=4, per_subject=6,
-                    seed=0)
+    """Root of a generated CASME II-layout dataset: 4 subjects x 6 samples, seed 0 (read-only: shared)."""
+    return once(tmp_path_factory, "synth-casme2", _generate("casme2", 4, 6, 0))
 
 
 @pytest.fixture(scope="session")
 def synth_samm(tmp_path_factory):
-    """Root of a generated SAMM-layout dataset: 3 subjects x 4 samples, seed 0."""
-    from preprocessing.synth import generate
-    return generate(tmp_path_factory.mktemp("data") / "samm", layout="samm", subjects=3, per_subject=4,
-                    seed=0)
+    """Root of a generated SAMM-layout dataset: 3 subjects x 4 samples, seed 0 (read-only: shared)."""
+    return once(tmp_path_factory, "synth-samm", _generate("samm", 3, 4, 0))
 
 
 @pytest.fixture(scope="session")
 def tiny_casme2(tmp_path_factory):
     """Root of a generated CASME II-layout dataset of 2 subjects x 2 samples (for tests that break it:
     copy it first)."""
-    from preprocessing.synth import generate
-    return generate(tmp_path_factory.mktemp("data") / "tiny", layout="casme2", subjects=2, per_subject=2,
-                    seed=3)
+    return once(tmp_path_factory, "synth-tiny", _generate("casme2", 2, 2, 3))
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +79,11 @@ def casme2_cache(synth_casme2, tmp_path_factory):
     from preprocessing import prepare_dataset
     from preprocessing.config import PreprocessConfig
 
-    cache = tmp_path_factory.mktemp("cache")
-    prepare_dataset("casme2", synth_casme2, PreprocessConfig.model_validate(TEST_PREPROCESS), cache, progress=False)
-    return cache
+    def make(cache):
+        prepare_dataset("casme2", synth_casme2, PreprocessConfig.model_validate(TEST_PREPROCESS), cache,
+                        progress=False)
+
+    return once(tmp_path_factory, "casme2-cache", make)
 
 
 @pytest.fixture(scope="session")
@@ -78,8 +99,11 @@ def prepared_casme2(synth_casme2, casme2_cache):
 def mlflow_db_template(tmp_path_factory):
     """An empty MLflow SQLite store with every migration applied (creating one takes ~10 s): tests copy it
     to `<workdir>/mlflow.db` instead of migrating a fresh database each."""
-    from mlflow import MlflowClient
 
-    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
+    def make(folder):
+        from mlflow import MlflowClient
+
+        folder.mkdir(parents=True)
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+
+    return once(tmp_path_factory, "mlflow-template", make) / "mlflow.db"
