@@ -28,6 +28,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+    # pytest-xdist's --dist loadgroup keeps each xdist_group in one worker by suffixing the node ids (its
+    # own hook, which runs before this one); with a pytest it cannot do that for (9.x), the groups would be
+    # silently ignored and two Ray clusters would share a worker: stop instead
+    if os.environ.get("PYTEST_XDIST_WORKER") and config.getvalue("loadgroup"):
+        lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (pytest {pytest.__version__}); install "
+                                    f"the test extras (pytest<9): .venv/bin/pip install -e '.[test]'")
 
 
 def once(tmp_path_factory, name: str, make) -> Path:
