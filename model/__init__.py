@@ -5,7 +5,7 @@ Public API (docs/model.md):
     cached_prefix(model_cfg, data, aus, cache_dir, device="cpu") -> Prefix  (the same, cached on disk)
     train_fold(spec, data, test_subject, prefix=None, on_epoch=None) -> FoldResult
     fit(spec, data, train_idx, prefix=None, on_epoch=None) -> Fitted  (the training loop of train_fold)
-    inference.train_model / save_model / load_model -> AUModel  (a model trained on a whole dataset)
+    inference.train_model / save_model / load_package -> AUModel  (a model trained on a whole dataset)
     loso(spec, data, prefix=None, subjects=None, on_fold=None, on_epoch=None) -> [FoldResult]  (the LOSO loop)
     cross_dataset_fold(spec, train_data, test_data, train_prefix=None, test_prefix=None, on_epoch=None)
         -> FoldResult  (train on one whole dataset, test on another)

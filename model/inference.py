@@ -1,7 +1,7 @@
 """A Micro-AU CLIP model trained on a whole dataset: trained, stored as a package, loaded, run on new clips.
 
 `train_model` is `model.train.fit` on every sample (the code of a LOSO fold, with no held-out subject);
-`save_model` writes the package; `load_model` reads it back as an `AUModel`, whose `predict` runs the
+`save_model` writes the package; `load_package` reads it back as an `AUModel`, whose `predict` runs the
 frozen visual prefix on new flow images, then the trained tail, LSI, GSD and heads, and Eq. 13's MER
 scores, through `model.train.evaluate`: what a LOSO fold evaluates.
 
@@ -16,7 +16,7 @@ A package is a folder of two files:
   flow image size, the MER classes and label texts, the loss curve, and `info`: what the caller records
   (the orchestrator: resolved config, preprocessing config, what the model was trained on).
 
-The frozen backbone is not stored: `load_model` builds it from the weights on this machine, as
+The frozen backbone is not stored: `load_package` builds it from the weights on this machine, as
 `compute_prefix` does (a missing file is the same BackboneError). Whether those weights are the ones
 the model was trained on is checked, not assumed: `probe` holds the frozen prefix's output on a fixed
 synthetic image when the model was saved, and the backbone built at load time must reproduce it
@@ -202,7 +202,7 @@ class Predictions(Decisions):
 
 
 class AUModel:
-    """A loaded package: `predict(flow, landmarks)` on preprocessed clips (`load_model`)."""
+    """A loaded package: `predict(flow, landmarks)` on preprocessed clips (`load_package`)."""
 
     def __init__(self, folder: Path, meta: dict[str, Any], clip, net: MicroAUCLIP, emotion_features: torch.Tensor,
                  emotion_class: torch.Tensor, device: torch.device):
@@ -250,7 +250,7 @@ class AUModel:
                            best_text=best)
 
 
-def load_model(folder, device: str = "auto") -> AUModel:
+def load_package(folder, device: str = "auto") -> AUModel:
     """The package in `folder` ready to predict on `device` ('auto': CUDA when available). The backbone
     comes from this machine's weights (`backbone.resolve_pretrained`: a missing file is its
     BackboneError) and must reproduce the stored probe; the trained weights load strictly."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from model.inference import ModelPackageError
-from model.inference import load_model as load_package
+from model.inference import ModelPackageError, load_package
 from orchestrator.serving.predictor import PathLike, Predictor
 from orchestrator.tracking.client import fluent_tracking_uri, quiet_model_io, reason, redact
 from preprocessing.errors import MicroAUError

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import mlflow.pyfunc
 import pandas as pd
 
-from model.inference import load_model
+from model.inference import load_package
 from orchestrator.serving.predictor import Predictor, flat
 
 
@@ -26,7 +26,7 @@ class MicroAUPythonModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         device = (context.model_config or {}).get("device", "auto")
-        self.predictor = Predictor(load_model(context.artifacts["package"], device=device), "MLflow model")
+        self.predictor = Predictor(load_package(context.artifacts["package"], device=device), "MLflow model")
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)

@@ -300,13 +300,13 @@ def small_fit():
 
 
 def test_loaded_package_predicts_what_the_trained_model_evaluates(small_fit, tmp_path):
-    from model.inference import load_model, save_model
+    from model.inference import load_package, save_model
     from model.train import evaluate
 
     data, spec, fitted = small_fit
     assert list(fitted.train_idx) == list(range(len(data)))  # every sample trained on
     ref = evaluate(fitted.model, fitted.vis, fitted.tok, fitted.emotion_features(), fitted.emo_class)
-    model = load_model(save_model(fitted, spec, tmp_path / "pkg", {"note": "x"}), device="cpu")
+    model = load_package(save_model(fitted, spec, tmp_path / "pkg", {"note": "x"}), device="cpu")
     # batch_size 7: the last batch of 18 clips holds 4 (batches must not change a clip's numbers)
     got = model.predict(data.flow, data.landmarks, data.sample_ids, batch_size=7)
     np.testing.assert_allclose(got.probs, ref["probs"].numpy(), rtol=1e-5, atol=1e-6)
@@ -321,7 +321,7 @@ def test_loaded_package_predicts_what_the_trained_model_evaluates(small_fit, tmp
 def test_damaged_package_is_named(small_fit, tmp_path, damage):
     from safetensors.torch import load_file, save_file
 
-    from model.inference import ModelPackageError, check_package, load_model, save_model
+    from model.inference import ModelPackageError, check_package, load_package, save_model
 
     data, spec, fitted = small_fit
     pkg = save_model(fitted, spec, tmp_path / "pkg")
@@ -341,7 +341,7 @@ def test_damaged_package_is_named(small_fit, tmp_path, damage):
             header = f.metadata()
         tensors = {k: v for k, v in load_file(str(weights)).items() if k != "probe"}
         save_file(tensors, str(weights), metadata=header)
-    for call in (check_package, load_model):
+    for call in (check_package, load_package):
         with pytest.raises(ModelPackageError) as e:
             call(pkg)
         assert str(pkg) in str(e.value), e.value
