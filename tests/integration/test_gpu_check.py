@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,9 @@ pytestmark = pytest.mark.ray  # a Ray of its own for each run (its own temp fold
 
 
 @pytest.mark.slow
-def test_gpu_check_tiny_runs_on_cpu(tmp_path):
+def test_gpu_check_tiny_runs_on_cpu(tmp_path, mlflow_db_template):
+    (tmp_path / "wd").mkdir()
+    shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")  # the packed run's store, migrated already
     env = {**os.environ, "PYTHON": sys.executable, "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--tiny", "--workdir", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=900)

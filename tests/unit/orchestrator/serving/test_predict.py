@@ -358,3 +358,17 @@ def test_damaged_stored_model_is_set_aside_and_trained_again(tmp_path, capsys):
     said = capsys.readouterr().err
     assert "unreadable" in said and "trained again" in said
     assert stored_package(root, "nothing") is None and capsys.readouterr().err == ""
+
+
+def test_model_info_reads_a_package_of_an_earlier_version():
+    """A package's `info` is `ModelInfo.to_dict()`; one written before a field existed reads back with the
+    fields it has (and the defaults for the rest), and writes back the same dict."""
+    from orchestrator.serving.packages import EVALUATION_NOTE, ModelInfo
+
+    old = {"key": "k1", "trained_on": {"dataset": "casme2", "reader": "casme2", "data_key": "d",
+                                       "subjects": ["sub01"], "samples": 3},
+           "evaluation": EVALUATION_NOTE, "sweep": "main", "point": 0, "seed": 1, "unknown_later_field": 1}
+    info = ModelInfo.from_dict(old)
+    assert info.key == "k1" and info.trained_on["dataset"] == "casme2" and info.point == 0 and info.code == {}
+    assert ModelInfo.from_dict(info.to_dict()) == info
+    assert ModelInfo.from_dict({}).key == "" and ModelInfo.from_dict({}).trained_on == {}
