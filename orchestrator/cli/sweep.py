@@ -14,6 +14,7 @@ import click
 
 from orchestrator.cli.errors import friendly_errors
 from orchestrator.errors import ConfigError
+from orchestrator.execution.trainable import prefix_for, run_fold
 from orchestrator.planning.data import data_id, data_ids, prepare, prepared_or_recorded
 from orchestrator.planning.plan import CROSS_SUBJECT, make_plan
 from orchestrator.planning.store import atomic_write_text, claim_name
@@ -90,8 +91,6 @@ def fold(sweep_file: str, overrides, dataset: str | None, subject: str | None, t
          test_on: str | None, point: int, seed: int | None, epochs: int | None, as_json: bool) -> None:
     """Run one LOSO fold (or one cross-dataset unit: --train, --test) in-process, with exactly the code a
     sweep trial runs (no Ray)."""
-    from orchestrator.execution.trainable import prefix_for, run_fold  # torch, when the fold runs
-
     sweep = load(sweep_file, overrides)
     if sweep.cross_dataset:
         dataset = _cross_pair(sweep, sweep_file, dataset, subject, train_on, test_on)
@@ -217,7 +216,7 @@ def _print_fold(doc: dict[str, Any]) -> None:
 def run(sweep_file: str, overrides, address: str | None, tracking_uri: str | None, dashboard: bool,
         as_json: bool, share_name: bool) -> None:
     """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
-    from orchestrator.execution.runner import run_sweep  # Ray and Tune: only for `run`, for start-up time
+    from orchestrator.execution.runner import run_sweep  # the runner's imports (OpenCV, ...): `run` only
 
     sweep = load(sweep_file, overrides, tracking_uri=tracking_uri)
     console = _console(stderr=as_json)
@@ -288,7 +287,7 @@ def report(sweep_file: str, overrides, as_json: bool, compare, fmt: str | None, 
         figure_paths = None
         table = _export(state, fmt, per_au, output) if fmt else None
         if figures:
-            from orchestrator.reporting.figures import write_figures  # matplotlib: only with --figures
+            from orchestrator.reporting.figures import write_figures  # OpenCV (and matplotlib): --figures only
 
             folder = out_dir or sweep.paths.reports / f"{sweep.name}-figures"
             figure_paths = write_figures(state, folder, au=figure_au, points=points)
