@@ -1,5 +1,5 @@
 """Pooled LOSO F1/ACC of the full model on the synthetic CASME II-layout data (the data and config of
-tests/test_train_synth.py: 4 subjects x 6 samples, tiny backbone, 20 epochs), against the constant
+tests/unit/model/test_train_synth.py: 4 subjects x 6 samples, tiny backbone, 20 epochs), against the constant
 baselines (the row of docs/model.md).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/synthetic_loso.py

@@ -4,7 +4,7 @@ Only the last k blocks of each tower train and inputs are not augmented, so ever
 constant per sample (visual) and per prompt (text). This module holds the two halves of each tower:
 `visual_prefix` / `text_prefix` run the frozen part once (model/prefix.py caches their output), and
 `VisualTail` / `TextTail` are the trainable rest. The same split reproduces open_clip's own forward
-(tests/test_model_prefix.py checks it against `encode_image`/`encode_text`).
+(tests/unit/model/test_model_prefix.py checks it against `encode_image`/`encode_text`).
 """
 from __future__ import annotations
 

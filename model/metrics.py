@@ -9,7 +9,7 @@ Confidence intervals: subject-level bootstrap (subjects resampled with replaceme
 per-fold average is reported separately under `per_fold` and never replaces the pooled number.
 
 The bootstrap re-scores thousands of resamples, so it works on per-subject confusion counts (a resample
-is a weighted sum of them) instead of calling sklearn thousands of times; tests/test_metrics.py checks
+is a weighted sum of them) instead of calling sklearn thousands of times; tests/unit/model/test_metrics.py checks
 that these counts give exactly sklearn's numbers on the full data.
 """
 from __future__ import annotations
