@@ -4,7 +4,8 @@ synthetic and the backbone's weights are random (speed does not depend on them).
 
     bench/gpu_check.sh            # CUDA: 26 subjects x 10 samples, ViT-B-32 (k = 3), 80 epochs, batch 8
     bench/gpu_check.sh --tiny     # CPU, seconds: the same code path with microau-tiny, 2 epochs, 4 x 3
-                                  # samples, a logical GPU for the packing (what tests/integration/test_gpu_check.py runs)
+                                  # samples, a logical GPU for the packing
+                                  # (what tests/integration/test_gpu_check.py runs)
 
 Steps (each timed): generate a synthetic CASME II-layout set and prepare it (DIS flow, Eulerian x3: the
 GPU figures do not depend on the flow method); the dense matmul rate of the device (bf16 8192^3 on CUDA,

@@ -307,8 +307,8 @@ def _generate_into(root: Path, layout, n_subjects, per_subject, seed, intensity,
 # How learnable is the AU motion? (used by tests and `docs/datasets.md`)
 # ---------------------------------------------------------------------------------------------------
 # Paper Table I (0-based dlib indices): where the model reads each AU, so where the synthetic signal is
-# measured. A copy, because this layer must not import model/; tests/unit/preprocessing/test_synth.py asserts that it equals
-# model.lsi.TABLE_I and that AU_MOTION moves every one of these landmarks.
+# measured. A copy, because this layer must not import model/; tests/unit/preprocessing/test_synth.py
+# asserts that it equals model.lsi.TABLE_I and that AU_MOTION moves every one of these landmarks.
 TABLE_I = {1: [19, 20, 21, 22, 23, 24], 2: [19, 20, 21, 22, 23, 24], 4: [19, 20, 21, 22, 23, 24],
            7: [38, 41, 44, 47], 12: [48, 54], 14: [55, 59, 60, 64], 15: [48, 54], 17: [7, 8, 9, 57]}
 
