@@ -121,36 +121,14 @@ class Sweep:
     datasets: Mapping[str, ResolvedDataset]
     experiment: str  # the MLflow experiment
     _tracking_uri: str | _Unset = field(repr=False)
-
-    # -- what the file says ---------------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def source(self) -> str | None:
-        """The file it was read from (for messages)."""
-        return self.spec.source
-
-    @property
-    def seeds(self) -> list[int]:
-        return list(self.spec.seeds)
-
-    @property
-    def resources(self) -> ResourcesSpec:
-        return self.spec.resources
-
-    @property
-    def retries(self) -> int:
-        return self.spec.retries
-
-    @property
-    def max_concurrent(self) -> int | None:
-        return self.spec.max_concurrent
-
-    @property
-    def cross_dataset(self) -> CrossDatasetSpec | None:
-        return self.spec.cross_dataset
+    # what the file says, as it says it
+    name: str = ""
+    source: str | None = None  # the file it was read from (for messages)
+    seeds: tuple[int, ...] = ()
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    retries: int = 0
+    max_concurrent: int | None = None
+    cross_dataset: CrossDatasetSpec | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -173,7 +151,7 @@ class Sweep:
             if t.point == point and t.seed == seed:
                 return t
         raise ConfigError(f"{self.source}: no point {point} with seed {seed} (points 0..{len(self.points) - 1}, "
-                          f"seeds {self.seeds})")
+                          f"seeds {list(self.seeds)})")
 
     def with_tracking_uri(self, uri: str | None) -> Sweep:
         """The same sweep tracked at `uri` (the command line's `--tracking-uri`); unchanged for None."""
@@ -207,7 +185,9 @@ def resolve(spec: SweepSpec, tracking_uri: str | None = None) -> Sweep:
         uri = f"sqlite:///{paths.mlflow_db.resolve()}"
     return Sweep(spec=spec, paths=paths, trials=tuple(spec.expand()), points=tuple(spec.points()),
                  datasets=MappingProxyType(datasets), experiment=spec.tracking.experiment or spec.name,
-                 _tracking_uri=uri)
+                 _tracking_uri=uri, name=spec.name, source=spec.source, seeds=tuple(spec.seeds),
+                 resources=spec.resources, retries=spec.retries, max_concurrent=spec.max_concurrent,
+                 cross_dataset=spec.cross_dataset)
 
 
 def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = (),

@@ -353,7 +353,7 @@ def test_set_overrides_change_the_effective_config_and_its_hash(tmp_path):
     spec = load_sweep(path, ["training.epochs=2", "model.gsd=false", "seeds=[3, 4]",
                              "datasets.c.root=/elsewhere", "resources.cpu=2"])
     t = spec.trials[0]
-    assert t.training.epochs == 2 and t.model.gsd is False and spec.seeds == [3, 4]
+    assert t.training.epochs == 2 and t.model.gsd is False and spec.seeds == (3, 4)
     assert spec.datasets["c"].root == Path("/elsewhere") and spec.resources.cpu == 2
     assert t.hash != base.hash
     assert load_sweep(path, ["training.epochs=5"]).trials[0].hash == base.hash  # same value, same hash
