@@ -19,7 +19,7 @@ from orchestrator.planning.data import data_id, data_ids, prepare, prepared_or_r
 from orchestrator.planning.plan import CROSS_SUBJECT, make_plan
 from orchestrator.planning.store import atomic_write_text, claim_name
 from orchestrator.reporting.report import compare_points, plan_document, seed_summaries
-from orchestrator.reporting.results import results_from_store
+from orchestrator.reporting.results import SweepResults, results_from_store
 from orchestrator.reporting.tables import document, render
 from orchestrator.reporting.view import console as make_console
 from orchestrator.reporting.view import live_view, log_view, print_report
@@ -313,7 +313,7 @@ def report(sweep_file: str, overrides, as_json: bool, compare, fmt: str | None, 
         console.print(f"{fmt} table written to {output}", highlight=False)
 
 
-def _export(state, fmt: str, per_au: bool, output: str | None) -> str:
+def _export(state: SweepResults, fmt: str, per_au: bool, output: str | None) -> str:
     """The paper-layout table (orchestrator/reporting/tables.py) as text; written atomically to `output` if given."""
     text = render(document(state, per_au=per_au), fmt)
     if output:

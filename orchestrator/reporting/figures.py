@@ -39,6 +39,7 @@ import numpy as np
 from orchestrator.errors import ConfigError
 from orchestrator.planning.data import expand_paths
 from orchestrator.planning.store import atomic_write_bytes
+from orchestrator.reporting.results import Group, SweepResults
 from preprocessing.errors import MicroAUError, SampleProblem
 from preprocessing.pipeline import apex_face_crops
 
@@ -79,11 +80,12 @@ class Planned:
     draw: Callable[[], Any]
 
 
-def complete(g) -> bool:
+def complete(g: Group) -> bool:
     return bool(g.folds) and g.done == len(g.folds)
 
 
-def plan_figures(state, au: int | None = None, points: Sequence[int] | None = None, dpi: int = DPI) -> list[Planned]:
+def plan_figures(state: SweepResults, au: int | None = None, points: Sequence[int] | None = None,
+                 dpi: int = DPI) -> list[Planned]:
     """Every figure of the sweep's complete points. au: the AU of Fig. 6 and 7 (default AU1 where the
     dataset has it, else its first AU); points: the point indices Fig. 6 (the first two) and Fig. 7
     (all) compare (default: the sweep's first points, up to 4)."""
@@ -132,19 +134,19 @@ def plan_figures(state, au: int | None = None, points: Sequence[int] | None = No
     return out
 
 
-def _draw_attention(state, g, crops, title: str, dpi: int):
+def _draw_attention(state: SweepResults, g: Group, crops: CropCache, title: str, dpi: int):
     return attention_figure(attention_samples(state, g, crops), g.trial.aus, title, dpi=dpi)
 
 
-def _draw_results(fn, state, g, title: str, dpi: int, **kwargs):
+def _draw_results(fn, state: SweepResults, g: Group, title: str, dpi: int, **kwargs):
     return fn(state.group_results(g), title, dpi=dpi, **kwargs)
 
 
-def _draw_f1(state, groups, title: str, dpi: int):
+def _draw_f1(state: SweepResults, groups, title: str, dpi: int):
     return f1_figure(_f1_rows(state, groups), title, dpi=dpi)
 
 
-def _draw_similarity(state, groups, au: int, title: str, dpi: int):
+def _draw_similarity(state: SweepResults, groups, au: int, title: str, dpi: int):
     panels = similarity_panels(state, groups, au)
     if not panels:
         logger.warning(f"note: figures: no test subject of {title} has both a positive and a negative sample "
@@ -153,7 +155,7 @@ def _draw_similarity(state, groups, au: int, title: str, dpi: int):
     return similarity_figure(panels, au, title, dpi=dpi)
 
 
-def _draw_tsne(state, groups, au: int, title: str, dpi: int):
+def _draw_tsne(state: SweepResults, groups, au: int, title: str, dpi: int):
     panels = tsne_panels(state, groups, au)
     if not panels:
         logger.warning(f"note: figures: {title} has fewer than 5 test samples; no Fig. 7")
@@ -171,15 +173,15 @@ def _chosen_points(gs, points, dataset, seed) -> list[Any]:
     return [by_point[p] for p in points if p in by_point]
 
 
-def _where(g) -> str:
+def _where(g: Group) -> str:
     return f"{g.trial.dataset} point {g.trial.point} ({g.trial.point_label}) seed {g.trial.seed}"
 
 
-def _title(g) -> str:
+def _title(g: Group) -> str:
     return f"{g.trial.dataset}, point {g.trial.point} ({g.trial.point_label}), seed {g.trial.seed}"
 
 
-def digest(planned: Sequence[Planned], state) -> str:
+def digest(planned: Sequence[Planned], state: SweepResults) -> str:
     """Identity of a set of figures: their names, the stored folds they read and FIGURES_VERSION. MLflow
     parents carry it (a tag): figures are drawn and logged again only when it changes."""
     folds = {k: sorted(f.key for f in state.groups[k].folds) for p in planned for k in p.inputs}
@@ -187,8 +189,8 @@ def digest(planned: Sequence[Planned], state) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_figures(state, out_dir, au: int | None = None, points: Sequence[int] | None = None, dpi: int = DPI,
-                  only: Sequence[Planned] | None = None) -> list[str]:
+def write_figures(state: SweepResults, out_dir, au: int | None = None, points: Sequence[int] | None = None,
+                  dpi: int = DPI, only: Sequence[Planned] | None = None) -> list[str]:
     """Draw every figure (or `only` these, from plan_figures) as `<out_dir>/<name>.png` (atomic); the
     paths written, in plan order."""
     planned = plan_figures(state, au, points, dpi=dpi) if only is None else list(only)
@@ -236,7 +238,7 @@ class AttentionSample:
     crop: np.ndarray | None = None  # apex face crop RGB (h0, w0, 3), None when not at hand
 
 
-def attention_samples(state, g, crops: CropCache | None = None,
+def attention_samples(state: SweepResults, g: Group, crops: CropCache | None = None,
                       per_au: int = PER_AU) -> list[AttentionSample]:
     """The samples of Fig. 5 for one (dataset, point, seed): per AU its `per_au` positives with the
     highest P(active) (its true positives first), each with its stored PTA weights, tokens, landmarks
@@ -361,7 +363,7 @@ class CropCache:
     once per call, dlib once per sample) and checked against the landmarks the model saw; None where
     that fails (a note says why, once per dataset)."""
 
-    def __init__(self, state):
+    def __init__(self, state: SweepResults):
         self.state = state
         self.crops: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self.failed: set = set()
@@ -412,7 +414,8 @@ class SimilarityPanel:
     matrix: np.ndarray  # (k, k) cosine similarity
 
 
-def similarity_panels(state, groups: Sequence[Any], au: int, per_class: int = PER_CLASS) -> list[SimilarityPanel]:
+def similarity_panels(state: SweepResults, groups: Sequence[Group], au: int,
+                      per_class: int = PER_CLASS) -> list[SimilarityPanel]:
     """One panel per point: `per_class` positive and negative samples of the AU, interleaved like the
     paper's {1, 0, 1, 0}, all of one test subject (so one model made their features: the subject with the
     most of both classes, the same subject and samples in every panel)."""
@@ -482,7 +485,7 @@ class TsnePanel:
     labels: np.ndarray  # (n,) the AU's label
 
 
-def tsne_panels(state, groups: Sequence[Any], au: int) -> list[TsnePanel]:
+def tsne_panels(state: SweepResults, groups: Sequence[Group], au: int) -> list[TsnePanel]:
     """Per point: t-SNE (scikit-learn, cosine metric, PCA init, seed 0) of the AU's final features of every test
     sample, pooled over the folds (each sample's features come from the model of the fold that tested
     it)."""
@@ -524,7 +527,7 @@ def tsne_figure(panels: Sequence[TsnePanel], au: int, title: str, dpi: int = DPI
 
 # ------------------------------------------------------------------------------------------------------
 # per-AU F1 with CIs, MER confusion, loss curves
-def _f1_rows(state, groups) -> list[dict[str, Any]]:
+def _f1_rows(state: SweepResults, groups) -> list[dict[str, Any]]:
     from model.metrics import per_au_f1_ci
 
     rows = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator.errors import ConfigError
 from orchestrator.planning.data import data_ids
@@ -19,10 +19,24 @@ from orchestrator.tracking.client import flat_metrics
 from preprocessing.annotations import get_reader
 from preprocessing.errors import MicroAUError
 
+
+class Results(Protocol):
+    """What the reports read of a sweep's results: `SweepResults` (orchestrator/reporting/results.py, which
+    builds on this module) and the live `SweepState` provide it."""
+    sweep: Any  # orchestrator.spec.resolved.Sweep
+    groups: dict[str, Any]  # group key -> orchestrator.reporting.results.Group
+
+    def group_results(self, g: Any) -> list[Any]: ...
+
+    def note(self, g: Any) -> dict[str, Any]: ...
+
+    def data_note(self, data_id: str) -> dict[str, Any]: ...
+
+
 _POOLED_KEYS = ("f1", "acc", "per_au", "ci", "mer", "text_si")
 
 
-def rows(state) -> list[dict[str, Any]]:
+def rows(state: Results) -> list[dict[str, Any]]:
     """The table of a `SweepState`: one dict per (dataset, point, seed), in sweep order. `paper`: per
     metric the paper reports for the point (sweep file `paper:`), {paper, measured, diff}; else None."""
     points = state.sweep.points
@@ -50,7 +64,7 @@ def rows(state) -> list[dict[str, Any]]:
     return out
 
 
-def seed_summaries(state, table: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def seed_summaries(state: Results, table: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per (dataset, point) of a sweep with several seeds: mean ± sd over the seeds of the pooled metrics,
     and F1/ACC pooled over all seeds (model.metrics.seed_summary), over the seeds whose folds are all
     finished (`seeds_used`); `summary` is None while fewer than two are. `paper` compares the mean with
@@ -85,7 +99,7 @@ def seed_summaries(state, table: list[dict[str, Any]] | None = None) -> list[dic
                     "paper": compare(means, numbers) if numbers else None})
     return out
 
-def data_notes(state) -> list[dict[str, Any]]:
+def data_notes(state: Results) -> list[dict[str, Any]]:
     """Per prepared dataset with something to say: {dataset, data_id, skipped, dropped_subjects,
     apex_estimated, corrected, warnings}."""
     out, seen = [], set()
@@ -97,12 +111,12 @@ def data_notes(state) -> list[dict[str, Any]]:
                 out.append({"dataset": name, "data_id": did, **note})
     return out
 
-def to_json(state, trained: int, reused: int) -> dict[str, Any]:
+def to_json(state: Results, trained: int, reused: int) -> dict[str, Any]:
     table = rows(state)
     return {"sweep": state.sweep.name, "trained_folds": trained, "reused_folds": reused,
             "points": table, "seed_summary": seed_summaries(state, table), "data_notes": data_notes(state)}
 
-def write_reports(state) -> dict[str, str]:
+def write_reports(state: Results) -> dict[str, str]:
     """`<workdir>/reports/<sweep>.csv` and `.json` (atomic)."""
     import pandas as pd
 
@@ -183,7 +197,7 @@ def verdict(ci: list[float], p: float, subjects: int, a: str = "K", b: str = "L"
                     f"on these subjects"}
 
 
-def compare_points(state, a: int, b: int) -> list[dict[str, Any]]:
+def compare_points(state: Results, a: int, b: int) -> list[dict[str, Any]]:
     """Point a minus point b, per (dataset, seed): pooled F1 (and ACC) difference with a subject-bootstrap
     CI, the bootstrap p-value of the F1 difference and a verdict in words (`verdict`)."""
     from model.metrics import paired_difference

@@ -14,13 +14,14 @@ import json
 from typing import Any
 
 from orchestrator.reporting.report import rows, seed_summaries
+from orchestrator.reporting.results import SweepResults
 from orchestrator.spec.paper import MEASURED
 
 FORMATS = ("md", "latex", "csv", "json")
 _BASE = ("f1", "acc")
 
 
-def document(state, per_au: bool = False) -> dict[str, Any]:
+def document(state: SweepResults, per_au: bool = False) -> dict[str, Any]:
     """The table as data: {sweep, datasets, metrics, paper_metrics, seeds, per_au, rows}; each row is
     {point, label, datasets: {name: {complete, folds, <metric>, <metric>_sd, <metric>_pooled, paper:
     {metric: value}, diff: {metric: measured - paper}, per_au: {AU: F1}, per_au_sd}}}. With one seed the
