@@ -29,6 +29,7 @@ def local_ray(tmp_path_factory):
              object_store_memory=100 * 2**20, logging_level="WARNING")
     yield
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_tasks_prepare_what_the_serial_path_prepares(local_ray, synth_casme2, prepared_casme2, tmp_path):

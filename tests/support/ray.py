@@ -32,6 +32,7 @@ def cluster():
     yield c
     ray.shutdown()
     c.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
