@@ -31,7 +31,7 @@ def main(argv=None) -> None:
 
     from PIL import Image
 
-    from orchestrator.cli.sweep import plan_from_store
+    from orchestrator.planning.plan import plan_from_store
     from orchestrator.reporting import figures
     from orchestrator.reporting.results import results_from_store as state_from_store
     from orchestrator.spec.resolved import load_sweep

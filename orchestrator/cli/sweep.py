@@ -15,8 +15,8 @@ import click
 from orchestrator.cli.errors import friendly_errors
 from orchestrator.errors import ConfigError
 from orchestrator.execution.trainable import prefix_for, run_fold
-from orchestrator.planning.data import data_id, data_ids, prepare, prepared_or_recorded
-from orchestrator.planning.plan import CROSS_SUBJECT, make_plan
+from orchestrator.planning.data import data_id, data_ids, prepare
+from orchestrator.planning.plan import CROSS_SUBJECT, make_plan, plan_from_store
 from orchestrator.planning.store import atomic_write_text, claim_name
 from orchestrator.reporting.report import compare_points, plan_document, seed_summaries
 from orchestrator.reporting.results import SweepResults, results_from_store
@@ -40,18 +40,6 @@ def load(path: str, overrides=(), tracking_uri: str | None = None) -> Sweep:
     """The resolved sweep of a command's SWEEP argument and its `--set`s (an error: `Error: ...`, exit 1)."""
     with friendly_errors():
         return load_sweep(path, overrides, tracking_uri=tracking_uri)
-
-
-def plan_from_store(sweep: Sweep, strict: bool):
-    """The sweep's plan without preprocessing: prepared or recorded datasets (strict: one that is neither
-    is an error; else it is left out, to be prepared first) and the results store."""
-    datasets = prepared_or_recorded(sweep, sweep.trials, strict=strict)
-    recorded = [i for i, d in datasets.items() if d is not None and d.origin == "recorded"]
-    return make_plan(sweep, datasets, recorded=recorded)
-
-
-def _console(stderr: bool = False):
-    return make_console(stderr=stderr)
 
 
 def pick_point(sweep: Sweep, sweep_file: str, dataset: str | None, point: int, seed: int | None):
@@ -186,7 +174,7 @@ def fold_document(trial, subject: str, result: dict[str, Any]) -> dict[str, Any]
 def _print_fold(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
-    c = _console()
+    c = make_console()
     aus = list(doc["predictions"][0]["probs"]) if doc["predictions"] else []
     t = Table(title=f"{doc['dataset']} test subject {doc['subject']}: P(active) (label)")
     t.add_column("sample")
@@ -219,7 +207,7 @@ def run(sweep_file: str, overrides, address: str | None, tracking_uri: str | Non
     from orchestrator.execution.runner import run_sweep  # the runner's imports (OpenCV, ...): `run` only
 
     sweep = load(sweep_file, overrides, tracking_uri=tracking_uri)
-    console = _console(stderr=as_json)
+    console = make_console(stderr=as_json)
     if console.is_terminal and not as_json:
         view = live_view(console)
     else:  # a log, a pipe, a batch job: one plain line per fold (stderr under --json)
@@ -276,7 +264,7 @@ def report(sweep_file: str, overrides, as_json: bool, compare, fmt: str | None, 
     points = _point_list(figure_points) if figure_points else None
     # --format without --output: stdout holds the table alone (to redirect), the rest goes to stderr
     quiet = as_json or bool(fmt and not output)
-    console = _console(stderr=quiet)
+    console = make_console(stderr=quiet)
     # No workdir lock (orchestrator.planning.lock): report only reads the results store, whose folds are written
     # atomically, and writes its report files atomically, so it runs fine beside a sweep and never waits.
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.planning.data import data_id, data_ids, dataset_info
+from orchestrator.planning.data import data_id, data_ids, dataset_info, prepared_or_recorded
 from orchestrator.planning.store import ResultsStore, fold_key
 from orchestrator.spec.resolved import Sweep
 from orchestrator.spec.schema import TrialConfig, stable_hash
@@ -148,3 +148,11 @@ def make_plan(sweep: Sweep, datasets: dict[str, Any], store: ResultsStore | None
     stored = frozenset(f.key for f in folds if store.intact(f.key))
     return Plan(sweep=sweep, datasets=dict(datasets), folds=folds, stored=stored, store=store,
                 recorded=frozenset(recorded))
+
+
+def plan_from_store(sweep: Sweep, strict: bool) -> Plan:
+    """The sweep's plan without preprocessing (`plan`, `report`): prepared or recorded datasets (strict: one
+    that is neither is an error; else it is left out, to be prepared first) and the results store."""
+    datasets = prepared_or_recorded(sweep, sweep.trials, strict=strict)
+    recorded = [i for i, d in datasets.items() if d is not None and d.origin == "recorded"]
+    return make_plan(sweep, datasets, recorded=recorded)

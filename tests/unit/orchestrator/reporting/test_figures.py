@@ -68,7 +68,7 @@ def sweep(synth_casme2, prepared_casme2, mlflow_db_template, tmp_path_factory):
 
 
 def state_of(path, overrides=()):
-    from orchestrator.cli.sweep import plan_from_store
+    from orchestrator.planning.plan import plan_from_store
     from orchestrator.reporting.results import results_from_store as state_from_store
 
     return state_from_store(plan_from_store(load_sweep(path, overrides), strict=True))
