@@ -9,7 +9,7 @@ under `RESULT_KEY`, which the driver pops before Tune's loggers see the result.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from orchestrator.spec.schema import TrialConfig
@@ -31,7 +31,7 @@ class FoldJob:
     test_prefix: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "trial": self.trial.model_dump(mode="json")}
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "trial": self.trial.model_dump(mode="json")}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FoldJob:
@@ -47,7 +47,8 @@ class FinishedFold:
     timings: dict[str, Any] = field(default_factory=dict)
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # not asdict(): it would deep-copy the result (every probability and feature) before dumping it
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, separators=(",", ":"))
 
     @classmethod
     def loads(cls, text: str) -> FinishedFold:

@@ -71,7 +71,6 @@ def prepare(sweep: Sweep, name: str, preprocessing, progress: bool = True, cache
         raise ConfigError(f"{ds.where}.root: {root} does not exist; point it at the "
                           f"{ds.reader} folder (see docs/datasets.md)")
     sheet = ds.sheet
-    sheet = str(sheet) if sheet is not None else None
     cache = sweep.paths.cache
     cfg = expand_paths(preprocessing, f"{sweep.source}: preprocessing")
     fixes = {"corrections": dict(ds.spec.corrections),
@@ -216,5 +215,5 @@ def prepared_or_recorded(sweep: Sweep, trials: Sequence[TrialConfig],
 def earlier_keys(sweep: Sweep) -> dict[str, list[str]]:
     """data id -> prepared-data keys this workdir recorded for it before the current one (newest first):
     the folds stored under them were made from other data or preprocessing inputs."""
-    known = _read_manifest(sweep.paths.manifest) if sweep.paths.manifest.is_file() else {}
+    known = _read_manifest(sweep.paths.manifest)
     return {i: list(v.get("earlier_keys") or []) for i, v in known.items()}

@@ -378,10 +378,9 @@ class CropCache:
             info = self.state.data.get(g.data_id) or {}
             apex = {a["sample"]: a["apex"] for a in info.get("apex_estimated", []) if a.get("apex") is not None}
             try:
-                sheet = str(ds.sheet) if ds.sheet is not None else None
                 found = apex_face_crops(
                     t.reader, ds.root, todo, expand_paths(t.preprocessing, f"{sweep.source}: preprocessing"),
-                    sheet=sheet, corrections=dict(ds.spec.corrections), apex=apex,
+                    sheet=ds.sheet, corrections=dict(ds.spec.corrections), apex=apex,
                     corrections_where=f"datasets.{t.dataset}.corrections (in {sweep.source})")
                 self.crops.update({(g.data_id, s): v for s, v in found.items()})
             except (MicroAUError, SampleProblem, OSError) as e:

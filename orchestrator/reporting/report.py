@@ -329,7 +329,6 @@ def _subjects_without_data(sweep, name: str):
         if not (root.is_dir() and any(root.iterdir())):
             return ds.spec.synthetic.subjects
     try:
-        sheet = str(ds.sheet) if ds.sheet is not None else None
-        return len({str(s.subject) for s in get_reader(ds.reader)(ds.root, sheet=sheet)})
+        return len({str(s.subject) for s in get_reader(ds.reader)(ds.root, sheet=ds.sheet)})
     except (MicroAUError, OSError, ValueError):
         return None

@@ -82,9 +82,8 @@ class ModelInfo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known and v is not None},
-                   **{k: "" for k in ("key", "evaluation") if d.get(k) is None},
-                   **({"trained_on": {}} if d.get("trained_on") is None else {}))
+        given = {k: v for k, v in d.items() if k in known and v is not None}
+        return cls(**{"key": "", "trained_on": {}, "evaluation": "", **given})
 
 
 @dataclass

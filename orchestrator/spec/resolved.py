@@ -106,9 +106,6 @@ class ResolvedDataset:
     def subjects(self) -> list[str] | None:
         return self.spec.subjects
 
-    def au_list(self) -> list[int]:
-        return self.spec.au_list()
-
 
 @dataclass(frozen=True)
 class Sweep:
@@ -183,7 +180,8 @@ def resolve(spec: SweepSpec, tracking_uri: str | None = None) -> Sweep:
             uri = _Unset(str(e))
     else:
         uri = f"sqlite:///{paths.mlflow_db.resolve()}"
-    return Sweep(spec=spec, paths=paths, trials=tuple(spec.expand()), points=tuple(spec.points()),
+    points = tuple(spec.points())  # the paper numbers of each point are parsed here, once
+    return Sweep(spec=spec, paths=paths, trials=tuple(spec.expand(points)), points=points,
                  datasets=MappingProxyType(datasets), experiment=spec.tracking.experiment or spec.name,
                  _tracking_uri=uri, name=spec.name, source=spec.source, seeds=tuple(spec.seeds),
                  resources=spec.resources, retries=spec.retries, max_concurrent=spec.max_concurrent,

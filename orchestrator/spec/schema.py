@@ -199,11 +199,11 @@ class SweepSpec(_Strict):
                 out.append(point.model_copy(update={"paper": paper.merge(parts, point.label, src)}))
         return out
 
-    def expand(self) -> list[TrialConfig]:
+    def expand(self, points: Sequence[Point]) -> list[TrialConfig]:
         """Resolved configs, one per (dataset, point, seed) in sweep order (per (pair, point, seed) under the
         cross-dataset protocol); every point of every dataset is validated here. `load_sweep` calls it once
-        and keeps the result in the resolved sweep (orchestrator/spec/resolved.py)."""
-        points = self.points()
+        and keeps the result in the resolved sweep (orchestrator/spec/resolved.py). `points`: `points()`,
+        made once by the caller."""
         if self.cross_dataset:
             aus = self.cross_aus()
             return [self.resolve(c.train, p, s, test=c.test, aus=aus) for c in self.cross_dataset.pairs
