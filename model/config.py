@@ -25,6 +25,11 @@ class ModelConfig(_Strict):
     dependency: Literal["gda", "add_mlp", "cat_mlp"] = "gda"  # Table VII
     text: Literal["finetune", "fixed"] = "finetune"  # Table III
     contrastive: Literal["miaucl", "local_origcl", "global_origcl", "none"] = "miaucl"  # Table VIII
+    # How MiAUCL reads Eq. 10's same-label targets (read only with contrastive: miaucl; docs/protocol.md,
+    # "MiAUCL targets"): 'literal' = the 0/1 matrix as written, unnormalised; 'normalized' = each row
+    # divided by its sum (then equal to local OrigCL, the reading of releases before it was named);
+    # 'bce' = binary cross-entropy of each scaled similarity against its 0/1 target.
+    miaucl_targets: Literal["literal", "normalized", "bce"] = "literal"
     pta_hidden: int = Field(128, ge=1)  # hidden width of the PTA MLP (Eq. 2)
     head_hidden: int = Field(256, ge=1)  # hidden width of the per-AU classifier MLP (Eq. 7)
     # Optional overrides of the defaults in model/text.py and model/lsi.py, keyed by AU number.
@@ -32,6 +37,15 @@ class ModelConfig(_Strict):
     landmark_groups: dict[int, list[int]] | None = None  # AU -> 0-based dlib indices (Table I)
     # MER class -> one label text or a list of them (Eq. 13: the best text decides); replaces the defaults
     emotion_texts: dict[str, str | list[str]] | None = None
+
+    def identity(self) -> dict:
+        """The fields as a results store keys them: every field, except `miaucl_targets` where it changes
+        nothing (another contrastive loss) or is `normalized`, the reading every release computed before
+        the key existed, so folds stored then keep their key under the reading they were trained with."""
+        d = self.model_dump(mode="json")
+        if d["contrastive"] != "miaucl" or d["miaucl_targets"] == "normalized":
+            d.pop("miaucl_targets")
+        return d
 
 
 class TrainConfig(_Strict):

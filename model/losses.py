@@ -1,7 +1,8 @@
 """All training losses, as siblings (paper III-C/D, Eq. 8-12; Table VIII baselines).
 
 The three contrastive losses differ only in their target matrix and in which features they compare:
-  MiAUCL       per AU: AU visual features vs each sample's own label text, same-label targets (Eq. 9-11)
+  MiAUCL       per AU: AU visual features vs each sample's own label text, same-label targets (Eq. 9-11),
+               read literally (0/1, unnormalised) by default; `model.miaucl_targets` names the others
   local OrigCL per AU: same features, CLIP's diagonal targets
   global OrigCL       global visual feature vs one text of all active AUs, diagonal targets
 """
@@ -32,21 +33,41 @@ def diagonal_targets(b: int, device=None) -> torch.Tensor:
 
 
 def contrastive_loss(visual: torch.Tensor, text: torch.Tensor, targets: torch.Tensor,
-                     logit_scale: float | torch.Tensor) -> torch.Tensor:
-    """Cross-entropy between the scaled cosine-similarity matrix (Eq. 9) and row-normalised targets,
-    image->text and text->image, averaged. visual, text (B, d); targets (B, B) with rows = visual."""
+                     logit_scale: float | torch.Tensor, targets_reading: str = "normalized") -> torch.Tensor:
+    """CL_n: cross-entropy between the scaled cosine-similarity matrix M_n (Eq. 9) and a target matrix,
+    image->text and text->image, averaged. visual, text (B, d); targets (B, B) 0/1 with rows = visual.
+
+    targets_reading (docs/protocol.md, "MiAUCL targets"):
+      'literal'    the 0/1 targets of Eq. 10 as they stand: per row -sum_j LM(b, j) log softmax(M_b)_j,
+                   so a row counts once per same-label sample in the batch (F.cross_entropy, probability
+                   targets, unnormalised);
+      'normalized' each row divided by its sum (a distribution over the matching texts); with CLIP's
+                   diagonal targets the two are the same;
+      'bce'        binary cross-entropy of each scaled similarity against its 0/1 target ("the similarity
+                   should be 1"); symmetric, so image->text and text->image are one term.
+    """
     v, t = F.normalize(visual, dim=-1), F.normalize(text, dim=-1)
-    logits = logit_scale * v @ t.T  # M_n scaled, (B, B)
-    i2t = targets / targets.sum(dim=1, keepdim=True)
-    t2i = targets.T / targets.T.sum(dim=1, keepdim=True)
+    logits = logit_scale * v @ t.T  # Eq. 9: M_n scaled, (B, B)
+    if targets_reading == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    if targets_reading == "literal":
+        i2t, t2i = targets, targets.T
+    elif targets_reading == "normalized":
+        i2t = targets / targets.sum(dim=1, keepdim=True)
+        t2i = targets.T / targets.T.sum(dim=1, keepdim=True)
+    else:
+        raise ValueError(f"model.miaucl_targets: unknown reading {targets_reading!r}; "
+                         f"use literal, normalized or bce")
     return 0.5 * (F.cross_entropy(logits, i2t) + F.cross_entropy(logits.T, t2i))
 
 
 def miauc_loss(au_visual: torch.Tensor, au_text: torch.Tensor, labels: torch.Tensor,
-               logit_scale: float | torch.Tensor) -> torch.Tensor:
-    """Eq. 11: L_MiAUC = sum_n CL_n, CL_n with same-label targets (Eq. 10).
-    au_visual, au_text (B, N, d): per sample and AU, visual feature and the text feature of its label."""
-    return sum(contrastive_loss(au_visual[:, n], au_text[:, n], same_label_targets(labels[:, n]), logit_scale)
+               logit_scale: float | torch.Tensor, targets_reading: str = "literal") -> torch.Tensor:
+    """Eq. 11: L_MiAUC = sum_n CL_n, CL_n with same-label targets (Eq. 10), read as `targets_reading`
+    (contrastive_loss). au_visual, au_text (B, N, d): per sample and AU, visual feature and the text
+    feature of its label."""
+    return sum(contrastive_loss(au_visual[:, n], au_text[:, n], same_label_targets(labels[:, n]), logit_scale,
+                                targets_reading)
                for n in range(au_visual.shape[1]))
 
 

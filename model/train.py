@@ -407,8 +407,10 @@ def step_losses(model: MicroAUCLIP, mcfg, vis: torch.Tensor, tok: Sequence[torch
         t = model.text_features(au_txt).view(len(tok), 2, -1)  # (N, 2, d): [positive, negative]
         n = torch.arange(len(tok), device=y.device)
         au_text = t[n.unsqueeze(0), 1 - y]  # (B, N, d): the text of each sample's own label
-        fn = losses.miauc_loss if mcfg.contrastive == "miaucl" else losses.local_origcl_loss
-        cl = fn(out["final"], au_text, y, model.logit_scale)
+        if mcfg.contrastive == "miaucl":
+            cl = losses.miauc_loss(out["final"], au_text, y, model.logit_scale, mcfg.miaucl_targets)
+        else:
+            cl = losses.local_origcl_loss(out["final"], au_text, y, model.logit_scale)
     elif mcfg.contrastive == "global_origcl":
         rows, inv = torch.unique(glob_rows, return_inverse=True)
         cl = losses.global_origcl_loss(out["global"], model.text_features(glob_txt, rows)[inv], model.logit_scale)

@@ -329,7 +329,7 @@ class TrialConfig(_Strict):
         """The part that determines the result (names and labels excluded)."""
         out = {"reader": self.reader, "aus": self.aus, "seed": self.seed,
                "preprocessing": self.preprocessing.model_dump(mode="json"),
-               "model": self.model.model_dump(mode="json"),
+               "model": self.model.identity(),
                "training": _training_for_hash(self.training)}
         if self.cross:  # LOSO configs hash as before, so their stored folds stay valid
             out.update(protocol="cross_dataset", test_reader=self.test_reader)

@@ -39,8 +39,9 @@ def test_miaucl_target_matrix_eq10():
     assert lm.tolist() == [[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]]
 
 
-def _manual_contrastive(v, t, targets, scale):
-    """Loops, no matrix tricks: CE of each row's softmax against its row-normalised targets."""
+def _manual_contrastive(v, t, targets, scale, normalise=True):
+    """Loops, no matrix tricks: CE of each row's softmax against its targets (row-normalised, or the 0/1
+    of Eq. 10 as they stand)."""
     v = v / np.linalg.norm(v, axis=1, keepdims=True)
     t = t / np.linalg.norm(t, axis=1, keepdims=True)
     b = len(v)
@@ -50,14 +51,15 @@ def _manual_contrastive(v, t, targets, scale):
         total = 0.0
         for i in range(b):
             lse = math.log(sum(math.exp(x) for x in logits[i]))
-            w = tgt[i] / tgt[i].sum()
+            w = tgt[i] / tgt[i].sum() if normalise else tgt[i]
             total += -sum(w[j] * (logits[i][j] - lse) for j in range(b))
         return total / b
 
     return 0.5 * (ce(m, targets) + ce(m.T, targets.T))
 
 
-def test_miaucl_loss_matches_manual_computation():
+@pytest.mark.parametrize("reading", ["literal", "normalized"])
+def test_miaucl_loss_matches_manual_computation(reading):
     g = torch.Generator().manual_seed(0)
     B, N, d = 4, 2, 5
     v = torch.randn(B, N, d, generator=g)
@@ -65,9 +67,42 @@ def test_miaucl_loss_matches_manual_computation():
     y = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1]])
     scale = 14.0
     want = sum(_manual_contrastive(v[:, n].numpy(), t[:, n].numpy(),
-                                   (y[:, n, None] == y[None, :, n]).numpy().astype(float), scale)
+                                   (y[:, n, None] == y[None, :, n]).numpy().astype(float), scale,
+                                   normalise=reading == "normalized")
                for n in range(N))  # Eq. 11: sum over AUs
-    assert losses.miauc_loss(v, t, y, scale).item() == pytest.approx(want, rel=1e-5)
+    assert losses.miauc_loss(v, t, y, scale, reading).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_miaucl_default_is_eq10_literal():
+    """Eq. 10 sets LM = 1 wherever the labels match and does not normalise: the default."""
+    g = torch.Generator().manual_seed(5)
+    v, t = torch.randn(6, 2, 4, generator=g), torch.randn(6, 2, 4, generator=g)
+    y = torch.tensor([[1, 0], [1, 0], [0, 0], [1, 1], [0, 1], [0, 0]])
+    assert losses.miauc_loss(v, t, y, 10.0).item() == losses.miauc_loss(v, t, y, 10.0, "literal").item()
+
+
+def test_miaucl_bce_reading():
+    """'bce': each scaled similarity against its 0/1 target, mean over the B x B matrix, summed over AUs."""
+    g = torch.Generator().manual_seed(6)
+    v, t = torch.randn(5, 2, 4, generator=g), torch.randn(5, 2, 4, generator=g)
+    y = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1], [1, 0]])
+    want = 0.0
+    for n in range(2):
+        vn = v[:, n] / v[:, n].norm(dim=-1, keepdim=True)
+        tn = t[:, n] / t[:, n].norm(dim=-1, keepdim=True)
+        for i in range(5):
+            for j in range(5):
+                s = 3.0 * float(vn[i] @ tn[j])
+                p = 1 / (1 + math.exp(-s))
+                target = float(y[i, n] == y[j, n])
+                want += -(target * math.log(p) + (1 - target) * math.log(1 - p)) / 25
+    assert losses.miauc_loss(v, t, y, 3.0, "bce").item() == pytest.approx(want, rel=1e-5)
+
+
+def test_miaucl_unknown_reading_names_the_key():
+    v = torch.randn(2, 1, 4)
+    with pytest.raises(ValueError, match="model.miaucl_targets"):
+        losses.miauc_loss(v, v, torch.tensor([[0], [1]]), 1.0, "soft")
 
 
 def test_local_origcl_is_clip_loss_per_au():
@@ -96,28 +131,35 @@ def test_miaucl_differs_from_local_origcl_only_with_shared_labels():
     v, t = torch.randn(3, 1, 4, generator=g), torch.randn(3, 1, 4, generator=g)
     distinct = torch.tensor([[0], [1], [1]])
     # With labels 0,1,1 the target rows of samples 2 and 3 spread over two columns: the losses differ.
-    assert losses.miauc_loss(v, t, distinct, 5.0).item() != pytest.approx(
-        losses.local_origcl_loss(v, t, distinct, 5.0).item())
-    # With two samples of different labels, same-label targets are the identity: the losses agree.
-    two = torch.tensor([[0], [1]])
-    assert losses.miauc_loss(v[:2], t[:2], two, 5.0).item() == pytest.approx(
-        losses.local_origcl_loss(v[:2], t[:2], two, 5.0).item())
+    for reading in ("literal", "normalized"):
+        assert losses.miauc_loss(v, t, distinct, 5.0, reading).item() != pytest.approx(
+            losses.local_origcl_loss(v, t, distinct, 5.0).item())
+        # With two samples of different labels, same-label targets are the identity: the losses agree.
+        two = torch.tensor([[0], [1]])
+        assert losses.miauc_loss(v[:2], t[:2], two, 5.0, reading).item() == pytest.approx(
+            losses.local_origcl_loss(v[:2], t[:2], two, 5.0).item())
 
 
-def test_with_the_models_texts_miaucl_equals_local_origcl():
+def test_with_the_models_texts_normalized_miaucl_equals_local_origcl():
     """What the model feeds Eq. 9: each sample's text is its AU's positive or negative prompt, so same-label
-    samples have the same text feature. Then same-label similarities tie, and the spread targets of Eq. 10
-    and CLIP's diagonal ones give the same cross-entropy both ways (docs/protocol.md, "Readings")."""
+    samples have the same text feature. Then same-label similarities tie, and row-normalised same-label
+    targets and CLIP's diagonal ones give the same cross-entropy both ways, hence the same gradients
+    (docs/protocol.md, "MiAUCL targets"): the `normalized` reading is local OrigCL. The literal reading of
+    Eq. 10 (the default) is not."""
     g = torch.Generator().manual_seed(4)
     labels = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1], [1, 0], [0, 0], [0, 1], [1, 1], [0, 0]])  # B = 9
     v = torch.randn(9, 2, 8, generator=g, requires_grad=True)
     prompts = torch.randn(2, 2, 8, generator=g)  # per AU: [positive, negative]
     t = prompts[torch.arange(2).unsqueeze(0), 1 - labels]  # (B, N, d): each sample's own label text
-    a, b = losses.miauc_loss(v, t, labels, 10.0), losses.local_origcl_loss(v, t, labels, 10.0)
+    a, b = losses.miauc_loss(v, t, labels, 10.0, "normalized"), losses.local_origcl_loss(v, t, labels, 10.0)
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
     ga, = torch.autograd.grad(a, v)
     gb, = torch.autograd.grad(b, v)
     torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+    literal = losses.miauc_loss(v, t, labels, 10.0, "literal")
+    assert literal.item() != pytest.approx(b.item(), rel=1e-3)
+    gl, = torch.autograd.grad(literal, v)
+    assert not torch.allclose(gl, gb, rtol=1e-3, atol=1e-6)
 
 
 def test_total_loss_eq12():

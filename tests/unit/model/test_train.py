@@ -183,3 +183,18 @@ def test_mer_class_score_is_its_best_label_text(data, prefix):
     assert r.extras["mer_best_text"] == per_text.argmax(1).tolist()
     assert r.extras["mer_texts"] == [[MER_CLASSES[c], t] for c, t in zip(classes, texts, strict=False)]
     assert r.mer_preds == [MER_CLASSES[classes[i]] for i in r.extras["mer_best_text"]]
+
+
+def test_literal_miaucl_trains_differently_from_local_origcl_and_normalized_does_not(data, prefix):
+    """Issue 17's check, one fold each on the same data and seed: MiAUCL as Eq. 10 writes it (the default)
+    moves the model elsewhere than local OrigCL; its row-normalised reading is local OrigCL (docs/protocol.md,
+    "MiAUCL targets"), so it gives the same probabilities up to float rounding."""
+    def fold(**model):
+        spec = _spec(epochs=3, model=MODEL.model_copy(update=model))
+        return train_fold(spec, data, "sub01", prefix=prefix).probs
+
+    literal, local = fold(contrastive="miaucl"), fold(contrastive="local_origcl")
+    normalized, bce = fold(contrastive="miaucl", miaucl_targets="normalized"), fold(miaucl_targets="bce")
+    assert np.abs(literal - local).max() > 1e-3
+    assert np.abs(bce - local).max() > 1e-3 and np.abs(bce - literal).max() > 1e-3
+    np.testing.assert_allclose(normalized, local, atol=1e-5)
