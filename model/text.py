@@ -15,15 +15,19 @@ AU_PROMPTS: dict[int, tuple[str, str]] = {
     1: ("The inner eyebrows are raising", "The inner eyebrows are not raising"),
     2: ("The outer eyebrows are raising", "The outer eyebrows are not raising"),
     4: ("The eyebrows are lowering", "The eyebrows are not lowering"),
+    5: ("The upper eyelids are raising", "The upper eyelids are not raising"),
     7: ("The lower eyelids are tightening", "The lower eyelids are not tightening"),
+    9: ("The nose is wrinkling", "The nose is not wrinkling"),
+    10: ("The upper lip is raising", "The upper lip is not raising"),
     12: ("The lip corners are pulling up", "The lip corners are not pulling up"),
     14: ("The lip corners are dimpling inward", "The lip corners are not dimpling inward"),
     15: ("The lip corners are pulling down", "The lip corners are not pulling down"),
     17: ("The chin is raising", "The chin is not raising"),
 }
 
-# MER classes (docs/protocol.md): positive = happiness; negative = disgust, repression (CASME II) and anger,
-# contempt, disgust, fear, sadness (SAMM); surprise = surprise.
+# MER classes (docs/protocol.md): positive = happiness (happy in CAS(ME)^3); negative = disgust, repression
+# (CASME II), anger, contempt, disgust, fear, sadness (SAMM) and disgust, fear, anger, sad (CAS(ME)^3);
+# surprise = surprise. Others are excluded in every dataset.
 MER_CLASSES: tuple[str, ...] = ("positive", "negative", "surprise")
 # The AU combinations that code each emotion in FACS-based ME coding (FACS/EMFACS prototypes and the
 # CASME II coding criteria), per MER class and emotion. Each combination, filtered to the AUs the dataset

@@ -64,6 +64,41 @@ class PreparedDataset:
                                apex_estimated=list(self.apex_estimated), warnings=list(self.warnings),
                                corrected=list(self.corrected))
 
+    @classmethod
+    def combine(cls, parts: Sequence[tuple[str, PreparedDataset]]) -> PreparedDataset:
+        """Several prepared datasets as one training set (leave-one-dataset-out): [(name, dataset)] ->
+        their samples in that order, each sample id and subject prefixed by its dataset's name
+        (`casme2:sub01/EP02_01f`, `casme2:sub01`) so none collide; reader the names joined by '+'; key a
+        hash of the names and the parts' keys; the parts' notes kept, their samples prefixed alike. The
+        parts must share the flow image size (one preprocessing config)."""
+        if len(parts) < 2:
+            raise DatasetError(f"combine needs two or more datasets, got {[n for n, _ in parts]}")
+        shapes = {n: d.flow.shape[1:] for n, d in parts}
+        if len(set(shapes.values())) > 1:
+            raise DatasetError(f"the datasets to combine have different flow image sizes {shapes}; prepare "
+                               f"them with one preprocessing config")
+        key = cls.combined_key([(n, d.key) for n, d in parts])
+
+        def tag(name: str, notes: list[dict]) -> list[dict]:
+            return [{**x, "sample": f"{name}:{x['sample']}"} if "sample" in x else dict(x) for x in notes]
+
+        cat = lambda attr: [x for _, d in parts for x in getattr(d, attr)]  # noqa: E731
+        return cls(reader="+".join(n for n, _ in parts), key=key,
+                   sample_ids=[f"{n}:{s}" for n, d in parts for s in d.sample_ids],
+                   subjects=[f"{n}:{s}" for n, d in parts for s in d.subjects],
+                   flow=np.concatenate([d.flow for _, d in parts]),
+                   landmarks=np.concatenate([d.landmarks for _, d in parts]),
+                   au_sets=cat("au_sets"), emotions=cat("emotions"), mer=cat("mer"),
+                   **{k: [x for n, d in parts for x in tag(n, getattr(d, k))]
+                      for k in ("skipped", "apex_estimated", "warnings", "corrected")})
+
+    @staticmethod
+    def combined_key(keys: Sequence[tuple[str, str]]) -> str:
+        """The key of `combine`'s dataset from [(name, key)] of its parts, without loading them."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps([[n, k] for n, k in keys]).encode()).hexdigest()[:20]
+
     def summary(self) -> dict:
         """Counts for people and for `--json`: samples, subjects, au_counts, emotion_counts, mer_counts,
         skipped, apex_estimated, warnings, corrected."""

@@ -37,10 +37,10 @@ def train(sweep_file: str, overrides, point: int, dataset: str | None, seed: int
     from orchestrator.serving.packages import log_model, train_and_store  # torch, mlflow: for start-up time
 
     sweep = load(sweep_file, overrides, tracking_uri=tracking_uri)
-    if sweep.cross_dataset:
-        raise click.UsageError(f"{sweep_file} runs the cross-dataset protocol; `train` trains a point of a LOSO "
-                               f"sweep on every subject of one dataset: give a sweep file without cross_dataset: "
-                               f"(e.g. sweeps/main.yaml)")
+    if sweep.across:
+        raise click.UsageError(f"{sweep_file} runs the {sweep.protocol_key.replace('_', '-')} protocol; `train` "
+                               f"trains a point of a LOSO sweep on every subject of one dataset: give a sweep file "
+                               f"without {sweep.protocol_key}: (e.g. sweeps/main.yaml)")
     dataset, seed = pick_point(sweep, sweep_file, dataset, point, seed)
     out = sys.stderr if as_json else sys.stdout
     warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731

@@ -70,23 +70,25 @@ def _point_seed(sweep: Sweep, sweep_file: str, point: int, seed: int | None) -> 
 @click.option("--dataset", help="dataset name of the sweep file (default: its only dataset)")
 @click.option("--subject", help="LOSO: the test subject (trained on all the others); required")
 @click.option("--train", "train_on", help="cross_dataset sweeps: the pair's train dataset (default: the only pair)")
-@click.option("--test", "test_on", help="cross_dataset sweeps: the pair's test dataset")
+@click.option("--test", "test_on", help="cross_dataset sweeps: the pair's test dataset; leave_one_dataset_out "
+                                        "sweeps: the held-out dataset")
 @click.option("--point", type=int, default=0, show_default=True, help="grid point index (see `report`)")
 @click.option("--seed", type=int, help="seed (default: the sweep's first)")
 @click.option("--epochs", type=int, help="override training.epochs (quick debugging)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 def fold(sweep_file: str, overrides, dataset: str | None, subject: str | None, train_on: str | None,
          test_on: str | None, point: int, seed: int | None, epochs: int | None, as_json: bool) -> None:
-    """Run one LOSO fold (or one cross-dataset unit: --train, --test) in-process, with exactly the code a
-    sweep trial runs (no Ray)."""
+    """Run one LOSO fold (or one cross-dataset unit: --train, --test; one leave-one-dataset-out unit: --test)
+    in-process, with exactly the code a sweep trial runs (no Ray)."""
     sweep = load(sweep_file, overrides)
-    if sweep.cross_dataset:
-        dataset = _cross_pair(sweep, sweep_file, dataset, subject, train_on, test_on)
+    if sweep.across:
+        dataset = _unit(sweep, sweep_file, dataset, subject, train_on, test_on)
         subject = CROSS_SUBJECT
         seed = _point_seed(sweep, sweep_file, point, seed)
     else:
         if train_on or test_on:
-            raise click.UsageError(f"--train/--test pick a pair of a cross_dataset sweep; {sweep_file} runs LOSO: "
+            raise click.UsageError(f"--train/--test pick a unit of a cross_dataset or leave_one_dataset_out sweep; "
+                                   f"{sweep_file} runs LOSO: "
                                    f"use --dataset and --subject")
         if subject is None:
             raise click.UsageError("Missing option '--subject' (the test subject of the LOSO fold)")
@@ -122,20 +124,25 @@ def fold(sweep_file: str, overrides, dataset: str | None, subject: str | None, t
     _print_fold(doc)
 
 
-def _cross_pair(sweep: Sweep, sweep_file: str, dataset: str | None, subject: str | None, train_on: str | None,
-                test_on: str | None) -> str:
-    """The label (`train->test`) of the cross-dataset pair that --train/--test pick."""
-    pairs = sweep.cross_dataset.pairs
+def _unit(sweep: Sweep, sweep_file: str, dataset: str | None, subject: str | None, train_on: str | None,
+          test_on: str | None) -> str:
+    """The label (`train->test`) of the cross-dataset pair, or leave-one-dataset-out unit, that --train/--test
+    pick."""
+    units = list(dict.fromkeys((t.train, t.test) for t in sweep.trials))
+    if sweep.cross_dataset:
+        what, opts = "the cross-dataset protocol: a unit trains on every subject of one dataset and tests on every " \
+                     "subject of the other; pick a pair with --train and --test", "pair"
+    else:
+        what, opts = "leave-one-dataset-out: a unit trains on every other dataset and tests on every subject of " \
+                     "the one held out; pick a unit with --test", "unit"
     if subject is not None or dataset is not None:
-        raise click.UsageError(f"{sweep_file} runs the cross-dataset protocol: a unit trains on every subject of one "
-                               f"dataset and tests on every subject of the other; pick a pair with --train and "
-                               f"--test instead of --dataset/--subject")
-    mine = [p for p in pairs if (train_on is None or p.train == train_on) and (test_on is None or p.test == test_on)]
+        raise click.UsageError(f"{sweep_file} runs {what} instead of --dataset/--subject")
+    mine = [u for u in units if (train_on is None or u[0] == train_on) and (test_on is None or u[1] == test_on)]
     if len(mine) != 1:
-        have = ", ".join(f"--train {p.train} --test {p.test}" for p in pairs)
-        why = "has several pairs" if mine else "has no such pair"
+        have = ", ".join(f"--train {a} --test {b}" if sweep.cross_dataset else f"--test {b}" for a, b in units)
+        why = f"has several {opts}s" if mine else f"has no such {opts}"
         raise click.UsageError(f"{sweep_file} {why}; pick one: {have}")
-    return mine[0].label
+    return f"{mine[0][0]}->{mine[0][1]}"
 
 
 def epoch_printer(out):

@@ -17,6 +17,7 @@ from orchestrator.spec.resolved import Sweep
 from orchestrator.spec.schema import TrialConfig, expand_env, stable_hash
 from preprocessing import find_prepared, prepare_dataset, prepared_key, synth
 from preprocessing.atomic import atomic_file
+from preprocessing.dataset import PreparedDataset
 from preprocessing.errors import MicroAUError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,18 @@ def prepare(sweep: Sweep, name: str, preprocessing, progress: bool = True, cache
     .RaySamples: as Ray tasks; default in this process).
 
     cached_only: only what the cache holds (None when the dataset is not prepared): no synthetic data is
-    generated and nothing is preprocessed; "key": only the prepared-data key the data has now."""
+    generated and nothing is preprocessed; "key": only the prepared-data key the data has now.
+
+    A unit's training datasets (leave-one-dataset-out), one '+'-joined name, are prepared each on its own
+    (and cached so) and combined in memory (PreparedDataset.combine); their key is a hash of theirs."""
+    members = sweep.members(name)
+    if len(members) > 1:
+        parts = [(n, prepare(sweep, n, preprocessing, progress, cached_only, map_samples)) for n in members]
+        if cached_only == "key":
+            return PreparedDataset.combined_key(parts)
+        if any(d is None for _, d in parts):
+            return None
+        return PreparedDataset.combine(parts)
     ds = sweep.datasets[name]
     if not cached_only:
         ensure_synthetic(sweep, name, progress=progress)

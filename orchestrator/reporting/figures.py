@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.errors import ConfigError
-from orchestrator.planning.data import expand_paths
+from orchestrator.planning.data import data_ids, expand_paths
 from orchestrator.planning.store import atomic_write_bytes
 from orchestrator.reporting.results import Group, SweepResults
 from preprocessing.errors import MicroAUError, SampleProblem
@@ -369,25 +369,26 @@ class CropCache:
         self.failed: set = set()
 
     def get(self, g, sample_ids: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """{sample id: (crop, its landmarks)} of the group's prepared dataset; {} when not at hand."""
-
-        todo = [s for s in dict.fromkeys(sample_ids) if (g.data_id, s) not in self.crops]
-        if todo and g.data_id not in self.failed:
-            sweep, t = self.state.sweep, g.trial
-            ds = sweep.datasets[t.dataset]
-            info = self.state.data.get(g.data_id) or {}
+        """{sample id: (crop, its landmarks)} of the group's test samples (their dataset: the trial's, or a
+        unit's test dataset across datasets); {} when not at hand."""
+        sweep, t = self.state.sweep, g.trial
+        name, reader, did = (t.test, t.test_reader, data_ids(t)[-1]) if t.cross else (t.dataset, t.reader, g.data_id)
+        todo = [s for s in dict.fromkeys(sample_ids) if (did, s) not in self.crops]
+        if todo and did not in self.failed:
+            ds = sweep.datasets[name]
+            info = self.state.data.get(did) or {}
             apex = {a["sample"]: a["apex"] for a in info.get("apex_estimated", []) if a.get("apex") is not None}
             try:
                 found = apex_face_crops(
-                    t.reader, ds.root, todo, expand_paths(t.preprocessing, f"{sweep.source}: preprocessing"),
+                    reader, ds.root, todo, expand_paths(t.preprocessing, f"{sweep.source}: preprocessing"),
                     sheet=ds.sheet, corrections=dict(ds.spec.corrections), apex=apex,
-                    corrections_where=f"datasets.{t.dataset}.corrections (in {sweep.source})")
-                self.crops.update({(g.data_id, s): v for s, v in found.items()})
+                    corrections_where=f"datasets.{name}.corrections (in {sweep.source})")
+                self.crops.update({(did, s): v for s, v in found.items()})
             except (MicroAUError, SampleProblem, OSError) as e:
-                self.failed.add(g.data_id)
+                self.failed.add(did)
                 logger.warning(f"note: figures: Fig. 5 of {t.dataset} draws the stored landmarks without the face: "
                                f"its apex frames cannot be read here ({str(e).splitlines()[0]})")
-        return {s: self.crops[(g.data_id, s)] for s in sample_ids if (g.data_id, s) in self.crops}
+        return {s: self.crops[(did, s)] for s in sample_ids if (did, s) in self.crops}
 
     def checked(self, sample_id: str, found, landmarks: np.ndarray) -> np.ndarray | None:
         """The crop when its landmarks are within 1 px of those its fold was trained on, else None."""

@@ -43,7 +43,7 @@ def rows(state: Results) -> list[dict[str, Any]]:
     out = []
     for g in state.groups.values():
         t = g.trial
-        row = {"dataset": t.dataset, "protocol": "cross_dataset" if t.cross else "loso",
+        row = {"dataset": t.dataset, "protocol": t.protocol,
                "point": t.point, "label": t.point_label, "variant": t.variant,
                "params": dict(t.params), "seed": t.seed, "config_hash": t.hash,
                "folds_done": g.done, "folds_total": len(g.folds), "complete": g.done == len(g.folds),
@@ -236,7 +236,8 @@ def plan_document(plan, cpus: int, gpus: int) -> dict[str, Any]:
         if any(d["data_id"] == did for d in datasets):
             continue
         d = plan.datasets.get(did)
-        row = {"name": name, "data_id": did, "reader": sweep.datasets[name].reader}
+        row = {"name": name, "data_id": did,
+               "reader": "+".join(sweep.datasets[n].reader for n in sweep.members(name))}
         if d is not None and getattr(d, "current_key", None):
             row.update(state="changed", key=d.current_key, samples=None, subjects=len(set(d.subjects)),
                        subject_names=sorted(set(map(str, d.subjects))), recorded_key=d.key)
@@ -320,7 +321,12 @@ def _fold_seconds(plan, key: str):
 
 def _subjects_without_data(sweep, name: str):
     """How many test subjects a dataset not prepared yet has, when that is cheap to know: the sweep's
-    `subjects:`, the synthetic generator's count, else the coding sheet's subjects; None otherwise."""
+    `subjects:`, the synthetic generator's count, else the coding sheet's subjects; None otherwise. A unit's
+    training datasets (one '+'-joined name): the sum of theirs."""
+    members = sweep.members(name)
+    if len(members) > 1:
+        counts = [_subjects_without_data(sweep, n) for n in members]
+        return None if None in counts else sum(counts)
     ds = sweep.datasets[name]
     if ds.subjects is not None:
         return len(ds.subjects)

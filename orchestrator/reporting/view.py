@@ -173,7 +173,8 @@ def points_table(rows: list[dict[str, Any]], dataset: str) -> Table:
     rows = [r for r in rows if r["dataset"] == dataset]
     has_mer = any(r.get("mer") for r in rows)
     has_si = any(r.get("text_si") is not None for r in rows)
-    what = "cross-dataset" if any(r.get("protocol") == "cross_dataset" for r in rows) else "LOSO"
+    names = {"cross_dataset": "cross-dataset", "lodo": "leave-one-dataset-out"}
+    what = next((names[r["protocol"]] for r in rows if r.get("protocol") in names), "LOSO")
     t = Table(title=f"{dataset}: pooled {what} metrics (F1/ACC = mean over AUs)", title_justify="left",
               box=box.SIMPLE_HEAD)
     for col in ["#", "point", "seed", "folds", "F1", "ACC", "F1 95% CI"] + (

@@ -23,6 +23,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.spec.schema import (
     CrossDatasetSpec,
     DatasetSpec,
+    LeaveOneDatasetOutSpec,
     Point,
     ResourcesSpec,
     SweepSpec,
@@ -126,6 +127,23 @@ class Sweep:
     retries: int = 0
     max_concurrent: int | None = None
     cross_dataset: CrossDatasetSpec | None = None
+    leave_one_dataset_out: LeaveOneDatasetOutSpec | None = None
+
+    @property
+    def across(self) -> bool:
+        """The sweep runs a protocol across datasets (cross-dataset or leave-one-dataset-out), not LOSO."""
+        return self.cross_dataset is not None or self.leave_one_dataset_out is not None
+
+    @property
+    def protocol_key(self) -> str | None:
+        """The sweep file's key of its protocol across datasets, for messages; None under LOSO."""
+        return ("cross_dataset" if self.cross_dataset else "leave_one_dataset_out" if self.leave_one_dataset_out
+                else None)
+
+    def members(self, name: str) -> list[str]:
+        """The datasets behind a name a trial reads (`trial.reads`): a unit's training datasets are one
+        '+'-joined name (`casme2+samm`), every other name is one dataset."""
+        return name.split("+") if name not in self.datasets else [name]
 
     @property
     def tracking_uri(self) -> str:
@@ -135,10 +153,11 @@ class Sweep:
 
     # -- its trials -----------------------------------------------------------------------------------
     def trials_of(self, dataset: str) -> list[TrialConfig]:
-        """The trials of one dataset (a cross-dataset sweep: of one pair, `train->test`)."""
-        names = [p.label for p in self.cross_dataset.pairs] if self.cross_dataset else list(self.datasets)
+        """The trials of one dataset (a sweep across datasets: of one unit, `train->test`)."""
+        names = list(dict.fromkeys(t.dataset for t in self.trials)) if self.across else list(self.datasets)
         if dataset not in names:
-            what = "cross-dataset pair" if self.cross_dataset else "dataset"
+            what = ("cross-dataset pair" if self.cross_dataset else "leave-one-dataset-out unit"
+                    if self.leave_one_dataset_out else "dataset")
             raise ConfigError(f"{self.source}: no {what} {dataset!r}; the file has {sorted(names)}")
         return [t for t in self.trials if t.dataset == dataset]
 
@@ -185,7 +204,7 @@ def resolve(spec: SweepSpec, tracking_uri: str | None = None) -> Sweep:
                  datasets=MappingProxyType(datasets), experiment=spec.tracking.experiment or spec.name,
                  _tracking_uri=uri, name=spec.name, source=spec.source, seeds=tuple(spec.seeds),
                  resources=spec.resources, retries=spec.retries, max_concurrent=spec.max_concurrent,
-                 cross_dataset=spec.cross_dataset)
+                 cross_dataset=spec.cross_dataset, leave_one_dataset_out=spec.leave_one_dataset_out)
 
 
 def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = (),

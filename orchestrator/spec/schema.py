@@ -4,7 +4,8 @@ A sweep file names datasets, the base preprocessing/model/training sections, a g
 named variants (several keys changed together), seeds, resources and tracking. It expands into one
 `TrialConfig` per (dataset, point, seed); a Ray trial is a `TrialConfig` plus a test subject. With a
 `cross_dataset:` section it expands into one `TrialConfig` per (pair, point, seed) instead, each one
-unit of work (train on one dataset, test on the other).
+unit of work (train on one dataset, test on the other); with a `leave_one_dataset_out:` section, one per
+(held-out dataset, point, seed), each unit trained on all the other datasets together.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.config import ModelConfig, TrainConfig, check_aus, with_dataset_defaults
 from orchestrator.errors import ConfigError
@@ -61,7 +62,7 @@ class SynthSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    reader: Literal["casme2", "samm"]
+    reader: Literal["casme2", "samm", "casme3"]
     root: str  # `${ENV}` expanded when the dataset is prepared
     sheet: str | None = None  # coding sheet, when `root` is the frames folder itself
     aus: list[int] | None = None  # None: the paper's AUs for the reader
@@ -127,6 +128,20 @@ class CrossDatasetSpec(_Strict):
         return _check_au_list(v, "the AUs both datasets evaluate")
 
 
+class LeaveOneDatasetOutSpec(_Strict):
+    """Leave-one-dataset-out (docs/protocol.md): per held-out dataset, train on every sample of all the
+    other datasets of the protocol together and test on every sample of the held-out one, on AUs every
+    dataset of the protocol evaluates."""
+    datasets: list[str] | None = None  # the datasets of the protocol, in training order; None: every one
+    test: list[str] | None = None  # the datasets held out, one unit each; None: each of `datasets`
+    aus: list[int] | None = None  # None: the AUs all the datasets' lists share
+
+    @field_validator("aus")
+    @classmethod
+    def _aus_distinct(cls, v):
+        return _check_au_list(v, "the AUs all the datasets evaluate")
+
+
 class ResourcesSpec(_Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
@@ -153,6 +168,8 @@ class SweepSpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     # Present: the cross-dataset protocol (one unit per pair, point and seed) instead of LOSO
     cross_dataset: CrossDatasetSpec | None = None
+    # Present: leave-one-dataset-out (one unit per held-out dataset, point and seed) instead of LOSO
+    leave_one_dataset_out: LeaveOneDatasetOutSpec | None = None
     source: str | None = Field(None, exclude=True)  # the file it was read from (for messages)
 
     @field_validator("name")
@@ -177,6 +194,56 @@ class SweepSpec(_Strict):
         if twice:
             raise ValueError(f"seed(s) {twice} listed more than once; list each seed once")
         return v
+
+    @model_validator(mode="after")
+    def _one_protocol(self):
+        if self.cross_dataset is not None and self.leave_one_dataset_out is not None:
+            raise ValueError("cross_dataset and leave_one_dataset_out are two protocols; keep one of them (a "
+                             "sweep file runs one protocol)")
+        return self
+
+    def units(self) -> list[tuple[list[str], str]]:
+        """The units of a protocol across datasets, (datasets trained on, dataset tested on), checked: the
+        cross-dataset pairs, or one unit per held-out dataset of leave_one_dataset_out; [] under LOSO."""
+        if self.cross_dataset:
+            self.cross_aus()  # checks the pairs
+            return [([c.train], c.test) for c in self.cross_dataset.pairs]
+        if self.leave_one_dataset_out:
+            names, held = self._lodo_datasets()
+            return [([n for n in names if n != t], t) for t in held]
+        return []
+
+    def _lodo_datasets(self) -> tuple[list[str], list[str]]:
+        """(the datasets of leave_one_dataset_out, in training order; the held-out ones), checked."""
+        lodo, where = self.leave_one_dataset_out, f"{self.source}: leave_one_dataset_out"
+        names = list(lodo.datasets) if lodo.datasets is not None else list(self.datasets)
+        for i, n in enumerate(names):
+            if n not in self.datasets:
+                raise ConfigError(f"{where}.datasets[{i}]: no dataset {n!r}; the file has {sorted(self.datasets)}")
+            if names.count(n) > 1:
+                raise ConfigError(f"{where}.datasets: {n!r} is listed twice; list each dataset once")
+            if not _NAME.match(n):
+                raise ConfigError(f"{where}: dataset name {n!r}: use letters, digits, '.', '_' and '-' only (a "
+                                  f"unit's label joins the names it trains on with '+')")
+        if len(names) < 2:
+            raise ConfigError(f"{where}.datasets: leave-one-dataset-out needs at least two datasets, got "
+                              f"{names}; add datasets (or run LOSO: remove leave_one_dataset_out)")
+        for n in self.datasets:
+            if n not in names:
+                raise ConfigError(f"{where}: datasets.{n} is not in the protocol; add it to "
+                                  f"leave_one_dataset_out.datasets or remove it")
+            if self.datasets[n].subjects is not None:
+                raise ConfigError(f"{self.source}: datasets.{n}.subjects: leave-one-dataset-out trains and tests "
+                                  f"on every subject of each dataset; remove `subjects`")
+        held = list(lodo.test) if lodo.test is not None else names
+        for i, t in enumerate(held):
+            if t not in names:
+                raise ConfigError(f"{where}.test[{i}]: {t!r} is not among the protocol's datasets {names}")
+            if held.count(t) > 1:
+                raise ConfigError(f"{where}.test: {t!r} is listed twice; list each held-out dataset once")
+        if not held:
+            raise ConfigError(f"{where}.test: name at least one dataset to hold out, or remove the key for each")
+        return names, held
 
     def points(self) -> list[Point]:
         """Grid points: every variant (or none) crossed with the product of the grid's values. A variant's
@@ -204,11 +271,35 @@ class SweepSpec(_Strict):
         cross-dataset protocol); every point of every dataset is validated here. `load_sweep` calls it once
         and keeps the result in the resolved sweep (orchestrator/spec/resolved.py). `points`: `points()`,
         made once by the caller."""
-        if self.cross_dataset:
-            aus = self.cross_aus()
-            return [self.resolve(c.train, p, s, test=c.test, aus=aus) for c in self.cross_dataset.pairs
+        units = self.units()
+        if units:
+            aus = self.cross_aus() if self.cross_dataset else self.lodo_aus()
+            return [self.resolve(train[0], p, s, test=test, aus=aus, also=train[1:]) for train, test in units
                     for p in points for s in self.seeds]
         return [self.resolve(n, p, s) for n in self.datasets for p in points for s in self.seeds]
+
+    def lodo_aus(self) -> list[int]:
+        """The AUs of leave_one_dataset_out: its `aus`, each one in every dataset's AU list, else the AUs
+        all those lists share (in the first's order)."""
+        lodo, where = self.leave_one_dataset_out, f"{self.source}: leave_one_dataset_out"
+        names, _ = self._lodo_datasets()
+        lists = {n: self.datasets[n].au_list() for n in names}
+        shared = [a for a in lists[names[0]] if all(a in v for v in lists.values())]
+        if lodo.aus is None:
+            if not shared:
+                each = "; ".join(f"datasets.{n}: {v}" for n, v in lists.items())
+                raise ConfigError(f"{where}: its datasets share no AU ({each}); give them common AUs in their "
+                                  f"`aus:` lists")
+            return shared
+        for name, have in lists.items():
+            missing = [a for a in lodo.aus if a not in have]
+            if missing:
+                ds = self.datasets[name]
+                src = "its `aus:`" if ds.aus else f"the default AUs of reader {ds.reader}"
+                raise ConfigError(f"{where}.aus: AU {', '.join(map(str, missing))} not among the AUs of "
+                                  f"datasets.{name} ({have}: {src}); list only AUs every dataset of the protocol "
+                                  f"evaluates (here {shared}), or add them to datasets.{name}.aus")
+        return list(lodo.aus)
 
     def cross_aus(self) -> list[int]:
         """The AUs of the cross-dataset protocol, with its pairs checked: `cross_dataset.aus`, each one in
@@ -254,14 +345,16 @@ class SweepSpec(_Strict):
         return list(cross.aus)
 
     def resolve(self, dataset: str, point: Point, seed: int, test: str | None = None,
-                aus: list[int] | None = None) -> TrialConfig:
-        """The config of (dataset, point, seed); with `test`, of the cross-dataset unit that trains on
-        `dataset` (its overrides and its reader's alpha/beta) and tests on `test`, on `aus`."""
-        ds = self.datasets[dataset]
+                aus: list[int] | None = None, also: Sequence[str] = ()) -> TrialConfig:
+        """The config of (dataset, point, seed); with `test`, of the unit that trains on `dataset` and the
+        datasets `also` (leave-one-dataset-out) together and tests on `test`, on `aus`. The overrides of
+        every dataset trained on apply, in that order; alpha/beta default to the paper's values of the
+        dataset(s) trained on, which must then agree."""
+        train = [dataset, *also]
         tree = {"preprocessing": copy.deepcopy(self.preprocessing), "model": copy.deepcopy(self.model),
                 "training": copy.deepcopy(self.training)}
-        for where, params in ((f"datasets.{dataset}.overrides", ds.overrides),
-                              (f"point {point.label}", point.params)):
+        steps = [(f"datasets.{n}.overrides", self.datasets[n].overrides) for n in train]
+        for where, params in steps + [(f"point {point.label}", point.params)]:
             for key, value in params.items():
                 _set_dotted(tree, key, value, f"{self.source}: {where}")
         sections = {}
@@ -270,18 +363,38 @@ class SweepSpec(_Strict):
                 sections[name] = cls.model_validate(tree[name])
             except ValidationError as e:
                 raise ConfigError(_format_errors(e, f"{self.source}", prefix=name)) from None
-        sections["training"] = with_dataset_defaults(sections["training"], ds.reader)
-        aus = list(aus) if aus else ds.au_list()
-        where = f"cross_dataset {dataset}->{test}" if test else f"datasets.{dataset}"
+        label = "+".join(train)
+        protocol = "cross_dataset" if self.cross_dataset else "leave_one_dataset_out"
+        where = f"{protocol} {label}->{test}" if test else f"datasets.{dataset}"
+        sections["training"] = self._weights(sections["training"], train, where, point)
+        aus = list(aus) if aus else self.datasets[dataset].au_list()
         try:
             check_aus(sections["model"], aus)
         except ValueError as e:
             raise ConfigError(f"{self.source}: {where} (AUs {aus}), point {point.label}: {e}") from None
-        cross = {"dataset": f"{dataset}->{test}", "train": dataset, "test": test,
+        cross = {"dataset": f"{label}->{test}", "train": label, "test": test,
                  "test_reader": self.datasets[test].reader} if test else {"dataset": dataset}
-        return TrialConfig(**cross, reader=ds.reader, aus=aus, point=point.index,
+        if also:
+            cross["train_readers"] = [self.datasets[n].reader for n in train]
+        return TrialConfig(**cross, reader=self.datasets[dataset].reader, aus=aus, point=point.index,
                            point_label=point.label, variant=point.variant, params=point.params, seed=seed,
                            **sections)
+
+    def _weights(self, training: TrainConfig, train: Sequence[str], where: str, point: Point) -> TrainConfig:
+        """`training` with alpha/beta filled from the paper's defaults of the dataset(s) trained on; a
+        ConfigError when one is still unset (no default, or datasets whose defaults differ)."""
+        filled = {n: with_dataset_defaults(training, self.datasets[n].reader) for n in train}
+        first = filled[train[0]]
+        if any(t != first for t in filled.values()):
+            each = ", ".join(f"{n} ({self.datasets[n].reader}: alpha {t.alpha}, beta {t.beta})"
+                             for n, t in filled.items())
+            raise ConfigError(f"{self.source}: {where}, point {point.label}: the datasets trained on have different "
+                              f"default alpha/beta ({each}); set training.alpha and training.beta for the unit")
+        for k in ("alpha", "beta"):
+            if getattr(first, k) is None:
+                raise ConfigError(f"{self.source}: {where}, point {point.label}: training.{k} is not set and "
+                                  f"reader {self.datasets[train[0]].reader} has no default; set training.{k}")
+        return first
 
 
 class Point(BaseModel):
@@ -299,7 +412,9 @@ class Point(BaseModel):
 
 class TrialConfig(_Strict):
     """One resolved config per (dataset, point, seed): everything `train_fold` reads. Under the
-    cross-dataset protocol, one per (pair, point, seed): `dataset` is the pair's label `train->test`."""
+    cross-dataset protocol, one per (pair, point, seed): `dataset` is the pair's label `train->test`; under
+    leave-one-dataset-out, one per (held-out dataset, point, seed): `train` joins the datasets trained on
+    with '+' (`casme2+samm->casme3`)."""
     dataset: str
     reader: str  # of the dataset trained on
     aus: list[int]
@@ -311,18 +426,29 @@ class TrialConfig(_Strict):
     preprocessing: PreprocessConfig
     model: ModelConfig
     training: TrainConfig
-    # cross-dataset protocol only: the datasets (names in `datasets`) trained and tested on
+    # cross-dataset and leave-one-dataset-out units only: the dataset(s) (names in `datasets`, several
+    # joined by '+') trained on and the one tested on
     train: str | None = None
     test: str | None = None
     test_reader: str | None = None
+    # a unit trained on several datasets (leave-one-dataset-out): the reader of each, in `train`'s order
+    train_readers: list[str] | None = None
 
     @property
     def cross(self) -> bool:
+        """A unit across datasets (cross-dataset or leave-one-dataset-out): trains on every sample of its
+        training data, tests on every sample of another dataset."""
         return self.test is not None
 
     @property
+    def protocol(self) -> str:
+        """`loso`, `cross_dataset` (trained on one other dataset) or `lodo` (on several together)."""
+        return "lodo" if self.train_readers else "cross_dataset" if self.cross else "loso"
+
+    @property
     def reads(self) -> list[str]:
-        """The datasets (names in `datasets`) it reads, the one it trains on first."""
+        """The data it reads, what it trains on first: dataset names, a unit's training datasets as one
+        '+'-joined name (orchestrator.planning.data prepares them as one dataset)."""
         return [self.train, self.test] if self.cross else [self.dataset]
 
     def scientific(self) -> dict[str, Any]:
@@ -333,6 +459,8 @@ class TrialConfig(_Strict):
                "training": _training_for_hash(self.training)}
         if self.cross:  # LOSO configs hash as before, so their stored folds stay valid
             out.update(protocol="cross_dataset", test_reader=self.test_reader)
+        if self.train_readers:  # a unit on one training dataset is the cross-dataset unit, key and all
+            out.update(protocol="lodo", train_readers=list(self.train_readers))
         return out
 
     @property
@@ -344,7 +472,9 @@ class TrialConfig(_Strict):
         out = {"dataset": self.dataset, "reader": self.reader, "aus": ",".join(map(str, self.aus)),
                "seed": self.seed, "point": self.point_label}
         if self.cross:
-            out.update(protocol="cross_dataset", train=self.train, test=self.test, test_reader=self.test_reader)
+            out.update(protocol=self.protocol, train=self.train, test=self.test, test_reader=self.test_reader)
+        if self.train_readers:
+            out["train_readers"] = ",".join(self.train_readers)
         for section in SECTIONS:
             out.update(_flatten(getattr(self, section).model_dump(mode="json"), section))
         return out

@@ -126,7 +126,9 @@ class InProcessBackend:
             job = inputs.jobs[f.key]
             state.started(f.key)
             result = run_fold(job.trial, datasets[job.data], job.subject, prefix=inputs.prefixes[job.prefix],
-                              threads=1, on_epoch=lambda info, key=f.key: state.progress(key, info))
+                              threads=1, on_epoch=lambda info, key=f.key: state.progress(key, info),
+                              test_data=datasets[job.test_data] if job.test_data else None,
+                              test_prefix=inputs.prefixes.get(job.test_prefix))
             state.finished(f.key, result, {"node_id": "in-process", "hostname": "here"})
             self.calls["trained"] += 1
 

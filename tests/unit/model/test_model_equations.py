@@ -29,9 +29,22 @@ def test_table_i_groups_are_0_based_dlib_indices():
     assert TABLE_I[12] == (48, 54) and TABLE_I[15] == (48, 54)  # mouth corners
     assert TABLE_I[17] == (7, 8, 9, 57)
     assert landmark_groups([1, 7])[1] == [38, 41, 44, 47]
-    with pytest.raises(LandmarkError, match="model.landmark_groups: AU9"):
-        landmark_groups([9])
+    with pytest.raises(LandmarkError, match=r"model.landmark_groups: AU6 has no landmark region \(Table I covers "
+                                            r"\[1, 2, 4, 7, 12, 14, 15, 17\], this tool adds \[5, 9, 10\]\)"):
+        landmark_groups([6])
     assert landmark_groups([9], {9: [31, 35]}) == [[31, 35]]
+
+
+def test_aus_beyond_table_i_sit_on_their_facs_muscles():
+    """AUs 5, 9, 10 (CAS(ME)^3's set; docs/model.md "AUs beyond Table I"): upper eyelids, nose root and
+    wings, upper lip; with prompts, so CAS(ME)^3's default AU set passes the config check."""
+    from model.config import ModelConfig, check_aus
+    from model.regions import BEYOND_TABLE_I
+    from preprocessing.annotations import DEFAULT_AUS
+
+    assert landmark_groups([5, 9, 10]) == [[37, 38, 43, 44], [27, 28, 31, 35], [50, 51, 52]]
+    assert not set(BEYOND_TABLE_I) & set(TABLE_I)
+    check_aus(ModelConfig(), DEFAULT_AUS["casme3"])
 
 
 # -- Eq. 2-3 -------------------------------------------------------------------------------------------
