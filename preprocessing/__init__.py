@@ -1,4 +1,4 @@
-"""Datasets -> prepared tensors: readers (CASME II, SAMM), synthetic generator, dlib landmarks, motion
+"""Datasets -> prepared tensors: readers (CASME II, SAMM, CAS(ME)^3 Part A), synthetic generator, dlib landmarks, motion
 magnification, optical flow and the content-addressed cache of `PreparedDataset`s.
 
 Light names are imported here; `prepare_dataset` (OpenCV, dlib) is loaded on first use so that reading a

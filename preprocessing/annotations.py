@@ -1,4 +1,4 @@
-"""Coding sheets of CASME II and SAMM: readers, AU-string parsing, MER classes, sample validation.
+"""Coding sheets of CASME II, SAMM and CAS(ME)^3 Part A: readers, AU-string parsing, MER classes, sample validation.
 
 Each reader normalises its sheet into `Sample` records at the boundary (as MEB's readers do): nothing past
 this module knows which spreadsheet, column spelling or frame-file naming a sample came from.
@@ -6,6 +6,7 @@ this module knows which spreadsheet, column spelling or frame-file naming a samp
 from __future__ import annotations
 
 import csv
+import fnmatch
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,8 @@ from PIL import Image, ImageFile, ImageOps
 from preprocessing.errors import DatasetError, SampleProblem
 
 # Paper IV-A: the AUs evaluated per dataset.
-DEFAULT_AUS = {"casme2": [1, 2, 4, 7, 12, 14, 15, 17], "samm": [2, 4, 7, 12]}
+DEFAULT_AUS = {"casme2": [1, 2, 4, 7, 12, 14, 15, 17], "samm": [2, 4, 7, 12],
+               "casme3": [1, 2, 4, 5, 7, 9, 10, 12, 14, 17]}
 
 # docs/protocol.md "Evaluation protocol": 3-class MER; emotions not listed are excluded (None).
 _MER = {
@@ -27,6 +29,8 @@ _MER = {
                "surprise": "surprise"},
     "samm": {"happiness": "positive", "anger": "negative", "contempt": "negative", "disgust": "negative",
              "fear": "negative", "sadness": "negative", "surprise": "surprise"},
+    "casme3": {"happy": "positive", "disgust": "negative", "fear": "negative", "anger": "negative",
+               "sad": "negative", "surprise": "surprise"},
 }
 MER_CLASSES = ("positive", "negative", "surprise")
 
@@ -41,9 +45,9 @@ def _integer_text(text: str) -> str:
     return str(int(m.group(1))) if m else text
 
 
-# One AU code: optional side (L/R) or `AU`, the number, optional intensity (A-E), optional `?` (uncertain);
-# or a lone `?`. A cell is codes joined by `+`.
-_AU_CODE = re.compile(r"^(?:(?:[LR]|AU)?\s*(\d+)\s*[A-E]?\s*\??|\?)$", re.IGNORECASE)
+# One AU code: optional side (L/R; T/B, top/bottom, on CAS(ME)^3's lip AUs) or `AU`, the number,
+# optional intensity (A-E), optional `?` (uncertain); or a lone `?`. A cell is codes joined by `+`.
+_AU_CODE = re.compile(r"^(?:(?:[LRTB]|AU)?\s*(\d+)\s*[A-E]?\s*\??|\?)$", re.IGNORECASE)
 
 
 _OR = re.compile(r"\s+or\s+", re.IGNORECASE)
@@ -69,7 +73,8 @@ def parse_aus(text) -> set[int]:
     """AU cell of a coding sheet -> set of AU numbers; a ValueError for a cell that is not AU codes.
 
     `4+R12` -> {4, 12}; `L10 + R12` -> {10, 12}; `R14A` -> {14}; `12` -> {12}; `?` -> set() (uncertain,
-    nothing coded); `4 + ?` -> {4}. Side letters (L/R), intensity letters (A-E) and `?` marks are
+    nothing coded); `4 + ?` -> {4}; `2+T23` -> {2, 23}. Side letters (L/R, and T/B: top/bottom lip in
+    CAS(ME)^3), intensity letters (A-E) and `?` marks are
     dropped; a cell Excel stored as a number (12 or 12.0), or a CSV export wrote as one (`12.0`), is
     that AU. Anything else - an empty cell, words, `12.5` - is a ValueError saying what was found: it
     would otherwise become a wrong label. AU codes joined by `or` (`R14 or 15`) are an `AUAlternatives`
@@ -94,7 +99,7 @@ def parse_aus(text) -> set[int]:
             raise AUAlternatives(str(text), alternatives)
     codes = [_AU_CODE.match(part.strip()) for part in cell.split("+")]
     if not all(codes):
-        raise ValueError(f"AU cell {str(text)!r} is not AU codes (AU numbers with optional L/R side and A-E "
+        raise ValueError(f"AU cell {str(text)!r} is not AU codes (AU numbers with optional L/R/T/B side and A-E "
                          f"intensity letters, joined by '+', e.g. 'R12+14B')")
     return {int(m.group(1)) for m in codes if m.group(1)}
 
@@ -110,8 +115,8 @@ def mer_class(reader: str, emotion) -> str | None:
 class Sample:
     """One coded micro-expression, as every reader normalises it."""
     reader: str
-    subject: str  # `sub01` (CASME II), `006` (SAMM)
-    filename: str  # `EP02_01f`, `006_1_2`
+    subject: str  # `sub01` (CASME II), `006` (SAMM), `spNO.1` (CAS(ME)^3)
+    filename: str  # `EP02_01f`, `006_1_2`; CAS(ME)^3: `<video letter>_<onset cell>` (`a_355`, a clip has several)
     onset: int | None  # frame numbers as coded; None when the cell is not a number
     apex: int | None
     offset: int | None
@@ -125,6 +130,11 @@ class Sample:
     raw_frames: tuple[str, str, str] = ("", "", "")  # onset/apex/offset cells as written
     au_problem: str | None = None  # why the AU cell does not parse (then aus is None)
     au_alternatives: list[list[int]] | None = None  # AU cell `R14 or 15`: [[14], [15]] (aus is None)
+    # CAS(ME)^3: an apex coded at the onset frame (no motion to read there) is estimated like a missing one
+    estimate_apex_at_onset: bool = False
+    # CAS(ME)^3: frames lost inside the frames read are passed over (a note), only onset and apex must be there
+    lost_frames_ok: bool = False
+    notes: tuple[str, ...] = ()  # reader's notes that do not stop the sample (a folder matched ignoring case)
 
     @property
     def id(self) -> str:
@@ -144,15 +154,36 @@ class Sample:
         return self.apex is None and not _is_number(self.raw_frames[1])
 
     @property
+    def apex_at_onset(self) -> bool:
+        """The sheet's apex is the onset frame and this reader estimates such an apex (CAS(ME)^3)."""
+        return self.estimate_apex_at_onset and self.apex is not None and self.apex == self.onset
+
+    @property
+    def estimates_apex(self) -> bool:
+        """The pipeline estimates the apex: it is missing (`apex_missing`) or at the onset (`apex_at_onset`)."""
+        return self.apex_missing or self.apex_at_onset
+
+    @property
     def last_frame(self) -> int | None:
         """The highest frame number in the sample's folder (None when it has no frames)."""
         return max(self.frames) if self.frames else None
 
     def needed_frames(self, clip: bool) -> list[int]:
         """Frame numbers the pipeline reads: onset and apex, or every frame onset..apex (clip=True); with
-        a missing apex, every frame onset..offset that the folder reaches (the apex is estimated among
-        them)."""
-        if self.apex_missing:
+        an apex to estimate, every frame onset..offset that the folder reaches (the apex is estimated
+        among them). With lost_frames_ok, frames the folder lacks are left out, but never onset or apex."""
+        numbers = self._frame_range(clip)
+        if self.lost_frames_ok:
+            keep = (self.onset,) if self.estimates_apex else (self.onset, self.apex)
+            numbers = [n for n in numbers if n in self.frames or n in keep]
+        return numbers
+
+    def lost_frames(self, clip: bool) -> list[int]:
+        """Frames the pipeline would read that the folder lacks (with lost_frames_ok: passed over)."""
+        return [n for n in self._frame_range(clip) if n not in self.frames]
+
+    def _frame_range(self, clip: bool) -> list[int]:
+        if self.estimates_apex:
             last = self.offset if self.last_frame is None else min(self.offset, self.last_frame)
             return list(range(self.onset, max(last, self.onset) + 1))
         if clip:
@@ -172,9 +203,10 @@ def _norm(name) -> str:
 def read_sheet(path: Path, required: dict[str, str]) -> tuple[pd.DataFrame, int]:
     """Read a coding sheet (.xlsx/.csv) whose header row is found by content, not position.
 
-    `required` maps a normalised column name (`onsetframe`) to the name shown in messages. Returns the
-    data rows with normalised column names (header-less columns dropped) and the 1-based sheet row number
-    of the first data row.
+    A workbook of several worksheets: the one named `label` (CAS(ME)^3's), else the first (in the
+    workbook's order) with a header row. `required` maps a normalised column name (`onsetframe`) to the
+    name shown in messages. Returns the data rows with normalised column names (header-less columns
+    dropped) and the 1-based sheet row number of the first data row.
     """
     path = Path(path)
     if not path.is_file():
@@ -184,21 +216,24 @@ def read_sheet(path: Path, required: dict[str, str]) -> tuple[pd.DataFrame, int]
     if suffix not in (".csv", ".xlsx", ".xlsm"):
         raise DatasetError(f"{path}: a coding sheet must be .xlsx or .csv, not {path.suffix!r}")
     try:
-        raw = _read_csv(path) if suffix == ".csv" else pd.read_excel(path, header=None, dtype=object)
+        sheets = {"": _read_csv(path)} if suffix == ".csv" else \
+            pd.read_excel(path, sheet_name=None, header=None, dtype=object)
     except Exception as e:  # noqa: BLE001 - corrupt workbook, not a text file, ...
         advice = ("it must be a comma-separated text file; open the original sheet in a spreadsheet program "
                   "and save it as .xlsx (or as CSV UTF-8)") if suffix == ".csv" else \
             "open it in a spreadsheet program and save it again as .xlsx, or use the dataset's original sheet"
         raise DatasetError(f"{path}: cannot read the coding sheet ({type(e).__name__}: {e}); {advice}") from None
-    header_at = None
-    for i in range(min(len(raw), 60)):  # SAMM: ~13 rows of free text before the header
-        cells = {_norm(v) for v in raw.iloc[i].tolist()}
-        if "subject" in cells and "filename" in cells:
-            header_at = i
+    order = sorted(sheets, key=lambda name: str(name).strip().lower() != "label")  # stable: `label` first
+    header_at, raw = None, None
+    for name in order:
+        header_at = _header_row(sheets[name])
+        if header_at is not None:
+            raw = sheets[name]
             break
     if header_at is None:
+        where = "" if len(sheets) < 2 else f" in any of its worksheets ({', '.join(repr(str(n)) for n in sheets)})"
         raise DatasetError(f"{path}: no header row with the columns 'Subject' and 'Filename' in its first "
-                           f"60 rows; is this the coding sheet of the dataset?")
+                           f"60 rows{where}; is this the coding sheet of the dataset?")
     names = [_norm(v) for v in raw.iloc[header_at].tolist()]
     missing = [shown for key, shown in required.items() if key not in names]
     if missing:
@@ -210,6 +245,16 @@ def read_sheet(path: Path, required: dict[str, str]) -> tuple[pd.DataFrame, int]
     data = raw.iloc[header_at + 1:, keep]
     data.columns = [names[j] for j in keep]
     return data, header_at + 2
+
+
+def _header_row(raw: pd.DataFrame) -> int | None:
+    """Index of the first row with `Subject` and `Filename` cells, within the first 60 (SAMM: ~13 rows of
+    free text before the header); None when there is none."""
+    for i in range(min(len(raw), 60)):
+        cells = {_norm(v) for v in raw.iloc[i].tolist()}
+        if "subject" in cells and "filename" in cells:
+            return i
+    return None
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -301,9 +346,11 @@ def find_frames(folder: Path) -> dict[int, Path]:
     return out
 
 
-def _pick(root: Path, patterns: Sequence[str], what: str, option_hint: str) -> Path:
+def _pick(root: Path, patterns: Sequence[str], what: str, option_hint: str, ignore_case: bool = False) -> Path:
     for pat in patterns:
-        hits = sorted(p for p in root.glob(pat) if not p.name.startswith(("~$", ".")))
+        found = (p for p in root.iterdir() if fnmatch.fnmatchcase(p.name.lower(), pat.lower())) if ignore_case \
+            else root.glob(pat)
+        hits = sorted(p for p in found if not p.name.startswith(("~$", ".")))
         if hits:
             return hits[-1]  # newest coding date sorts last (CASME2-coding-20190701 after -20140508)
     raise DatasetError(f"{root}: no {what} ({' or '.join(patterns)}) in the dataset root; {option_hint}")
@@ -326,6 +373,8 @@ _COLUMNS = {
     "samm": {"subject": "Subject", "filename": "Filename", "onsetframe": "Onset Frame",
              "apexframe": "Apex Frame", "offsetframe": "Offset Frame", "actionunits": "Action Units",
              "estimatedemotion": "Estimated Emotion"},
+    "casme3": {"subject": "Subject", "filename": "Filename", "onset": "Onset", "apex": "Apex", "offset": "Offset",
+               "au": "AU", "emotion": "emotion"},
 }
 
 
@@ -339,14 +388,17 @@ def _samm_subject(v) -> str:
     return f"{int(s):03d}" if s.isdigit() else s  # Subject 6 (a number in Excel) -> 006
 
 
-def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> list[Sample]:
+def _sheet_rows(reader: str, root, sheet, sheet_patterns, ignore_case: bool = False):
+    """-> (root, sheet path, [(1-based sheet row, row)] without blank lines): the sheet given (a path
+    relative to the root too) or found in the root."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root is not a folder; pass --root with the folder the "
                            f"{reader} dataset was unpacked into")
     sheet_path = Path(sheet).expanduser() if sheet else _pick(
         root, sheet_patterns, "coding sheet",
-        "pass the sheet with --sheet (or `sheet:` in the sweep file) when the root is the frames folder")
+        "pass the sheet with --sheet (or `sheet:` in the sweep file) when the root is the frames folder",
+        ignore_case)
     if sheet and not sheet_path.is_absolute() and not sheet_path.exists() and (root / sheet_path).exists():
         sheet_path = root / sheet_path
     data, first_row = read_sheet(sheet_path, _COLUMNS[reader])
@@ -355,6 +407,13 @@ def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> l
         if not _cell(r["subject"]) and not _cell(r["filename"]):
             continue  # blank line
         rows.append((first_row + i, r))
+    if not rows:
+        raise DatasetError(f"{sheet_path}: the coding sheet has a header but no sample rows")
+    return root, sheet_path, rows
+
+
+def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> list[Sample]:
+    root, sheet_path, rows = _sheet_rows(reader, root, sheet, sheet_patterns)
     frames_root = _frames_root(root, frame_dirs, {subject_fn(r["subject"]) for _, r in rows})
     out = []
     for row, r in rows:
@@ -369,8 +428,6 @@ def _read(reader: str, root, sheet, sheet_patterns, frame_dirs, subject_fn) -> l
             au_text=_cell(r["actionunits"]), emotion=_cell(r["estimatedemotion"]), sheet=sheet_path,
             row=row, frames_dir=folder, frames=find_frames(folder),
             raw_frames=(_cell(r["onsetframe"]), _cell(r["apexframe"]), _cell(r["offsetframe"]))))
-    if not out:
-        raise DatasetError(f"{sheet_path}: the coding sheet has a header but no sample rows")
     return out
 
 
@@ -402,7 +459,76 @@ def read_samm(root, sheet=None) -> list[Sample]:
                  ["SAMM", ""], _samm_subject)
 
 
-READERS: dict[str, Callable[..., list[Sample]]] = {"casme2": read_casme2, "samm": read_samm}
+CASME3_SHEETS = ["cas(me)*3*label*.xlsx", "cas(me)*3*label*.csv", "casme*3*label*.xlsx", "casme*3*label*.csv"]
+
+
+def read_casme3(root, sheet=None) -> list[Sample]:
+    """CAS(ME)^3 Part A: `cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx` (sheet `label`; names matched ignoring
+    case, or .csv) and `{Subject}/{Filename}/color/{N}.jpg` under the root or a folder below it (`part_A/`).
+
+    A video holds several MEs, so the sample id is `{Subject}/{Filename}_{Onset}` as the sheet writes them
+    (`spNO.1/a_355`). Folders are matched ignoring case (the sheet's `J` is folder `j`: a note). Emotions
+    are lower-cased (`Others` -> `others`). An apex coded at the onset is estimated, and frames lost inside
+    onset..apex are passed over (notes, `sample_warnings`); depth frames are not used."""
+    root, sheet_path, rows = _sheet_rows("casme3", root, sheet, CASME3_SHEETS, ignore_case=True)
+    subjects = {_cell(r["subject"]) for _, r in rows}
+    base = _casme3_frames_root(root, subjects)
+    videos: dict[Path, dict[int, Path]] = {}
+    out = []
+    for row, r in rows:
+        subject, letter = _cell(r["subject"]), _cell(r["filename"])
+        subject_dir = _child(base, subject)
+        video_dir = _child(subject_dir, letter)
+        folder = _child(video_dir, "color")
+        notes = ()
+        if (subject_dir.name, video_dir.name) != (subject, letter) and folder.is_dir():
+            notes = (f"the sheet's {subject}/{letter} is the folder {subject_dir.name}/{video_dir.name} "
+                     f"(matched ignoring case)",)
+        if folder not in videos:
+            videos[folder] = find_frames(folder)
+        cells = (_cell(r["onset"]), _cell(r["apex"]), _cell(r["offset"]))
+        aus, au_problem, alternatives = _aus_cell(r["au"])
+        out.append(Sample(
+            reader="casme3", subject=subject, filename=f"{letter}_{_integer_text(cells[0])}",
+            onset=_frame_number(r["onset"]), apex=_frame_number(r["apex"]), offset=_frame_number(r["offset"]),
+            aus=aus, au_problem=au_problem, au_alternatives=alternatives, au_text=_cell(r["au"]),
+            emotion=_cell(r["emotion"]).lower(), sheet=sheet_path, row=row, frames_dir=folder,
+            frames=dict(videos[folder]), raw_frames=cells, estimate_apex_at_onset=True, lost_frames_ok=True,
+            notes=notes))
+    return out
+
+
+def _child(folder: Path, name: str) -> Path:
+    """`folder/name`, or the entry of `folder` whose name equals it ignoring case when there is no exact one."""
+    exact = folder / name
+    if exact.exists() or not folder.is_dir():
+        return exact
+    same = sorted(p for p in folder.iterdir() if p.name.lower() == name.lower())
+    return same[0] if same else exact
+
+
+def _casme3_frames_root(root: Path, subjects: Iterable[str]) -> Path:
+    """The folder holding the subject folders (names ignoring case): the root, or the first folder one or
+    two levels below it (`part_A/`, `data/part_A/`) that holds one of them."""
+    wanted = {s.lower() for s in subjects}
+
+    def holds(folder: Path) -> bool:
+        return any(p.name.lower() in wanted and p.is_dir() for p in folder.iterdir())
+
+    if holds(root):
+        return root
+    level = [root]
+    for _ in range(2):
+        level = [c for f in level for c in sorted(f.iterdir()) if c.is_dir() and not c.name.startswith(".")
+                 and c.name.lower() not in wanted]
+        for c in level:
+            if holds(c):
+                return c
+    return root
+
+
+READERS: dict[str, Callable[..., list[Sample]]] = {"casme2": read_casme2, "samm": read_samm,
+                                                   "casme3": read_casme3}
 
 
 def get_reader(name: str) -> Callable[..., list[Sample]]:
@@ -464,9 +590,10 @@ def validate_samples(samples: Sequence[Sample], clip: bool, corrections_where: s
         if bad:
             problems.append(SampleProblem(s, "; ".join(bad) + " (or skip the sample with on_error: skip)"))
             continue
-        if s.apex_missing:
+        if s.estimates_apex:
             if not s.onset < s.offset:
-                problems.append(SampleProblem(s, f"the apex cell {s.raw_frames[1]!r} gives no frame and "
+                what = "is the onset frame" if s.apex_at_onset else "gives no frame"
+                problems.append(SampleProblem(s, f"the apex cell {s.raw_frames[1]!r} {what} and "
                                                  f"onset..offset {s.onset}..{s.offset} has no frame after "
                                                  f"the onset to estimate it from; correct the sheet"))
                 continue
@@ -480,14 +607,15 @@ def validate_samples(samples: Sequence[Sample], clip: bool, corrections_where: s
             continue
         needed = s.needed_frames(clip)
         missing = [n for n in needed if n not in s.frames]
-        if s.apex_missing and not missing and len(needed) < 2:
-            problems.append(SampleProblem(s, f"the apex cell {s.raw_frames[1]!r} gives no frame and "
+        if s.estimates_apex and not missing and len(needed) < 2:
+            what = "is the onset frame" if s.apex_at_onset else "gives no frame"
+            problems.append(SampleProblem(s, f"the apex cell {s.raw_frames[1]!r} {what} and "
                                              f"{s.frames_dir} has no frame after the onset {s.onset} "
                                              f"(its last is {s.last_frame}) to estimate it from"))
             continue
         if missing:
             shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
-            why = " (the apex is estimated from the frames onset..offset)" if s.apex_missing else ""
+            why = " (the apex is estimated from the frames onset..offset)" if s.estimates_apex else ""
             problems.append(SampleProblem(s, f"frame(s) {shown} missing in {s.frames_dir} "
                                              f"(it has {len(s.frames)} frames){why}"))
             continue
@@ -506,19 +634,54 @@ def validate_samples(samples: Sequence[Sample], clip: bool, corrections_where: s
     return good, problems
 
 
-def sample_warnings(samples: Sequence[Sample], corrections_where: str | None = None
+def sample_warnings(samples: Sequence[Sample], corrections_where: str | None = None, clip: bool = True
                     ) -> list[SampleProblem]:
     """Quirks that do not stop a sample (run on the good samples of `validate_samples`): an offset past
     the last frame of the sample's folder (the pipeline reads only onset..apex; a missing apex is then
-    estimated among the frames up to the last one)."""
+    estimated among the frames up to the last one). And the reader's notes (`Sample.notes`), an apex
+    coded at the onset (estimated), frames lost inside the frames read (passed over) and, once per
+    video folder, the frames it lost that no sample reads (CAS(ME)^3). `clip`: as for `validate_samples`."""
     out = []
+    unread: dict[Path, set[int]] = {}  # video folder -> frames read by any of its samples
     for s in samples:
+        out.extend(SampleProblem(s, note) for note in s.notes)
+        if s.apex_at_onset:
+            out.append(SampleProblem(s, f"apex frame {s.apex} is the onset frame in the sheet: the apex is "
+                                        f"estimated (the frame of largest motion within onset..offset; listed "
+                                        f"in apex_estimated)"))
+        if s.lost_frames_ok:
+            lost = s.lost_frames(clip)
+            if lost:
+                read = "onset..offset" if s.estimates_apex else "onset..apex" if clip else "onset, apex"
+                out.append(SampleProblem(s, f"frame(s) {frame_ranges(lost)} inside {read} "
+                                            f"{s.onset}..{s.apex if not s.estimates_apex else s.offset} are "
+                                            f"missing in {s.frames_dir}: passed over (the clip is magnified over "
+                                            f"the frames present)"))
+            unread.setdefault(s.frames_dir, set()).update(s.needed_frames(clip), lost)
         last = s.last_frame
         if last is not None and s.offset is not None and s.offset > last:
-            what = (f"the missing apex is estimated within {s.onset}..{last}" if s.apex_missing else
+            what = (f"the missing apex is estimated within {s.onset}..{last}" if s.estimates_apex else
                     "prepared anyway: only onset..apex frames are read")
             out.append(SampleProblem(s, f"offset frame {s.offset} is past the last frame {last} in "
                                         f"{s.frames_dir}; {what}. To record the right offset, correct the "
                                         f"sheet or {correction_hint(s, f'offset: {last}', corrections_where)}"
                                         f" (if {last} is the offset)"))
+    for folder, read in unread.items():
+        first = next(s for s in samples if s.frames_dir == folder)
+        gone = [n for n in range(1, (first.last_frame or 0) + 1) if n not in first.frames and n not in read]
+        if gone:
+            why = "outside onset..apex of its samples" if clip else "not onset or apex of its samples"
+            out.append(SampleProblem(first, f"frame(s) {frame_ranges(gone)} of the video {folder} are missing "
+                                            f"(not read: {why})"))
     return out
+
+
+def frame_ranges(numbers: Iterable[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> `1-3, 7, 9-10`."""
+    parts: list[list[int]] = []
+    for n in sorted(numbers):
+        if parts and n == parts[-1][1] + 1:
+            parts[-1][1] = n
+        else:
+            parts.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)

@@ -6,11 +6,16 @@ lists it (`sub01/EP02_01f`, `006/006_1_2`): frame numbers for onset/apex/offset,
 or a YAML file (`preprocess --corrections FILE.yaml`), is applied to the samples a reader returns before
 validation, and is part of the prepared-data key. Plain dicts only: the orchestrator passes its
 sweep-file section down unchanged.
+
+Built-in errata (`ERRATA`: a shipped YAML file per reader, `preprocessing/errata/`) fix known mistakes of
+a published sheet: each fires only on a row that still has the wrong values, and is merged under the
+user's corrections (`with_errata`, the one place both are applied).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,10 @@ from preprocessing.errors import DatasetError
 
 FIELDS = ("onset", "apex", "offset", "aus")
 _FRAME_FIELDS = ("onset", "apex", "offset")
+
+# reader -> its built-in errata file: {errata: {sample id: {sheet: {field: wrong value}, fix: {field: value},
+# source: where the fix comes from, row: for people}}}
+ERRATA = {"casme3": Path(__file__).parent / "errata" / "casme3_v2.yaml"}
 
 
 def normalise(raw: Any, where: str = "") -> dict[str, dict[str, Any]]:
@@ -141,3 +150,43 @@ def apply(samples: Sequence, corrections: dict[str, dict[str, Any]], where: str
         out.append(dataclasses.replace(s, **update))
         changed.append({"sample": s.id, "fields": fields})
     return out, changed
+
+
+@functools.cache
+def errata(reader: str) -> dict[str, dict[str, Any]]:
+    """The built-in errata of a reader's published sheet: {sample id: {sheet: {field: wrong value},
+    fix: {field: value}, source}}; {} for a reader without any."""
+    import yaml
+
+    path = ERRATA.get(reader)
+    if path is None:
+        return {}
+    raw = (yaml.safe_load(path.read_text()) or {}).get("errata") or {}
+    out = {}
+    for sid, entry in raw.items():
+        fix = normalise({sid: entry["fix"]}, str(path))[sid]
+        out[sid] = {"sheet": dict(entry["sheet"]), "fix": fix, "source": str(entry.get("source", ""))}
+    return out
+
+
+def with_errata(reader: str, samples: Sequence, corrections: dict[str, dict[str, Any]] | None, where: str
+                ) -> tuple[list, list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """`apply` with the reader's built-in errata that fire merged under `corrections` (the user's entry for
+    the same sample wins field by field). An erratum fires on a sample whose sheet row still holds every
+    wrong value it names. -> (samples, what changed (an entry a fired erratum contributed to also has
+    `erratum`: its file and source), the fired errata {sample id: fix} for the prepared-data key)."""
+    table = errata(reader)
+    fired = {s.id: table[s.id]["fix"] for s in samples if s.id in table
+             and all(getattr(s, f) == v for f, v in table[s.id]["sheet"].items())}
+    user = normalise(corrections, where)
+    if not fired:
+        out, changed = apply(samples, user, where)
+        return out, changed, {}
+    merged = {sid: {**fired.get(sid, {}), **user.get(sid, {})} for sid in sorted(set(fired) | set(user))}
+    out, changed = apply(samples, merged, where)
+    for entry in changed:
+        sid = entry["sample"]
+        kept = [f for f in fired.get(sid, {}) if f not in user.get(sid, {})]
+        if kept:
+            entry["erratum"] = f"{ERRATA[reader].name} ({', '.join(kept)}): {table[sid]['source']}"
+    return out, changed, fired

@@ -17,7 +17,7 @@ from preprocessing.errors import DatasetError
 
 @dataclass
 class PreparedDataset:
-    reader: str  # casme2 | samm
+    reader: str  # casme2 | samm | casme3
     key: str  # content hash: sheet + frame files + preprocessing config + SCHEMA_VERSION
     sample_ids: list[str]  # `{subject}/{filename}`, unique
     subjects: list[str]  # subject per sample

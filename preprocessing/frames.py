@@ -105,7 +105,7 @@ def preprocess_clips(samples: Sequence[Sample], cfg: PreprocessConfig,
     done, flows, lms, estimated = [], [], [], []
     for s in good:
         try:
-            if s.apex_missing:
+            if s.estimates_apex:
                 s = dataclasses.replace(s, apex=estimate_apex(s, cfg))
                 estimated.append(s.id)
             f, lm = process_sample(s, cfg)

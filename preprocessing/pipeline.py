@@ -108,7 +108,8 @@ def apex_face_crops(reader: str, root, sample_ids: Sequence[str], cfg: Preproces
     A sample id the sheet does not have is a DatasetError; a frame that cannot be read a SampleProblem."""
     cfg = cfg or PreprocessConfig()
     samples = get_reader(reader)(root, sheet=sheet)
-    samples, _ = corr.apply(samples, corrections or {}, corrections_where or f"datasets.{reader}.corrections")
+    where = corrections_where or f"datasets.{reader}.corrections"
+    samples, _, _ = corr.with_errata(reader, samples, corrections, where)
     by_id = {s.id: s for s in samples}
     out = {}
     for sid in sample_ids:
@@ -175,7 +176,7 @@ def prepare_piece(sample: Sample, cfg: PreprocessConfig, frames: dict[str, bytes
             torch.set_num_threads(int(threads))
     _SHIPPED.update(frames or {})
     try:
-        estimated = sample.apex_missing
+        estimated = sample.estimates_apex
         if estimated:
             sample = dataclasses.replace(sample, apex=estimate_apex(sample, cfg))
         flow, lm = process_sample(sample, cfg)
@@ -258,8 +259,10 @@ def _model_stamp(path: Path) -> list:
 
 
 def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, root,
-              corrections: dict | None = None, digests: FrameDigests | None = None) -> str:
+              corrections: dict | None = None, digests: FrameDigests | None = None,
+              errata: dict | None = None) -> str:
     """sha256 over: SCHEMA_VERSION, reader, the preprocessing config, the corrections (normalised), the
+    built-in errata that fired (`corrections.with_errata`; only when any did), the
     sheet's bytes, per coded sample the frame numbers its folder holds and the content (sha256) of every
     frame the pipeline reads, and the predictor / magnification weights files (file name and size: not
     where an installation keeps them). No path or modification time: a copied dataset keeps its key."""
@@ -270,6 +273,8 @@ def cache_key(reader: str, samples: Sequence[Sample], cfg: PreprocessConfig, roo
     head = {"schema": SCHEMA_VERSION, "reader": reader, "config": _config_for_key(cfg)}
     if corrections:
         head["corrections"] = corr.normalise(corrections, "corrections")
+    if errata:
+        head["errata"] = errata
     h.update(json.dumps(head, sort_keys=True).encode())
     for sheet in sorted({s.sheet for s in samples}):
         h.update(hashlib.sha256(Path(sheet).read_bytes()).digest())
@@ -298,7 +303,7 @@ def piece_key(sample: Sample, cfg: PreprocessConfig, digests: FrameDigests | Non
             for n in _frames_read(sample, mag.needs_clip(cfg.magnification))]
     head = {"schema": SCHEMA_VERSION, "config": _config_for_key(cfg),
             "models": models if models is not None else _model_stamps(cfg),
-            "frames": [sample.onset, sample.apex, sample.offset, sample.apex_missing], "read": read}
+            "frames": [sample.onset, sample.apex, sample.offset, sample.estimates_apex], "read": read}
     return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -402,7 +407,8 @@ def prepare_dataset(reader: str, root, cfg: PreprocessConfig | None = None, cach
     on_error="stop": any bad sample raises a DatasetError listing every problem (file, row, sample), and
     the dataset is not cached. on_error="skip": bad samples are left out and listed in `skipped`.
     corrections: {sample id: {onset?, apex?, offset?, aus?}} applied to the sheet's rows before
-    validation (`preprocessing.corrections`), part of the key, listed in `corrected`; corrections_where
+    validation (`preprocessing.corrections`), over the reader's built-in errata that fire
+    (`corrections.with_errata`), part of the key, listed in `corrected`; corrections_where
     names where they come from in messages (default `datasets.<reader>.corrections`).
     A missing apex is estimated (listed in `apex_estimated`); an offset past the sample's last frame is
     a warning (listed in `warnings`).
@@ -428,7 +434,7 @@ def prepare_dataset(reader: str, root, cfg: PreprocessConfig | None = None, cach
                                       corrections_where=corrections_where)
     if problems and on_error == "stop":
         raise _problems_error(problems, len(samples))
-    warnings = sample_warnings(good, corrections_where)
+    warnings = sample_warnings(good, corrections_where, clip=mag.needs_clip(cfg.magnification))
 
     models = _model_stamps(cfg)
     keys = [piece_key(s, cfg, digests, models) for s in good]
@@ -506,14 +512,15 @@ def prepared_key(reader: str, root, cfg: PreprocessConfig | None = None, cache_d
 
 def _locate(reader: str, root, cfg: PreprocessConfig, cache_dir, sheet, corrections=None,
             corrections_where=None):
-    """-> (samples of the sheet with the corrections applied, what they changed, prepared-data key,
+    """-> (samples of the sheet with the built-in errata and the corrections applied, what they changed,
+    prepared-data key,
     cache file, the frame digests read)."""
     samples = get_reader(reader)(root, sheet=sheet)
     where = corrections_where or f"datasets.{reader}.corrections"
-    samples, corrected = corr.apply(samples, corrections or {}, where)
+    samples, corrected, errata = corr.with_errata(reader, samples, corrections, where)
     mag.check(cfg.magnification)  # missing or unusable weights fail here, before the key stamps the file
     digests = FrameDigests(cache_dir)
-    key = cache_key(reader, samples, cfg, root, corrections, digests)
+    key = cache_key(reader, samples, cfg, root, corrections, digests, errata)
     path = cache_path(cache_dir, reader, key)
     if path.is_file():
         digests.save()  # remembered only beside a prepared dataset: a failed run leaves the cache as it was

@@ -1,4 +1,5 @@
-"""Synthetic micro-expression datasets in the exact CASME II and SAMM layouts (coding sheet included).
+"""Synthetic micro-expression datasets in the exact CASME II, SAMM and CAS(ME)^3 Part A layouts (coding
+sheet included).
 
 Faces: `skimage.data.astronaut()` (public domain, ships offline), one identity per subject by a smooth
 shape warp, scale, small rotation, shift and brightness. Each sample is a short onset -> apex -> offset
@@ -26,8 +27,9 @@ import numpy as np
 
 from preprocessing.errors import DatasetError
 
-LAYOUTS = ("casme2", "samm")
-_CANVAS = {"casme2": (320, 240), "samm": (320, 216)}  # (W, H): the real 640x480 / 960x650, scaled down
+LAYOUTS = ("casme2", "samm", "casme3")
+# (W, H): the real 640x480 / 960x650, scaled down; CAS(ME)^3's 1280x720 as 320x240 (the face needs the height)
+_CANVAS = {"casme2": (320, 240), "samm": (320, 216), "casme3": (320, 240)}
 _FACE_WIDTH = 150.0  # landmark-box width of the synthetic face in pixels (paper-scale crop -> 224)
 _JPEG_QUALITY = 95
 
@@ -38,8 +40,10 @@ AU_MOTION: dict[int, tuple[tuple[int, ...], tuple[float, float], float]] = {
     1: ((20, 21, 22, 23), (0.0, -1.0), 0.07),  # inner brow raiser
     2: ((18, 19, 24, 25), (0.0, -1.0), 0.07),  # outer brow raiser
     4: ((19, 20, 21, 22, 23, 24), (-0.6, 0.8), 0.08),  # brow lowerer: down and together
+    5: ((37, 38, 43, 44), (0.0, -1.0), 0.05),  # upper lid raiser: upper lids up
     6: ((2, 14), (0.0, -1.0), 0.10),  # cheek raiser
     7: ((40, 41, 46, 47), (0.0, -1.0), 0.05),  # lid tightener: lower lids up
+    9: ((27, 28, 31, 35), (0.0, -1.0), 0.06),  # nose wrinkler: nose root and wings up
     10: ((50, 52), (0.0, -1.0), 0.06),  # upper lip raiser
     12: ((48, 54), (0.6, -0.8), 0.07),  # lip corner puller: up and out
     14: ((48, 54, 60, 64), (-1.0, 0.0), 0.06),  # dimpler: lip corners tightened inward
@@ -64,7 +68,16 @@ DECKS = {
         ("Disgust", [10]), ("Fear", [1, 2, 4]), ("Sadness", [4, 15]), ("Other", [7]), ("Other", [2]),
         ("Other", [17]),
     ],
+    # the first CASME3_FIRST cards hold every AU of DEFAULT_AUS["casme3"] (and both `others`): the first
+    # round deals them before the rest (`_draw_aus`), so a set of that many samples has each
+    "casme3": [
+        ("others", [14]), ("disgust", [9]), ("disgust", [10]), ("sad", [17]), ("fear", [1, 2, 4, 5]),
+        ("others", [7]), ("happy", [12]),
+        ("happy", [6, 12]), ("surprise", [1, 2]), ("surprise", [1, 2, 5]), ("disgust", [4]), ("disgust", [4, 7]),
+        ("anger", [4, 7]), ("sad", [1, 4]),
+    ],
 }
+CASME3_FIRST = 7
 _UNILATERAL_OK = {12, 14, 10}  # AUs a sheet often codes with a side (L/R)
 
 
@@ -168,6 +181,8 @@ def _draw_aus(layout: str, index: int, seed: int, rng, intensity: float):
     """Emotion and AUs {au: (amplitude px, side)} of the dataset's `index`-th sample."""
     deck = DECKS[layout]
     order = np.random.default_rng([seed, 1_000_000 + index // len(deck)]).permutation(len(deck))
+    if layout == "casme3" and index < len(deck):  # first round: the cards that hold every AU first
+        order = np.r_[[i for i in order if i < CASME3_FIRST], [i for i in order if i >= CASME3_FIRST]]
     emotion, combo = deck[int(order[index % len(deck)])]
     aus = {}
     for au in combo:
@@ -178,12 +193,15 @@ def _draw_aus(layout: str, index: int, seed: int, rng, intensity: float):
 
 
 # ---------------------------------------------------------------------------------------------------
-def _write_xlsx(path: Path, rows: list[list], preamble: Sequence[Sequence] = ()) -> None:
-    """A workbook whose bytes depend only on its content (fixed timestamps in the zip and properties)."""
+def _write_xlsx(path: Path, rows: list[list], preamble: Sequence[Sequence] = (), title: str | None = None) -> None:
+    """A workbook whose bytes depend only on its content (fixed timestamps in the zip and properties).
+    `title`: the rows go to a worksheet of that name after an empty `Sheet1` (CAS(ME)^3's workbook)."""
     from openpyxl import Workbook
     wb = Workbook()
     ws = wb.active
     ws.title = "Sheet1"
+    if title:
+        ws = wb.create_sheet(title)
     for r in list(preamble) + rows:
         ws.append(list(r))
     fixed = datetime.datetime(2014, 5, 8)
@@ -244,6 +262,8 @@ def generate(out, layout: str = "casme2", subjects: int = 4, per_subject: int = 
 
 
 def _generate_into(root: Path, layout, n_subjects, per_subject, seed, intensity, noise) -> list[dict]:
+    if layout == "casme3":
+        return _generate_casme3(root, n_subjects, per_subject, seed, intensity, noise)
     w, h = _CANVAS[layout]
     grey = layout == "samm"
     rows, truth = [], []
@@ -300,6 +320,84 @@ def _generate_into(root: Path, layout, n_subjects, per_subject, seed, intensity,
         header = ["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame",
                   "Duration", "Type", "Action Units", "Notes", "Estimated Emotion"]
         _write_xlsx(root / "SAMM_Micro_FACS_Codes_v2.xlsx", [header] + rows, preamble=preamble)
+    return truth
+
+
+_CASME3_LETTERS = "jacegikbdfhlm"  # video letters a-m; subject 0's first video is `j`
+_CASME3_CLASS = {"happy": "I", "surprise": "II", "disgust": "III", "fear": "IV", "anger": "V", "sad": "VI",
+                 "others": "VII"}
+CASME3_LOST_LEAD = 7  # frames 1..7 of every video are missing, as in most real videos
+
+
+def _generate_casme3(root: Path, n_subjects, per_subject, seed, intensity, noise) -> list[dict]:
+    """CAS(ME)^3 Part A: `part_A/spNO.<k>/<letter>/color/<N>.jpg` (k with gaps; 1-based, unpadded; frames
+    1-7 lost), a few small `depth/<N>.png`, two MEs per video, and the sheet
+    `cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx` (an empty sheet, then `label`, every cell text). The quirks
+    of the real set: the first video is `J` in the sheet and `j` on disk; its first sample lost a frame
+    inside onset..apex and the video one between its MEs; the last sample's apex is coded at its onset;
+    AU cells unsorted (`2+1`), with L/R sides and a `T23` (lip AU, no motion); one `Others`."""
+    w, h = _CANVAS["casme3"]
+    total = n_subjects * per_subject
+    flat = total - 1  # the sample whose sheet apex is its onset
+    sided = {min(2, total - 1): "L", min(3, total - 1): "R"}  # AU cells with a side prefix
+    rows, truth, capital = [], [], False
+    for si in range(n_subjects):
+        rng = np.random.default_rng([seed, si])
+        face, lm = _subject_face(rng, "casme3")
+        subject = f"spNO.{1 + si * (si + 1) // 2}"  # 1, 2, 4, 7, 11, ...: numbers with gaps
+        for v in range((per_subject + 1) // 2):
+            letter = _CASME3_LETTERS[(v + 2 * si) % len(_CASME3_LETTERS)]
+            cell = letter.upper() if (si, v) == (0, 0) else letter
+            mes, start = [], CASME3_LOST_LEAD + int(rng.integers(4, 7))
+            for k in range(2 * v, min(2 * v + 2, per_subject)):
+                index = si * per_subject + k
+                emotion, aus = _draw_aus("casme3", index, seed, rng, intensity)
+                if index in sided:
+                    first = min(aus)
+                    aus[first] = (aus[first][0], sided[index])
+                onset = start
+                apex = onset + int(rng.integers(2, 5))
+                offset = apex + int(rng.integers(2, 5))
+                start = offset + int(rng.integers(3, 6))
+                mes.append((index, emotion, aus, onset, apex, offset, motion_field(lm, aus, (h, w))))
+            last = mes[-1][5] + 2
+            lost = set(range(1, CASME3_LOST_LEAD + 1))
+            if (si, v) == (0, 0):
+                lost |= {mes[0][3] + 1, mes[0][5] + 1}  # inside onset..apex of its first ME; between the MEs
+            folder = root / "part_A" / subject / letter
+            (folder / "color").mkdir(parents=True)
+            (folder / "depth").mkdir()
+            for n in range(CASME3_LOST_LEAD + 1, last + 1):
+                disp = sum(f * _profile(n, on, ap, off) for _, _, _, on, ap, off, f in mes)
+                frame = _warp(face, disp).astype(np.float32)
+                frame += rng.normal(0, 1.5 * noise, size=frame.shape).astype(np.float32)  # sensor noise
+                if n in lost:
+                    continue
+                _write_frame(folder / "color" / f"{n}.jpg", np.clip(np.rint(frame), 0, 255).astype(np.uint8), False)
+                if n <= CASME3_LOST_LEAD + 3:  # depth frames are not used: a few small ones
+                    ok, buf = cv2.imencode(".png", np.full((12, 16), 800 + n, np.uint16))
+                    (folder / "depth" / f"{n}.png").write_bytes(buf.tobytes())
+            for index, emotion, aus, onset, apex, offset, _ in mes:
+                codes = [f"{side}{au}" for au, (_, side) in sorted(aus.items(), reverse=True)]  # unsorted: 2+1
+                if index == min(1, total - 1):
+                    codes.append("T23")  # top-lip AU23: coded, not evaluated, no motion
+                shown = emotion
+                if emotion == "others" and not capital:
+                    shown, capital = "Others", True  # as 3 rows of the real sheet
+                sheet_apex = onset if index == flat else apex
+                rows.append([subject, cell, str(onset), str(sheet_apex), str(offset), "+".join(codes),
+                             _CASME3_CLASS[emotion], shown])
+                au_truth = {str(a): {"amplitude_px": round(amp, 4), "side": side}
+                            for a, (amp, side) in sorted(aus.items())}
+                if "T23" in codes:
+                    au_truth["23"] = {"amplitude_px": 0.0, "side": "T"}
+                truth.append({"sample": f"{subject}/{cell}_{onset}", "video": f"{subject}/{letter}",
+                              "emotion": emotion, "sheet_emotion": shown, "onset": onset, "apex": apex,
+                              "sheet_apex": sheet_apex, "offset": offset,
+                              "aus": dict(sorted(au_truth.items(), key=lambda kv: int(kv[0]))),
+                              "video_lost_frames": sorted(lost), "video_last_frame": last})
+    header = ["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Objective class", "emotion"]
+    _write_xlsx(root / "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx", [header] + rows, title="label")
     return truth
 
 

@@ -7,12 +7,15 @@ import click
 
 from orchestrator.cli.errors import friendly_errors
 from orchestrator.execution.parallel import MIN_SAMPLES, LocalRay, RaySamples
+from preprocessing.annotations import READERS
+from preprocessing.synth import LAYOUTS
 
 
 @click.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--layout", type=click.Choice(["casme2", "samm"]), default="casme2", show_default=True,
-              help="Real dataset layout to write (folders, frame names, coding sheet).")
+@click.option("--layout", type=click.Choice(list(LAYOUTS)), default="casme2", show_default=True,
+              help="Real dataset layout to write (folders, frame names, coding sheet): CASME II, SAMM or "
+                   "CAS(ME)^3 Part A (casme3; --per-subject MEs, two per video).")
 @click.option("--subjects", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--per-subject", type=click.IntRange(min=1), default=6, show_default=True,
               help="Samples per subject.")
@@ -22,7 +25,7 @@ from orchestrator.execution.parallel import MIN_SAMPLES, LocalRay, RaySamples
 @click.option("--noise", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Scales the sensor noise (1: sigma 1.5 grey levels).")
 def synth(out, layout, subjects, per_subject, seed, intensity, noise):
-    """Write a synthetic micro-expression dataset in the real CASME II or SAMM layout to OUT."""
+    """Write a synthetic micro-expression dataset in the real CASME II, SAMM or CAS(ME)^3 layout to OUT."""
     from preprocessing.synth import generate
     with friendly_errors():
         root = generate(out, layout=layout, subjects=subjects, per_subject=per_subject, seed=seed,
@@ -32,7 +35,8 @@ def synth(out, layout, subjects, per_subject, seed, intensity, noise):
 
 
 @click.command("preprocess")
-@click.option("--reader", required=True, type=click.Choice(["casme2", "samm"]), help="Dataset reader.")
+@click.option("--reader", required=True, type=click.Choice(sorted(READERS)),
+              help="Dataset reader: casme2 (CASME II), samm (SAMM), casme3 (CAS(ME)^3 Part A).")
 @click.option("--root", required=True, type=click.Path(), help="Dataset folder as its holders unpack it.")
 @click.option("--sheet", type=click.Path(), default=None,
               help="Coding sheet (.xlsx/.csv) when --root is the frames folder itself.")
@@ -146,7 +150,8 @@ def _print_summary(s: dict) -> None:
         t.add_column("fields (sheet -> corrected)")
         for d in s["corrected"]:
             t.add_row(d["sample"], "; ".join(f"{k}: {v['sheet']!r} -> {v['corrected']!r}"
-                                             for k, v in d["fields"].items()))
+                                             for k, v in d["fields"].items())
+                      + (f" (built-in erratum {d['erratum']})" if d.get("erratum") else ""))
         console.print(t)
     if s.get("apex_estimated"):
         t = Table(title=f"Apex estimated ({len(s['apex_estimated'])})",

@@ -133,14 +133,14 @@ def test_mer_classes_follow_design():
     assert [mer_class("samm", e) for e in ("Happiness", "Anger", "Contempt", "Disgust", "Fear", "Sadness",
                                            "Surprise", "Other")] == \
         ["positive"] + ["negative"] * 5 + ["surprise", None]
-    with pytest.raises(DatasetError, match="unknown reader 'ck'.*casme2, samm"):
+    with pytest.raises(DatasetError, match="unknown reader 'ck'.*casme2, casme3, samm"):
         mer_class("ck", "happiness")
 
 
 def test_unknown_reader_lists_known_ones():
-    assert set(READERS) == set(DEFAULT_AUS) == {"casme2", "samm"}
-    with pytest.raises(DatasetError, match=r"unknown reader 'casme3'; known readers: casme2, samm"):
-        get_reader("casme3")
+    assert set(READERS) == set(DEFAULT_AUS) == {"casme2", "samm", "casme3"}
+    with pytest.raises(DatasetError, match=r"unknown reader 'casme4'; known readers: casme2, casme3, samm"):
+        get_reader("casme4")
 
 
 _JPEG = cv2.imencode(".jpg", np.zeros((4, 4), np.uint8))[1].tobytes()  # readers glob; faces not needed

@@ -118,10 +118,10 @@ def test_sheet_without_a_needed_column(broken):
 def test_unknown_reader(tiny_casme2, tmp_path):
     result = CliRunner().invoke(main, ["preprocess", "--reader", "ck+", "--root", str(tiny_casme2),
                                        "--cache-dir", str(tmp_path / "cache")])
-    assert result.exit_code != 0 and "'ck+' is not one of 'casme2', 'samm'" in result.stderr
+    assert result.exit_code != 0 and "'ck+' is not one of 'casme2', 'casme3', 'samm'" in result.stderr
     assert not (tmp_path / "cache").exists()
     from preprocessing import DatasetError, prepare_dataset
-    with pytest.raises(DatasetError, match="unknown reader 'ck\\+'; known readers: casme2, samm"):
+    with pytest.raises(DatasetError, match="unknown reader 'ck\\+'; known readers: casme2, casme3, samm"):
         prepare_dataset("ck+", tiny_casme2, cache_dir=tmp_path / "cache")
 
 
