@@ -17,6 +17,7 @@ from orchestrator.planning.data import data_id, prepare, record_prepared
 from orchestrator.planning.store import atomic_write_text
 from orchestrator.reporting.view import console
 from orchestrator.tracking.client import reason, redact
+from preprocessing.annotations import READERS
 
 
 @click.command("train")
@@ -89,7 +90,7 @@ def train(sweep_file: str, overrides, point: int, dataset: str | None, seed: int
 @click.option("--sheet", type=click.Path(dir_okay=False), help="coding sheet in a dataset's layout: predict "
                                                                 "every row (with --root)")
 @click.option("--root", type=click.Path(), help="dataset folder holding the sheet's frames (with --sheet)")
-@click.option("--reader", type=click.Choice(["casme2", "samm"]),
+@click.option("--reader", type=click.Choice(sorted(READERS)),
               help="layout of --sheet/--root [default: the reader the model was trained on]")
 @click.option("--skip-bad", is_flag=True, help="with --sheet: leave unusable rows out (listed on stderr) "
                                                "instead of stopping with the list of problems")

@@ -12,7 +12,7 @@ import json
 from typing import Any, Protocol
 
 from orchestrator.errors import ConfigError
-from orchestrator.planning.data import data_ids
+from orchestrator.planning.data import data_id, data_ids
 from orchestrator.planning.store import atomic_write_text
 from orchestrator.spec.paper import compare
 from orchestrator.tracking.client import flat_metrics
@@ -101,15 +101,30 @@ def seed_summaries(state: Results, table: list[dict[str, Any]] | None = None) ->
 
 def data_notes(state: Results) -> list[dict[str, Any]]:
     """Per prepared dataset with something to say: {dataset, data_id, skipped, dropped_subjects,
-    apex_estimated, corrected, warnings}."""
+    apex_estimated, corrected, warnings}. A unit's combined training datasets (leave-one-dataset-out) say
+    only what their datasets that are not listed on their own say (each note once)."""
     out, seen = [], set()
+    read = {did for g in state.groups.values() for did in data_ids(g.trial)}
     for g in state.groups.values():
-        for name, did in zip(g.trial.reads, data_ids(g.trial), strict=False):  # a cross-dataset pair reads two
+        for name, did in zip(g.trial.reads, data_ids(g.trial), strict=False):  # a unit reads two
+            if did in seen:
+                continue
+            seen.add(did)
             note = state.data_note(did)
-            if note and did not in seen:
-                seen.add(did)
+            listed = [m for m in state.sweep.members(name) if m != name and data_id(g.trial, m) in read]
+            note = _without_members(note, listed) if listed else note
+            if note:
                 out.append({"dataset": name, "data_id": did, **note})
     return out
+
+
+def _without_members(note: dict[str, list], members: list[str]) -> dict[str, list]:
+    """A combined dataset's notes less those of `members` (their samples and subjects are `member:...`)."""
+    mine = tuple(f"{m}:" for m in members)
+    keep = {k: [x for x in v if not str(x.get("sample", "") if isinstance(x, dict) else x).startswith(mine)]
+            for k, v in note.items()}
+    return keep if any(keep.values()) else {}
+
 
 def to_json(state: Results, trained: int, reused: int) -> dict[str, Any]:
     table = rows(state)

@@ -11,11 +11,14 @@ from rich import box
 from rich.console import Console
 from rich.console import Group as RGroup
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from orchestrator.reporting.report import MIN_SUBJECTS
 from orchestrator.spec.paper import MEASURED
+
+MAX_WARNINGS = 10  # data warnings printed per dataset after a table; the report's JSON holds them all
 
 
 class LiveProgress(Protocol):
@@ -352,9 +355,12 @@ def print_report(console: Console, rows: list[dict[str, Any]], trained: int | No
             console.print(f"corrected {d['dataset']}: " + ", ".join(
                 f"{c['sample']} ({', '.join(c.get('fields', {}))})" for c in d["corrected"]),
                 highlight=False, soft_wrap=True)
-        for w in d.get("warnings") or []:
-            console.print(f"[yellow]warning[/yellow] {w['warning']}", highlight=False, soft_wrap=True,
-                          markup=False)
+        warnings = d.get("warnings") or []
+        for w in warnings[:MAX_WARNINGS]:
+            console.print(f"[yellow]warning[/yellow] {escape(w['warning'])}", highlight=False, soft_wrap=True)
+        if len(warnings) > MAX_WARNINGS:
+            console.print(f"[yellow]warning[/yellow] {d['dataset']}: ... and {len(warnings) - MAX_WARNINGS} more "
+                          f"(every one is under data_notes in the report's JSON)", highlight=False, soft_wrap=True)
     if trained is not None:
         console.print(f"trained {trained} fold(s), reused {reused} from the results store")
     if paths:

@@ -283,23 +283,28 @@ class SweepSpec(_Strict):
         all those lists share (in the first's order)."""
         lodo, where = self.leave_one_dataset_out, f"{self.source}: leave_one_dataset_out"
         names, _ = self._lodo_datasets()
+        return self._shared_aus(names, lodo.aus, where, "of the protocol")
+
+    def _shared_aus(self, names: Sequence[str], wanted: list[int] | None, where: str, group: str) -> list[int]:
+        """`wanted`, each one checked to be in the AU list of every dataset of `names`, else (None) the AUs
+        all those lists share, in the first's order; `where`, `group` (`of its pairs`) word the errors."""
         lists = {n: self.datasets[n].au_list() for n in names}
         shared = [a for a in lists[names[0]] if all(a in v for v in lists.values())]
-        if lodo.aus is None:
+        if wanted is None:
             if not shared:
                 each = "; ".join(f"datasets.{n}: {v}" for n, v in lists.items())
-                raise ConfigError(f"{where}: its datasets share no AU ({each}); give them common AUs in their "
-                                  f"`aus:` lists")
+                raise ConfigError(f"{where}: the datasets {group} share no AU ({each}); give them common AUs in "
+                                  f"their `aus:` lists")
             return shared
         for name, have in lists.items():
-            missing = [a for a in lodo.aus if a not in have]
+            missing = [a for a in wanted if a not in have]
             if missing:
                 ds = self.datasets[name]
                 src = "its `aus:`" if ds.aus else f"the default AUs of reader {ds.reader}"
                 raise ConfigError(f"{where}.aus: AU {', '.join(map(str, missing))} not among the AUs of "
-                                  f"datasets.{name} ({have}: {src}); list only AUs every dataset of the protocol "
+                                  f"datasets.{name} ({have}: {src}); list only AUs every dataset {group} "
                                   f"evaluates (here {shared}), or add them to datasets.{name}.aus")
-        return list(lodo.aus)
+        return list(wanted)
 
     def cross_aus(self) -> list[int]:
         """The AUs of the cross-dataset protocol, with its pairs checked: `cross_dataset.aus`, each one in
@@ -326,23 +331,7 @@ class SweepSpec(_Strict):
                 raise ConfigError(f"{self.source}: datasets.{name}.subjects: the cross-dataset protocol trains on "
                                   f"every subject of one dataset and tests on every subject of the other; "
                                   f"remove `subjects`")
-        lists = {n: self.datasets[n].au_list() for n in used}
-        shared = [a for a in lists[used[0]] if all(a in v for v in lists.values())]
-        if cross.aus is None:
-            if not shared:
-                each = "; ".join(f"datasets.{n}: {v}" for n, v in lists.items())
-                raise ConfigError(f"{where}: the datasets of its pairs share no AU ({each}); give them "
-                                  f"common AUs in their `aus:` lists")
-            return shared
-        for name, have in lists.items():
-            missing = [a for a in cross.aus if a not in have]
-            if missing:
-                ds = self.datasets[name]
-                src = "its `aus:`" if ds.aus else f"the paper's AUs for reader {ds.reader}"
-                raise ConfigError(f"{where}.aus: AU {', '.join(map(str, missing))} not among the AUs of "
-                                  f"datasets.{name} ({have}: {src}); list only AUs every dataset of a pair "
-                                  f"evaluates (here {shared}), or add them to datasets.{name}.aus")
-        return list(cross.aus)
+        return self._shared_aus(used, cross.aus, where, "of its pairs")
 
     def resolve(self, dataset: str, point: Point, seed: int, test: str | None = None,
                 aus: list[int] | None = None, also: Sequence[str] = ()) -> TrialConfig:

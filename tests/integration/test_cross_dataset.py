@@ -70,8 +70,8 @@ def test_a_loso_trial_hashes_as_before_the_protocol_existed(tmp_path):
     ({"cross_dataset": {"pairs": [{"train": "samm", "test": "casme2"}, {"train": "samm", "test": "casme2"}]}},
      r"cross_dataset.pairs\[1\]: samm->casme2 is listed twice"),
     ({"cross_dataset": {"pairs": [{"train": "samm", "test": "casme2"}], "aus": [1, 2]}},
-     r"cross_dataset.aus: AU 1 not among the AUs of datasets.samm \(\[2, 4, 7, 12\]: the paper's AUs for "
-     r"reader samm\); list only AUs every dataset of a pair evaluates \(here \[2, 4, 7, 12\]\)"),
+     r"cross_dataset.aus: AU 1 not among the AUs of datasets.samm \(\[2, 4, 7, 12\]: the default AUs of "
+     r"reader samm\); list only AUs every dataset of its pairs evaluates \(here \[2, 4, 7, 12\]\)"),
     ({"cross_dataset": {"pairs": [{"train": "samm", "test": "casme2"}], "aus": []}},
      r"cross_dataset.aus: give at least one AU"),
     ({"cross_dataset": {"pairs": []}}, r"cross_dataset.pairs: List should have at least 1 item"),

@@ -152,8 +152,9 @@ def test_prompts_and_global_text():
     casme = [1, 2, 4, 7, 12, 14, 15, 17]
     assert au_prompts([4]) == [("The eyebrows are lowering", "The eyebrows are not lowering")]  # Fig. 2
     assert set(casme) <= set(AU_PROMPTS)
-    with pytest.raises(TextConfigError, match="model.prompts: AU9"):
-        au_prompts([9])
+    assert au_prompts([9]) == [("The nose is wrinkling", "The nose is not wrinkling")]  # CAS(ME)^3's AU set
+    with pytest.raises(TextConfigError, match="model.prompts: AU6"):
+        au_prompts([6])
     assert global_text([12, 4], casme, au_prompts(casme)) == \
         "The eyebrows are lowering and the lip corners are pulling up"
 

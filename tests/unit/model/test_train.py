@@ -17,7 +17,10 @@ MODEL = ModelConfig(arch="microau-tiny", pretrained="none", trainable_blocks=1)
 
 
 def _spec(epochs=10, seed=1, model=MODEL, **train):
-    t = {**dict(epochs=epochs, batch_size=8, alpha=0.6, beta=1.0, lr_step_epoch=8, device="cpu"), **train}
+    # alpha 0.1: MiAUCL's literal targets (the default) make its term ~6x the row-normalised one here (117 vs 19
+    # at the first epoch), and at CASME II's alpha 0.6 the tiny random backbone on this fake data diverges
+    # (pooled F1 0.12); docs/protocol.md, "MiAUCL targets"
+    t = {**dict(epochs=epochs, batch_size=8, alpha=0.1, beta=1.0, lr_step_epoch=8, device="cpu"), **train}
     return SimpleNamespace(reader="casme2", aus=CASME2_AUS, seed=seed, model=model, training=TrainConfig(**t))
 
 
@@ -107,7 +110,7 @@ def test_on_epoch_reports_each_term_and_the_lr_step(data, prefix):
     assert seen[0]["lr_head"] == pytest.approx(1e-2) and seen[0]["lr_encoder"] == pytest.approx(1e-3)
     assert seen[1]["lr_head"] == pytest.approx(1e-2)  # the lr epoch 2 trained with, not the next one's
     assert seen[2]["lr_head"] == pytest.approx(1e-3)  # divided by 10 after lr_step_epoch epochs
-    assert seen[0]["total"] == pytest.approx(seen[0]["multitask"] + 0.6 * seen[0]["contrastive"]
+    assert seen[0]["total"] == pytest.approx(seen[0]["multitask"] + 0.1 * seen[0]["contrastive"]
                                              + 1.0 * seen[0]["gd"], rel=1e-5)  # Eq. 12
 
 

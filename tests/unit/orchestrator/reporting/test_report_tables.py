@@ -413,3 +413,25 @@ def test_existing_report_files_keep_their_columns(two_seed_sweep):
     report(two_seed_sweep)
     df = pd.read_csv(two_seed_sweep.parent / "wd" / "reports" / "hand.csv")
     assert list(df["seed"]) == [2, 4, 2, 4] and "f1_AU2" in df.columns and "ci_f1_low" in df.columns
+
+
+def test_data_warnings_print_styled_and_at_most_ten_per_dataset():
+    """A dataset with many notes (CAS(ME)^3 lost frames in most videos) prints the first ten and a count;
+    the text is printed as written (no markup read from it), the label styled (no literal `[yellow]`)."""
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.reporting.view import MAX_WARNINGS, print_report
+
+    buf = io.StringIO()
+    notes = [{"dataset": "casme3", "data_id": "casme3@x", "skipped": [], "dropped_subjects": [],
+              "apex_estimated": [], "corrected": [],
+              "warnings": [{"sample": f"spNO.{i}/a_1", "warning": f"sheet: row {i}: [bold]frame(s) 1-7[/bold]"}
+                           for i in range(MAX_WARNINGS + 3)]}]
+    print_report(Console(file=buf, width=200), [], notes=notes)
+    lines = buf.getvalue().splitlines()
+    shown = [ln for ln in lines if ln.startswith("warning sheet: row")]
+    assert len(shown) == MAX_WARNINGS and shown[0] == "warning sheet: row 0: [bold]frame(s) 1-7[/bold]"
+    assert "warning casme3: ... and 3 more (every one is under data_notes in the report's JSON)" in lines
+    assert "[yellow]" not in buf.getvalue()

@@ -374,3 +374,12 @@ def test_bad_set_override_is_named(tmp_path, item, needle):
     with pytest.raises(ConfigError) as e:
         load_sweep(path, [item])
     assert str(path) in str(e.value) and needle in str(e.value), str(e.value)
+
+
+def test_a_sweep_file_accepts_every_reader_the_data_layer_has():
+    import typing
+
+    from orchestrator.spec.schema import DatasetSpec
+    from preprocessing.annotations import READERS
+
+    assert set(typing.get_args(DatasetSpec.model_fields["reader"].annotation)) == set(READERS)
