@@ -219,6 +219,7 @@ def _cli(command: str, tmp_path: Path, *args):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # its Ray after the others', not beside them (2 cores)
 def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, mlflow_db_template):
     """As `microau-sweep run` does it: synthetic data generated, prepared, an embedded Ray started for the
     units to train, MLflow and the results store written; the second run starts no Ray."""

@@ -1,11 +1,14 @@
 """Leave-one-dataset-out (docs/protocol.md "Leave-one-dataset-out"): the `leave_one_dataset_out:` schema and
 its errors, a unit's training datasets combined into one (PreparedDataset.combine), and the whole sweep end
-to end on synthetic CASME II-, SAMM- and CAS(ME)^3-layout data (resumed: a second run trains nothing)."""
+to end on synthetic CASME II-, SAMM- and CAS(ME)^3-layout data (resumed: a second run trains nothing); then a
+LOSO sweep on that CAS(ME)^3 data. Ray's path is the same for every reader and protocol (a unit's data are
+combined before the trials start) and is covered by test_cross_dataset.py and test_sweep_ray.py."""
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -147,25 +150,37 @@ def _small(tmp_path: Path):
     return over
 
 
-@pytest.mark.slow
-def test_lodo_sweep_end_to_end_on_synthetic_casme2_samm_and_casme3(tmp_path, monkeypatch, mlflow_db_template):
-    """As `microau-sweep run` does it (the folds trained in this process, as a Ray trial trains them: the
-    units' data are combined on the driver before any trial starts, the same for both): synthetic data
-    generated, prepared, each unit trained on the other two datasets together and tested on the third,
-    MLflow and the results store written; the second run trains nothing."""
-    from model.metrics import pooled_metrics
+@pytest.fixture(scope="module")
+def lodo_run(tmp_path_factory, mlflow_db_template):
+    """sweeps/lodo_quickstart.yaml made small, run twice as `microau-sweep run` does it (the units trained in
+    this process, as a Ray trial trains them: a unit's data are combined on the driver before any trial
+    starts, the same for both): (its folder, the sweep, the first run, the second run, folds trained)."""
     from orchestrator.execution.runner import run_sweep
-    from orchestrator.planning.data import prepare
-    from orchestrator.planning.store import ResultsStore
 
     from support.sweeps import inprocess_training
 
-    calls = inprocess_training(monkeypatch.setattr)
-    sweep = load_sweep(QUICKSTART, _small(tmp_path))
-    (tmp_path / "wd").mkdir()
-    shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")
-    first = run_sweep(sweep, quiet=True, progress=False)
-    assert first.trained == 3 and first.reused == 0 and not first.failed and calls["trained"] == 3
+    tmp_path = tmp_path_factory.mktemp("lodo")
+    with pytest.MonkeyPatch.context() as mp:
+        calls = inprocess_training(mp.setattr)
+        sweep = load_sweep(QUICKSTART, _small(tmp_path))
+        (tmp_path / "wd").mkdir()
+        shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")
+        first = run_sweep(sweep, quiet=True, progress=False)
+        trained = calls["trained"]
+        again = run_sweep(load_sweep(QUICKSTART, _small(tmp_path)), quiet=True, progress=False)
+    return SimpleNamespace(path=tmp_path, sweep=sweep, first=first, again=again, trained=(trained, calls["trained"]))
+
+
+@pytest.mark.slow
+def test_lodo_sweep_end_to_end_on_synthetic_casme2_samm_and_casme3(lodo_run):
+    """Synthetic data generated, prepared, each unit trained on the other two datasets together and tested on
+    the third, MLflow and the results store written; the second run trains nothing."""
+    from model.metrics import pooled_metrics
+    from orchestrator.planning.data import prepare
+    from orchestrator.planning.store import ResultsStore
+
+    sweep, first, again = lodo_run.sweep, lodo_run.first, lodo_run.again
+    assert first.trained == 3 and first.reused == 0 and not first.failed and lodo_run.trained == (3, 3)
 
     store = ResultsStore(sweep.paths.results)
     records = {store.get(k)["meta"]["dataset"]: store.get(k) for k in store.keys()}
@@ -187,10 +202,43 @@ def test_lodo_sweep_end_to_end_on_synthetic_casme2_samm_and_casme3(tmp_path, mon
         assert row["protocol"] == "lodo" and row["complete"] and row["folds_total"] == 1
         assert (row["f1"], row["acc"], row["ci"]) == (m["f1"], m["acc"], m["ci"]) and row["ci"]["unit"] == "subject"
 
-    again = run_sweep(load_sweep(QUICKSTART, _small(tmp_path)), quiet=True, progress=False)
-    assert again.trained == 0 and again.reused == 3 and calls["trained"] == 3
+    assert again.trained == 0 and again.reused == 3
     doc = json.loads(json.dumps(again.state.to_json(again.trained, again.reused), default=str))
     assert (doc["trained_folds"], doc["reused_folds"]) == (0, 3)
     # CAS(ME)^3's notes (lost frames, the J folder, onset == apex) once: each dataset is listed on its own
     # (each is held out once), so the combined training sets repeat none of them
     assert [n["dataset"] for n in doc["data_notes"]] == ["casme3"] and doc["data_notes"][0]["warnings"]
+
+
+@pytest.mark.slow
+def test_casme3_loso_sweep_end_to_end_and_resumed(lodo_run, monkeypatch):
+    """sweeps/casme3_quickstart.yaml made small, through the CLI, on the LODO run's synthetic CAS(ME)^3 data
+    and workdir (its data prepared already: the cache is shared by content): every fold trained on the
+    reader's default AUs (5, 9, 10 with the regions beyond Table I), the table pooled, the reader's notes
+    reported; a second run trains nothing."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    from support.sweeps import inprocess_training
+
+    calls = inprocess_training(monkeypatch.setattr)
+    sets = [f"workdir={lodo_run.path / 'wd'}", f"datasets.casme3.root={lodo_run.path / 'casme3'}",
+            "datasets.casme3.synthetic.subjects=2", "datasets.casme3.synthetic.per_subject=3",
+            "training.epochs=2", "training.lr_step_epoch=1", "preprocessing.flow=dis"]
+    args = [str(REPO / "sweeps" / "casme3_quickstart.yaml"), *[x for s in sets for x in ("--set", s)], "--json"]
+    first = CliRunner().invoke(main, ["run", *args])
+    assert first.exit_code == 0, first.output
+    doc = json.loads(first.stdout)
+    assert (doc["trained_folds"], doc["reused_folds"]) == (2, 0) and calls["trained"] == 2
+    (row,) = doc["points"]
+    assert row["dataset"] == "casme3" and row["protocol"] == "loso" and row["complete"] and row["folds_total"] == 2
+    assert sorted(map(int, row["per_au"])) == [1, 2, 4, 5, 7, 9, 10, 12, 14, 17]
+    (notes,) = doc["data_notes"]
+    assert notes["dataset"] == "casme3" and notes["warnings"] and notes["apex_estimated"]
+
+    again = CliRunner().invoke(main, ["run", *args])
+    assert again.exit_code == 0, again.output
+    doc2 = json.loads(again.stdout)
+    assert (doc2["trained_folds"], doc2["reused_folds"]) == (0, 2) and calls["trained"] == 2
+    assert doc2["points"][0]["f1"] == row["f1"]
