@@ -68,6 +68,19 @@ def test_two_datasets_make_the_cross_dataset_units_with_their_keys(tmp_path):
     assert all(t.protocol == "cross_dataset" for t in lodo.trials)
 
 
+def test_casme3_pairs_and_units_use_the_aus_both_sides_share(tmp_path):
+    """CAS(ME)^3 (AUs 1, 2, 4, 5, 7, 9, 10, 12, 14, 17) with CASME II shares 1, 2, 4, 7, 12, 14, 17; with all
+    three datasets, 2, 4, 7, 12. Its alpha/beta default is CASME II's (docs/protocol.md, "Readings")."""
+    ds = {"casme2": {"reader": "casme2", "root": "c"}, "casme3": {"reader": "casme3", "root": "m"}}
+    pairs = {"pairs": [{"train": "casme3", "test": "casme2"}, {"train": "casme2", "test": "casme3"}]}
+    cross = load_sweep(write(tmp_path, datasets=ds, training={}, leave_one_dataset_out=None, cross_dataset=pairs))
+    assert [t.aus for t in cross.trials] == [[1, 2, 4, 7, 12, 14, 17]] * 2
+    assert (cross.trials[0].training.alpha, cross.trials[0].training.beta) == (0.6, 1.0)
+    three = load_sweep(write(tmp_path, datasets={**ds, "samm": {"reader": "samm", "root": "s"}}))
+    assert {tuple(t.aus) for t in three.trials} == {tuple(SHARED)}
+    assert load_sweep(REPO / "sweeps" / "lodo_quickstart.yaml").trials[0].aus == SHARED
+
+
 def test_held_out_datasets_and_order_can_be_chosen(tmp_path):
     sweep = load_sweep(write(tmp_path, leave_one_dataset_out={"datasets": ["samm", "casme2", "casme2b"],
                                                               "test": ["casme2b"]}))
