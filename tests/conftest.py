@@ -18,7 +18,8 @@ from orchestrator.cli import logs
 
 from support.data import TEST_PREPROCESS
 
-pytest_plugins = ["support.ray"]  # the two-node Ray `cluster` fixture of the integration tests
+pytest_plugins = ["support.ray",  # the two-node Ray `cluster` fixture of the integration tests
+                  "support.grouping"]  # a module's tests that share a costly module fixture: one worker
 
 logs.install()  # library warnings print as the CLI prints them, so tests read them where users do
 
