@@ -382,6 +382,7 @@ def _print_plan(doc: dict[str, Any]) -> None:
     for d in doc["datasets"]:
         what = {"prepared": "prepared here", "recorded": "recorded by the last run (not prepared here)",
                 "to prepare": "not prepared yet: `run` prepares it first",
+                "unreachable": f"cannot be prepared here: {d.get('problem')}",
                 "changed": f"changed since the last run prepared it (key {d.get('recorded_key')}): `run` "
                            f"prepares it again and trains every fold"}[d["state"]]
         key = f"key {d['key']}" if d["key"] else "key unknown until prepared"

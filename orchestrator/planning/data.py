@@ -78,11 +78,10 @@ def prepare(sweep: Sweep, name: str, preprocessing, progress: bool = True, cache
     ds = sweep.datasets[name]
     if not cached_only:
         ensure_synthetic(sweep, name, progress=progress)
-    root = ds.root
-    if not root.exists():
-        raise ConfigError(f"{ds.where}.root: {root} does not exist; point it at the "
-                          f"{ds.reader} folder (see docs/datasets.md)")
-    sheet = ds.sheet
+    problem = unreachable(sweep, name, generates=not cached_only)
+    if problem:
+        raise ConfigError(problem)
+    root, sheet = ds.root, ds.sheet
     cache = sweep.paths.cache
     cfg = expand_paths(preprocessing, f"{sweep.source}: preprocessing")
     fixes = {"corrections": dict(ds.spec.corrections),
@@ -94,6 +93,22 @@ def prepare(sweep: Sweep, name: str, preprocessing, progress: bool = True, cache
         return find_prepared(ds.reader, root, cfg, cache, sheet=sheet, on_error=on_error, **fixes)
     return prepare_dataset(ds.reader, root, cfg, cache, sheet=sheet, on_error=on_error,
                            progress=progress, map_samples=map_samples, **fixes)
+
+
+def unreachable(sweep: Sweep, name: str, generates: bool = True) -> str | None:
+    """Why `prepare` cannot read `datasets.<name>` (every dataset behind a '+'-joined name): a `${VAR}` of
+    its root or sheet unset, or a root that does not exist (and is not generated on first use, when
+    `generates`); None when it can. `run` stops with this message; `plan` shows it."""
+    for n in sweep.members(name):
+        ds = sweep.datasets[n]
+        try:
+            root, _ = ds.root, ds.sheet
+        except ConfigError as e:
+            return str(e)
+        if not root.exists() and not (generates and ds.spec.synthetic is not None):
+            return (f"{ds.where}.root: {root} does not exist; point it at the {ds.reader} folder (see "
+                    f"docs/datasets.md)")
+    return None
 
 
 def expand_paths(cfg, where: str):

@@ -12,7 +12,7 @@ import json
 from typing import Any, Protocol
 
 from orchestrator.errors import ConfigError
-from orchestrator.planning.data import data_id, data_ids
+from orchestrator.planning.data import data_id, data_ids, unreachable
 from orchestrator.planning.store import atomic_write_text
 from orchestrator.spec.paper import compare
 from orchestrator.tracking.client import flat_metrics
@@ -260,6 +260,9 @@ def plan_document(plan, cpus: int, gpus: int) -> dict[str, Any]:
             row.update(state="recorded" if did in plan.recorded else "prepared", key=d.key,
                        samples=getattr(d, "samples", None), subjects=len(set(d.subjects)),
                        subject_names=sorted(set(map(str, d.subjects))))
+        elif (problem := unreachable(sweep, name)) is not None:  # `run` stops with the same message
+            row.update(state="unreachable", key=None, samples=None, subjects=None, subject_names=None,
+                       problem=problem)
         else:
             row.update(state="to prepare", key=None, samples=None, subjects=_subjects_without_data(sweep, name),
                        subject_names=None)
@@ -272,11 +275,11 @@ def plan_document(plan, cpus: int, gpus: int) -> dict[str, Any]:
         folds = [f for f in plan.folds if f.trial is trial]
         info = by_id[data_ids(trial)[0]]
         if trial.cross:  # one unit; `run` trains it anew when either dataset is to prepare or changed
-            fresh = {by_id[i]["state"] for i in data_ids(trial)} & {"changed", "to prepare"}
+            fresh = {by_id[i]["state"] for i in data_ids(trial)} & {"changed", "to prepare", "unreachable"}
             total, stored = 1, 0 if fresh else sum(f.key in plan.stored for f in folds)
         elif info["state"] == "changed":  # `run` prepares the data anew: none of its folds is stored yet
             total, stored = len(folds), 0
-        elif info["state"] == "to prepare":
+        elif info["state"] in ("to prepare", "unreachable"):
             n = info["subjects"] if sweep.datasets[trial.dataset].subjects is None else \
                 len(sweep.datasets[trial.dataset].subjects)
             total, stored = n, 0

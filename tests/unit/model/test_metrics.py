@@ -58,6 +58,17 @@ def test_mer_metrics(folds):
     assert m["uf1"] == pytest.approx(f1_score(yt, yp, average="macro"))
 
 
+def test_a_fold_of_one_mer_class_raises_no_sklearn_warning(folds):
+    """A LOSO test subject whose samples are all one emotion class (folds[2]: two negatives, both predicted
+    negative) is scored alone for Tune's table: sklearn's "A single label was found" must not reach a user."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = metrics.pooled_metrics([folds[2]], n_boot=1)["mer"]
+    assert (m["uar"], m["uf1"], m["acc"], m["n"]) == (1.0, 1.0, 1.0, 2)
+
+
 def test_bootstrap_counts_reproduce_sklearn_and_ci_is_deterministic(folds):
     d = metrics._pool(folds)
     names = sorted(set(d["subjects"]))

@@ -18,7 +18,8 @@ def sweep(tmp_path, mlflow_db_template):
     wd = tmp_path / "wd"
     wd.mkdir()
     shutil.copy(mlflow_db_template, wd / "mlflow.db")
-    doc = {"name": "p", "workdir": str(wd), "datasets": {"samm": {"reader": "samm", "root": "/nowhere"}},
+    (tmp_path / "samm").mkdir()  # there, not prepared (a root that is not there: test_plan_names_an_unset_...)
+    doc = {"name": "p", "workdir": str(wd), "datasets": {"samm": {"reader": "samm", "root": str(tmp_path / "samm")}},
            "variants": {"a": {}, "b": {"model.gsd": False}}, "resources": {"cpu": 1, "gpu": 0}}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -80,3 +81,31 @@ def test_plan_estimates_from_stored_fold_timings(sweep, monkeypatch):
 def test_plan_with_a_bad_set_key_names_it(sweep):
     r = plan(sweep, "--set", "training.epoch=2")
     assert r.exit_code == 1 and "training.epoch" in r.stderr and "unknown key" in r.stderr
+
+
+def test_plan_names_an_unset_dataset_variable_as_run_does(tmp_path, monkeypatch):
+    """`plan` cannot prepare a dataset whose `${VAR}` is unset (or whose root is missing) any more than `run`
+    can: it says why with run's own message instead of "not prepared yet"."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    from support import REPO
+
+    monkeypatch.delenv("CASME2_ROOT", raising=False)
+    monkeypatch.setenv("SAMM_ROOT", str(tmp_path / "nowhere"))
+    monkeypatch.chdir(tmp_path)
+    sweep = str(REPO / "sweeps" / "main.yaml")
+    run = CliRunner().invoke(main, ["run", sweep])
+    assert run.exit_code == 1
+    plan = CliRunner().invoke(main, ["plan", sweep, "--json"])
+    assert plan.exit_code == 0, plan.output
+    rows = {d["name"]: d for d in json.loads(plan.stdout)["datasets"]}
+    assert {d["state"] for d in rows.values()} == {"unreachable"}
+    assert run.stderr == f"Error: {rows['casme2']['problem']}\n"
+    assert rows["casme2"]["problem"].endswith("datasets.casme2.root: environment variable CASME2_ROOT is not set; "
+                                              "export CASME2_ROOT=/path/to/the/folder and run again")
+    assert rows["samm"]["problem"].endswith(f"datasets.samm.root: {tmp_path / 'nowhere'} does not exist; point it "
+                                            f"at the samm folder (see docs/datasets.md)")
+    text = CliRunner().invoke(main, ["plan", sweep]).stdout
+    assert f"cannot be prepared here: {rows['casme2']['problem']}" in text
