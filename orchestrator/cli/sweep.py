@@ -208,8 +208,11 @@ def _print_fold(doc: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 @click.option("--share-name", is_flag=True, help="another sweep file of this workdir has the same name on "
                                                   "purpose: share its MLflow experiment and report file")
+@click.option("--no-figures", "no_figures", is_flag=True,
+              help="do not draw the figures of newly completed points on their MLflow runs at the end (a few "
+                   "seconds; `report --figures` draws them from the store at any time)")
 def run(sweep_file: str, overrides, address: str | None, tracking_uri: str | None, dashboard: bool,
-        as_json: bool, share_name: bool) -> None:
+        as_json: bool, share_name: bool, no_figures: bool) -> None:
     """Run the sweep's LOSO folds with Ray Tune (skipping folds already in the results store)."""
     from orchestrator.execution.runner import run_sweep  # the runner's imports (OpenCV, ...): `run` only
 
@@ -221,7 +224,7 @@ def run(sweep_file: str, overrides, address: str | None, tracking_uri: str | Non
         view = log_view(sys.stderr if as_json else sys.stdout)
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         outcome = run_sweep(sweep, address=address, quiet=as_json, progress=True, view=view,
-                            dashboard=dashboard, share_name=share_name)
+                            dashboard=dashboard, share_name=share_name, figures=not no_figures)
         paths = outcome.state.write_reports()
     if as_json:
         doc = outcome.state.to_json(outcome.trained, outcome.reused)

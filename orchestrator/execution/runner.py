@@ -145,22 +145,26 @@ class RayTuneBackend:
 
 def run_sweep(sweep: Sweep, address: str | None = None, *, quiet: bool = False,
               progress: bool = True, view: Callable[[SweepState], Any] | None = None,
-              dashboard: bool = False, share_name: bool = False, backend: Backend | None = None) -> RunOutcome:
+              dashboard: bool = False, share_name: bool = False, backend: Backend | None = None,
+              figures: bool = True) -> RunOutcome:
     """Run every fold of the sweep not yet in the results store; return the updated state.
 
     `view(state)` is a context manager for a live display (rich) or None. Holds `<workdir>/run.lock`
     throughout (orchestrator.planning.lock); raises LockError when another run holds it. `share_name`: see
     orchestrator.planning.store.claim_name. `backend`: where folds run (default: RayTuneBackend).
+    `figures`: draw the figures of the points that are complete and new on their MLflow parents at the end
+    (`run --no-figures`: not; `report --figures` draws them from the store at any time).
     """
     ensure_writable(sweep.paths.workdir, "workdir", "nothing could be stored")
     # One run per workdir, taken before data, tracking or scheduling: a second run stops here (LockError)
     with WorkdirLock(sweep.paths.lock, sweep=str(Path(sweep.source).resolve()) if sweep.source else sweep.name):
         claim_name(sweep, share=share_name)  # one sweep file per name in a workdir
         backend = backend or RayTuneBackend(sweep, address, quiet=quiet, progress=progress, dashboard=dashboard)
-        return _run_locked(sweep, backend, view=view)
+        return _run_locked(sweep, backend, view=view, figures=figures)
 
 
-def _run_locked(sweep: Sweep, backend: Backend, view: Callable[[SweepState], Any] | None) -> RunOutcome:
+def _run_locked(sweep: Sweep, backend: Backend, view: Callable[[SweepState], Any] | None,
+                figures: bool = True) -> RunOutcome:
     store = ResultsStore(sweep.paths.results)
     store.check_writable()  # before any work: a fold that cannot be stored is a fold lost
     ensure_writable(sweep.paths.reports, "reports folder", "the table could not be written at the end")
@@ -205,8 +209,9 @@ def _run_locked(sweep: Sweep, backend: Backend, view: Callable[[SweepState], Any
         else:
             with phase("tracking_close_s"):
                 state.close()
-        with phase("figures_s"):
-            state.log_figures()  # on the MLflow parents of the complete points, where new
+        if figures:
+            with phase("figures_s"):
+                state.log_figures()  # on the MLflow parents of the complete points, where new
     finally:
         with phase("ray_shutdown_s"):
             backend.close()

@@ -233,7 +233,7 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
     spec = load_sweep(QUICKSTART, _small(tmp_path))
     (tmp_path / "wd").mkdir()
     shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")
-    first = run_sweep(spec, quiet=True, progress=False)
+    first = run_sweep(spec, quiet=True, progress=False, figures=False)  # figures: test_figures.py
     assert first.trained == 2 and first.reused == 0 and not first.failed
 
     # the stored units: every test sample of the other dataset, its subjects and labels on AUs 2, 4, 7, 12

@@ -178,7 +178,7 @@ def lodo_run(tmp_path_factory, mlflow_db_template):
         sweep = load_sweep(QUICKSTART, _small(tmp_path))
         (tmp_path / "wd").mkdir()
         shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")
-        first = run_sweep(sweep, quiet=True, progress=False)
+        first = run_sweep(sweep, quiet=True, progress=False, figures=False)  # figures: test_figures.py
         trained = calls["trained"]
         again = run_sweep(load_sweep(QUICKSTART, _small(tmp_path)), quiet=True, progress=False)
     return SimpleNamespace(path=tmp_path, sweep=sweep, first=first, again=again, trained=(trained, calls["trained"]))

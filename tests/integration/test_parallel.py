@@ -128,7 +128,7 @@ def test_four_quarter_gpu_folds_run_at_once(local_ray, synth_casme2, tmp_path, m
            "training": {"epochs": 1, "device": "cpu"}, "resources": {"cpu": 1, "gpu": 0.25}, "retries": 0}
     path = tmp_path / "packed.yaml"
     path.write_text(yaml.safe_dump(doc))
-    outcome = runner.run_sweep(load_sweep(path), quiet=True, progress=False)
+    outcome = runner.run_sweep(load_sweep(path), quiet=True, progress=False, figures=False)
     assert outcome.trained == 4 and not outcome.failed
     assert ray.get(room.counts.remote()) == (0, 4)
     store = ResultsStore(wd / "results")

@@ -35,7 +35,7 @@ def test_killed_driver_resumes_where_it_stopped(cluster, synth_casme2, tmp_path,
     spec = load_sweep(path)
     results = spec.paths.results
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--json",
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--json", "--no-figures",
                              "--address", cluster.address], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -54,7 +54,7 @@ def test_killed_driver_resumes_where_it_stopped(cluster, synth_casme2, tmp_path,
     assert 1 <= done < 3
     store = ResultsStore(results)
     assert all(store.get(k)["result"]["sample_ids"] for k in store.keys())  # no half-written fold
-    resumed = run_sweep(load_sweep(path), address=cluster.address, quiet=True, progress=False)
+    resumed = run_sweep(load_sweep(path), address=cluster.address, quiet=True, progress=False, figures=False)
     assert resumed.reused == done and resumed.trained == 3 - done
     assert resumed.state.rows()[0]["complete"]
 

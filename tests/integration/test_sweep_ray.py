@@ -34,7 +34,7 @@ def first_run(cluster, synth_casme2, tmp_path_factory, mlflow_db_template, casme
     path = write_sweep(folder, synth_casme2, "two_nodes", mlflow_db=mlflow_db_template, cache=casme2_cache)
     spec = load_sweep(path)
     t0 = time.time()
-    outcome = run_sweep(spec, address=cluster.address, quiet=True, progress=False)
+    outcome = run_sweep(spec, address=cluster.address, quiet=True, progress=False, figures=False)
     print(f"first run: {outcome.trained} folds in {time.time() - t0:.1f}s")
     return path, spec, outcome
 
@@ -194,7 +194,8 @@ def test_adding_a_point_trains_only_its_folds(first_run, cluster, tmp_path):
     path2 = path.with_name("two_nodes_more.yaml")
     path2.write_text(yaml.safe_dump(doc, sort_keys=False))
     # another file with the same name: meant here (share_name), refused by default (test_reliability)
-    more = run_sweep(load_sweep(path2), address=cluster.address, quiet=True, progress=False, share_name=True)
+    more = run_sweep(load_sweep(path2), address=cluster.address, quiet=True, progress=False, share_name=True,
+                     figures=False)
     assert more.trained == 4 and more.reused == 8
     assert [r["label"] for r in more.state.rows()] == ["full", "no_gsd", "no_cl"]
     exp = spec.paths.ray_results  # the same Tune experiment folder, not one per run

@@ -307,3 +307,30 @@ def test_mlflow_failing_while_logging_figures_fails_nothing(sweep, tmp_path, mlf
     assert outcome.trained == 0 and all(r["complete"] for r in outcome.state.rows())
     err = capsys.readouterr().err
     assert "warning: figures not drawn for MLflow: no such colormap" in err
+
+
+def test_run_no_figures_draws_none_and_report_draws_them_later(synth_casme2, prepared_casme2, mlflow_db_template,
+                                                               tmp_path, monkeypatch):
+    """`run --no-figures` skips the figures at the end of the run (issue 18: the run's fixed cost); the
+    parents then carry none, and `report --figures` still draws every one from the store."""
+    from orchestrator.cli import main
+    from orchestrator.reporting import figures
+    from preprocessing.pipeline import cache_path
+
+    (tmp_path / "wd").mkdir()
+    shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")
+    prepared_casme2.save(cache_path(tmp_path / "wd" / "cache", "casme2", prepared_casme2.key))
+    path = write_sweep(tmp_path, synth_casme2)
+    drawn = []
+    real = figures.plan_figures
+    monkeypatch.setattr(figures, "plan_figures", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    calls = inprocess_training(monkeypatch.setattr)
+    res = CliRunner().invoke(main, ["run", str(path), "--no-figures", "--json"])
+    assert res.exit_code == 0, res.output
+    assert calls["trained"] == 4 and not drawn and "figures_s" not in json.loads(res.stdout)["timings"]["phases"]
+    _, parents, _ = mlflow_runs(load_sweep(path))
+    assert len(parents) == 2 and not any("microau.figures" in p.data.tags for p in parents)
+    out = tmp_path / "figs"
+    res = CliRunner().invoke(main, ["report", str(path), "--figures", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert any(out.glob("*-loss.png"))
