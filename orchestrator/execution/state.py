@@ -47,7 +47,8 @@ class SweepState(SweepResults):
         self.t0 = time.time()
         for g in self.groups.values():
             if self.tracker is not None:
-                g.parent_id = self._track(self.tracker.parent, g.key, g.trial, g.data_key, len(g.folds))
+                g.parent_id = self._track(self.tracker.parent, g.key, g.trial, g.data_key, len(g.folds),
+                                          self.inputs(g))
                 note = self.note(g)
                 if note and self.tracker is not None:
                     self._track(self.tracker.note_dataset, g.parent_id, note)
@@ -168,7 +169,7 @@ class SweepState(SweepResults):
                 metrics[f"final_loss_{term}"] = curve[-1]
         self.tracker.log_fold(g.parent_id, f.key, meta, metrics, predictions_csv(r),
                               extra={"meta": meta, "loss_curve": r.loss_curve, "timings": r.timings},
-                              loss_curve=r.loss_curve)
+                              loss_curve=r.loss_curve, inputs=self.inputs(g))
 
     def log_figures(self) -> None:
         """At the end of a run: the figures of each complete point (orchestrator/reporting/figures.py: its own and

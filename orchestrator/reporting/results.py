@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from orchestrator.errors import ConfigError
 from orchestrator.planning.data import NOTES, data_id, data_ids, earlier_keys
 from orchestrator.planning.plan import Fold, Plan
 from orchestrator.reporting import report
@@ -70,6 +71,26 @@ class SweepResults:
         results = self.group_results(g)
         g.pooled = pooled_metrics(results) if results else None
         return results
+
+    def inputs(self, g: Group) -> list[dict[str, Any]]:
+        """The prepared datasets the group reads, as MLflow dataset inputs (orchestrator.tracking.client):
+        {name, digest: the prepared-data key, source: the dataset folder(s), samples, subjects, context:
+        `loso`, or `train` / `test` for a unit across datasets}."""
+        out = []
+        for i, (name, did) in enumerate(zip(g.trial.reads, data_ids(g.trial), strict=False)):
+            info = self.data.get(did) or {}
+            roots = []
+            for m in self.sweep.members(name):
+                ds = self.sweep.datasets[m]
+                try:
+                    roots.append(str(ds.root))
+                except ConfigError:  # ${VAR} unset here (a recorded dataset): the path as the file writes it
+                    roots.append(ds.spec.root)
+            out.append({"name": name, "digest": info.get("key") or (g.data_key if i == 0 else ""),
+                        "source": " + ".join(roots), "samples": info.get("samples"),
+                        "subjects": len(info.get("subjects") or []),
+                        "context": ("train" if i == 0 else "test") if g.trial.cross else "loso"})
+        return out
 
     def note(self, g: Group) -> dict[str, Any]:
         """What the reports list about the group's prepared datasets (orchestrator.planning.data.NOTES:

@@ -239,9 +239,30 @@ class Tracker:
         return self.client.create_experiment(name, artifact_location=artifacts,
                                              tags={TAG_SWEEP: self.sweep.name})
 
+    def _source_tags(self) -> dict[str, str]:
+        """MLflow's standard source tags (the UI's Source column): the sweep file, run locally."""
+        name = str(Path(self.sweep.source).resolve()) if self.sweep.source else self.sweep.name
+        return {"mlflow.source.name": name, "mlflow.source.type": "LOCAL"}
+
+    def _log_inputs(self, run_id: str, inputs: Iterable[dict[str, Any]] | None) -> None:
+        """The prepared datasets a run read as MLflow dataset inputs (the UI's Dataset column): name, digest
+        (the prepared-data key), source (the dataset's folder), profile (samples, subjects) and context."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        datasets = [DatasetInput(Dataset(name=d["name"], digest=str(d["digest"]), source_type="local",
+                                         source=json.dumps({"uri": str(d["source"])}),
+                                         profile=json.dumps({"num_rows": d.get("samples"),
+                                                             "subjects": d.get("subjects")})),
+                                 tags=[InputTag("mlflow.data.context", str(d["context"]))])
+                    for d in inputs or []]
+        if datasets:
+            self.client.log_inputs(run_id, datasets=datasets)
+
     @_bounded
-    def parent(self, group: str, trial: TrialConfig, data_key: str, folds_total: int) -> str:
-        """The parent run of a (dataset, point, seed): found by tag, else created with its params."""
+    def parent(self, group: str, trial: TrialConfig, data_key: str, folds_total: int,
+               inputs: Iterable[dict[str, Any]] | None = None) -> str:
+        """The parent run of a (dataset, point, seed): found by tag, else created with its params, source
+        tags and dataset inputs (`inputs`: orchestrator.reporting.results.SweepResults.inputs)."""
         if group in self._parents:
             return self._parents[group]
         runs = self.client.search_runs([self.experiment_id], f"tags.`{TAG_GROUP}` = '{group}'",
@@ -251,13 +272,15 @@ class Tracker:
             self.parent_status[group] = runs[0].info.status
             self._parent_tags[run_id] = dict(runs[0].data.tags)
         else:
-            tags = {**mlflow_tags(), TAG_GROUP: group, TAG_KIND: "parent", TAG_SWEEP: self.sweep.name,
+            tags = {**mlflow_tags(), **self._source_tags(), TAG_GROUP: group, TAG_KIND: "parent",
+                    TAG_SWEEP: self.sweep.name,
                     "dataset": trial.dataset, "point": trial.point_label, "seed": str(trial.seed),
                     "config_hash": trial.hash, "data_key": data_key}
             run = self.client.create_run(self.experiment_id, tags=tags,
                                          run_name=f"{trial.dataset}:{trial.point_label}:seed{trial.seed}")
             run_id = run.info.run_id
             self.log_params(run_id, trial.flat_params())
+            self._log_inputs(run_id, inputs)
             self.client.log_batch(run_id, metrics=self._metrics({"folds_total": folds_total}, step=0))
             self.parent_status[group] = "RUNNING"
         self._parents[group] = run_id
@@ -287,13 +310,16 @@ class Tracker:
     @_bounded
     def log_fold(self, parent_id: str, key: str, meta: dict[str, Any], metrics: dict[str, float],
                  predictions_csv: str, extra: dict[str, Any] | None = None,
-                 loss_curve: dict[str, list[float]] | None = None) -> str:
+                 loss_curve: dict[str, list[float]] | None = None,
+                 inputs: Iterable[dict[str, Any]] | None = None) -> str:
         """One nested child run for a finished fold (skipped when the fold is tracked already), with its
-        loss terms per epoch as step metrics `loss_<term>` (step = epoch, from 1)."""
+        loss terms per epoch as step metrics `loss_<term>` (step = epoch, from 1), the source tags and the
+        dataset inputs of its parent."""
         known = self.children(parent_id)
         if key in known:
             return known[key]
-        tags = {**mlflow_tags(), _PARENT_ID: parent_id, TAG_FOLD: key, TAG_KIND: "fold", TAG_SWEEP: self.sweep.name,
+        tags = {**mlflow_tags(), **self._source_tags(), _PARENT_ID: parent_id, TAG_FOLD: key, TAG_KIND: "fold",
+                TAG_SWEEP: self.sweep.name,
                 "dataset": str(meta["dataset"]), "point": str(meta["point_label"]),
                 "seed": str(meta["seed"]), "subject": str(meta["subject"]), TAG_STEPS: "1"}
         for k in ("node_ip", "node_id", "hostname"):
@@ -303,6 +329,7 @@ class Tracker:
                                      run_name=f"{meta['dataset']}:{meta['point_label']}:{meta['subject']}")
         run_id = run.info.run_id
         self.log_params(run_id, {"subject": meta["subject"], "fold_key": key})
+        self._log_inputs(run_id, inputs)
         self.client.log_batch(run_id, metrics=self._metrics(metrics, step=0))
         self.log_steps(run_id, loss_curve or {})
         self.client.log_text(run_id, predictions_csv, "predictions.csv")

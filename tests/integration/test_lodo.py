@@ -215,6 +215,18 @@ def test_lodo_sweep_end_to_end_on_synthetic_casme2_samm_and_casme3(lodo_run):
         assert row["protocol"] == "lodo" and row["complete"] and row["folds_total"] == 1
         assert (row["f1"], row["acc"], row["ci"]) == (m["f1"], m["acc"], m["ci"]) and row["ci"]["unit"] == "subject"
 
+    # MLflow: each unit's runs take its combined training set and its test dataset as dataset inputs
+    from mlflow import MlflowClient
+
+    client = MlflowClient(sweep.tracking_uri)
+    exp = client.get_experiment_by_name(sweep.experiment)
+    for run in client.search_runs([exp.experiment_id], "tags.`microau.kind` = 'parent'"):
+        train, test = run.data.tags["dataset"].split("->")
+        got = {i.dataset.name: ({t.key: t.value for t in i.tags}["mlflow.data.context"], json.loads(i.dataset.source))
+               for i in client.get_run(run.info.run_id).inputs.dataset_inputs}
+        roots = " + ".join(str(sweep.datasets[n].root) for n in train.split("+"))
+        assert got == {train: ("train", {"uri": roots}), test: ("test", {"uri": str(sweep.datasets[test].root)})}
+
     assert again.trained == 0 and again.reused == 3
     doc = json.loads(json.dumps(again.state.to_json(again.trained, again.reused), default=str))
     assert (doc["trained_folds"], doc["reused_folds"]) == (0, 3)

@@ -334,3 +334,25 @@ def test_run_no_figures_draws_none_and_report_draws_them_later(synth_casme2, pre
     res = CliRunner().invoke(main, ["report", str(path), "--figures", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert any(out.glob("*-loss.png"))
+
+
+def test_mlflow_runs_show_their_dataset_and_source(sweep):
+    """Issue 18: the UI's Dataset and Source columns. Every parent and child run of the module's run has its
+    prepared dataset as an MLflow dataset input (name, prepared-data key as digest, the dataset folder as
+    source, samples and subjects, context `loso`) and MLflow's source tags (the sweep file, LOCAL)."""
+    from orchestrator.planning.data import data_id, prepared_or_recorded
+
+    spec = load_sweep(sweep)
+    info = prepared_or_recorded(spec, spec.trials)[data_id(spec.trials[0])]
+    client, parents, children = mlflow_runs(spec)
+    assert len(parents) == 2 and len(children) == 4
+    for run in parents + children:
+        full = client.get_run(run.info.run_id)
+        assert full.data.tags["mlflow.source.name"] == str(Path(sweep).resolve())
+        assert full.data.tags["mlflow.source.type"] == "LOCAL"
+        (inp,) = full.inputs.dataset_inputs
+        d = inp.dataset
+        assert (d.name, d.digest, d.source_type) == ("casme2", info.key, "local")
+        assert json.loads(d.source) == {"uri": str(spec.datasets["casme2"].root)}
+        assert json.loads(d.profile) == {"num_rows": info.samples, "subjects": len(info.subjects)}
+        assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "loso"}
