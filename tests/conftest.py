@@ -39,6 +39,17 @@ def pytest_collection_modifyitems(config, items):
                                     f"the test extras (pytest<9): .venv/bin/pip install -e '.[test]'")
 
 
+@pytest.fixture(autouse=True)
+def _figures_only_where_tested(request, monkeypatch):
+    """The figures a `run` draws at its end cost seconds per run that completes a point; only the tests
+    marked `figures` (tests/unit/orchestrator/reporting/test_figures.py, which checks them) draw them. Module
+    fixtures are set up before this one and draw as `run` does unless they pass figures=False."""
+    if request.node.get_closest_marker("figures") is None:
+        from orchestrator.execution.state import SweepState
+
+        monkeypatch.setattr(SweepState, "log_figures", lambda self: None)
+
+
 def once(tmp_path_factory, name: str, make) -> Path:
     """`<session tmp>/<name>`, made by `make(path)` once per test session whatever the number of xdist
     workers: the first worker to get here makes it, the others wait for it (a file lock) and use it."""

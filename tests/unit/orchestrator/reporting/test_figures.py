@@ -24,7 +24,7 @@ from orchestrator.spec.resolved import load_sweep
 from support.data import TEST_PREPROCESS
 from support.sweeps import inprocess_training
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.figures]  # draws the figures at the end of runs (conftest)
 
 EPOCHS = 2
 SUBJECTS = ["sub01", "sub02"]
