@@ -202,16 +202,19 @@ class SweepSpec(_Strict):
                              "sweep file runs one protocol)")
         return self
 
-    def units(self) -> list[tuple[list[str], str]]:
-        """The units of a protocol across datasets, (datasets trained on, dataset tested on), checked: the
-        cross-dataset pairs, or one unit per held-out dataset of leave_one_dataset_out; [] under LOSO."""
+    def _units(self) -> tuple[list[tuple[list[str], str]], list[int]]:
+        """The units of a protocol across datasets, [(datasets trained on, dataset tested on)], and their
+        AUs, with the section checked once: the cross-dataset pairs, or one unit per held-out dataset of
+        leave_one_dataset_out; ([], []) under LOSO."""
         if self.cross_dataset:
-            self.cross_aus()  # checks the pairs
-            return [([c.train], c.test) for c in self.cross_dataset.pairs]
+            aus = self.cross_aus()  # checks the pairs
+            return [([c.train], c.test) for c in self.cross_dataset.pairs], aus
         if self.leave_one_dataset_out:
             names, held = self._lodo_datasets()
-            return [([n for n in names if n != t], t) for t in held]
-        return []
+            aus = self._shared_aus(names, self.leave_one_dataset_out.aus,
+                                   f"{self.source}: leave_one_dataset_out", "of the protocol")
+            return [([n for n in names if n != t], t) for t in held], aus
+        return [], []
 
     def _lodo_datasets(self) -> tuple[list[str], list[str]]:
         """(the datasets of leave_one_dataset_out, in training order; the held-out ones), checked."""
@@ -271,19 +274,11 @@ class SweepSpec(_Strict):
         cross-dataset protocol); every point of every dataset is validated here. `load_sweep` calls it once
         and keeps the result in the resolved sweep (orchestrator/spec/resolved.py). `points`: `points()`,
         made once by the caller."""
-        units = self.units()
+        units, aus = self._units()
         if units:
-            aus = self.cross_aus() if self.cross_dataset else self.lodo_aus()
             return [self.resolve(train[0], p, s, test=test, aus=aus, also=train[1:]) for train, test in units
                     for p in points for s in self.seeds]
         return [self.resolve(n, p, s) for n in self.datasets for p in points for s in self.seeds]
-
-    def lodo_aus(self) -> list[int]:
-        """The AUs of leave_one_dataset_out: its `aus`, each one in every dataset's AU list, else the AUs
-        all those lists share (in the first's order)."""
-        lodo, where = self.leave_one_dataset_out, f"{self.source}: leave_one_dataset_out"
-        names, _ = self._lodo_datasets()
-        return self._shared_aus(names, lodo.aus, where, "of the protocol")
 
     def _shared_aus(self, names: Sequence[str], wanted: list[int] | None, where: str, group: str) -> list[int]:
         """`wanted`, each one checked to be in the AU list of every dataset of `names`, else (None) the AUs
