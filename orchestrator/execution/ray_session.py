@@ -125,7 +125,3 @@ class ToLogFile(logging.Filter):
 RAY_STARTUP_LOGGERS = ("ray._private.authentication.authentication_token_setup",
                         "ray.tune.utils.util")  # "... may be a performance bottleneck" (our callback logs to MLflow)
 
-
-# Ray's start-up notices that are about Ray, not the sweep (token authentication is on by default)
-RAY_STARTUP_LOGGERS = ("ray._private.authentication.authentication_token_setup",
-                       "ray.tune.utils.util")  # "... may be a performance bottleneck" (our callback logs to MLflow)
