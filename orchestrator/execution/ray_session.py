@@ -15,6 +15,8 @@ from pathlib import Path
 from orchestrator.errors import ResourceError
 from orchestrator.spec.resolved import Sweep
 
+logger = logging.getLogger(__name__)
+
 _MAX_SOCKET_DIR = 60  # Ray's Unix socket paths (<temp>/session_<date>_<pid>/sockets/...) must stay < 108
 
 
@@ -44,16 +46,30 @@ def connect(sweep: Sweep, address: str | None, quiet: bool, dashboard: bool = Fa
     if address:
         ray.init(address=address, **common)
         return True
-    extra = {}
+    extra = {"dashboard_host": "127.0.0.1"} if dashboard else {}
+    context = ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
+                       _temp_dir=_ray_temp_dir(sweep.paths.ray), **extra, **common)
     if dashboard:
-        missing = ray._private.utils.get_dashboard_dependency_error()
-        if missing:
-            raise ResourceError(f"--dashboard: the Ray dashboard needs ray[default] ({missing}); install it "
-                                f"with `.venv/bin/pip install -e '.[cluster]'` or run without --dashboard")
-        extra = {"dashboard_host": "127.0.0.1"}
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
-             _temp_dir=_ray_temp_dir(sweep.paths.ray), **extra, **common)
+        url = context.dashboard_url or "127.0.0.1:8265"
+        logger.info(f"Ray dashboard: http://{url} (this machine only; from another machine: "
+                    f"ssh -L {url.rsplit(':', 1)[-1]}:{url} THIS_HOST, then the same address there). "
+                    f"{sign_in_hint()}")
     return True
+
+
+def sign_in_hint() -> str:
+    """How to sign in to the dashboard of a Ray with token authentication: where the token is, never the
+    token itself (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or Ray's default file, as Ray reads them)."""
+    mode = os.environ.get("RAY_AUTH_MODE", "token").lower()
+    if mode != "token":
+        return f"No sign-in: token authentication is off (RAY_AUTH_MODE={mode})."
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        where = "the token in the environment variable RAY_AUTH_TOKEN"
+    elif os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        where = f"the token in the file {os.environ['RAY_AUTH_TOKEN_PATH']} (RAY_AUTH_TOKEN_PATH)"
+    else:
+        where = "the token that `ray get-auth-token` prints (kept in ~/.ray/auth_token)"
+    return f"Sign in with {where}; API clients send it as `Authorization: Bearer <token>`."
 
 
 class RaySession:

@@ -26,7 +26,7 @@ from orchestrator.execution.jobs import RESULT_KEY, FinishedFold, FoldJob
 from orchestrator.execution.parallel import RaySamples
 from orchestrator.execution.ray_session import RaySession, check_resources
 from orchestrator.execution.state import SweepState
-from orchestrator.execution.trainable import fold_trainable, prefix_for, prefix_group
+from orchestrator.execution.trainable import fold_trainable, named_trainable, prefix_for, prefix_group
 from orchestrator.planning.data import data_ids, prepare_all, record_prepared
 from orchestrator.planning.lock import WorkdirLock
 from orchestrator.planning.plan import Fold, make_plan
@@ -121,7 +121,12 @@ class RayTuneBackend:
     def __init__(self, sweep: Sweep, address: str | None = None, *, quiet: bool = False, progress: bool = True,
                  dashboard: bool = False):
         self.sweep, self.address, self.progress = sweep, address, progress
+        dashboard = dashboard or sweep.dashboard
         self.session = RaySession(sweep, address, quiet=quiet, dashboard=dashboard)
+        # Ray names an actor once, when it creates it: where a dashboard shows the actors (ours, or the
+        # cluster's), each fold gets an actor of its own, named by its fold; else a worker process trains
+        # fold after fold (no new process, no second import of torch per fold)
+        self.reuse_workers = not (dashboard or address)
 
     def prepare(self, sweep: Sweep, trials: Sequence[TrialConfig]) -> dict[str, Any]:
         return prepare_all(sweep, trials, progress=self.progress, map_samples=RaySamples(self.session))
@@ -135,7 +140,7 @@ class RayTuneBackend:
 
     def run(self, sweep: Sweep, todo: list[Fold], inputs: FoldInputs, datasets: dict[str, Any],
             state: SweepState, timings: RunTimings) -> None:
-        tuner = _tuner(sweep, todo, inputs, datasets, state, timings)
+        tuner = _tuner(sweep, todo, inputs, datasets, state, timings, reuse_workers=self.reuse_workers)
         with _tune_interrupt_notice(sweep), _stdout_to(sweep.paths.logs / "tune.log"):
             tuner.fit()
 
@@ -343,7 +348,7 @@ def _tune_interrupt_notice(sweep: Sweep):
 
 
 def _tuner(sweep: Sweep, todo: list[Fold], inputs: FoldInputs, datasets: dict[str, Any], state: SweepState,
-           timings: RunTimings | None = None):
+           timings: RunTimings | None = None, reuse_workers: bool = True):
     """One Tune trial per fold to train. Each trial's config names its fold (key, dataset, point, seed,
     subject) and its last result carries the fold's F1/ACC, so Ray's own tools (`ExperimentAnalysis`,
     `ResultGrid.get_dataframe()`) show a real table; the experiment folder is `<workdir>/ray_results/
@@ -353,7 +358,8 @@ def _tuner(sweep: Sweep, todo: list[Fold], inputs: FoldInputs, datasets: dict[st
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     jobs = {k: j.to_dict() for k, j in inputs.jobs.items()}
-    trainable = tune.with_parameters(fold_trainable, jobs=jobs, datasets=datasets, prefixes=inputs.prefixes)
+    trainable = named_trainable(tune.with_parameters(fold_trainable, jobs=jobs, datasets=datasets,
+                                                     prefixes=inputs.prefixes))
     trainable = tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
     run_config = tune.RunConfig(
         name=sweep.name,
@@ -364,7 +370,7 @@ def _tuner(sweep: Sweep, todo: list[Fold], inputs: FoldInputs, datasets: dict[st
         verbose=0,
     )
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.max_concurrent,
-                                  reuse_actors=True,  # a worker process trains fold after fold
+                                  reuse_actors=reuse_workers,  # a worker process trains fold after fold
                                   trial_dirname_creator=_trial_dirname)
     folds = [{"key": f.key, "dataset": f.trial.dataset, "point": f.trial.point, "label": f.trial.point_label,
               "seed": f.trial.seed, "subject": f.subject} for f in todo]

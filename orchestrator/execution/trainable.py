@@ -67,6 +67,27 @@ def run_fold(trial: TrialConfig, data, subject: str, prefix=None,
 
 
 
+def fold_name(fold: dict[str, Any]) -> str:
+    """What a fold is called where Ray shows it: the dashboard's Actors page and the prefix of its log lines
+    (`casme2 full seed 1 sub05`). `fold` is a trial's `config["fold"]`."""
+    return f"{fold['dataset']} {fold['label']} seed {fold['seed']} {fold['subject']}"
+
+
+def named_trainable(fn: Callable[..., None]) -> type:
+    """Tune's trainable class for the function trainable `fn`, whose `repr` names the trial's fold (Ray
+    takes an actor's repr when it creates it, for the dashboard and the actor's log lines)."""
+    from ray.tune.trainable import wrap_function
+
+    class FoldTrainable(wrap_function(fn)):
+        _name = "fold_trainable"
+
+        def __repr__(self) -> str:
+            fold = (getattr(self, "config", None) or {}).get("fold")
+            return fold_name(fold) if fold else self._name
+
+    return FoldTrainable
+
+
 def fold_trainable(config: dict[str, Any], jobs: dict[str, dict[str, Any]], datasets: dict[str, Any],
                    prefixes: dict[str, Any]) -> None:
     """The Ray Tune function trainable of one fold: `config["fold"]["key"]` picks its `FoldJob` in `jobs`

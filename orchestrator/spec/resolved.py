@@ -126,6 +126,7 @@ class Sweep:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     retries: int = 0
     max_concurrent: int | None = None
+    dashboard: bool = False
     cross_dataset: CrossDatasetSpec | None = None
     leave_one_dataset_out: LeaveOneDatasetOutSpec | None = None
 
@@ -204,6 +205,7 @@ def resolve(spec: SweepSpec, tracking_uri: str | None = None) -> Sweep:
                  datasets=MappingProxyType(datasets), experiment=spec.tracking.experiment or spec.name,
                  _tracking_uri=uri, name=spec.name, source=spec.source, seeds=tuple(spec.seeds),
                  resources=spec.resources, retries=spec.retries, max_concurrent=spec.max_concurrent,
+                 dashboard=spec.dashboard,
                  cross_dataset=spec.cross_dataset, leave_one_dataset_out=spec.leave_one_dataset_out)
 
 

@@ -166,6 +166,7 @@ class SweepSpec(_Strict):
     tracking: TrackingSpec = TrackingSpec()
     retries: int = Field(2, ge=0)  # Ray Tune max_failures per trial
     max_concurrent: int | None = Field(None, ge=1)
+    dashboard: bool = False  # serve the Ray dashboard of an embedded Ray (as `run --dashboard`)
     # Present: the cross-dataset protocol (one unit per pair, point and seed) instead of LOSO
     cross_dataset: CrossDatasetSpec | None = None
     # Present: leave-one-dataset-out (one unit per held-out dataset, point and seed) instead of LOSO
