@@ -97,8 +97,10 @@ def check(work: Path, args) -> dict:
 
     t = time.perf_counter()
     logical_gpu = not cuda  # CPU: a logical GPU, so that `gpu: 0.25` schedules as on a GPU machine
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), num_gpus=1 if logical_gpu else None, include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR")
+    from orchestrator.execution.ray_session import start_ray  # a Ray of its own, whatever else runs here
+
+    start_ray(work / "ray", num_cpus=max(4, os.cpu_count() or 1), num_gpus=1 if logical_gpu else None,
+              include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     out["ray_start_s"] = round(time.perf_counter() - t, 1)
     try:
         doc = {"name": "gpu-check", "workdir": str(work / "wd"),

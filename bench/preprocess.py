@@ -127,7 +127,9 @@ def _ray_runs(root, tmp, configs, weights, n, cold=False):
 
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     t0 = time.perf_counter()
-    ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    from orchestrator.execution.ray_session import start_ray  # a Ray of its own, whatever else runs here
+
+    start_ray(None, num_cpus=n, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     start = time.perf_counter() - t0
     runs = []
     try:

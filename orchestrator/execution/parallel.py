@@ -12,10 +12,14 @@ process instead: starting Ray takes seconds, more than a few samples take.
 """
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+from orchestrator.execution.ray_session import find_ray, join_ray, start_ray
 from preprocessing.errors import MicroAUError
 
 MIN_SAMPLES = 16
@@ -81,11 +85,14 @@ class RaySamples:
 
 
 class LocalRay:
-    """Ray for a command that only prepares data (`preprocess`): join `address`, reuse a running Ray, or
-    start a local one with `workers` CPUs, when first needed; `close()` shuts down what it started."""
+    """Ray for a command that only prepares data (`preprocess`), when first needed: join the cluster at
+    `address` or RAY_ADDRESS (ray_session.find_ray), reuse this process's Ray, or start one of its own
+    with `workers` CPUs in a temporary folder (never another Ray running on the machine); `close()` shuts
+    down what it started and removes that folder."""
 
     def __init__(self, workers: int | None = None, address: str | None = None):
         self.workers, self.address, self.started = workers, address, False
+        self.temp: str | None = None
 
     def __call__(self) -> None:
         import ray
@@ -98,10 +105,12 @@ class LocalRay:
         # out of the terminal)
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         common = dict(log_to_driver=False, configure_logging=True, logging_level="WARNING")
-        if self.address:
-            ray.init(address=self.address, **common)
+        address, source = find_ray(self.address)  # --address, RAY_ADDRESS, or a Ray of our own
+        if address:
+            join_ray(address, source, **common)
         else:
-            ray.init(num_cpus=self.workers, include_dashboard=False, **common)
+            self.temp = tempfile.mkdtemp(prefix="microau-ray-")
+            start_ray(Path(self.temp), num_cpus=self.workers, include_dashboard=False, **common)
         self.started = True
 
     def close(self) -> None:
@@ -110,3 +119,6 @@ class LocalRay:
 
             ray.shutdown()
             self.started = False
+        if self.temp:
+            shutil.rmtree(self.temp, ignore_errors=True)
+            self.temp = None

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import ResourceError
 from orchestrator.spec.resolved import Sweep
@@ -29,32 +32,128 @@ def _ray_temp_dir(wanted: Path) -> str:
     return tempfile.mkdtemp(prefix="microau-ray-")
 
 
-def connect(sweep: Sweep, address: str | None, quiet: bool, dashboard: bool = False) -> bool:
-    """Join `address`, reuse an initialised Ray, or start an embedded one. True if we started it.
+def find_ray(address: str | None) -> tuple[str | None, str]:
+    """Where a command's Ray is, decided the same way by every command: `--address` if given, else the
+    RAY_ADDRESS environment variable (Ray's own convention) if set, else (None, "") for an embedded Ray
+    of the command's own. The second item names where the address came from, for messages."""
+    if address:
+        return address, "--address"
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    return (env, "RAY_ADDRESS") if env else (None, "")
+
+
+def join_ray(address: str, source: str, **init) -> Any:
+    """`ray.init` joining the cluster at `address` (from `source`), never with num_cpus/num_gpus (the
+    cluster has its own). An address that does not answer is a ResourceError naming it and its source
+    within seconds, not a traceback or a long wait."""
+    import ray  # heavy: when Ray is first needed, for start-up time
+
+    _answers(address, source)
+    if source == "RAY_ADDRESS":
+        logger.info(f"joining the Ray cluster at {address} (RAY_ADDRESS)")
+    try:
+        return ray.init(address=address, **init)
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:
+        raise ResourceError(f"{source} {address}: could not join a Ray cluster there ({_first_line(e)}); "
+                            f"start one (`ray start --head`), correct the address, or "
+                            f"{'unset RAY_ADDRESS' if source == 'RAY_ADDRESS' else 'leave out --address'} "
+                            f"to run on an embedded Ray") from None
+
+
+def start_ray(temp_dir: Path | None = None, **init) -> Any:
+    """`ray.init` starting a Ray of this command's own (`address="local"`) in `temp_dir` (None: a new
+    temporary folder): never one that happens to run on the machine (a `ray start --head`, a
+    notebook's), whatever RAY_ADDRESS says."""
+    import ray  # heavy: see above
+
+    temp = _ray_temp_dir(temp_dir) if temp_dir is not None else tempfile.mkdtemp(prefix="microau-ray-")
+    return ray.init(address="local", _temp_dir=temp, **init)
+
+
+def _answers(address: str, source: str, timeout: float = 3.0) -> None:
+    """A TCP connection to `host:port` (or a ray:// client address) opens within `timeout` s; "auto" is
+    left to Ray (it finds a cluster started on this machine, or fails at once)."""
+    target = address.split("://", 1)[-1]
+    if target in ("auto", "local") or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise ResourceError(f"{source} {address}: no Ray cluster answers there ({e}); start one "
+                            f"(`ray start --head`), correct the address, or "
+                            f"{'unset RAY_ADDRESS' if source == 'RAY_ADDRESS' else 'leave out --address'} "
+                            f"to run on an embedded Ray") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def connect(sweep: Sweep, address: str | None, quiet: bool, dashboard: bool = False) -> tuple[bool, str]:
+    """Join the cluster `find_ray(address)` names, reuse an initialised Ray, or start an embedded one:
+    (True if this call started or joined it, the dashboard's address or "" when it has none).
 
     The embedded Ray's dashboard is off unless asked for, and then bound to 127.0.0.1 only."""
     import ray  # heavy: when Ray is first needed, for start-up time
 
     if ray.is_initialized():
-        return False
+        return False, _dashboard_url()
     for name in RAY_STARTUP_LOGGERS:
         log = logging.getLogger(name)
         for f in [f for f in log.filters if isinstance(f, ToLogFile)]:
             log.removeFilter(f)  # an earlier sweep of this process
         log.addFilter(ToLogFile(sweep.paths.logs / "ray.log"))
-    common = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
+    common = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    address, source = find_ray(address)
     if address:
-        ray.init(address=address, **common)
-        return True
+        context = join_ray(address, source, **common)
+        worker_output_to(sweep.paths.logs / "workers.log")
+        return True, context.dashboard_url or ""
     extra = {"dashboard_host": "127.0.0.1"} if dashboard else {}
-    context = ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
-                       _temp_dir=_ray_temp_dir(sweep.paths.ray), **extra, **common)
+    context = start_ray(sweep.paths.ray, num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
+                        **extra, **common)
+    worker_output_to(sweep.paths.logs / "workers.log")
     if dashboard:
         url = context.dashboard_url or "127.0.0.1:8265"
         logger.info(f"Ray dashboard: http://{url} (this machine only; from another machine: "
                     f"ssh -L {url.rsplit(':', 1)[-1]}:{url} THIS_HOST, then the same address there). "
                     f"{sign_in_hint()}")
-    return True
+    return True, context.dashboard_url or ""
+
+
+def worker_output_to(path: Path) -> None:
+    """What Ray's workers print (a fold's warnings; a dying worker's traceback when its node is lost) goes
+    to `path`, each line prefixed as Ray prefixes it (`(casme2 full seed 1 sub05 pid=...)`), instead of
+    the terminal: the user's output holds one line per lost node or retried fold (SweepState), not
+    Ray's tracebacks. Replaces the handler ray.init(log_to_driver=True) installs."""
+    from ray._private import worker as ray_worker  # Ray's driver-side handler of worker output
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+
+    def write(data: dict[str, Any]) -> None:
+        try:
+            with lock, open(path, "a") as f:
+                ray_worker.print_worker_logs(data, f)
+        except OSError:
+            pass  # no log file: the lines are lost, never the sweep
+
+    dispatcher = ray_worker.global_worker_stdstream_dispatcher
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", write)
+
+
+def _dashboard_url() -> str:
+    """The dashboard address of the Ray this process is connected to ("" when it has none)."""
+    import ray
+
+    try:
+        return ray._private.worker.get_dashboard_url() or ""  # what ray.init's context gives as dashboard_url
+    except Exception:  # noqa: BLE001 - a detail for naming folds, never a failure
+        return ""
 
 
 def sign_in_hint() -> str:
@@ -79,11 +178,12 @@ class RaySession:
     def __init__(self, sweep: Sweep, address: str | None, quiet: bool, dashboard: bool):
         self.args = (sweep, address, quiet, dashboard)
         self.connected = self.started = False
+        self.dashboard_url = ""  # once connected: where its dashboard is ("" when it has none)
 
     def __call__(self) -> None:
         if not self.connected:
             sweep, address, quiet, dashboard = self.args
-            self.started = connect(sweep, address, quiet=quiet, dashboard=dashboard)
+            self.started, self.dashboard_url = connect(sweep, address, quiet=quiet, dashboard=dashboard)
             self.connected = True
 
     def close(self) -> None:
@@ -99,7 +199,8 @@ def check_resources(sweep: Sweep, address: str | None = None) -> dict[str, float
     import ray
 
     need = {"CPU": sweep.resources.cpu, "GPU": sweep.resources.gpu}
-    where = f"the Ray cluster at {address}" if address else "the local Ray instance"
+    address, source = find_ray(address)
+    where = f"the Ray cluster at {address} ({source})" if address else "the local Ray instance"
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     total = {"CPU": sum(n["Resources"].get("CPU", 0) for n in nodes),
              "GPU": sum(n["Resources"].get("GPU", 0) for n in nodes)}

@@ -11,10 +11,11 @@ in-process, or one that fakes training) through the same interface.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 from orchestrator.execution.jobs import RESULT_KEY, FinishedFold, FoldJob
 from orchestrator.execution.parallel import RaySamples
 from orchestrator.execution.ray_session import RaySession, check_resources
-from orchestrator.execution.state import SweepState
+from orchestrator.execution.state import SweepState, open_tracker
 from orchestrator.execution.trainable import fold_trainable, named_trainable, prefix_for, prefix_group
 from orchestrator.planning.data import data_ids, prepare_all, record_prepared
 from orchestrator.planning.lock import WorkdirLock
@@ -123,10 +124,7 @@ class RayTuneBackend:
         self.sweep, self.address, self.progress = sweep, address, progress
         dashboard = dashboard or sweep.dashboard
         self.session = RaySession(sweep, address, quiet=quiet, dashboard=dashboard)
-        # Ray names an actor once, when it creates it: where a dashboard shows the actors (ours, or the
-        # cluster's), each fold gets an actor of its own, named by its fold; else a worker process trains
-        # fold after fold (no new process, no second import of torch per fold)
-        self.reuse_workers = not (dashboard or address)
+        self.reuse_workers = True  # decided once Ray is up (start)
 
     def prepare(self, sweep: Sweep, trials: Sequence[TrialConfig]) -> dict[str, Any]:
         return prepare_all(sweep, trials, progress=self.progress, map_samples=RaySamples(self.session))
@@ -134,6 +132,10 @@ class RayTuneBackend:
     def start(self) -> None:
         self.session()
         check_resources(self.sweep, self.address)
+        # Ray names an actor once, when it creates it: where a dashboard shows the actors (ours, or the
+        # cluster's), each fold gets an actor of its own, named by its fold; else a worker process trains
+        # fold after fold (no new process, no second import of torch per fold)
+        self.reuse_workers = not self.session.dashboard_url
 
     def inputs(self, sweep: Sweep, todo: list[Fold], datasets: dict[str, Any]) -> FoldInputs:
         return fold_inputs(sweep, todo, datasets)
@@ -175,6 +177,7 @@ def _run_locked(sweep: Sweep, backend: Backend, view: Callable[[SweepState], Any
     ensure_writable(sweep.paths.reports, "reports folder", "the table could not be written at the end")
     timings = RunTimings()
     phase = timings.phase
+    drawing = None
     try:
         with phase("prepare_s"):
             datasets = backend.prepare(sweep, sweep.trials)
@@ -183,19 +186,22 @@ def _run_locked(sweep: Sweep, backend: Backend, view: Callable[[SweepState], Any
             plan = make_plan(sweep, datasets, store=store)  # damaged records are set aside, retrained
         todo = plan.todo
         # The driver's frozen prefixes (and its first import of torch and the model) are computed in a
-        # thread, and MLflow is imported in another, while Ray starts: none needs the others. MLflow's
-        # store is opened only after the resources are checked (nothing is tracked for a sweep that
-        # cannot run)
+        # thread, and MLflow's store and experiment are opened in another, while Ray starts: none needs the
+        # others. Runs are created only after the resources are checked (no run is tracked for a sweep
+        # that cannot run)
         pool = ThreadPoolExecutor(2, thread_name_prefix="setup") if todo else None
+        tracker = None
         try:
             if todo:
                 started = time.perf_counter()
                 inputs_job = pool.submit(_timed, backend.inputs, sweep, todo, datasets)
-                pool.submit(importlib.import_module, "mlflow")  # a failure shows where it is used
+                tracker_job = pool.submit(_timed, open_tracker, sweep)
                 with phase("ray_start_s"):  # resources are checked before anything is tracked or scheduled
                     backend.start()
+                with phase("tracking_open_wait_s"):
+                    tracker, timings.phases["tracking_open_s"] = tracker_job.result()
             with phase("tracking_start_s"):
-                state = SweepState(plan, tracking=True)  # MLflow experiment and parent runs
+                state = SweepState(plan, tracking=True, tracker=tracker)  # MLflow parent runs
                 state.begin(todo)
             if todo:
                 with phase("prefix_wait_s"):
@@ -214,14 +220,23 @@ def _run_locked(sweep: Sweep, backend: Backend, view: Callable[[SweepState], Any
         else:
             with phase("tracking_close_s"):
                 state.close()
-        if figures:
-            with phase("figures_s"):
-                state.log_figures()  # on the MLflow parents of the complete points, where new
+        if figures:  # drawn while Ray shuts down (below): neither needs the other
+            drawing = threading.Thread(target=_timed_into, args=(timings, "figures_s", state.log_figures),
+                                       name="figures")
+            drawing.start()  # on the MLflow parents of the complete points, where new
     finally:
         with phase("ray_shutdown_s"):
             backend.close()
+        if drawing is not None:
+            with phase("figures_wait_s"):
+                drawing.join()
     return RunOutcome(state=state, trained=state.trained, reused=len(plan.folds) - len(todo),
                       failed=dict(state.errors), timings=timings.summary())
+
+
+def _timed_into(timings: RunTimings, name: str, fn) -> None:
+    with timings.phase(name):
+        fn()
 
 
 def _timed(fn, *args):
@@ -254,8 +269,14 @@ def _tune_callback(state: SweepState, timings: RunTimings | None = None):
 
     timings = timings or RunTimings()
 
+    nodes = NodeWatch()
+
     class FoldCallback(tune.Callback):
-        """Driver side: every finished fold goes to the results store, MLflow and the live view."""
+        """Driver side: every finished fold goes to the results store, MLflow and the live view; a node
+        lost from the cluster is one line (NodeWatch)."""
+
+        def on_step_begin(self, iteration, trials, **info):
+            nodes.check()
 
         def on_trial_start(self, iteration, trials, trial, **info):  # Tune's names; trial: Tune's Trial
             key = trial.config["fold"]["key"]
@@ -277,7 +298,8 @@ def _tune_callback(state: SweepState, timings: RunTimings | None = None):
             t.update({k: float(v) for k, v in finished.timings.items() if v is not None})
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            state.retrying(key=trial.config["fold"]["key"], error=_trial_error(trial))
+            nodes.check(force=True)  # its node's line first, when that is why
+            state.retrying(key=trial.config["fold"]["key"], error=_trial_error(trial), nodes_lost=bool(nodes.reported))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             state.failed(trial.config["fold"]["key"], _trial_error(trial))
@@ -290,6 +312,48 @@ def _tune_callback(state: SweepState, timings: RunTimings | None = None):
 
 class _NullCallback:
     pass
+
+
+class NodeWatch:
+    """One warning line per Ray node that leaves the cluster while the sweep runs; the folds it ran are
+    retried by Tune, each with a line of its own (SweepState.retrying). Checked at most every `every` s
+    from Tune's loop (Ray's own view, which learns of a dead node after its health checks fail), and at
+    once when a trial fails (`force`): then a node whose raylet port refuses connections is lost too."""
+
+    def __init__(self, every: float = 2.0):
+        self.every, self.last = every, 0.0
+        self.alive: set[str] | None = None
+        self.reported: set[str] = set()
+
+    def check(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        import ray
+
+        try:
+            nodes = {n["NodeID"]: n for n in ray.nodes()}
+        except Exception:  # noqa: BLE001 - a check for a message, never a failure of the sweep
+            return
+        alive = {k for k, n in nodes.items() if n.get("Alive") and not (force and _refuses(n))}
+        for k in sorted((self.alive or set()) - alive - self.reported):
+            ip = nodes.get(k, {}).get("NodeManagerAddress", "?")
+            logger.warning(f"Ray node {ip} ({k[:8]}) was lost: the folds it was running are retried on the "
+                           f"other nodes")
+            self.reported.add(k)
+        self.alive = alive if self.alive is None else (self.alive & alive) | (alive - self.reported)
+
+
+def _refuses(node: dict[str, Any]) -> bool:
+    """The node's raylet port refuses a connection: its raylet is gone (a timeout proves nothing)."""
+    try:
+        with socket.create_connection((node["NodeManagerAddress"], int(node["NodeManagerPort"])), timeout=0.5):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except (OSError, KeyError, ValueError):
+        return False
 
 
 def _trial_error(tune_trial) -> str:

@@ -10,6 +10,7 @@ tracking is off for the rest of the run (the next run logs what MLflow missed).
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -21,23 +22,51 @@ from orchestrator.planning.plan import Fold, Plan
 from orchestrator.reporting import figures
 from orchestrator.reporting.report import predictions_csv
 from orchestrator.reporting.results import Group, SweepResults
+from orchestrator.spec.resolved import Sweep
 from orchestrator.tracking.client import Tracker, flat_metrics, reason, redact
 from orchestrator.tracking.version import code_version
 
 logger = logging.getLogger(__name__)
 
 
+_NODE_LOST = re.compile(r"node (has )?died|NodeDiedError|node .{0,80}(was |is )?(lost|removed|dead)", re.I)
+_WORKER_LOST = re.compile(r"ActorDiedError|RayActorError|WorkerCrashedError|worker (process )?(died|crashed)|"
+                          r"actor died|actor .{0,60} is unavailable|Socket closed", re.I)
+
+
+def lost(error: str) -> str | None:
+    """'its node was lost' / 'its worker process was lost' when a trial's error says so (Ray's own
+    words for a dead node or actor), else None: an error of the fold itself."""
+    if _NODE_LOST.search(error):
+        return "its node was lost"
+    if _WORKER_LOST.search(error):
+        return "its worker process was lost"
+    return None
+
+
+def open_tracker(sweep: Sweep) -> Tracker | Exception:
+    """The sweep's MLflow connection (store, experiment), or the error that opening it raised (any
+    tracking-backend error: SweepState turns it into one warning and goes on without tracking)."""
+    try:
+        return Tracker(sweep)
+    except Exception as e:  # noqa: BLE001 - any tracking-backend error
+        return e
+
+
 class SweepState(SweepResults):
-    def __init__(self, plan: Plan, tracking: bool = True):
+    def __init__(self, plan: Plan, tracking: bool = True, tracker: Tracker | Exception | None = None):
+        """`tracker`: the MLflow connection opened beforehand (`open_tracker`, e.g. while Ray starts), or
+        the error that opening it raised; None: opened here (when `tracking`)."""
         super().__init__(plan)
         self.tracker: Tracker | None = None
         self.tracking_uri = plan.sweep.tracking_uri if tracking else None  # a ConfigError stops the run
         self.tracking_errors: list[str] = []
         if tracking:
-            try:
-                self.tracker = Tracker(plan.sweep)
-            except Exception as e:  # noqa: BLE001 - any tracking-backend error
-                self._tracking_failed(e)
+            opened = open_tracker(plan.sweep) if tracker is None else tracker
+            if isinstance(opened, Exception):
+                self._tracking_failed(opened)
+            else:
+                self.tracker = opened
         self.listeners: list[Callable[[str, str], None]] = []  # fn(event, fold key) after "finished"/"failed"
         self.errors: dict[str, str] = {}  # fold key -> error of a fold that kept failing
         self.retries: dict[str, int] = {}
@@ -85,9 +114,18 @@ class SweepState(SweepResults):
         if "epoch" in result:
             self.epochs[key] = int(result["epoch"])
 
-    def retrying(self, key: str, error: str) -> None:
-        self.retries[key] = self.retries.get(key, 0) + 1
-        self.groups[self.folds[key].group].running.discard(key)
+    def retrying(self, key: str, error: str, nodes_lost: bool = False) -> None:
+        """A fold's trial failed and Tune runs it again: one line saying which fold, why (its node or its
+        worker process was lost, or its error) and which retry of how many. `nodes_lost`: a node of the
+        cluster was lost in this run (then a lost worker is put down to it)."""
+        n = self.retries[key] = self.retries.get(key, 0) + 1
+        f = self.folds[key]
+        self.groups[f.group].running.discard(key)
+        name = f"{f.trial.dataset} {f.trial.point_label} seed {f.trial.seed} {f.subject}"
+        why = lost(error)
+        if why and nodes_lost:
+            why = "its node was lost"
+        logger.warning(f"fold {name}: {why or f'failed ({error})'}, retrying ({n} of {self.sweep.retries})")
 
     def failed(self, key: str, error: str) -> None:
         f = self.folds[key]
