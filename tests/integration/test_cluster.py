@@ -68,3 +68,16 @@ def test_mlflow_is_started_behind_authentication_on_a_private_address(tmp_path):
                                str(tmp_path / "runs")], capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2 and "every interface" in proc.stderr
         assert not (tmp_path / "runs").exists()
+
+
+def test_the_slurm_script_starts_the_same_server_on_the_head_node():
+    """cluster/slurm/sweep.sbatch starts MLflow through cluster/mlflow_server.sh (the one `mlflow server`
+    command) on the head node's address, and gives the sweep that server with the generated password."""
+    sbatch = (REPO / "cluster" / "slurm" / "sweep.sbatch").read_text().replace("\\\n", " ")
+    starts = [shlex.split(ln) for ln in sbatch.splitlines() if "mlflow_server.sh" in ln and "bash" in ln]
+    assert len(starts) == 1
+    words = starts[0]
+    assert words[words.index("$MICROAU_DIR/cluster/mlflow_server.sh") + 1] == "$HEAD_IP"  # hostname -I of the head
+    assert "mlflow server" not in sbatch and "0.0.0.0" not in sbatch
+    assert '--tracking-uri "http://$HEAD_IP:$MLFLOW_PORT"' in sbatch
+    assert "--dashboard-host=127.0.0.1" in sbatch and "export RAY_AUTH_MODE=token" in sbatch
