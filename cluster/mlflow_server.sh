@@ -33,7 +33,7 @@ for secret in mlflow-admin-password mlflow-flask-secret-key; do
   chmod 600 "$RUNS/secrets/$secret"
 done
 # NO_PERMISSIONS: an account the admin adds sees nothing until granted. auth_cache_ttl_seconds: a password
-# is checked (PBKDF2, slow on purpose) once per 5 minutes per account instead of on every request: a sweep
+# is checked (scrypt, slow on purpose) once per 5 minutes per account instead of on every request: a sweep
 # makes several requests per fold.
 (umask 077 && cat > "$RUNS/basic_auth.ini" <<EOF
 [mlflow]
@@ -45,6 +45,9 @@ auth_cache_ttl_seconds = 300
 EOF
 )
 
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no job runner (seven more Python processes, for MLflow's GenAI jobs,
+# which a sweep never submits)
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
 MLFLOW_AUTH_CONFIG_PATH="$RUNS/basic_auth.ini" \
 MLFLOW_AUTH_ADMIN_PASSWORD="$(cat "$RUNS/secrets/mlflow-admin-password")" \
 MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$RUNS/secrets/mlflow-flask-secret-key")" \

@@ -32,8 +32,7 @@ from support import REPO, short_temp_dir
 from support.ray import TRAIN, write_sweep
 from support.sweeps import fake_training, inprocess_training
 
-# the secrets test starts Ray: the module runs in the xdist group of the Ray tests (one server start)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow
 
 ADMIN, PASSWORD = "admin", "test-mlflow-password-8c2e41"
 TOKEN = "test-ray-token-0f9a7d3e5b"
@@ -77,7 +76,8 @@ def server(tmp_path_factory, mlflow_db_template):
                    f"auth_cache_ttl_seconds = 300\n")  # as cluster.yaml and the Slurm script: see docs/security.md
     ini.chmod(0o600)
     port = _port()
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-flask-key"}
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-flask-key",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as cluster/mlflow_server.sh: no job runner
     for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD"):
         env.pop(k, None)
     mlflow = Path(sys.executable).with_name("mlflow")
@@ -204,6 +204,7 @@ def files_under(*roots: Path):
 
 
 @pytest.mark.ray
+@pytest.mark.xdist_group("ray")  # its Ray after the others', not beside them (2 cores); the server starts again there
 def test_no_secret_is_written_down(server, synth_casme2, casme2_cache, tmp_path):
     """A real `run --dashboard` (embedded Ray, token authentication with a known token in ~/.ray/auth_token)
     against the basic-auth server with known credentials: neither secret in its output, anywhere under the
