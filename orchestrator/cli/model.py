@@ -56,9 +56,10 @@ def train(sweep_file: str, overrides, point: int, dataset: str | None, seed: int
         try:
             outcome.mlflow = log_model(sweep, trial, outcome, register=register)
         except Exception as e:  # noqa: BLE001 - MLflow is a side channel: the stored model is the record
-            outcome.mlflow = {"error": reason(e)}
-            warn(f"warning: MLflow ({redact(uri)}) unavailable: {reason(e)}. The model is stored at {outcome.path}; "
-                 f"run the same train command again later to log it to MLflow (nothing is trained again).")
+            outcome.mlflow = {"error": reason(e, uri)}
+            warn(f"warning: MLflow ({redact(uri)}) unavailable: {outcome.mlflow['error']}. The model is stored at "
+                 f"{outcome.path}; run the same train command again later to log it to MLflow (nothing is trained "
+                 f"again).")
     doc = {"model": str(outcome.path), "key": outcome.key, "trained": outcome.trained,
            "trained_on": {**outcome.info.trained_on, "point": trial.point, "point_label": trial.point_label,
                           "seed": trial.seed, "sweep": sweep.name},

@@ -185,10 +185,11 @@ class SweepState(SweepResults):
             return None
 
     def _tracking_failed(self, e: Exception) -> None:
-        self.tracking_errors.append(reason(e))
+        self.tracking_errors.append(reason(e, self.tracking_uri))
         self.tracker = None  # a store that failed once is not waited on again in this run
         if len(self.tracking_errors) == 1:
-            logger.warning(f"warning: MLflow ({redact(self.tracking_uri or '?')}) unavailable: {reason(e)}. "
+            logger.warning(f"warning: MLflow ({redact(self.tracking_uri or '?')}) unavailable: "
+                           f"{self.tracking_errors[0]}. "
                            f"Training goes on; results are stored; run the sweep again later to log them to MLflow.")
 
     def _track_fold(self, g: Group, f: Fold, result: dict[str, Any], meta: dict[str, Any]) -> None:

@@ -29,17 +29,21 @@ def load_model(path_or_uri: PathLike, device: str = "auto", tracking_uri: str | 
 def _load_mlflow(uri: str, device: str, tracking_uri: str | None) -> Predictor:
     import mlflow  # heavy: only for a model read from MLflow, for start-up time
 
-    from orchestrator.serving.pyfunc import MicroAUPythonModel  # imports mlflow.pyfunc: see above
+    # imports mlflow.pyfunc: see above
+    from orchestrator.serving.pyfunc import MicroAUPythonModel, check_model_code
 
     try:
         with fluent_tracking_uri(tracking_uri), quiet_model_io():
-            loaded = mlflow.pyfunc.load_model(uri, model_config={"device": device})
+            # a local copy first: its code is checked before MLflow runs any of it (docs/security.md)
+            local = uri if Path(uri).is_dir() else mlflow.artifacts.download_artifacts(artifact_uri=uri)
+            check_model_code(Path(local), uri)
+            loaded = mlflow.pyfunc.load_model(local, model_config={"device": device})
     except MicroAUError:
         raise
     except Exception as e:  # noqa: BLE001 - unknown run or model, unreachable store, not a model
         where = f" (tracking URI {redact(tracking_uri)})" if tracking_uri else ""
-        raise ModelPackageError(f"{uri}: cannot load the MLflow model{where}: {reason(e)}; check the URI (the "
-                                f"`train` command printed it) and --tracking-uri") from None
+        raise ModelPackageError(f"{uri}: cannot load the MLflow model{where}: {reason(e, tracking_uri)}; check the "
+                                f"URI (the `train` command printed it) and --tracking-uri") from None
     inner = loaded.unwrap_python_model()
     if not isinstance(inner, MicroAUPythonModel):
         raise ModelPackageError(f"{uri}: an MLflow model, but not one of microau-sweep train "

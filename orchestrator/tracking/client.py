@@ -88,10 +88,15 @@ def _is_number(v: Any) -> bool:
 # These are MLflow's own transport settings (its auth, TLS and proxy handling stay as they are), where a
 # separate health probe could disagree with the requests MLflow then makes; per call, not process-wide,
 # so nothing else in the process (or a test after it) sees them.
+# MLflow also prints "View run ... at: <tracking URI>/#/..." on stdout each time a run of an HTTP store ends
+# (one more request per fold): off, so the URI (with any user:password in it) is never printed that way.
+_NO_URL_PRINTS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 _HTTP_FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "3", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+                       **_NO_URL_PRINTS}
 HTTP_LATER = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1"}
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+               **_NO_URL_PRINTS}
 # SQLite stores: one direct check before MLflow opens the file (Tracker._check_sqlite), since MLflow's
 # engine retries and busy timeouts are not configurable. It opens the file exactly as SQLAlchemy would
 # and takes the write lock, waiting at most this long for another writer: a read-only, unopenable or
@@ -170,10 +175,52 @@ def _quiet_mlflow_db_errors() -> None:
         log.addFilter(_DropHandledErrors())
 
 
-def reason(e: BaseException) -> str:
-    """One line saying why a tracking call failed: the database's own message (`attempt to write a
-    readonly database`, `database is locked`), the socket error (`Connection refused`), else the first
-    line of the error, shortened."""
+def reason(e: BaseException, uri: str | None = None) -> str:
+    """One line saying why a tracking call to `uri` failed: what to do about a sign-in the server refused (HTTP 401,
+    403), the database's own message (`attempt to write a readonly database`, `database is locked`), the
+    socket error (`Connection refused`), else the first line of the error, shortened; any password in a
+    URI in it replaced by `***`."""
+    return redact(_reason(e, uri))
+
+
+def _signed_in_user(uri: str | None) -> tuple[str | None, str]:
+    """(the user MLflow signs in as, where the password comes from): the URI's `user:password@`, else
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, else ~/.mlflow/credentials (as MLflow reads them)."""
+    from urllib.parse import unquote, urlsplit
+
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    try:
+        user = urlsplit(uri or "").username
+    except ValueError:
+        user = None
+    if user:
+        return unquote(user), "the password in the tracking URI"
+    try:
+        return read_mlflow_creds().username or None, "MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)"
+    except Exception:  # noqa: BLE001 - an unreadable credentials file signs in as no one
+        return None, ""
+
+
+def _auth_reason(e: BaseException, uri: str | None) -> str | None:
+    """What to do about a refused sign-in (MLflow's `--app-name basic-auth`), None for other errors."""
+    code = getattr(e, "get_http_status_code", lambda: None)()
+    if code not in (401, 403) and getattr(e, "error_code", None) not in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return None
+    user, where = _signed_in_user(uri)
+    if code == 403 or getattr(e, "error_code", None) == "PERMISSION_DENIED":
+        return (f"user {user!r} may not do this on the tracking server (HTTP 403 permission denied); ask its "
+                f"admin for EDIT permission on the experiment, or sign in as its owner")
+    if user is None:
+        return ("the tracking server asks for a sign-in (HTTP 401) and none is set: set MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD, or write them to ~/.mlflow/credentials (docs/security.md)")
+    return f"the tracking server refused the sign-in of user {user!r} (HTTP 401): check {where}"
+
+
+def _reason(e: BaseException, uri: str | None) -> str:
+    auth = _auth_reason(e, uri)
+    if auth:
+        return auth
     seen = set()
     err: BaseException | None = e
     while err is not None and id(err) not in seen:  # MLflow wraps SQLAlchemy errors, which wrap sqlite's
@@ -193,9 +240,9 @@ def reason(e: BaseException) -> str:
     return first if len(first) <= 300 else first[:297] + "..."
 
 
-def redact(uri: str) -> str:
-    """The URI without a password (`http://user:***@host`)."""
-    return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1:***@", uri)
+def redact(text: str) -> str:
+    """`text` with the password of every URI in it replaced (`http://user:***@host`)."""
+    return re.sub(r"(://[^/:@\s]+):[^/\s]*@", r"\1:***@", text)
 
 
 class Tracker:

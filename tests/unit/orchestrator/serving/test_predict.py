@@ -172,6 +172,40 @@ def test_mlflow_model_gives_the_numbers_of_predict(trained, held, sweep):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("change", ["code_file", "code_folder", "loader"])
+def test_an_mlflow_model_that_would_run_other_code_is_refused_before_it_runs(trained, sweep, tmp_path, change):
+    """MLflow runs a models-from-code file on load: a copy of the logged model whose code file, code folders
+    or loader are not this tool's own is refused naming why, and its code never runs (docs/security.md)."""
+    import mlflow
+
+    from model.inference import ModelPackageError
+    from orchestrator.api import load_model
+    from orchestrator.tracking.client import fluent_tracking_uri
+
+    with fluent_tracking_uri(sweep.uri):
+        folder = Path(mlflow.artifacts.download_artifacts(trained["mlflow"]["model_uri"], dst_path=str(tmp_path)))
+    assert load_model(folder, device="cpu").trained_on()["model"] == trained["key"]  # as logged: accepted
+    ran = tmp_path / "ran"
+    payload = f"open({str(ran)!r}, 'w').write('code of the model ran')\n"
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    flavour = mlmodel["flavors"]["python_function"]
+    if change == "code_file":
+        code = folder / Path(flavour["model_code_path"]).name
+        code.write_text(payload + code.read_text())
+    elif change == "code_folder":
+        (folder / "code").mkdir()
+        (folder / "code" / "evil.py").write_text(payload)
+        flavour["code"] = "code"
+    else:
+        (folder / "evil_loader.py").write_text(payload)
+        flavour["loader_module"] = "evil_loader"
+    (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(ModelPackageError, match="refused: .*MLflow would run that code"):
+        load_model(folder, device="cpu")
+    assert not ran.exists()
+
+
+@pytest.mark.slow
 def test_train_without_mlflow_warns_and_keeps_the_model(trained, sweep):
     import socket
 
