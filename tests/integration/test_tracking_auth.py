@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -61,6 +62,18 @@ def request(url: str, user: str | None = None, password: str | None = None) -> i
         return e.code
     except OSError:  # not listening yet
         return 0
+
+
+def _dashboard(path: str, token: str | None) -> tuple[int, dict | None]:
+    req = urllib.request.Request(f"http://127.0.0.1:8265{path}",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=3) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, None
+    except OSError:  # not listening yet, or already gone
+        return 0, None
 
 
 @pytest.fixture(scope="module")
@@ -205,10 +218,15 @@ def files_under(*roots: Path):
 
 @pytest.mark.ray
 @pytest.mark.xdist_group("ray")  # its Ray after the others', not beside them (2 cores); the server starts again there
-def test_no_secret_is_written_down(server, synth_casme2, casme2_cache, tmp_path):
+def test_run_dashboard_names_each_fold_and_no_secret_is_written_down(server, synth_casme2, casme2_cache, tmp_path):
     """A real `run --dashboard` (embedded Ray, token authentication with a known token in ~/.ray/auth_token)
-    against the basic-auth server with known credentials: neither secret in its output, anywhere under the
-    workdir (Ray's session folder and logs included) or in the MLflow store (database and artifacts)."""
+    against the basic-auth server with known credentials.
+
+    The dashboard (issue 18): while it runs, its HTTP API, signed in with the token, lists every fold as a
+    running actor named `casme2 full seed 1 subNN`, and refuses a request without the token (401); the
+    command printed the dashboard's address and how to sign in; each fold's worker announced its name
+    for its log lines. The secrets (issue 20): neither secret in its output, anywhere under the workdir
+    (Ray's session folder and logs included) or in the MLflow store (database and artifacts)."""
     uri, store = server
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
@@ -221,11 +239,36 @@ def test_no_secret_is_written_down(server, synth_casme2, casme2_cache, tmp_path)
            "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
     try:
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(sweep), "--dashboard",
-                               "--no-figures", "--tracking-uri", uri], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=300)
+        running, refused, done = set(), [], threading.Event()
+
+        def watch():  # the dashboard's own API, as a user's client reads it
+            while not done.is_set():
+                code, doc = _dashboard("/api/v0/actors?detail=1&limit=1000", TOKEN)
+                if code == 200:
+                    running.update(a["repr_name"] for a in doc["data"]["result"]["result"] if a["state"] == "ALIVE")
+                    if not refused:
+                        refused.append(_dashboard("/api/v0/actors", None)[0])
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(sweep), "--dashboard",
+                                   "--no-figures", "--tracking-uri", uri], cwd=REPO, env=env, capture_output=True,
+                                  text=True, timeout=300)
+        finally:
+            done.set()
+            watcher.join()
         print(f"run with Ray and the dashboard: {time.time() - t0:.1f}s")
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        names = {f"casme2 full seed 1 {s}" for s in ("sub01", "sub02", "sub03", "sub04")}
+        assert names <= running, f"seen running: {sorted(running)}"
+        assert refused == [401]  # no token, no answer
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("Ray dashboard: "))
+        assert "http://127.0.0.1:8265" in line and "ray get-auth-token" in line
+        announced = {x.removeprefix(":actor_name:") for f in (short / "wd" / "ray").glob("session_*/logs/worker-*.out")
+                     for x in f.read_text().splitlines() if x.startswith(":actor_name:")}
+        assert names <= announced  # Ray prefixes each fold's log lines with this name
         assert not warnings_of(proc.stderr), proc.stderr  # tracked: the password reached MLflow
         wd = short / "wd"
         assert (wd / "logs" / "ray.log").is_file() or (wd / "ray").is_dir()
