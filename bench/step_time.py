@@ -1,6 +1,6 @@
 """Training-step time of Micro-AU CLIP with the frozen prefix cached vs recomputed every step.
 
-    .venv/bin/python bench/step_time.py [--arch ViT-B-32] [--batch 8] [--k 3] [--steps 10] [--threads 2]
+    .venv/bin/python bench/step_time.py [--json] [--arch ViT-B-32] [--batch 8] [--k 3] [--steps 10] [--threads 2]
 
 "cached"   : what train_fold does - visual and text tails only (blocks L-k+1..L), on the cached prefix,
              text context truncated to the longest prompt's end-of-text.
@@ -13,10 +13,16 @@ FLOP floor: torch's FlopCounterMode counts the cached step's FLOPs (forward + ba
 machine's measured dense-matmul rate (a 1024^3 fp32 matmul at the same thread count) it gives the time
 a step could take at best, and times the steps of one paper-setting CASME II fold (229 training samples
 -> 29 steps x 80 epochs) the floor of one fold's training.
+
+Compute operations (`compute_ops_per_step`, with its parts `forward`, `backward`, `optimizer`): the ATen
+operations one cached step dispatches, counted with a TorchDispatchMode on a step after the warm-up
+(momentum buffers exist), view-like operations excluded (bench/opcount.py lists them). On a GPU in eager
+mode each is a kernel launch. The output is one JSON object (`--json` is accepted and changes nothing).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.opcount import VIEW_OPS, OpCounter
 from model import backbone, compute_prefix, losses
 from model.config import ModelConfig, TrainConfig
 from model.lsi import au_token_indices, landmark_groups
@@ -59,6 +66,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true", help="the output is one JSON object either way")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -83,8 +91,9 @@ def main() -> None:
     # the uncached text: the frozen text blocks on the full 77-token context, recomputed every step
     full_ids = backbone.tokenize(mcfg.arch, prefix.au_texts.texts)
 
-    def step(cached: bool, i: int) -> float:
+    def step(cached: bool, i: int, counter: OpCounter | None = None) -> float:
         b = torch.arange(i * args.batch, (i + 1) * args.batch) % len(data)
+        marks = []
         t = time.perf_counter()
         if cached:
             v, au_txt = vis[b], au_cached
@@ -93,11 +102,18 @@ def main() -> None:
             h = backbone.text_prefix(clip, full_ids, args.k)
             au_txt = TextTensors(TextGroup(texts=[], ids=full_ids.numpy(), eot=prefix.au_texts.eot,
                                            hidden=h.numpy(), features=prefix.au_texts.features), "cpu")
-        terms = step_losses(model, mcfg, v, [x[b] for x in tok], y[b], au_txt, glob, gidx[b])
-        loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], 0.6, 1.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with counter or contextlib.nullcontext():
+            marks.append(counter.mark() if counter else 0)
+            terms = step_losses(model, mcfg, v, [x[b] for x in tok], y[b], au_txt, glob, gidx[b])
+            loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], 0.6, 1.0)
+            marks.append(counter.mark() if counter else 0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            marks.append(counter.mark() if counter else 0)
+            opt.step()
+            marks.append(counter.mark() if counter else 0)
+        if counter is not None:
+            counter.parts = {k: marks[i + 1] - marks[i] for i, k in enumerate(("forward", "backward", "optimizer"))}
         return time.perf_counter() - t
 
     out = {"arch": args.arch, "batch": args.batch, "k": args.k, "threads": args.threads,
@@ -108,6 +124,13 @@ def main() -> None:
         out[f"{name}_step_ms"] = {"median": round(1000 * statistics.median(times), 1),
                                   "min": round(1000 * min(times), 1), "max": round(1000 * max(times), 1)}
     out["speedup"] = round(out["uncached_step_ms"]["median"] / out["cached_step_ms"]["median"], 2)
+
+    counter = OpCounter()
+    step(True, 0, counter)  # after the warm-up: momentum buffers exist, as in every later step
+    out["compute_ops_per_step"] = counter.total
+    out["compute_ops"] = {**counter.parts, "views_not_counted": sum(counter.views.values()),
+                          "view_ops": sorted(VIEW_OPS), "top": dict(counter.counts.most_common(12))}
+    out["trainable_tensors"] = sum(1 for g in opt.param_groups for p in g["params"])
 
     with FlopCounterMode(display=False) as fc:  # one cached step, forward + backward
         step(True, 0)
