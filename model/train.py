@@ -92,9 +92,11 @@ def _optimizer(model: MicroAUCLIP, t) -> torch.optim.Optimizer:
     groups = [{"params": model.encoder_parameters(), "lr": t.lr_encoder, "name": "encoder"},
               {"params": model.head_parameters(), "lr": t.lr_head, "name": "head"}]
     groups = [g for g in groups if g["params"]]
+    # foreach: one multi-tensor operation per update stage instead of one per parameter tensor (on a GPU, a
+    # handful of kernel launches rather than ~3 per tensor); the arithmetic per tensor is the same
     if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(groups, weight_decay=t.weight_decay)
+        return torch.optim.SGD(groups, momentum=t.momentum, weight_decay=t.weight_decay, foreach=True)
+    return torch.optim.AdamW(groups, weight_decay=t.weight_decay, foreach=True)
 
 
 def train_fold(trial: TrialLike, data, test_subject: str, prefix: Prefix | None = None,
