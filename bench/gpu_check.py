@@ -212,7 +212,7 @@ def count_step_flops(trial, data, prefix, device: str) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from model import losses
-    from model.lsi import au_token_indices, landmark_groups
+    from model.lsi import au_token_indices, landmark_groups, pad_token_indices
     from model.net import MicroAUCLIP, TextTensors, as_tensor
     from model.train import _optimizer, step_losses
 
@@ -220,15 +220,15 @@ def count_step_flops(trial, data, prefix, device: str) -> float:
     model = MicroAUCLIP(mcfg, len(trial.aus), prefix).to(device)
     opt = _optimizer(model, tcfg)
     b = torch.arange(tcfg.batch_size, device=device)
-    tok = [torch.from_numpy(t).to(device) for t in
-           au_token_indices(data.landmarks, landmark_groups(trial.aus, mcfg.landmark_groups), prefix.grid,
-                            prefix.image, data.sample_ids)]
+    tok = torch.from_numpy(pad_token_indices(
+        au_token_indices(data.landmarks, landmark_groups(trial.aus, mcfg.landmark_groups), prefix.grid,
+                         prefix.image, data.sample_ids))).to(device)
     y = torch.from_numpy(data.labels(trial.aus).astype(np.int64)).to(device)
     vis = as_tensor(prefix.visual, device)
     au_txt, glob = TextTensors(prefix.au_texts, device), TextTensors(prefix.global_texts, device)
     gidx = as_tensor(prefix.global_index, device)
     with FlopCounterMode(display=False) as fc:
-        terms = step_losses(model, mcfg, vis[b], [t[b] for t in tok], y[b], au_txt, glob, gidx[b])
+        terms = step_losses(model, mcfg, vis[b], tok[b], y[b], au_txt, glob, gidx[b])
         loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], 0.6, 1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.opcount import VIEW_OPS, OpCounter
 from model import backbone, compute_prefix, losses
 from model.config import ModelConfig, TrainConfig
-from model.lsi import au_token_indices, landmark_groups
+from model.lsi import au_token_indices, landmark_groups, pad_token_indices
 from model.net import MicroAUCLIP, TextTensors
 from model.prefix import TextGroup
 from model.train import _optimizer, step_losses
@@ -80,8 +80,8 @@ def main() -> None:
     torch.manual_seed(1)
     model = MicroAUCLIP(mcfg, len(AUS), prefix)
     opt = _optimizer(model, tcfg)
-    tok = [torch.from_numpy(t) for t in au_token_indices(data.landmarks, landmark_groups(AUS), prefix.grid,
-                                                          prefix.image)]
+    tok = torch.from_numpy(pad_token_indices(au_token_indices(data.landmarks, landmark_groups(AUS), prefix.grid,
+                                                               prefix.image)))
     y = torch.from_numpy(data.labels(AUS).astype(np.int64))
     flow = torch.from_numpy(data.flow)
     vis = torch.from_numpy(prefix.visual)
@@ -104,7 +104,7 @@ def main() -> None:
                                            hidden=h.numpy(), features=prefix.au_texts.features), "cpu")
         with counter or contextlib.nullcontext():
             marks.append(counter.mark() if counter else 0)
-            terms = step_losses(model, mcfg, v, [x[b] for x in tok], y[b], au_txt, glob, gidx[b])
+            terms = step_losses(model, mcfg, v, tok[b], y[b], au_txt, glob, gidx[b])
             loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], 0.6, 1.0)
             marks.append(counter.mark() if counter else 0)
             opt.zero_grad(set_to_none=True)
