@@ -198,3 +198,26 @@ def test_a_package_of_the_per_au_layout_loads_and_predicts_the_same(setup, monke
     want = evaluate(ref, fitted.vis, tok, emo, fitted.emo_class)
     got = loaded.predict(data.flow, data.landmarks)
     assert np.allclose(got.probs, want["probs"].numpy(), atol=1e-5)
+
+
+def test_the_tails_lean_block_computes_open_clips_block(setup):
+    """The trainable tails run open_clip's ResidualAttentionBlock as one packed projection and
+    scaled_dot_product_attention on views (`backbone._block`): the same outputs and gradients as the
+    block's own forward, causal text mask included."""
+    from model import backbone
+
+    _, prefix, _, _ = setup
+    t = prefix.au_texts.hidden.shape[1]
+    causal = prefix.text_tail.attn_mask[:t, :t]
+    for tail, x, mask in ((prefix.visual_tail, torch.from_numpy(prefix.visual), None),
+                          (prefix.text_tail, torch.from_numpy(prefix.au_texts.hidden), causal)):
+        blk = tail.blocks[0]
+        assert backbone._lean(blk)
+        x = x.clone().requires_grad_(True)
+        want = blk(x, attn_mask=mask)
+        got = backbone._block(blk, x, mask)
+        assert torch.allclose(got, want, atol=1e-5)
+        gw = torch.autograd.grad(want.square().sum(), [x, blk.attn.in_proj_weight])
+        gg = torch.autograd.grad(got.square().sum(), [x, blk.attn.in_proj_weight])
+        for a, b in zip(gg, gw, strict=True):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-5)
