@@ -242,6 +242,8 @@ def fit(trial: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None 
     gen = torch.Generator().manual_seed(trial.seed)
     t_build = time.perf_counter() - t0
 
+    losses_of = step_function(model, mcfg, au_txt, glob_txt, w, device, precision, tcfg.compile)
+
     # train: everything stays on the device for the whole fold; each epoch's order (drawn on the CPU
     # generator) is copied over once, and the loss sums are read back once per epoch, not per step
     t0 = time.perf_counter()
@@ -254,16 +256,11 @@ def fit(trial: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None 
         batches = _batches(len(train_idx), tcfg.batch_size, gen)
         order = train_t[torch.cat(batches)].to(device)
         for idx in torch.split(order, [len(b) for b in batches]):
-            with autocast(device, precision):
-                terms = step_losses(model, mcfg, tr.vis[idx], tr.tok[idx], tr.labels[idx], au_txt,
-                                    glob_txt, tr.glob_idx[idx])
-                loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], w["alpha"],
-                                         w["beta"])
+            loss, terms = losses_of(tr.vis[idx], tr.tok[idx], tr.labels[idx], tr.glob_idx[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums += torch.stack([loss.detach(), terms["multitask"].detach(), terms["contrastive"].detach(),
-                                 terms["gd"].detach()]).double()
+            sums += terms.double()
         lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)}  # this epoch's
         sched.step()
         for k, v in zip(curve, sums.tolist(), strict=True):
@@ -403,6 +400,24 @@ def loso(trial: TrialLike, data, prefix: Prefix | None = None, subjects: Sequenc
         if on_fold is not None:
             on_fold(out[-1])
     return out
+
+
+def step_function(model: MicroAUCLIP, mcfg, au_txt: TextTensors, glob_txt: TextTensors, w: dict[str, float],
+                  device: torch.device, precision: str, compile: bool = False):
+    """The forward half of a training step: (vis, tok, labels, global-text rows) of a batch -> the Eq. 12
+    loss and, detached, its value and terms [total, multi-task, contrastive, GD] (4,). compile=True wraps
+    it in torch.compile ('reduce-overhead', i.e. CUDA graphs, on CUDA; the default mode elsewhere); its
+    backward is compiled with it."""
+
+    def losses_of(vis, tok, y, glob_rows):
+        with autocast(device, precision):
+            terms = step_losses(model, mcfg, vis, tok, y, au_txt, glob_txt, glob_rows, unique_rows=not compile)
+            loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], w["alpha"], w["beta"])
+        return loss, torch.stack([loss, terms["multitask"], terms["contrastive"], terms["gd"]]).detach()
+
+    if not compile:
+        return losses_of
+    return torch.compile(losses_of, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
 def step_losses(model: MicroAUCLIP, mcfg, vis: torch.Tensor, tok: torch.Tensor, y: torch.Tensor,
