@@ -392,7 +392,13 @@ def _block(blk, x: torch.Tensor, attn_mask=None) -> torch.Tensor:
     qkv = F.linear(blk.ln_1(x), a.in_proj_weight, a.in_proj_bias)
     q, k, v = qkv.view(b, t, 3, a.num_heads, w // a.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
     mask = attn_mask.to(x.dtype) if attn_mask is not None else None
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, t, w)
+    if torch._C._functorch.is_batchedtensor(q):  # under vmap (stacked folds): CPU's fused kernel has no
+        # batching rule and would run once per fold; the same attention as three batched operations
+        s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        o = torch.softmax(s if mask is None else s + mask, dim=-1) @ v
+    else:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    o = o.transpose(1, 2).reshape(b, t, w)
     x = x + blk.ls_1(F.linear(o, a.out_proj.weight, a.out_proj.bias))
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 

@@ -318,6 +318,19 @@ def train_eval(trial: TrialLike, train_data, train_idx, test_data, test_idx, tes
     t_test_prefix = time.perf_counter() - t0
 
     f = fit(trial, train_data, train_idx, prefix=train_prefix, on_epoch=on_epoch)
+    return fold_result(trial, f, test_data, test_idx, test_subject, test_prefix, t_start, t_test_prefix)
+
+
+def fold_result(trial: TrialLike, f: Fitted, test_data, test_idx, test_subject: str, test_prefix: Prefix,
+                t_start: float, t_test_prefix: float = 0.0) -> FoldResult:
+    """`evaluate` the trained model `f` (from `fit`, or one fold of `model.stacked.train_folds`) on the
+    samples `test_idx` of `test_data` -> the FoldResult. `test_prefix` is `f.prefix` when the test samples
+    come from the training data; `t_start` is when the fold started (for `timings.total_s`)."""
+    mcfg = trial.model
+    aus = [int(a) for a in trial.aus]
+    test_idx = np.asarray(test_idx, dtype=np.int64)
+    shared = test_prefix is f.prefix
+    train_prefix = f.prefix
     model, w = f.model, f.weights
 
     # evaluate the last epoch's model on the test samples
