@@ -7,9 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from model import compute_prefix, train_fold
+from model import compute_prefix, train_fold, train_folds
 from model.config import ModelConfig, TrainConfig
-from model.stacked import train_folds
 from model.train import FoldError
 
 from support.data import CASME2_AUS, fake_prepared
