@@ -6,6 +6,7 @@ synthetic and the backbone's weights are random (speed does not depend on them).
     bench/gpu_check.sh --tiny     # CPU, seconds: the same code path with microau-tiny, 2 epochs, 4 x 3
                                   # samples, a logical GPU for the packing
                                   # (what tests/integration/test_gpu_check.py runs)
+    bench/gpu_check.sh --folds-per-trial 8 --compile   # also 8 stacked folds, and the compiled step
 
 Steps (each timed): generate a synthetic CASME II-layout set and prepare it (DIS flow, Eulerian x3: the
 GPU figures do not depend on the flow method); the dense matmul rate of the device (bf16 8192^3 on CUDA,
@@ -44,6 +45,12 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="CPU-sized settings (tests)")
     ap.add_argument("--workdir", default=None, help="keep everything here (default: a temp folder)")
     ap.add_argument("--compare-epochs", type=int, default=None, help="epochs of the fp32 / auto comparison")
+    ap.add_argument("--folds-per-trial", type=int, default=1, metavar="K",
+                    help="also train K folds as one stacked model in this process (model.stacked.train_folds): "
+                         "fold-steps/s against the single fold, largest difference in P(active) of its first fold")
+    ap.add_argument("--compile", action="store_true",
+                    help="also train the single fold with training.compile: true: compile time, step time, "
+                         "largest difference in P(active) against the eager fold")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -158,6 +165,14 @@ def check(work: Path, args) -> dict:
         out["precision_check"] = precision_check(trial, data, prefix, s["compare_epochs"])
         say(f"precision: {out['precision_check']}")
 
+        # 4b. optional: K stacked folds, and the compiled step
+        if args.folds_per_trial > 1:
+            out["stacked"] = stacked_check(trial, data, prefix, args.folds_per_trial, one, cuda)
+            say(f"stacked: {out['stacked']}")
+        if args.compile:
+            out["compiled"] = compiled_check(trial, data, prefix, one, cuda)
+            say(f"compiled: {out['compiled']}")
+
         # 5. four folds at gpu: 0.25 through the sweep runner (this process's cached GPU memory freed first)
         if cuda:
             torch.cuda.empty_cache()
@@ -214,7 +229,7 @@ def count_step_flops(trial, data, prefix, device: str) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from model import losses
-    from model.lsi import au_token_indices, landmark_groups
+    from model.lsi import au_token_indices, landmark_groups, pad_token_indices
     from model.net import MicroAUCLIP, TextTensors, as_tensor
     from model.train import _optimizer, step_losses
 
@@ -222,15 +237,15 @@ def count_step_flops(trial, data, prefix, device: str) -> float:
     model = MicroAUCLIP(mcfg, len(trial.aus), prefix).to(device)
     opt = _optimizer(model, tcfg)
     b = torch.arange(tcfg.batch_size, device=device)
-    tok = [torch.from_numpy(t).to(device) for t in
-           au_token_indices(data.landmarks, landmark_groups(trial.aus, mcfg.landmark_groups), prefix.grid,
-                            prefix.image, data.sample_ids)]
+    tok = torch.from_numpy(pad_token_indices(
+        au_token_indices(data.landmarks, landmark_groups(trial.aus, mcfg.landmark_groups), prefix.grid,
+                         prefix.image, data.sample_ids))).to(device)
     y = torch.from_numpy(data.labels(trial.aus).astype(np.int64)).to(device)
     vis = as_tensor(prefix.visual, device)
     au_txt, glob = TextTensors(prefix.au_texts, device), TextTensors(prefix.global_texts, device)
     gidx = as_tensor(prefix.global_index, device)
     with FlopCounterMode(display=False) as fc:
-        terms = step_losses(model, mcfg, vis[b], [t[b] for t in tok], y[b], au_txt, glob, gidx[b])
+        terms = step_losses(model, mcfg, vis[b], tok[b], y[b], au_txt, glob, gidx[b])
         loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], 0.6, 1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -257,6 +272,53 @@ def precision_check(trial, data, prefix, epochs: int) -> dict:
     out["same_decisions"] = float(((a > 0.5) == (b > 0.5)).mean())
     out["speedup_over_fp32"] = round(out["fp32_train_s"] / max(out[f"{other}_train_s"], 1e-9), 2)
     return out
+
+
+def stacked_check(trial, data, prefix, k: int, one: dict, cuda: bool) -> dict:
+    """K folds of the trial trained as one stacked model (subjects cycled, the seed raised on each cycle):
+    train time, fold-steps/s against the single fold's, and fold 0 (sub01, the trial's seed) against it."""
+    import numpy as np
+    import torch
+
+    from model.stacked import train_folds
+
+    subjects = sorted(set(map(str, data.subjects)))
+    trials = [trial.model_copy(update={"seed": trial.seed + i // len(subjects)}) for i in range(k)]
+    subs = [subjects[i % len(subjects)] for i in range(k)]
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    res = train_folds(trials, data, subs, prefix=prefix)
+    wall = time.perf_counter() - t
+    steps = sum(train_steps(r.n_train, trial.training.batch_size) for r in res) * trial.training.epochs
+    train_s = res[0].timings["train_s"]
+    single = train_steps(one["n_train"], trial.training.batch_size) * trial.training.epochs
+    return {"folds": k, "wall_s": round(wall, 2), "train_s": round(train_s, 2), "fold_steps": steps,
+            "fold_steps_per_s": round(steps / train_s, 2),
+            "single_fold_steps_per_s": round(single / one["timings"]["train_s"], 2),
+            "gain": round(steps / train_s / (single / one["timings"]["train_s"]), 2),
+            "max_abs_prob_diff_fold0": round(float(np.abs(res[0].probs - np.array(one["probs"])).max()), 6),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None}
+
+
+def compiled_check(trial, data, prefix, one: dict, cuda: bool) -> dict:
+    """The single fold again with training.compile: true ('reduce-overhead' on CUDA): the first epoch
+    (compilation included), the later epochs' step time, and P(active) against the eager fold."""
+    import numpy as np
+
+    from orchestrator.execution.trainable import run_fold
+
+    seconds = []
+    t = time.perf_counter()
+    res = run_fold(trial.with_training(compile=True), data, "sub01", prefix=prefix,
+                   on_epoch=lambda info: seconds.append(info["seconds"]))
+    wall = time.perf_counter() - t
+    per_epoch = train_steps(res["n_train"], trial.training.batch_size)
+    later = sorted(seconds[1:])[len(seconds[1:]) // 2] if len(seconds) > 1 else float("nan")
+    eager_step = one["timings"]["train_s"] / (per_epoch * trial.training.epochs)
+    return {"wall_s": round(wall, 2), "first_epoch_s": round(seconds[0], 2) if seconds else None,
+            "step_ms": round(1000 * later / per_epoch, 2), "eager_step_ms": round(1000 * eager_step, 2),
+            "max_abs_prob_diff": round(float(np.abs(np.array(res["probs"]) - np.array(one["probs"])).max()), 6)}
 
 
 def packed(spec, single_fold_s: float, cuda: bool) -> dict:

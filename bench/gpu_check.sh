@@ -5,6 +5,9 @@
 #
 #   bench/gpu_check.sh                  # on a CUDA machine
 #   bench/gpu_check.sh --tiny           # on a CPU: tiny settings, same code path (the tests run this)
+#   bench/gpu_check.sh --folds-per-trial K --compile   # also K folds stacked in one model
+#                                       # (model.stacked.train_folds) and the fold with training.compile: true
+#   K=8 COMPILE=1 bench/gpu_check.sh    # the same two from the environment
 #   PYTHON=/path/to/python bench/gpu_check.sh ...   # another interpreter than the repository's .venv
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,4 +17,7 @@ if [ ! -x "$py" ]; then
 fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 cd "$repo"
-exec "$py" bench/gpu_check.py "$@"
+extra=()
+if [ -n "${K:-}" ]; then extra+=(--folds-per-trial "$K"); fi
+if [ "${COMPILE:-0}" = "1" ]; then extra+=(--compile); fi
+exec "$py" bench/gpu_check.py ${extra[@]+"${extra[@]}"} "$@"

@@ -9,6 +9,8 @@ Public API (docs/model.md):
     loso(spec, data, prefix=None, subjects=None, on_fold=None, on_epoch=None) -> [FoldResult]  (the LOSO loop)
     cross_dataset_fold(spec, train_data, test_data, train_prefix=None, test_prefix=None, on_epoch=None)
         -> FoldResult  (train on one whole dataset, test on another)
+    train_folds(trials, data, test_subjects, prefix=None, on_epoch=None) -> [FoldResult]  (K folds of one
+        point as one stacked model, model.stacked; each equals its train_fold within 1e-5)
     FoldResult (.to_dict() / .from_dict())
     TrialLike  (the `spec` above: what the model reads of a trial; the orchestrator's TrialConfig is one)
     metrics.pooled_metrics(results), metrics.paired_difference(results_a, results_b)
@@ -20,7 +22,7 @@ import importlib
 _LAZY = {"compute_prefix": "model.prefix", "cached_prefix": "model.prefix", "Prefix": "model.prefix",
          "FoldResult": "model.result", "train_fold": "model.train", "cross_dataset_fold": "model.train",
          "loso": "model.train", "FoldError": "model.train", "metrics": "model.metrics", "fit": "model.train",
-         "evaluate": "model.train", "TrialLike": "model.trial"}
+         "evaluate": "model.train", "TrialLike": "model.trial", "train_folds": "model.stacked"}
 __all__ = sorted(_LAZY)
 
 

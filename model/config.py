@@ -66,6 +66,10 @@ class TrainConfig(_Strict):
     # state and updates stay fp32); 'fp32'; 'auto' = bf16 on a CUDA device that supports it, fp32 elsewhere
     # (docs/model.md, "Precision": bf16 predictions stay within 0.02 of fp32's)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Execution switch, not part of the config hash: the training step (forward + losses, and through it
+    # the backward) wrapped in torch.compile: mode 'reduce-overhead' (CUDA graphs) on CUDA, the default
+    # mode on CPU. Same mathematics; results within float rounding of the eager step (docs/model.md)
+    compile: bool = False
 
 
 # Paper IV-C: best alpha/beta per dataset (Tables IV, V). CAS(ME)^3, which the paper does not evaluate, takes

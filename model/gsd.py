@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from model.lsi import PerAUMLP
+
 
 class GDA(nn.Module):
     """Global dependency attention over the N AU features (docs/protocol.md reading)."""
@@ -66,13 +68,13 @@ class GSD(nn.Module):
 
 
 class AUHeads(nn.Module):
-    """Eq. 7: P_n = softmax(MLP_n(final AU feature)), one 2-way MLP per AU; returns the logits."""
+    """Eq. 7: P_n = softmax(MLP_n(final AU feature)), one 2-way MLP per AU (stacked: all AUs in one batched
+    matmul per layer); returns the logits."""
 
     def __init__(self, n_aus: int, d: int, hidden: int):
         super().__init__()
-        self.mlps = nn.ModuleList([nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 2))
-                                   for _ in range(n_aus)])
+        self.mlps = PerAUMLP(n_aus, d, hidden, 2)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         """(B, N, d) -> logits (B, N, 2); softmax over the last axis gives P_n."""
-        return torch.stack([m(f[:, n]) for n, m in enumerate(self.mlps)], dim=1)
+        return self.mlps(f.transpose(0, 1)).transpose(0, 1)

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 
 def multitask_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Multi-task loss: sum over AUs of the 2-way cross-entropy (batch mean). logits (B,N,2), labels (B,N)."""
-    return sum(F.cross_entropy(logits[:, n], labels[:, n].long()) for n in range(logits.shape[1]))
+    """Multi-task loss: sum over AUs of the 2-way cross-entropy (batch mean). logits (B,N,2), labels (B,N).
+    One cross-entropy over every (sample, AU): its sum over both axes divided by B."""
+    return F.cross_entropy(logits.transpose(1, 2), labels.long(), reduction="sum") / logits.shape[0]
 
 
 def gd_loss(w_d: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -23,8 +24,8 @@ def gd_loss(w_d: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def same_label_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 10: LM(b1, b2) = 1 where samples b1 and b2 have the same label for this AU. (B,) -> (B, B)."""
-    return (labels.unsqueeze(1) == labels.unsqueeze(0)).float()
+    """Eq. 10: LM(b1, b2) = 1 where samples b1 and b2 have the same label for this AU. (..., B) -> (..., B, B)."""
+    return (labels.unsqueeze(-1) == labels.unsqueeze(-2)).float()
 
 
 def diagonal_targets(b: int, device=None) -> torch.Tensor:
@@ -36,6 +37,8 @@ def contrastive_loss(visual: torch.Tensor, text: torch.Tensor, targets: torch.Te
                      logit_scale: float | torch.Tensor, targets_reading: str = "normalized") -> torch.Tensor:
     """CL_n: cross-entropy between the scaled cosine-similarity matrix M_n (Eq. 9) and a target matrix,
     image->text and text->image, averaged. visual, text (B, d); targets (B, B) 0/1 with rows = visual.
+    With leading axes (one per AU: visual, text (N, B, d), targets (N, B, B)) every CL_n is computed in
+    one batched operation and the sum over them is returned.
 
     targets_reading (docs/protocol.md, "MiAUCL targets"):
       'literal'    the 0/1 targets of Eq. 10 as they stand: per row -sum_j LM(b, j) log softmax(M_b)_j,
@@ -46,37 +49,42 @@ def contrastive_loss(visual: torch.Tensor, text: torch.Tensor, targets: torch.Te
       'bce'        binary cross-entropy of each scaled similarity against its 0/1 target ("the similarity
                    should be 1"); symmetric, so image->text and text->image are one term.
     """
+    b = visual.shape[-2]
     v, t = F.normalize(visual, dim=-1), F.normalize(text, dim=-1)
-    logits = logit_scale * v @ t.T  # Eq. 9: M_n scaled, (B, B)
+    logits = (logit_scale * v @ t.transpose(-1, -2)).reshape(-1, b, b)  # Eq. 9: M_n scaled, (N, B, B)
+    targets = targets.expand(logits.shape)
     if targets_reading == "bce":
-        return F.binary_cross_entropy_with_logits(logits, targets)
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / (b * b)
     if targets_reading == "literal":
-        i2t, t2i = targets, targets.T
+        i2t, t2i = targets, targets.transpose(1, 2)
     elif targets_reading == "normalized":
-        i2t = targets / targets.sum(dim=1, keepdim=True)
-        t2i = targets.T / targets.T.sum(dim=1, keepdim=True)
+        i2t = targets / targets.sum(dim=2, keepdim=True)
+        t2i = targets.transpose(1, 2) / targets.sum(dim=1).unsqueeze(2)
     else:
         raise ValueError(f"model.miaucl_targets: unknown reading {targets_reading!r}; "
                          f"use literal, normalized or bce")
-    return 0.5 * (F.cross_entropy(logits, i2t) + F.cross_entropy(logits.T, t2i))
+    # each row a probability-target cross-entropy over its B columns, the class axis second: image->text
+    # rows are M's rows (classes = texts), text->image rows are M's columns; the mean over B rows of each
+    # CL_n, summed over n, is the sum over all rows divided by B
+    i2t_ce = F.cross_entropy(logits.transpose(1, 2), i2t.transpose(1, 2), reduction="sum")
+    t2i_ce = F.cross_entropy(logits, t2i.transpose(1, 2), reduction="sum")
+    return 0.5 * (i2t_ce + t2i_ce) / b
 
 
 def miauc_loss(au_visual: torch.Tensor, au_text: torch.Tensor, labels: torch.Tensor,
                logit_scale: float | torch.Tensor, targets_reading: str = "literal") -> torch.Tensor:
     """Eq. 11: L_MiAUC = sum_n CL_n, CL_n with same-label targets (Eq. 10), read as `targets_reading`
-    (contrastive_loss). au_visual, au_text (B, N, d): per sample and AU, visual feature and the text
-    feature of its label."""
-    return sum(contrastive_loss(au_visual[:, n], au_text[:, n], same_label_targets(labels[:, n]), logit_scale,
-                                targets_reading)
-               for n in range(au_visual.shape[1]))
+    (contrastive_loss; all AUs in one batched operation). au_visual, au_text (B, N, d): per sample and AU,
+    visual feature and the text feature of its label."""
+    return contrastive_loss(au_visual.transpose(0, 1), au_text.transpose(0, 1), same_label_targets(labels.T),
+                            logit_scale, targets_reading)
 
 
 def local_origcl_loss(au_visual: torch.Tensor, au_text: torch.Tensor, labels: torch.Tensor,
                       logit_scale: float | torch.Tensor) -> torch.Tensor:
     """Table VIII "local OrigCL": as Eq. 11 but with CLIP's diagonal targets."""
     eye = diagonal_targets(au_visual.shape[0], au_visual.device)
-    return sum(contrastive_loss(au_visual[:, n], au_text[:, n], eye, logit_scale)
-               for n in range(au_visual.shape[1]))
+    return contrastive_loss(au_visual.transpose(0, 1), au_text.transpose(0, 1), eye, logit_scale)
 
 
 def global_origcl_loss(global_visual: torch.Tensor, global_text: torch.Tensor,

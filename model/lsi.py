@@ -32,17 +32,79 @@ def au_token_indices(landmarks: np.ndarray, groups: Sequence[Sequence[int]], gri
     return [landmark_to_token(lm[:, list(g)], grid, image) for g in groups]
 
 
-class PTA(nn.Module):
-    """Patch token attention for one AU: W_j = softmax_j(MLP(K_j)) (Eq. 2), F~ = sum_j W_j K_j (Eq. 3)."""
+def pad_token_indices(tok: Sequence[np.ndarray] | Sequence[torch.Tensor]):
+    """Per-AU token indices, a list of (S, N_L) with N_L per AU, -> one (S, N, max N_L) array / tensor padded
+    at the end with -1 (what `LocalFeatures` reads: every AU in one batched operation)."""
+    if isinstance(tok[0], torch.Tensor):
+        width = max(t.shape[1] for t in tok)
+        return torch.stack([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1) for t in tok], dim=1)
+    width = max(t.shape[1] for t in tok)
+    return np.stack([np.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=-1) for t in tok], axis=1)
 
-    def __init__(self, d: int, hidden: int):
+
+def token_counts(tok: torch.Tensor | np.ndarray) -> list[int]:
+    """N_L of each AU in a padded (S, N, L) index array (its landmark tokens come first, then -1)."""
+    return [int(v) for v in (tok[0] >= 0).sum(-1).tolist()]
+
+
+class PerAUMLP(nn.Module):
+    """N independent MLPs Linear(d_in, hidden) -> ReLU -> Linear(hidden, d_out), one per AU, as stacked
+    weights (w1 (N, hidden, d_in), b1 (N, hidden), w2 (N, d_out, hidden), b2 (N, d_out): nn.Linear's
+    layout per AU) applied to every AU at once with batched matmuls. (N, M, d_in) -> (N, M, d_out).
+
+    The weights are initialised by building the N per-AU nn.Sequential modules the model had before they
+    were stacked, in the same order, so a seed gives the same initial weights (and the same later draws).
+    A state dict of that per-AU layout (`{prefix}{n}.0.weight`, `...0.bias`, `...2.weight`, `...2.bias`)
+    is stacked on load."""
+
+    def __init__(self, n: int, d_in: int, hidden: int, d_out: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        mlps = [nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out)) for _ in range(n)]
+        for name, (i, attr) in _LAYERS.items():
+            setattr(self, name, nn.Parameter(torch.stack([getattr(m[i], attr).detach() for m in mlps])))
+        self.n = n
+        self._register_load_state_dict_pre_hook(self._stack_per_au_keys)
 
-    def forward(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N_L, d) tokens -> AU feature (B, d), weights (B, N_L)."""
-        w = torch.softmax(self.mlp(k).squeeze(-1), dim=-1)  # Eq. 2
-        return (w.unsqueeze(-1) * k).sum(dim=1), w  # Eq. 3
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(torch.baddbmm(self.b1.unsqueeze(1), x, self.w1.transpose(1, 2)))
+        return torch.baddbmm(self.b2.unsqueeze(1), h, self.w2.transpose(1, 2))
+
+    def _stack_per_au_keys(self, state, prefix, *args, **kwargs):
+        for name, (i, attr) in _LAYERS.items():
+            keys = [f"{prefix}{n}.{i}.{attr}" for n in range(self.n)]
+            if keys[0] in state and prefix + name not in state:
+                state[prefix + name] = torch.stack([state.pop(k) for k in keys if k in state])
+
+
+_LAYERS = {"w1": (0, "weight"), "b1": (0, "bias"), "w2": (2, "weight"), "b2": (2, "bias")}
+
+
+class PTA(nn.Module):
+    """Patch token attention, one per AU (its own MLP), all AUs at once: W_j = softmax_j(MLP_n(K_j)) (Eq. 2),
+    F~_n = sum_j W_j K_j (Eq. 3)."""
+
+    def __init__(self, n_aus: int, d: int, hidden: int):
+        super().__init__()
+        self.mlp = PerAUMLP(n_aus, d, hidden, 1)
+        self.n_aus = n_aus
+        self._register_load_state_dict_pre_hook(self._per_au_keys)
+
+    def _per_au_keys(self, state, prefix, *args, **kwargs):
+        """The per-AU layout's `{prefix}{n}.mlp.*` -> `{prefix}mlp.{n}.*`, which PerAUMLP then stacks."""
+        for n in range(self.n_aus):
+            old = f"{prefix}{n}.mlp."
+            for k in [k for k in state if k.startswith(old)]:
+                state[f"{prefix}mlp.{n}.{k[len(old):]}"] = state.pop(k)
+
+    def forward(self, k: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, B, N_L, d) tokens, (N, B, N_L) True where a token is one of the AU's (None: all are) -> AU
+        features (N, B, d), weights (N, B, N_L) (0 on padding)."""
+        n, b, n_l, d = k.shape
+        score = self.mlp(k.reshape(n, b * n_l, d)).view(n, b, n_l)
+        if valid is not None:
+            score = score.masked_fill(~valid, float("-inf"))
+        w = torch.softmax(score, dim=-1)  # Eq. 2
+        return (w.unsqueeze(-1) * k).sum(dim=2), w  # Eq. 3
 
 
 class LocalFeatures(nn.Module):
@@ -56,6 +118,8 @@ class LocalFeatures(nn.Module):
                           are identical copies; `pooling` plays no part.
       'per_au_all_tokens' each AU pools all h*w patch tokens with its own pooling module (its own PTA by
                           default): separate AU features, no landmark region prior.
+    All AUs run as one batched operation: the AUs' landmark tokens are padded to the longest group
+    (`pad_token_indices`) and the padding is masked out of every pooling.
     """
 
     def __init__(self, n_aus: int, d: int, pooling: str, lsi: bool, hidden: int, *, lsi_off_feature: str):
@@ -65,31 +129,37 @@ class LocalFeatures(nn.Module):
                              f"got {lsi_off_feature!r}")
         self.n_aus, self.pooling, self.lsi = n_aus, pooling, lsi
         self.shared = not lsi and lsi_off_feature == "shared_global"
-        self.pta = (nn.ModuleList([PTA(d, hidden) for _ in range(n_aus)])
-                    if pooling == "pta" and not self.shared else None)
+        self.pta = PTA(n_aus, d, hidden) if pooling == "pta" and not self.shared else None
 
-    def forward(self, tokens: torch.Tensor, idx: Sequence[torch.Tensor],
-                global_feat: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """tokens (B, G, d), idx: per AU (B, N_L) token indices, global_feat (B, d) (read only by the
-        shared-feature variant) -> F~ (B, N, d), PTA weights per AU (None where no PTA runs)."""
+    def forward(self, tokens: torch.Tensor, idx: torch.Tensor | Sequence[torch.Tensor] | None,
+                global_feat: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tokens (B, G, d); idx: token indices (B, N, L) padded with -1 (`pad_token_indices`), or per AU a
+        (B, N_L) tensor; global_feat (B, d) (read only by the shared-feature variant) -> F~ (B, N, d), PTA
+        weights (B, N, L) (0 on padding; L = G without LSI), None where no PTA runs."""
         if self.shared:
             if global_feat is None:
                 raise ValueError("LocalFeatures with lsi_off_feature 'shared_global' needs the global "
                                  "image feature (global_feat)")
             # Table II "w/o LSI": one shared feature, the same for every AU
-            return global_feat.unsqueeze(1).expand(-1, self.n_aus, -1), [None] * self.n_aus
-        feats, weights = [], []
-        for n in range(self.n_aus):
-            if self.lsi:
-                k = torch.gather(tokens, 1, idx[n].unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+            return global_feat.unsqueeze(1).expand(-1, self.n_aus, -1), None
+        b, g, d = tokens.shape
+        if self.lsi:
+            if not isinstance(idx, torch.Tensor):
+                idx = pad_token_indices(list(idx))
+            at = idx.transpose(0, 1)  # (N, B, L): AU-major
+            valid = at >= 0
+            rows = torch.arange(b, device=tokens.device).view(1, b, 1)
+            k = tokens[rows, at.clamp(min=0)]  # (N, B, L, d): each AU's landmark tokens (Eq. 1), padded
+        else:
+            k, valid = tokens.unsqueeze(0).expand(self.n_aus, b, g, d), None
+        if self.pooling == "pta":
+            f, w = self.pta(k, valid)
+            return f.transpose(0, 1), w.transpose(0, 1)
+        if self.pooling == "mean":
+            if valid is None:
+                f = k.mean(dim=2)
             else:
-                k = tokens
-            if self.pooling == "pta":
-                f, w = self.pta[n](k)
-            elif self.pooling == "mean":
-                f, w = k.mean(dim=1), None
-            else:
-                f, w = k.max(dim=1).values, None
-            feats.append(f)
-            weights.append(w)
-        return torch.stack(feats, dim=1), weights
+                f = (k * valid.unsqueeze(-1)).sum(dim=2) / valid.sum(-1, keepdim=True)
+        else:
+            f = (k if valid is None else k.masked_fill(~valid.unsqueeze(-1), float("-inf"))).amax(dim=2)
+        return f.transpose(0, 1), None

@@ -54,10 +54,10 @@ class MicroAUCLIP(nn.Module):
         return [p for m in mods for p in m.parameters() if p.requires_grad]
 
     # -- visual -----------------------------------------------------------------------------------------
-    def au_forward(self, tokens: torch.Tensor, idx: Sequence[torch.Tensor],
+    def au_forward(self, tokens: torch.Tensor, idx: torch.Tensor | Sequence[torch.Tensor],
                    global_feat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Patch tokens (B, G, d), per-AU token indices, global image feature (B, d) -> local / final AU
-        features, W_d, logits."""
+        """Patch tokens (B, G, d), token indices (B, N, max N_L) padded with -1 (or per AU (B, N_L)), global
+        image feature (B, d) -> local / final AU features, W_d, logits, PTA weights (B, N, max N_L) or None."""
         local, pta_w = self.local(tokens, idx, global_feat)
         if self.gsd is not None:
             final, w_d = self.gsd(local)
@@ -65,7 +65,8 @@ class MicroAUCLIP(nn.Module):
             final, w_d = local, None
         return {"local": local, "final": final, "w_d": w_d, "logits": self.heads(final), "pta": pta_w}
 
-    def forward(self, visual_prefix: torch.Tensor, idx: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, visual_prefix: torch.Tensor,
+                idx: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         tokens, global_feat = self.visual_tail(visual_prefix)
         out = self.au_forward(tokens, idx, global_feat)
         out["global"] = global_feat

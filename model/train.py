@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from model import losses
 from model.config import with_dataset_defaults
-from model.lsi import au_token_indices, landmark_groups
+from model.lsi import au_token_indices, landmark_groups, pad_token_indices, token_counts
 from model.mer import mer_class_scores, mer_scores
 from model.net import MicroAUCLIP, TextTensors, as_tensor
 from model.prefix import Prefix, compute_prefix
@@ -92,9 +92,11 @@ def _optimizer(model: MicroAUCLIP, t) -> torch.optim.Optimizer:
     groups = [{"params": model.encoder_parameters(), "lr": t.lr_encoder, "name": "encoder"},
               {"params": model.head_parameters(), "lr": t.lr_head, "name": "head"}]
     groups = [g for g in groups if g["params"]]
+    # foreach: one multi-tensor operation per update stage instead of one per parameter tensor (on a GPU, a
+    # handful of kernel launches rather than ~3 per tensor); the arithmetic per tensor is the same
     if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(groups, weight_decay=t.weight_decay)
+        return torch.optim.SGD(groups, momentum=t.momentum, weight_decay=t.weight_decay, foreach=True)
+    return torch.optim.AdamW(groups, weight_decay=t.weight_decay, foreach=True)
 
 
 def train_fold(trial: TrialLike, data, test_subject: str, prefix: Prefix | None = None,
@@ -162,11 +164,12 @@ def _check_same_backbone(a: Prefix, b: Prefix) -> None:
 
 def _inputs(data, prefix: Prefix, aus, groups, device):
     """A dataset's model inputs on the device: AU labels (numpy, and as a tensor), frozen visual prefix,
-    per-AU landmark token indices (Eq. 1), each sample's global-text row."""
+    landmark token indices (Eq. 1) of every AU in one (S, N, max N_L) tensor padded with -1, each sample's
+    global-text row."""
     labels_np = data.labels(aus).astype(np.int64)
-    tok = au_token_indices(data.landmarks, groups, prefix.grid, prefix.image, data.sample_ids)
+    tok = pad_token_indices(au_token_indices(data.landmarks, groups, prefix.grid, prefix.image, data.sample_ids))
     return SimpleNamespace(labels_np=labels_np, labels=torch.from_numpy(labels_np).to(device),
-                           vis=as_tensor(prefix.visual, device), tok=[torch.from_numpy(t).to(device) for t in tok],
+                           vis=as_tensor(prefix.visual, device), tok=torch.from_numpy(tok).to(device),
                            glob_idx=as_tensor(prefix.global_index, device))
 
 
@@ -181,7 +184,7 @@ class Fitted:
     train_idx: np.ndarray
     labels: np.ndarray  # int64 (S, A): every sample's AU labels (only train_idx's were read)
     vis: torch.Tensor  # frozen visual prefix of every sample
-    tok: list[torch.Tensor]  # per AU, every sample's landmark token indices (Eq. 1)
+    tok: torch.Tensor  # (S, N, max N_L): every sample's landmark token indices per AU (Eq. 1), -1 padded
     au_txt: TextTensors
     emo_txt: TextTensors
     emo_class: torch.Tensor
@@ -239,6 +242,8 @@ def fit(trial: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None 
     gen = torch.Generator().manual_seed(trial.seed)
     t_build = time.perf_counter() - t0
 
+    losses_of = step_function(model, mcfg, au_txt, glob_txt, w, device, precision, tcfg.compile)
+
     # train: everything stays on the device for the whole fold; each epoch's order (drawn on the CPU
     # generator) is copied over once, and the loss sums are read back once per epoch, not per step
     t0 = time.perf_counter()
@@ -251,16 +256,11 @@ def fit(trial: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None 
         batches = _batches(len(train_idx), tcfg.batch_size, gen)
         order = train_t[torch.cat(batches)].to(device)
         for idx in torch.split(order, [len(b) for b in batches]):
-            with autocast(device, precision):
-                terms = step_losses(model, mcfg, tr.vis[idx], [t[idx] for t in tr.tok], tr.labels[idx], au_txt,
-                                    glob_txt, tr.glob_idx[idx])
-                loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], w["alpha"],
-                                         w["beta"])
+            loss, terms = losses_of(tr.vis[idx], tr.tok[idx], tr.labels[idx], tr.glob_idx[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums += torch.stack([loss.detach(), terms["multitask"].detach(), terms["contrastive"].detach(),
-                                 terms["gd"].detach()]).double()
+            sums += terms.double()
         lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(opt.param_groups)}  # this epoch's
         sched.step()
         for k, v in zip(curve, sums.tolist(), strict=True):
@@ -276,9 +276,11 @@ def fit(trial: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None 
                   weights=w, timings={"prefix_s": t_prefix, "build_s": t_build, "train_s": t_train})
 
 
-def evaluate(model: MicroAUCLIP, vis: torch.Tensor, tok: Sequence[torch.Tensor], emotion_features: torch.Tensor,
+def evaluate(model: MicroAUCLIP, vis: torch.Tensor, tok: torch.Tensor | Sequence[torch.Tensor],
+             emotion_features: torch.Tensor,
              emotion_class: torch.Tensor, precision: str = "fp32") -> dict[str, torch.Tensor]:
-    """The trained model on samples (frozen visual prefix `vis`, token indices `tok`): the model's outputs
+    """The trained model on samples (frozen visual prefix `vis`, token indices `tok`: (S, N, max N_L) padded
+    with -1, or per AU (S, N_L)): the model's outputs
     (final AU features, W_d, PTA weights, logits) plus `probs` (P(active) per AU: the 2-way softmax),
     `mer_scores` (per MER class, the best Eq. 13 score of its label texts) and `best_text`. What a LOSO
     fold evaluates and what `model.inference` predicts with. `precision` ('fp32' | 'bf16', see
@@ -316,6 +318,19 @@ def train_eval(trial: TrialLike, train_data, train_idx, test_data, test_idx, tes
     t_test_prefix = time.perf_counter() - t0
 
     f = fit(trial, train_data, train_idx, prefix=train_prefix, on_epoch=on_epoch)
+    return fold_result(trial, f, test_data, test_idx, test_subject, test_prefix, t_start, t_test_prefix)
+
+
+def fold_result(trial: TrialLike, f: Fitted, test_data, test_idx, test_subject: str, test_prefix: Prefix,
+                t_start: float, t_test_prefix: float = 0.0) -> FoldResult:
+    """`evaluate` the trained model `f` (from `fit`, or one fold of `model.stacked.train_folds`) on the
+    samples `test_idx` of `test_data` -> the FoldResult. `test_prefix` is `f.prefix` when the test samples
+    come from the training data; `t_start` is when the fold started (for `timings.total_s`)."""
+    mcfg = trial.model
+    aus = [int(a) for a in trial.aus]
+    test_idx = np.asarray(test_idx, dtype=np.int64)
+    shared = test_prefix is f.prefix
+    train_prefix = f.prefix
     model, w = f.model, f.weights
 
     # evaluate the last epoch's model on the test samples
@@ -330,7 +345,7 @@ def train_eval(trial: TrialLike, train_data, train_idx, test_data, test_idx, tes
     with torch.no_grad():
         emo_feat = model.text_features(emo_txt)
     precision = resolve_precision(trial.training.precision, f.device)
-    out = evaluate(model, te.vis[ti], [t[ti] for t in te.tok], emo_feat, emo_class, precision)
+    out = evaluate(model, te.vis[ti], te.tok[ti], emo_feat, emo_class, precision)
     probs, scores, best_text = out["probs"], out["mer_scores"], out["best_text"]
     with torch.no_grad():
         au_t = F.normalize(model.text_features(f.au_txt), dim=-1).view(len(aus), 2, -1)
@@ -354,7 +369,7 @@ def train_eval(trial: TrialLike, train_data, train_idx, test_data, test_idx, tes
                 # tokens `pta_tokens` (n, N_L) of its Table I landmarks (no `pta_tokens` without LSI: the
                 # weights are then over all h*w tokens, row-major); the test samples' apex landmarks
                 # (n, 68, 2) in the flow image's pixels; the landmark groups and the grid of Eq. 1
-                **_attention(out, aus, landmark_groups(aus, mcfg.landmark_groups), [t[ti] for t in te.tok],
+                **_attention(out, aus, landmark_groups(aus, mcfg.landmark_groups), te.tok[ti],
                              test_data.landmarks[test_idx], test_prefix, mcfg),
                 # Eq. 13's label texts as (class, text) and each test sample's best text (index)
                 "mer_texts": [[MER_CLASSES[c], t] for c, t in zip(test_prefix.emotion_class.tolist(),
@@ -365,14 +380,18 @@ def train_eval(trial: TrialLike, train_data, train_idx, test_data, test_idx, tes
     )
 
 
-def _attention(out: dict, aus: Sequence[int], groups: Sequence[Sequence[int]], tok: Sequence[torch.Tensor],
+def _attention(out: dict, aus: Sequence[int], groups: Sequence[Sequence[int]], tok: torch.Tensor,
                landmarks: np.ndarray, prefix: Prefix, mcfg) -> dict:
-    """What FoldResult.extras keeps of the evaluated model's attention (see train_eval)."""
-    pta = {str(a): w for a, w in zip(aus, out["pta"], strict=True) if w is not None}
+    """What FoldResult.extras keeps of the evaluated model's attention (see train_eval): each AU's PTA
+    weights over its own N_L tokens (the padding of the batched layout cut off)."""
+    counts = token_counts(tok) if mcfg.lsi else [None] * len(aus)
+    w_all = None if out["pta"] is None else out["pta"].float().cpu().numpy()
+    pta = {} if w_all is None else {str(a): w_all[:, j, :c] for j, (a, c) in enumerate(zip(aus, counts, strict=True))}
+    tok_np = tok.cpu().numpy()
     return {"w_d": None if out["w_d"] is None else f32_list(out["w_d"].float().cpu().numpy()),
-            "pta": {a: f32_list(w.float().cpu().numpy()) for a, w in pta.items()},
-            "pta_tokens": ({str(a): t.cpu().tolist() for a, t in zip(aus, tok, strict=True) if str(a) in pta}
-                           if mcfg.lsi else None),
+            "pta": {a: f32_list(w) for a, w in pta.items()},
+            "pta_tokens": ({str(a): tok_np[:, j, :c].tolist() for j, (a, c) in enumerate(zip(aus, counts, strict=True))
+                            if str(a) in pta} if mcfg.lsi else None),
             "landmarks": f32_list(np.round(landmarks, 2)),  # 0.01 px: dlib's are whole frame pixels
             "landmark_groups": {str(a): [int(i) for i in g] for a, g in zip(aus, groups, strict=True)},
             "token_grid": {"grid": [int(v) for v in prefix.grid], "image": [int(v) for v in prefix.image]}}
@@ -396,24 +415,50 @@ def loso(trial: TrialLike, data, prefix: Prefix | None = None, subjects: Sequenc
     return out
 
 
-def step_losses(model: MicroAUCLIP, mcfg, vis: torch.Tensor, tok: Sequence[torch.Tensor], y: torch.Tensor,
-                au_txt: TextTensors, glob_txt: TextTensors, glob_rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Forward one batch -> the three terms of Eq. 12 (each a scalar tensor; 0 where switched off)."""
+def step_function(model: MicroAUCLIP, mcfg, au_txt: TextTensors, glob_txt: TextTensors, w: dict[str, float],
+                  device: torch.device, precision: str, compile: bool = False):
+    """The forward half of a training step: (vis, tok, labels, global-text rows) of a batch -> the Eq. 12
+    loss and, detached, its value and terms [total, multi-task, contrastive, GD] (4,). compile=True wraps
+    it in torch.compile ('reduce-overhead', i.e. CUDA graphs, on CUDA; the default mode elsewhere); its
+    backward is compiled with it."""
+
+    def losses_of(vis, tok, y, glob_rows):
+        with autocast(device, precision):
+            terms = step_losses(model, mcfg, vis, tok, y, au_txt, glob_txt, glob_rows, unique_rows=not compile)
+            loss = losses.total_loss(terms["multitask"], terms["contrastive"], terms["gd"], w["alpha"], w["beta"])
+        return loss, torch.stack([loss, terms["multitask"], terms["contrastive"], terms["gd"]]).detach()
+
+    if not compile:
+        return losses_of
+    return torch.compile(losses_of, mode="reduce-overhead" if device.type == "cuda" else None)
+
+
+def step_losses(model: MicroAUCLIP, mcfg, vis: torch.Tensor, tok: torch.Tensor, y: torch.Tensor,
+                au_txt: TextTensors, glob_txt: TextTensors, glob_rows: torch.Tensor,
+                unique_rows: bool = True) -> dict[str, torch.Tensor]:
+    """Forward one batch (token indices (B, N, max N_L), `pad_token_indices`) -> the three terms of Eq. 12
+    (each a scalar tensor; 0 where switched off). unique_rows=False runs global OrigCL's text tail on
+    every sample's row rather than once per distinct row (same features; no data-dependent shape, for
+    vmap and torch.compile)."""
     out = model(vis, tok)
     zero = out["logits"].new_zeros(())
     mt = losses.multitask_loss(out["logits"], y)
     gd = losses.gd_loss(out["w_d"], y) if out["w_d"] is not None else zero  # Eq. 8 needs GDA's W_d
     if mcfg.contrastive in ("miaucl", "local_origcl"):
-        t = model.text_features(au_txt).view(len(tok), 2, -1)  # (N, 2, d): [positive, negative]
-        n = torch.arange(len(tok), device=y.device)
+        t = model.text_features(au_txt).view(model.n_aus, 2, -1)  # (N, 2, d): [positive, negative]
+        n = torch.arange(model.n_aus, device=y.device)
         au_text = t[n.unsqueeze(0), 1 - y]  # (B, N, d): the text of each sample's own label
         if mcfg.contrastive == "miaucl":
             cl = losses.miauc_loss(out["final"], au_text, y, model.logit_scale, mcfg.miaucl_targets)
         else:
             cl = losses.local_origcl_loss(out["final"], au_text, y, model.logit_scale)
     elif mcfg.contrastive == "global_origcl":
-        rows, inv = torch.unique(glob_rows, return_inverse=True)
-        cl = losses.global_origcl_loss(out["global"], model.text_features(glob_txt, rows)[inv], model.logit_scale)
+        if unique_rows:
+            rows, inv = torch.unique(glob_rows, return_inverse=True)
+            glob_feat = model.text_features(glob_txt, rows)[inv]
+        else:
+            glob_feat = model.text_features(glob_txt, glob_rows)
+        cl = losses.global_origcl_loss(out["global"], glob_feat, model.logit_scale)
     else:
         cl = zero
     return {"multitask": mt, "contrastive": cl, "gd": gd, "out": out}

@@ -472,9 +472,11 @@ def _training_for_hash(train: TrainConfig) -> dict[str, Any]:
     # Where it runs and with how many threads does not change what it computes. `precision: auto` follows
     # the device as `device: auto` does (bf16 on CUDA, fp32 elsewhere, within the tolerance docs/model.md
     # states), so it is left out too, and folds stored before the field existed keep their key; a
-    # precision set explicitly is part of the hash.
+    # precision set explicitly is part of the hash. `compile` (torch.compile of the step) is how the step
+    # runs, not what it computes: left out whatever its value.
     d = train.model_dump(mode="json")
-    return {k: v for k, v in d.items() if k not in ("device", "threads") and not (k == "precision" and v == "auto")}
+    return {k: v for k, v in d.items()
+            if k not in ("device", "threads", "compile") and not (k == "precision" and v == "auto")}
 
 
 def stable_hash(obj: Any) -> str:

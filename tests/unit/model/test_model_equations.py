@@ -49,19 +49,23 @@ def test_aus_beyond_table_i_sit_on_their_facs_muscles():
 
 # -- Eq. 2-3 -------------------------------------------------------------------------------------------
 def test_pta_weights_sum_to_one_and_pick_the_heavier_token():
-    pta = PTA(d=2, hidden=1)
+    pta = PTA(n_aus=1, d=2, hidden=1)
     with torch.no_grad():  # MLP(k) = 1 * relu(k_0) + 0: the score is the token's first coordinate
-        pta.mlp[0].weight.copy_(torch.tensor([[1.0, 0.0]]))
-        pta.mlp[0].bias.zero_()
-        pta.mlp[2].weight.fill_(1.0)
-        pta.mlp[2].bias.zero_()
-    k = torch.tensor([[[1.0, 10.0], [3.0, 20.0]]])  # (B=1, N_L=2, d=2)
+        pta.mlp.w1.copy_(torch.tensor([[[1.0, 0.0]]]))
+        pta.mlp.b1.zero_()
+        pta.mlp.w2.fill_(1.0)
+        pta.mlp.b2.zero_()
+    k = torch.tensor([[[[1.0, 10.0], [3.0, 20.0]]]])  # (N=1, B=1, N_L=2, d=2)
     f, w = pta(k)
     w1 = 1 / (1 + math.e ** 2)  # softmax([1, 3])
     assert w.sum().item() == pytest.approx(1.0)
-    assert w[0].tolist() == pytest.approx([w1, 1 - w1], rel=1e-6)
-    assert w[0, 1] > w[0, 0]  # the token with the larger MLP score gets the larger weight
-    assert f[0].tolist() == pytest.approx([w1 * 1 + (1 - w1) * 3, w1 * 10 + (1 - w1) * 20], rel=1e-6)
+    assert w[0, 0].tolist() == pytest.approx([w1, 1 - w1], rel=1e-6)
+    assert w[0, 0, 1] > w[0, 0, 0]  # the token with the larger MLP score gets the larger weight
+    assert f[0, 0].tolist() == pytest.approx([w1 * 1 + (1 - w1) * 3, w1 * 10 + (1 - w1) * 20], rel=1e-6)
+    # a padded token (valid False) gets no weight and changes nothing
+    kp = torch.cat([k, torch.full((1, 1, 1, 2), 99.0)], dim=2)
+    fp, wp = pta(kp, torch.tensor([[[True, True, False]]]))
+    assert wp[0, 0, 2].item() == 0.0 and torch.allclose(fp, f) and torch.allclose(wp[..., :2], w)
 
 
 def test_local_features_gather_each_aus_tokens_and_pooling_variants():
@@ -78,7 +82,12 @@ def test_local_features_gather_each_aus_tokens_and_pooling_variants():
     off = LocalFeatures(2, 3, "mean", **per_au)(tokens, idx)[0]
     assert off[0, 0].tolist() == pytest.approx(tokens[0].mean(0).tolist())
     f, w = LocalFeatures(2, 3, "pta", **per_au)(tokens, idx)
-    assert w[0].shape == (2, 49) and torch.allclose(w[0].sum(-1), torch.ones(2))
+    assert w.shape == (2, 2, 49) and torch.allclose(w.sum(-1), torch.ones(2, 2))
+    # with LSI the AUs' groups of different sizes are padded: the padding takes no part in any pooling
+    f, w = LocalFeatures(2, 3, "pta", **on)(tokens, idx)
+    assert w.shape == (2, 2, 2) and w[:, 1, 1].tolist() == [0.0, 0.0] and w[:, 1, 0].tolist() == [1.0, 1.0]
+    assert f[1, 1].tolist() == tokens[1, 10].tolist()
+    assert mx[1, 1].tolist() == tokens[1, 10].tolist()
 
 
 @pytest.mark.parametrize("pooling", ["pta", "mean", "max"])
@@ -89,12 +98,12 @@ def test_without_lsi_every_au_reads_the_one_global_feature(pooling):
     glob = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
     local = LocalFeatures(4, 3, pooling, lsi=False, hidden=4, lsi_off_feature="shared_global")
     assert local.pta is None and list(local.parameters()) == []
-    f, w = local(tokens, [None] * 4, glob)
-    assert f.shape == (2, 4, 3) and w == [None] * 4
+    f, w = local(tokens, None, glob)
+    assert f.shape == (2, 4, 3) and w is None
     for n in range(4):
         assert torch.equal(f[:, n], glob)
     with pytest.raises(ValueError, match="global"):
-        local(tokens, [None] * 4)
+        local(tokens, None)
     with pytest.raises(ValueError, match="model.lsi_off_feature"):
         LocalFeatures(4, 3, pooling, lsi=False, hidden=4, lsi_off_feature="cls")
 

@@ -58,3 +58,10 @@ def test_the_literal_default_changes_the_keys_of_miaucl_trials_only(name):
             assert (new["data_id"], new["prefix_group"]) == (old["data_id"], old["prefix_group"])  # data, prefix reused
         else:
             assert new == old
+
+
+def test_compiling_the_step_keeps_every_key():
+    """`training.compile` is how the step runs (torch.compile), not what it computes: out of the hash."""
+    for name in sorted(RECORDED)[:3]:
+        _, now = _keys(name, ["model.miaucl_targets=normalized", "training.compile=true"])
+        assert now == RECORDED[name]
