@@ -217,7 +217,7 @@ def matmul_rate(device: str, reps: int = 10) -> dict:
 
 
 def train_steps(n_train: int, batch: int) -> int:
-    """Optimiser steps per epoch (model.train._batches: a last batch of one joins the one before)."""
+    """Optimiser steps per epoch (model.train.batches: a last batch of one joins the one before)."""
     full, rest = divmod(n_train, batch)
     return full + (1 if rest > 1 else 0) if full else 1
 

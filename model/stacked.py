@@ -34,14 +34,14 @@ from model.result import FoldResult
 from model.train import (
     Fitted,
     FoldError,
-    _batches,
-    _inputs,
-    _prefix_of,
-    _weights,
     autocast,
+    batch_indices,
     fold_result,
+    loss_weights,
+    prefix_of,
     resolve_device,
     resolve_precision,
+    step_inputs,
     step_losses,
 )
 from model.trial import TrialLike
@@ -119,7 +119,7 @@ class StackedFolds:
         self.aus = [int(a) for a in t0.aus]
         self.device = device
         self.precision = resolve_precision(self.tcfg.precision, device)
-        self.w = _weights(t0)
+        self.w = loss_weights(t0)
         self.models = []
         for t in trials:  # as fit builds each: seeded, then the model
             torch.manual_seed(t.seed)
@@ -237,11 +237,11 @@ def train_folds(trials: Sequence[TrialLike], data, test_subjects: Sequence[str],
         folds.append((s, train_idx, test_idx))
 
     t = time.perf_counter()
-    prefix = _prefix_of(prefix, mcfg, data, aus, device)
+    prefix = prefix_of(prefix, mcfg, data, aus, device)
     t_prefix = time.perf_counter() - t
 
     t = time.perf_counter()
-    tr = _inputs(data, prefix, aus, landmark_groups(aus, mcfg.landmark_groups), device)
+    tr = step_inputs(data, prefix, aus, landmark_groups(aus, mcfg.landmark_groups), device)
     au_txt = TextTensors(prefix.au_texts, device)
     emo_txt = TextTensors(prefix.emotion_texts, device)
     emo_class = as_tensor(prefix.emotion_class, device)
@@ -258,7 +258,7 @@ def train_folds(trials: Sequence[TrialLike], data, test_subjects: Sequence[str],
         stack.set_epoch_lrs(epoch)
         lrs = {f"lr_{g['name']}": g["lr"] for g in stack.groups}
         sums = torch.zeros(k_all, 4, dtype=torch.float64, device=device)
-        batches = [[torch.from_numpy(train_idx)[b] for b in _batches(len(train_idx), tcfg.batch_size, g)]
+        batches = [[torch.from_numpy(train_idx)[b] for b in batch_indices(len(train_idx), tcfg.batch_size, g)]
                    for (_, train_idx, _), g in zip(folds, gens, strict=True)]
         for s in range(max(len(b) for b in batches)):
             here = [b[s] if s < len(b) else None for b in batches]

@@ -69,7 +69,7 @@ def _fp32(v):
     return v
 
 
-def _weights(trial: TrialLike) -> dict[str, float]:
+def loss_weights(trial: TrialLike) -> dict[str, float]:
     reader = getattr(trial, "reader", None)
     t = with_dataset_defaults(trial.training, reader)
     for k in ("alpha", "beta"):
@@ -78,7 +78,7 @@ def _weights(trial: TrialLike) -> dict[str, float]:
     return {"alpha": float(t.alpha), "beta": float(t.beta)}
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+def batch_indices(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     """A shuffled epoch; a last batch of one sample joins the one before (contrastive needs B >= 2)."""
     perm = torch.randperm(n, generator=gen)
     out = list(torch.split(perm, batch_size))
@@ -140,7 +140,7 @@ def cross_dataset_fold(trial: TrialLike, train_data, test_data, train_prefix: Pr
     return result
 
 
-def _prefix_of(prefix: Prefix | None, mcfg, data, aus, device) -> Prefix:
+def prefix_of(prefix: Prefix | None, mcfg, data, aus, device) -> Prefix:
     """`prefix` checked against (config, data, AUs), or computed now when None."""
     if prefix is None:
         return compute_prefix(mcfg, data, aus, device=str(device))
@@ -162,7 +162,7 @@ def _check_same_backbone(a: Prefix, b: Prefix) -> None:
                         f"both with the same trial.model and trial.aus")
 
 
-def _inputs(data, prefix: Prefix, aus, groups, device):
+def step_inputs(data, prefix: Prefix, aus, groups, device):
     """A dataset's model inputs on the device: AU labels (numpy, and as a tensor), frozen visual prefix,
     landmark token indices (Eq. 1) of every AU in one (S, N, max N_L) tensor padded with -1, each sample's
     global-text row."""
@@ -214,7 +214,7 @@ def fit(trial: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None 
     precision = resolve_precision(tcfg.precision, device)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    w = _weights(trial)
+    w = loss_weights(trial)
     train_idx = np.asarray(train_idx, dtype=np.int64)
     if len(train_idx) < 2:
         raise FoldError(f"dataset {data.reader} ({data.key}): {len(train_idx)} training sample(s); training "
@@ -222,13 +222,13 @@ def fit(trial: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None 
 
     # frozen prefix: given (shared by the sweep) or computed now
     t0 = time.perf_counter()
-    prefix = _prefix_of(prefix, mcfg, data, aus, device)
+    prefix = prefix_of(prefix, mcfg, data, aus, device)
     t_prefix = time.perf_counter() - t0
 
     # tensors on the device
     t0 = time.perf_counter()
     groups = landmark_groups(aus, mcfg.landmark_groups)
-    tr = _inputs(data, prefix, aus, groups, device)
+    tr = step_inputs(data, prefix, aus, groups, device)
     au_txt = TextTensors(prefix.au_texts, device)
     emo_txt = TextTensors(prefix.emotion_texts, device)
     emo_class = as_tensor(prefix.emotion_class, device)
@@ -253,7 +253,7 @@ def fit(trial: TrialLike, data, train_idx: Sequence[int], prefix: Prefix | None 
         te = time.perf_counter()
         model.train()
         sums = torch.zeros(len(curve), dtype=torch.float64, device=device)  # as Python floats would add
-        batches = _batches(len(train_idx), tcfg.batch_size, gen)
+        batches = batch_indices(len(train_idx), tcfg.batch_size, gen)
         order = train_t[torch.cat(batches)].to(device)
         for idx in torch.split(order, [len(b) for b in batches]):
             loss, terms = losses_of(tr.vis[idx], tr.tok[idx], tr.labels[idx], tr.glob_idx[idx])
@@ -311,8 +311,8 @@ def train_eval(trial: TrialLike, train_data, train_idx, test_data, test_idx, tes
     # frozen prefixes: given (shared by the sweep) or computed now
     t0 = time.perf_counter()
     shared = test_data is train_data and (test_prefix is None or test_prefix is train_prefix)
-    train_prefix = _prefix_of(train_prefix, mcfg, train_data, aus, device)
-    test_prefix = train_prefix if shared else _prefix_of(test_prefix, mcfg, test_data, aus, device)
+    train_prefix = prefix_of(train_prefix, mcfg, train_data, aus, device)
+    test_prefix = train_prefix if shared else prefix_of(test_prefix, mcfg, test_data, aus, device)
     if not shared:
         _check_same_backbone(train_prefix, test_prefix)
     t_test_prefix = time.perf_counter() - t0
@@ -338,7 +338,7 @@ def fold_result(trial: TrialLike, f: Fitted, test_data, test_idx, test_subject: 
     if shared:
         te, emo_txt, emo_class = SimpleNamespace(labels_np=f.labels, vis=f.vis, tok=f.tok), f.emo_txt, f.emo_class
     else:
-        te = _inputs(test_data, test_prefix, aus, landmark_groups(aus, mcfg.landmark_groups), f.device)
+        te = step_inputs(test_data, test_prefix, aus, landmark_groups(aus, mcfg.landmark_groups), f.device)
         emo_txt = TextTensors(test_prefix.emotion_texts, f.device)
         emo_class = as_tensor(test_prefix.emotion_class, f.device)
     ti = torch.from_numpy(test_idx).to(f.device)

@@ -135,12 +135,12 @@ def test_every_training_sample_is_in_exactly_one_batch_per_epoch():
     """A last batch of one sample joins the batch before it; nothing is trained twice or dropped."""
     import torch
 
-    from model.train import _batches
+    from model.train import batch_indices
 
     gen = torch.Generator().manual_seed(0)
     for n in range(2, 41):
         for bs in range(2, 11):
-            batches = _batches(n, bs, gen)
+            batches = batch_indices(n, bs, gen)
             seen = torch.cat(batches).tolist()
             assert sorted(seen) == list(range(n)), (n, bs)
             assert all(len(b) >= 2 for b in batches), (n, bs)  # contrastive losses need B >= 2
