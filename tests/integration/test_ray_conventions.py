@@ -42,30 +42,44 @@ def _env(temp: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """`ray start --head` and a worker node started with `ray start --block` (killing that process takes
-    the node down); RAY_ADDRESS is not set for the tests unless they set it."""
+    """`ray start --head` and a worker node, each started with `--block` in a process group of its own
+    (killing the group takes that node down at once, and touches no other Ray on the machine); RAY_ADDRESS
+    is not set for the tests unless they set it."""
     if not Path(RAY).exists():
         pytest.skip(f"no `ray` command beside {sys.executable}")
     temp = short_temp_dir("rayc")
     env = _env(temp)
     subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60)
-    head = subprocess.run([RAY, "start", "--head", f"--port={PORT}", "--num-cpus=1", "--include-dashboard=false",
-                           f"--temp-dir={temp}"], env=env, capture_output=True, text=True, timeout=120)
-    assert head.returncode == 0, head.stderr
-    worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{PORT}", "--num-cpus=1", "--block"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head = subprocess.Popen([RAY, "start", "--head", f"--port={PORT}", "--num-cpus=1", "--include-dashboard=false",
+                             f"--temp-dir={temp}", "--block"], **quiet)
+    worker = None
     try:
         deadline = time.time() + 60
-        while len(_alive_nodes(env)) < 2:
+        while not _answers():
+            assert time.time() < deadline and head.poll() is None, "the head did not start"
+            time.sleep(0.5)
+        worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{PORT}", "--num-cpus=1", "--block"], **quiet)
+        while len(nodes := _alive_nodes(env)) < 2:
             assert time.time() < deadline, "the worker node did not join"
             time.sleep(1)
-        yield {"address": f"127.0.0.1:{PORT}", "env": env, "worker": worker, "nodes": _alive_nodes(env)}
+        yield {"address": f"127.0.0.1:{PORT}", "env": env, "worker": worker, "nodes": nodes}
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(30)
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for p in (worker, head):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(30)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _answers() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", PORT), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _alive_nodes(env: dict[str, str]) -> set[str]:
@@ -78,11 +92,7 @@ def _alive_nodes(env: dict[str, str]) -> set[str]:
 
 def _still_up(cluster) -> bool:
     """The head's GCS port answers and the worker node's process lives (cheaper than connecting)."""
-    import socket
-
-    with socket.create_connection(("127.0.0.1", PORT), timeout=3):
-        pass
-    return cluster["worker"].poll() is None
+    return _answers() and cluster["worker"].poll() is None
 
 
 def _sweep(folder: Path, synth_casme2, casme2_cache, mlflow_db_template, subjects=("sub01", "sub02", "sub03")):
@@ -103,22 +113,30 @@ def _run(path: Path, *args: str):
     return CliRunner().invoke(main, ["run", str(path), "--no-figures", *args])
 
 
-def test_run_and_preprocess_beside_an_unrelated_ray(ray_cluster, synth_casme2, casme2_cache, mlflow_db_template,
-                                                    tiny_casme2, monkeypatch):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("RAY_TMPDIR", ray_cluster["env"]["RAY_TMPDIR"])  # where `ray start` put its address file
+@pytest.fixture(scope="module")
+def beside(ray_cluster, synth_casme2, casme2_cache, mlflow_db_template):
+    """The sweep run with the cluster up and RAY_ADDRESS unset: (sweep file, output); undisturbed, it is
+    also the reference for the run that loses a node."""
     folder = short_temp_dir("own")
-    path = _sweep(folder, synth_casme2, casme2_cache, mlflow_db_template, subjects=("sub01", "sub02"))
-    r = _run(path)
+    path = _sweep(folder, synth_casme2, casme2_cache, mlflow_db_template)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)
+        mp.setenv("RAY_TMPDIR", ray_cluster["env"]["RAY_TMPDIR"])  # where `ray start` put its address file
+        r = _run(path)
     assert r.exit_code == 0, r.output
+    yield path, r.output
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_run_and_preprocess_beside_an_unrelated_ray(beside, ray_cluster, tiny_casme2, tmp_path):
+    path, _ = beside
     assert not _nodes_of(path) & ray_cluster["nodes"]  # a Ray of its own, not the one running here
     p = subprocess.run([sys.executable, "-m", "orchestrator.cli", "preprocess", "--reader", "casme2", "--root",
-                        str(tiny_casme2), "--flow", "dis", "--cache-dir", str(folder / "prep"), "--workers", "2",
+                        str(tiny_casme2), "--flow", "dis", "--cache-dir", str(tmp_path / "prep"), "--workers", "2",
                         "--json"], capture_output=True, text=True, timeout=300,
                        env={k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"})
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     assert _still_up(ray_cluster)  # left running
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_ray_address_that_does_not_answer_is_one_clear_error(tmp_path, synth_casme2, monkeypatch):
@@ -131,31 +149,12 @@ def test_a_ray_address_that_does_not_answer_is_one_clear_error(tmp_path, synth_c
     assert "Traceback" not in r.output
 
 
-@pytest.fixture(scope="module")
-def joined(ray_cluster, synth_casme2, casme2_cache, mlflow_db_template):
-    """The sweep run with RAY_ADDRESS naming the cluster, undisturbed: (sweep file, output)."""
-    folder = short_temp_dir("join")
-    path = _sweep(folder, synth_casme2, casme2_cache, mlflow_db_template)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_ADDRESS", ray_cluster["address"])
-        mp.setenv("RAY_AUTH_MODE", "token")
-        r = _run(path, "--json")
-    assert r.exit_code == 0, r.output
-    yield path, r.output
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def test_ray_address_joins_the_cluster_it_names(joined, ray_cluster):
-    path, output = joined
-    assert f"joining the Ray cluster at {ray_cluster['address']} (RAY_ADDRESS)" in output
-    assert _nodes_of(path) <= ray_cluster["nodes"]
-    assert _still_up(ray_cluster)  # joined, not shut down
-
-
-def test_a_node_lost_mid_sweep_is_one_line_and_changes_no_result(joined, ray_cluster, synth_casme2, casme2_cache,
-                                                                 mlflow_db_template, monkeypatch):
-    """The worker node is killed once the first fold is stored: the sweep completes with the undisturbed
-    run's predictions, and the output names the lost node and the retried folds without a traceback."""
+def test_ray_address_joins_and_a_node_lost_mid_sweep_changes_no_result(beside, ray_cluster, synth_casme2,
+                                                                        casme2_cache, mlflow_db_template,
+                                                                        monkeypatch):
+    """RAY_ADDRESS names the cluster: `run` says it joins, and its folds run there. The worker node is
+    killed once the first fold is stored: the sweep completes with the undisturbed run's predictions, and
+    the output names the lost node and the retried fold without a traceback; the head stays up."""
     from orchestrator.execution.state import SweepState
 
     folder = short_temp_dir("lose")
@@ -172,10 +171,13 @@ def test_a_node_lost_mid_sweep_is_one_line_and_changes_no_result(joined, ray_clu
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     r = _run(path)
     assert r.exit_code == 0, r.output
+    assert f"joining the Ray cluster at {ray_cluster['address']} (RAY_ADDRESS)" in r.output
+    assert _nodes_of(path) <= ray_cluster["nodes"]  # its folds ran there
     assert "Traceback" not in r.output and "SystemExit" not in r.output
     assert r.output.count("was lost: the folds it was running are retried on the other nodes") == 1, r.output
     assert re.search(r"fold casme2 full seed 1 sub0\d: its node was lost, retrying \(1 of 2\)", r.output), r.output
-    before, after = (ResultsStore(p.parent / "wd" / "results") for p in (joined[0], path))
+    assert _answers()  # joined, not shut down
+    before, after = (ResultsStore(p.parent / "wd" / "results") for p in (beside[0], path))
     assert sorted(before.keys()) == sorted(after.keys()) and len(list(after.keys())) == 3
     for k in after.keys():
         assert before.result(k).probs.tolist() == after.result(k).probs.tolist()

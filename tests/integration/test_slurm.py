@@ -157,7 +157,9 @@ def test_the_slurm_script_runs_a_sweep_to_completion_and_a_resubmission_trains_n
            "MICROAU_RUNS": str(runs), "MICROAU_HEAD_IP": "127.0.0.1",
            "MICROAU_MLFLOW_PORT": str(free_port()), "MICROAU_RAY_PORT": str(free_port()),
            "MICROAU_DASHBOARD_PORT": str(free_port()),
-           "MICROAU_RAY_ARGS": f"--temp-dir={temp} --object-store-memory=100000000 "
+           # no dashboard here (run --dashboard is checked in test_tracking_auth.py): its process, and one
+           # actor per fold where a dashboard shows them, would cost this test seconds for nothing it checks
+           "MICROAU_RAY_ARGS": f"--temp-dir={temp} --object-store-memory=100000000 --include-dashboard=false "
                                f"--ray-client-server-port={free_port()} --dashboard-agent-listen-port={free_port()}"}
     try:
         t0 = time.time()

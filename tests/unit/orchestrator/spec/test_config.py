@@ -135,8 +135,8 @@ def test_hash_sensitive_to_every_parameter(tmp_path, section, cls):
     base = load_sweep(write(tmp_path, doc)).trials[0]
     changed = 0
     for key, ann in _leaf_fields(cls, section):
-        if key in ("training.device", "training.threads"):
-            continue  # where and with how many threads it runs does not change what it computes
+        if key in ("training.device", "training.threads", "training.compile"):
+            continue  # where, with how many threads and whether compiled it runs does not change what it computes
         current = base
         for part in key.split("."):
             current = getattr(current, part)
