@@ -30,7 +30,9 @@ from orchestrator.planning.store import ResultsStore
 from support import short_temp_dir
 from support.ray import write_sweep
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
+# its Rays beside the in-process Ray group "ray" (in another test process), one after another with the
+# other service tests
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray-services")]
 
 RAY = str(Path(sys.executable).parent / "ray")
 PORT = 6391

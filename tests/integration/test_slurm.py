@@ -24,7 +24,8 @@ import pytest
 from support import REPO, short_temp_dir
 from support.ray import TRAIN, write_sweep
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.xdist_group("ray")]
+# Ray and services started by subprocesses: a group of its own, beside the in-process Ray group "ray"
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.xdist_group("ray-services")]
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol")
 SCRIPT = REPO / "cluster" / "slurm" / "sweep.sbatch"

@@ -217,7 +217,7 @@ def files_under(*roots: Path):
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("ray")  # its Ray after the others', not beside them (2 cores); the server starts again there
+@pytest.mark.xdist_group("ray-services")  # with the other subprocess Ray tests, beside the "ray" group
 def test_run_dashboard_names_each_fold_and_no_secret_is_written_down(server, synth_casme2, casme2_cache, tmp_path):
     """A real `run --dashboard` (embedded Ray, token authentication with a known token in ~/.ray/auth_token)
     against the basic-auth server with known credentials.
