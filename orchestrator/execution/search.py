@@ -86,8 +86,8 @@ def run_search(sweep: Sweep, address: str | None = None, *, quiet: bool = False,
                dashboard: bool = False, share_name: bool = False, backend: RayTuneBackend | None = None,
                inject: Any = None, tracking: bool = True) -> SearchOutcome:
     """Run the search until it holds `num_samples` finished candidates per dataset searched; every fold of
-    a candidate goes to the results store and MLflow as a grid fold does. `inject(event, state)`: tests
-    only, called on the driver after each stored fold (to stop a search mid-way); `tracking`: False leaves
+    a candidate goes to the results store and MLflow as a grid fold does. `inject(fold key)`: tests only,
+    called on the driver after each fold it stores (to stop a search mid-way); `tracking`: False leaves
     MLflow out (tests that check the search, not its tracking)."""
     ensure_writable(sweep.paths.workdir, "workdir", "nothing could be stored")
     with WorkdirLock(sweep.paths.lock, sweep=str(Path(sweep.source).resolve()) if sweep.source else sweep.name):
@@ -183,7 +183,7 @@ class _Book:
             finished = FinishedFold.loads(text)
             self.state.finished(key, finished.result, finished.node)
             if self.inject is not None:
-                self.inject("finished", self.state)
+                self.inject(key)
         if TIME in result:
             c.folds_done = int(result[TIME])
             score = result.get(SCORE)
@@ -270,8 +270,8 @@ def _tuner(sweep: Sweep, search: SearchSpec, base, data, order: list[str], book:
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(space=space, metric=SCORE, mode=search.mode, seed=seed,
-                                points_to_evaluate=requeued or None)
+        searcher = OptunaSearch(space=OptunaSearch.convert_search_space(space), metric=SCORE, mode=search.mode,
+                                seed=seed, points_to_evaluate=requeued or None)
         for c in finished:  # the searcher's state rebuilt from the record
             searcher.add_evaluated_point(dict(c.params), c.metric)
         algo = ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
@@ -301,7 +301,8 @@ def _tuner(sweep: Sweep, search: SearchSpec, base, data, order: list[str], book:
                                 # ours first: it takes the folds out of each result before the loggers write it
                                 callbacks=[_callback(book), JsonLoggerCallback(), CSVLoggerCallback()], verbose=0)
     tune_config = tune.TuneConfig(metric=SCORE, mode=search.mode, search_alg=algo, scheduler=scheduler,
-                                  num_samples=max(left, 0), max_concurrent_trials=search.max_concurrent,
+                                  num_samples=max(left, 0),  # optuna: the ConcurrencyLimiter's
+                                  max_concurrent_trials=search.max_concurrent if param_space else None,
                                   reuse_actors=True,  # one coordinator process imports the model once
                                   trial_dirname_creator=lambda t: f"candidate-{t.trial_id}")
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
