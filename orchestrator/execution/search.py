@@ -268,7 +268,10 @@ def _tuner(sweep: Sweep, search: SearchSpec, base, data, order: list[str], book:
     seed = search.seed + len(mine)  # a resumed searcher does not draw the first run's values again
     param_space: dict[str, Any] = {}
     if search.algorithm == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study: ours say what happens
 
         searcher = OptunaSearch(space=OptunaSearch.convert_search_space(space), metric=SCORE, mode=search.mode,
                                 seed=seed, points_to_evaluate=requeued or None)
@@ -289,8 +292,9 @@ def _tuner(sweep: Sweep, search: SearchSpec, base, data, order: list[str], book:
     prefix = prefix_for(base, data, sweep.paths.cache)
     ctx = {"spec": sweep.spec, "dataset": base.dataset, "seed": base.seed, "order": order,
            "data_id": data_id(base), "data_key": data.key, "data": ray.put(data),
-           "prefixes": {prefix_group(base, data.key): ray.put(prefix)}, "results": str(sweep.paths.results),
-           "cache": str(sweep.paths.cache), "resources": {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu},
+           "prefixes": {prefix_group(base, data.key): ray.put(prefix)},
+           # absolute: a Tune trial runs in a folder of its own
+           "results": str(sweep.paths.results.resolve()), "cache": str(sweep.paths.cache.resolve()), "resources": {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu},
            "retries": sweep.retries, "milestones": milestones(len(order), search), "metric": search.metric,
            "keys": list(search.space), "threads": max(1, int(sweep.resources.cpu))}
     node = f"node:{ray.util.get_node_ip_address()}"
