@@ -294,7 +294,8 @@ def _tuner(sweep: Sweep, search: SearchSpec, base, data, order: list[str], book:
            "data_id": data_id(base), "data_key": data.key, "data": ray.put(data),
            "prefixes": {prefix_group(base, data.key): ray.put(prefix)},
            # absolute: a Tune trial runs in a folder of its own
-           "results": str(sweep.paths.results.resolve()), "cache": str(sweep.paths.cache.resolve()), "resources": {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu},
+           "results": str(sweep.paths.results.resolve()), "cache": str(sweep.paths.cache.resolve()),
+           "resources": {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu},
            "retries": sweep.retries, "milestones": milestones(len(order), search), "metric": search.metric,
            "keys": list(search.space), "threads": max(1, int(sweep.resources.cpu))}
     node = f"node:{ray.util.get_node_ip_address()}"

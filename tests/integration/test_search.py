@@ -53,7 +53,7 @@ def local_ray():
 
 
 def _doc(folder, name, **over):
-    doc = {"name": name, "workdir": str(folder / "wd"),
+    doc = {"name": name, "workdir": "wd",  # relative to the folder the module runs in (`searched`)
            "datasets": {"casme2": {"reader": "casme2", "root": str(folder / "data"), "aus": [1, 2, 4, 12],
                                    "synthetic": {"subjects": SUBJECTS, "per_subject": 8, "seed": 0}}},
            "preprocessing": TEST_PREPROCESS,
@@ -84,6 +84,8 @@ def searched(local_ray, tmp_path_factory):
     """The search, stopped on the driver after the 6th fold it stores (an exception, as a killed driver
     leaves it: candidates drawn and not finished), then run again to the end."""
     folder = tmp_path_factory.mktemp("search")
+    cwd = os.getcwd()
+    os.chdir(folder)  # the workdir is relative, as in a sweep file (a Tune trial runs in a folder of its own)
     path = _write(folder, _doc(folder, "lr_search", search=SEARCH))
     first: list[str] = []
 
@@ -101,7 +103,8 @@ def searched(local_ray, tmp_path_factory):
     outcome = run_search(load_sweep(path), address=local_ray, quiet=True, progress=False, tracking=False,
                          inject=second.append)
     print(f"search: {len(first)} folds in {t1 - t0:.1f}s until stopped, then {len(second)} in {time.time() - t1:.1f}s")
-    return folder, path, outcome, first, second, stopped
+    yield folder, path, outcome, first, second, stopped
+    os.chdir(cwd)
 
 
 def test_the_search_finds_the_band_and_early_stopping_trains_fewer_folds(searched):
