@@ -25,9 +25,15 @@ def run(sweep: Sweep, address: str | None, as_json: bool, dashboard: bool, share
     from orchestrator.execution.search import run_search  # the runner's imports (OpenCV, Ray): `run` only
 
     console = make_console(stderr=as_json)
+    stream = sys.stderr if as_json else sys.stdout  # held now: Tune's output is sent to tune.log while it runs
+
+    def line(text: str) -> None:
+        stream.write(text + "\n")
+        stream.flush()
+
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         outcome = run_search(sweep, address=address, quiet=as_json, progress=True, dashboard=dashboard,
-                             share_name=share_name)
+                             share_name=share_name, lines=line)
         outcome.results.write_reports()
     if as_json:
         doc = search_document(outcome.results, outcome.candidates, outcome.trained, outcome.reused)

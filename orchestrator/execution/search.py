@@ -23,6 +23,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,13 @@ def milestones(n: int, search: SearchSpec) -> list[int]:
 
 def run_search(sweep: Sweep, address: str | None = None, *, quiet: bool = False, progress: bool = True,
                dashboard: bool = False, share_name: bool = False, backend: RayTuneBackend | None = None,
-               inject: Any = None, tracking: bool = True) -> SearchOutcome:
+               lines: Callable[[str], None] | None = None, inject: Any = None,
+               tracking: bool = True) -> SearchOutcome:
     """Run the search until it holds `num_samples` finished candidates per dataset searched; every fold of
-    a candidate goes to the results store and MLflow as a grid fold does. `inject(fold key)`: tests only,
+    a candidate goes to the results store and MLflow as a grid fold does. `lines(text)`: where the
+    progress lines go (one per candidate started, fold reported, candidate finished; the command's
+    stream: Tune's own output goes to `<workdir>/logs/tune.log`, and so do these lines, logged there
+    too). `inject(fold key)`: tests only,
     called on the driver after each fold it stores (to stop a search mid-way); `tracking`: False leaves
     MLflow out (tests that check the search, not its tracking)."""
     ensure_writable(sweep.paths.workdir, "workdir", "nothing could be stored")
@@ -94,12 +99,13 @@ def run_search(sweep: Sweep, address: str | None = None, *, quiet: bool = False,
         claim_name(sweep, share=share_name)
         backend = backend or RayTuneBackend(sweep, address, quiet=quiet, progress=progress, dashboard=dashboard)
         try:
-            return _search_locked(sweep, backend, inject, tracking)
+            return _search_locked(sweep, backend, _Lines(lines), inject, tracking)
         finally:
             backend.close()
 
 
-def _search_locked(sweep: Sweep, backend: RayTuneBackend, inject: Any, tracking: bool) -> SearchOutcome:
+def _search_locked(sweep: Sweep, backend: RayTuneBackend, lines: _Lines, inject: Any,
+                   tracking: bool) -> SearchOutcome:
     store = ResultsStore(sweep.paths.results)
     store.check_writable()
     ensure_writable(sweep.paths.reports, "reports folder", "the table could not be written at the end")
@@ -125,12 +131,14 @@ def _search_locked(sweep: Sweep, backend: RayTuneBackend, inject: Any, tracking:
             if not started:
                 backend.start()
                 started = True
-            book = _Book(sweep, candidates, state, base.dataset, data.key, order, inject)
+            book = _Book(sweep, candidates, state, base.dataset, data.key, order, inject, lines)
             tuner = _tuner(sweep, search, base, data, order, book, backend)
-            with tune_interrupt_notice(sweep), stdout_to(sweep.paths.logs / "tune.log"):
+            with tune_interrupt_notice(sweep) as notice, stdout_to(sweep.paths.logs / "tune.log"):
                 tuner.fit()
             if book.error is not None:
                 raise book.error
+            if notice.interrupted:  # Ctrl-C: what finished is recorded; the same command goes on
+                break
     finally:
         state.close()
         candidates.save()
@@ -141,14 +149,27 @@ def _search_locked(sweep: Sweep, backend: RayTuneBackend, inject: Any, tracking:
                          reused=sum(g.done for g in results.groups.values()) - trained, failed=dict(state.errors))
 
 
+class _Lines:
+    """The search's progress lines: logged (into tune.log, where Tune's output goes while it runs) and
+    handed to the command's `lines`, which holds the user's stream."""
+
+    def __init__(self, lines: Callable[[str], None] | None):
+        self.lines = lines
+
+    def __call__(self, text: str) -> None:
+        logger.info(text)
+        if self.lines is not None:
+            self.lines(text)
+
+
 class _Book:
     """The driver's side of one dataset's search: Tune trial -> candidate, the candidates' folds, and the
     record kept current (written after every change)."""
 
     def __init__(self, sweep: Sweep, candidates: Candidates, state: SweepState, dataset: str, data_key: str,
-                 order: list[str], inject: Any):
+                 order: list[str], inject: Any, lines: _Lines):
         self.sweep, self.candidates, self.state = sweep, candidates, state
-        self.dataset, self.data_key, self.order, self.inject = dataset, data_key, order, inject
+        self.dataset, self.data_key, self.order, self.inject, self.say = dataset, data_key, order, inject, lines
         self.keys = list(sweep.spec.search.space)
         self.by_trial: dict[str, Candidate] = {}
         self.error: BaseException | None = None
@@ -171,7 +192,7 @@ class _Book:
         self.by_trial[trial_id] = c
         self.state.add_folds(self.folds(c))
         self.candidates.save()
-        logger.info(f"candidate {point_of(c).label} ({self.dataset}): started")
+        self.say(f"candidate {point_of(c).label} ({self.dataset}): started")
         return c
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -189,6 +210,9 @@ class _Book:
             score = result.get(SCORE)
             c.metric = None if score is None or (isinstance(score, float) and math.isnan(score)) else float(score)
             self.candidates.save()
+            value = "-" if c.metric is None else f"{c.metric:.4f}"
+            self.say(f"candidate {point_of(c).label} ({self.dataset}): {c.folds_done}/{len(self.order)} folds, "
+                     f"{self.sweep.spec.search.metric} {value}")
 
     def complete(self, trial_id: str) -> None:
         c = self.by_trial.get(trial_id)
@@ -198,7 +222,7 @@ class _Book:
         self.candidates.save()
         what = (f"complete, {self.sweep.spec.search.metric} {c.metric:.4f}" if c.status == "complete" and
                 c.metric is not None else f"{c.status} after {c.folds_done}/{len(self.order)} folds")
-        logger.info(f"candidate {point_of(c).label} ({self.dataset}): {what}")
+        self.say(f"candidate {point_of(c).label} ({self.dataset}): {what}")
 
     def failed(self, trial_id: str, error: str) -> None:
         c = self.by_trial.get(trial_id)
@@ -281,7 +305,8 @@ def _tuner(sweep: Sweep, search: SearchSpec, base, data, order: list[str], book:
     else:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        algo = BasicVariantGenerator(points_to_evaluate=requeued or None, random_state=seed)
+        algo = BasicVariantGenerator(points_to_evaluate=requeued or None, random_state=seed,
+                                     max_concurrent=search.max_concurrent)
         param_space = space
     scheduler = None
     if search.early_stop is not None:
@@ -306,8 +331,7 @@ def _tuner(sweep: Sweep, search: SearchSpec, base, data, order: list[str], book:
                                 # ours first: it takes the folds out of each result before the loggers write it
                                 callbacks=[_callback(book), JsonLoggerCallback(), CSVLoggerCallback()], verbose=0)
     tune_config = tune.TuneConfig(metric=SCORE, mode=search.mode, search_alg=algo, scheduler=scheduler,
-                                  num_samples=max(left, 0),  # optuna: the ConcurrencyLimiter's
-                                  max_concurrent_trials=search.max_concurrent if param_space else None,
+                                  num_samples=max(left, 0),  # at most max_concurrent: the search_alg's
                                   reuse_actors=True,  # one coordinator process imports the model once
                                   trial_dirname_creator=lambda t: f"candidate-{t.trial_id}")
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)

@@ -79,8 +79,8 @@ def print_search(console, results: SweepResults, candidates: Candidates, trained
 
     search = results.sweep.spec.search
     rows = candidate_rows(results, candidates)
-    n = sum(c.finished for c in candidates.items)
     for d in dict.fromkeys(r["dataset"] for r in rows):
+        n = sum(c.finished for c in candidates.of(d))
         t = Table(title=f"{results.sweep.name}: search on {d} ({search.algorithm}, {search.metric} "
                         f"{search.mode}; {n}/{search.num_samples} candidates finished)")
         for col in ("#", "candidate", "status", "folds", f"pooled {search.metric}", "F1 95% CI"):
@@ -95,6 +95,10 @@ def print_search(console, results: SweepResults, candidates: Candidates, trained
             t.add_row(str(r["index"]), r["label"], status, f"{r['folds_done']}/{r['folds_total'] or '?'}", v,
                       ci_text)
         console.print(t)
+        for r in (r for r in rows if r["dataset"] == d and r["status"] in ("failed", "running")):
+            why = f"failed: {r['error']}" if r["status"] == "failed" else "drawn, not finished (interrupted)"
+            console.print(f"[yellow]{r['status']}[/yellow] {d} {r['label']}: {why}; run the search again to run it "
+                          f"again (its {r['folds_done']} stored fold(s) are reused)", highlight=False, soft_wrap=True)
         b = best(rows, d)
         if b is None:
             console.print(f"{d}: no complete candidate yet (stopped ones are not LOSO results); run the search "
