@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from orchestrator.execution.runner import run_sweep
-from orchestrator.execution.search import run_search
+from orchestrator.execution.search import milestones, run_search
 from orchestrator.planning.candidates import load_candidates
 from orchestrator.planning.store import ResultsStore
 from orchestrator.reporting.search import best as best_row
@@ -108,7 +108,7 @@ def searched(local_ray, tmp_path_factory):
 
 
 def test_the_search_finds_the_band_and_early_stopping_trains_fewer_folds(searched):
-    folder, path, outcome, first, second, _ = searched
+    folder, path, outcome, first, second, before = searched
     items = outcome.candidates.items
     assert len(items) == CANDIDATES and all(c.finished for c in items)
     complete = [c for c in items if c.status == "complete"]
@@ -117,7 +117,16 @@ def test_the_search_finds_the_band_and_early_stopping_trains_fewer_folds(searche
     assert best.metric > 0.7
     trained, to_the_end = len(first) + len(second), CANDIDATES * SUBJECTS
     print(f"folds trained with early_stop: {trained}; the same candidates run to the end: {to_the_end}")
-    assert trained == sum(c.folds_done for c in items)  # a stopped candidate trains no fold past its rung
+    # every fold trained is a candidate's, and a candidate trains no fold past the rung of its last report
+    # (the candidates the stop interrupted excepted: folds stored in the middle of a report, before the
+    # stop, may lie past the rung at which the rerun's fresh scheduler stops them)
+    stored = {g.trial.point: g.done for g in outcome.results.groups.values()}
+    assert trained == sum(stored.values())
+    rungs = milestones(SUBJECTS, outcome.results.sweep.spec.search)
+    assert rungs == [1, 3, 5]
+    interrupted = {c.index for c in before.items if not c.finished}
+    assert all(stored[c.index] <= min(r for r in rungs if r >= c.folds_done) for c in items
+               if c.index not in interrupted), [(c.index, c.folds_done, stored[c.index]) for c in items]
     assert trained <= 0.6 * to_the_end
     stopped = [c for c in items if c.status == "stopped"]
     assert stopped and all(c.folds_done < SUBJECTS for c in stopped)
