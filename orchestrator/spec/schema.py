@@ -228,8 +228,10 @@ class SweepSpec(_Strict):
                     try:
                         self.resolve(name, point, self.seeds[0])
                     except ConfigError as e:
+                        hint = ("; use randint: [low, high] for an integer key" if dim.kind in ("uniform", "loguniform")
+                                and "integer" in str(e) else "")
                         raise ConfigError(f"{where}.space.{key}: the value {value!r} does not make a valid "
-                                          f"config: {e}") from None
+                                          f"config: {e}{hint}") from None
 
     def _units(self) -> tuple[list[tuple[list[str], str]], list[int]]:
         """The units of a protocol across datasets, [(datasets trained on, dataset tested on)], and their

@@ -69,7 +69,10 @@ class Dimension(_Strict):
             return v
         if self.kind == "randint":
             return [v[0], v[1] - 1]
-        return [float(v[0]), float(v[1])]
+        # and a value between with a fractional part: a range over an integer key is an error now, not
+        # when a candidate draws 42.7 epochs (randint is the range of integers)
+        inside = v[0] * (v[1] / v[0]) ** 0.382 if self.kind == "loguniform" else v[0] + 0.382 * (v[1] - v[0])
+        return [float(v[0]), float(v[1]), float(inside)]
 
     def contains(self, value: Any) -> bool:
         v = self.args
@@ -99,6 +102,16 @@ class SearchSpec(_Strict):
     early_stop: EarlyStopSpec | None = None  # None: every candidate runs every fold
     dataset: str | None = None  # None: one search per dataset of the file
     seed: int = 0  # the searcher's seed and the shuffle of the subject order
+
+    @model_validator(mode="after")
+    def _optuna_choices(self):
+        if self.algorithm == "optuna":
+            for key, dim in self.space.items():
+                if dim.kind == "choice" and any(not isinstance(x, (str, int, float, bool, type(None)))
+                                                for x in dim.args):
+                    raise ValueError(f"space.{key}: Optuna chooses among plain values (numbers, strings, true/"
+                                     f"false, null), got {dim.args}; use algorithm: random, or a grid")
+        return self
 
     @field_validator("space")
     @classmethod

@@ -52,6 +52,8 @@ def write(tmp_path, d, name="s.yaml"):
      "search.space.training.epochs: give exactly one of"),
     ({**SEARCH, "space": {"preprocessing.flow": {"choice": ["dis"]}}}, "a search samples keys of model and training"),
     ({**SEARCH, "metrik": "f1"}, "unknown key 'search.metrik'"),
+    ({**SEARCH, "space": {"training.epochs": {"uniform": [20, 80]}}}, "use randint: [low, high] for an integer key"),
+    ({**SEARCH, "space": {"model.prompts": {"choice": [{"AU1": ["a"]}]}}}, "Optuna chooses among plain values"),
     ({**SEARCH, "dataset": "casme2"}, "search.dataset: no dataset 'casme2'"),
     ({k: v for k, v in SEARCH.items() if k != "num_samples"}, "missing key 'search.num_samples'"),
 ])
