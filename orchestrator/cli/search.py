@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 
 import click
@@ -88,11 +89,21 @@ def check_compare(sweep: Sweep, candidates, a: int, b: int) -> None:
                           f"candidate {b} {items[b].dataset}; compare candidates of one dataset")
 
 
+def torch_gpus() -> int:
+    try:
+        import torch  # heavy: only when the sweep asks for GPUs
+
+        return torch.cuda.device_count()
+    except ImportError:  # pragma: no cover
+        return 0
+
+
 def plan(sweep: Sweep, as_json: bool) -> None:
     """`plan SWEEP` of a search: how many candidates, the folds of each, the most folds it may train."""
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         candidates = load_candidates(sweep)
-        doc = search_plan(plan_from_store(base_sweep(sweep), strict=False), candidates)
+        gpus = torch_gpus() if sweep.resources.gpu else 0
+        doc = search_plan(plan_from_store(base_sweep(sweep), strict=False), candidates, os.cpu_count() or 1, gpus)
     if as_json:
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
         return
@@ -103,6 +114,15 @@ def plan(sweep: Sweep, as_json: bool) -> None:
     es = doc["early_stop"]
     click.echo(f"early stop: after {es['grace_folds']} folds, reduction factor {es['reduction_factor']:g}" if es
                else "early stop: none (every candidate runs every fold)")
+    for d in doc["data"]:
+        if d["state"] in ("to prepare", "unreachable", "changed"):
+            why = d.get("problem") or {"to prepare": "not prepared yet: `run` prepares it first",
+                                       "changed": "changed since the last run prepared it: `run` prepares it again"
+                                       }[d["state"]]
+            click.echo(f"  {d['name']}: {why}")
+    r, m = doc["resources"], doc["machine"]
+    click.echo(f"resources per fold: cpu {r['cpu']:g}, gpu {r['gpu']:g}; this machine: {m['cpus']} CPUs, "
+               f"{m['gpus']} GPUs -> {m['slots']} fold(s) at once")
     for d in doc["datasets"]:
         n = "?" if d["folds_per_candidate"] is None else d["folds_per_candidate"]
         most = "?" if d["most_folds"] is None else d["most_folds"]

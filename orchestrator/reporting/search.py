@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.planning.candidates import Candidates, point_of
-from orchestrator.planning.data import data_id
-from orchestrator.planning.plan import Plan, test_subjects
+from orchestrator.planning.plan import Plan
+from orchestrator.reporting.report import plan_document
 from orchestrator.reporting.results import SweepResults
 from orchestrator.spec.search import metric_of, variant_entry
 
@@ -111,26 +111,26 @@ def print_search(console, results: SweepResults, candidates: Candidates, trained
         console.print(f"trained {trained} fold(s), reused {reused} from the results store")
 
 
-def search_plan(plan: Plan, candidates: Candidates) -> dict[str, Any]:
+def search_plan(plan: Plan, candidates: Candidates, cpus: int, gpus: int) -> dict[str, Any]:
     """What `plan` says of a search sweep, per dataset searched: candidates recorded and finished, how many
     are still to draw, folds per candidate, and the most folds the search may train (every candidate still
-    to run, to its last fold; early stopping trains fewer)."""
+    to run, to its last fold; early stopping trains fewer). `plan`: of the base config
+    (orchestrator.planning.candidates.base_sweep); its datasets as `plan_document` describes them."""
     sweep = plan.sweep
     search = sweep.spec.search
+    base = plan_document(plan, cpus=cpus, gpus=gpus)
+    folds = {g["dataset"]: g["folds_total"] for g in base["groups"]}
     out = []
-    names = [search.dataset] if search.dataset else list(sweep.spec.datasets)
-    for name in names:
+    for name in ([search.dataset] if search.dataset else list(sweep.spec.datasets)):
         mine = candidates.of(name)
         finished = sum(c.finished for c in mine)
-        trial = next((t for t in plan.trials if t.dataset == name), None)
-        d = plan.datasets.get(data_id(trial)) if trial is not None else None
-        n = len(test_subjects(sweep, name, d.subjects)) if d is not None else None
-        left = max(0, search.num_samples - finished)
+        n, left = folds.get(name), max(0, search.num_samples - finished)
         out.append({"dataset": name, "num_samples": search.num_samples, "recorded": len(mine),
                     "finished": finished, "to_run": left, "folds_per_candidate": n,
                     "most_folds": None if n is None else left * n})
-    return {"sweep": sweep.name, "algorithm": search.algorithm, "metric": search.metric, "mode": search.mode,
+    return {"sweep": sweep.name, "source": sweep.source, "workdir": str(sweep.paths.workdir),
+            "algorithm": search.algorithm, "metric": search.metric, "mode": search.mode,
             "space": {k: {d.kind: d.args} for k, d in search.space.items()},
             "early_stop": search.early_stop.model_dump() if search.early_stop else None,
-            "max_concurrent": search.max_concurrent, "datasets": out}
-
+            "max_concurrent": search.max_concurrent, "datasets": out, "data": base["datasets"],
+            "resources": base["resources"], "machine": base["machine"]}
