@@ -3,8 +3,9 @@ ASHA, on one local Ray (2 CPUs) kept up for the module.
 
 The synthetic task: a generated CASME II-layout dataset of 5 subjects x 8 samples, the tiny backbone frozen
 (trainable_blocks 0, its prefix cached), 10 epochs of SGD, AUs 1, 2, 4, 12. Measured in-process (every
-fold, pooled F1): lr_head 1e-5 0.363, 3e-4 0.000, 1e-3 0.117, 2e-3 0.715, 5e-3 0.728, 1e-2 0.753, 3e-2 0.779,
-5e-2 0.462, 1e-1 0.000, 1 0.000. The labels are learned (F1 > 0.7) only for lr_head in [2e-3, 3e-2]: the
+fold, pooled F1; `python bench/search_band.py`, bench/README.md): lr_head 1e-5 0.363, 3e-4 0.000, 1e-3
+0.117, 2e-3 0.715, 5e-3 0.728, 1e-2 0.753, 3e-2 0.779, 5e-2 0.479 (0.462 in another run: the edge of
+divergence), 1e-1 0.000, 1 0.000. The labels are learned (F1 > 0.7) only for lr_head in [2e-3, 3e-2]: the
 band the search must find, sampling lr_head log-uniformly over [1e-5, 1].
 """
 from __future__ import annotations
