@@ -172,6 +172,7 @@ class _Book:
         self.dataset, self.data_key, self.order, self.inject, self.say = dataset, data_key, order, inject, lines
         self.keys = list(sweep.spec.search.space)
         self.by_trial: dict[str, Candidate] = {}
+        self.stored: set[str] = set()  # fold keys stored by this run
         self.error: BaseException | None = None
         # drawn before and not finished: Tune runs them first (points_to_evaluate), under their own index
         self.requeued = [c for c in candidates.of(dataset) if not c.finished]
@@ -201,6 +202,9 @@ class _Book:
         if c is None:
             return
         for key, text in json.loads(blob or "[]"):
+            if key in self.stored:  # two candidates that drew the same values train the same folds: once stored
+                continue
+            self.stored.add(key)
             finished = FinishedFold.loads(text)
             self.state.finished(key, finished.result, finished.node)
             if self.inject is not None:

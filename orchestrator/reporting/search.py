@@ -24,10 +24,12 @@ def candidate_rows(results: SweepResults, candidates: Candidates) -> list[dict[s
     `status` is `complete` when the store holds every fold (whoever trained them), else the record's
     (`stopped`, `running`: drawn and not finished, `failed`)."""
     search = results.sweep.spec.search
-    groups = {(g.trial.dataset, g.trial.point): g for g in results.groups.values()}
+    # by config: two candidates that drew the same values are one point of the store (one group)
+    groups = {(g.trial.dataset, g.trial.hash): g for g in results.groups.values()}
+    hashes = {t.point: t.hash for t in results.sweep.trials}
     rows = []
     for c in candidates.items:
-        g = groups.get((c.dataset, c.index))
+        g = groups.get((c.dataset, hashes.get(c.index)))
         pooled = (g.pooled if g is not None else None) or {}
         done = g.done if g is not None else c.folds_done
         total = len(g.folds) if g is not None else c.folds_total

@@ -158,3 +158,15 @@ def test_plan_says_how_many_candidates_and_the_most_folds(recorded):
     (d,) = json.loads(r.stdout)["datasets"]
     assert d == {"dataset": "samm", "num_samples": 5, "recorded": 3, "finished": 3, "to_run": 2,
                  "folds_per_candidate": 3, "most_folds": 6}
+
+
+def test_two_candidates_that_drew_the_same_values_share_their_folds(recorded):
+    sweep = load_sweep(recorded)
+    candidates = load_candidates(sweep)
+    again = candidates.add("samm", dict(candidates.items[0].params))  # a choice space can draw a point twice
+    again.status, again.folds_done, again.folds_total = "complete", 3, 3
+    candidates.save()
+    r = CliRunner().invoke(main, ["report", str(recorded), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["index"]: row for row in json.loads(r.stdout)["candidates"]}
+    assert rows[3]["complete"] and rows[3]["value"] == rows[0]["value"] and rows[3]["folds_done"] == 3
