@@ -11,7 +11,7 @@ import click
 
 from orchestrator.cli.errors import friendly_errors
 from orchestrator.errors import ConfigError
-from orchestrator.planning.candidates import base_sweep, load_candidates, with_candidates
+from orchestrator.planning.candidates import base_sweep, load_candidates, same_as, with_candidates
 from orchestrator.planning.plan import plan_from_store
 from orchestrator.planning.store import claim_name
 from orchestrator.reporting.report import compare_points
@@ -60,6 +60,7 @@ def report(sweep: Sweep, as_json: bool, compare, share_name: bool) -> list | Non
         state.write_reports()
         if compare:
             check_compare(sweep, candidates, *compare)
+            compare = [same_as(sweep, candidates.items[k], candidates).index for k in compare]
             for k in compare:
                 g = next(g for g in state.groups.values() if g.trial.point == k)
                 if g.done != len(g.folds):

@@ -130,8 +130,19 @@ def with_candidates(sweep: Sweep, candidates: Candidates | None = None) -> Sweep
         return sweep
     candidates = candidates if candidates is not None else load_candidates(sweep)
     points = tuple(point_of(c) for c in candidates.items)
-    trials = tuple(trial_of(sweep, c) for c in candidates.items)
-    return replace(sweep, points=points, trials=trials)
+    trials, seen = [], set()
+    for c in candidates.items:  # a candidate that drew an earlier one's values is that point (no trial of its own)
+        t = trial_of(sweep, c)
+        if (t.dataset, t.hash) not in seen:
+            seen.add((t.dataset, t.hash))
+            trials.append(t)
+    return replace(sweep, points=points, trials=tuple(trials))
+
+
+def same_as(sweep: Sweep, c: Candidate, candidates: Candidates) -> Candidate:
+    """The first candidate that drew the same config as `c` (`c` itself, mostly)."""
+    h = trial_of(sweep, c).hash
+    return next(o for o in candidates.of(c.dataset) if trial_of(sweep, o).hash == h)
 
 
 def base_sweep(sweep: Sweep) -> Sweep:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.planning.candidates import Candidates, point_of
+from orchestrator.planning.candidates import Candidates, point_of, trial_of
 from orchestrator.planning.plan import Plan
 from orchestrator.reporting.report import plan_document
 from orchestrator.reporting.results import SweepResults
@@ -26,10 +26,9 @@ def candidate_rows(results: SweepResults, candidates: Candidates) -> list[dict[s
     search = results.sweep.spec.search
     # by config: two candidates that drew the same values are one point of the store (one group)
     groups = {(g.trial.dataset, g.trial.hash): g for g in results.groups.values()}
-    hashes = {t.point: t.hash for t in results.sweep.trials}
     rows = []
     for c in candidates.items:
-        g = groups.get((c.dataset, hashes.get(c.index)))
+        g = groups.get((c.dataset, trial_of(results.sweep, c).hash))
         pooled = (g.pooled if g is not None else None) or {}
         done = g.done if g is not None else c.folds_done
         total = len(g.folds) if g is not None else c.folds_total
