@@ -224,9 +224,16 @@ class _Book:
             return
         c.status = "complete" if c.folds_done >= len(self.order) else "stopped"
         self.candidates.save()
+        self._tag(c)
         what = (f"complete, {self.sweep.spec.search.metric} {c.metric:.4f}" if c.status == "complete" and
                 c.metric is not None else f"{c.status} after {c.folds_done}/{len(self.order)} folds")
         self.say(f"candidate {point_of(c).label} ({self.dataset}): {what}")
+
+    def _tag(self, c: Candidate) -> None:
+        """The candidate's MLflow parent says which candidate it is and how it ended (a stopped one is an
+        incomplete point there, as in the tables)."""
+        self.state.tag(self.folds(c)[0].group, {"search.candidate": str(c.index), "search.status": c.status,
+                                                "search.folds_done": str(c.folds_done)})
 
     def failed(self, trial_id: str, error: str) -> None:
         c = self.by_trial.get(trial_id)
@@ -234,6 +241,7 @@ class _Book:
             return
         c.status, c.error = "failed", error
         self.candidates.save()
+        self._tag(c)
         logger.warning(f"warning: candidate {point_of(c).label} ({self.dataset}) failed after {c.folds_done} "
                        f"folds: {error}; its finished folds are stored, a rerun runs it again")
 
@@ -268,6 +276,40 @@ def _callback(book: _Book):
 
 class _Null:
     pass
+
+
+def restore_rungs(scheduler, book: _Book, metric: str, mode: str) -> int:
+    """ASHA's record of its rungs rebuilt from the finished candidates (a resumed search): at each rung, the
+    metric pooled over the first folds of every candidate that reached it, recomputed from the store, so a
+    candidate run now is compared with those of the earlier runs too. Ray keeps that record in its
+    brackets (`_rungs`, milestone -> {trial id: value}); a Ray whose scheduler keeps it otherwise leaves
+    the scheduler fresh (one note). Returns how many values were restored."""
+    from model.metrics import pooled_metrics  # heavy (sklearn, torch): a resumed search only
+
+    store = book.state.store
+    done = [c for c in book.candidates.of(book.dataset) if c.finished]
+    if not done:
+        return 0
+    sign = 1.0 if mode == "max" else -1.0
+    try:
+        brackets = list(scheduler._brackets)
+        rungs = [(milestone, recorded) for b in brackets for milestone, recorded in b._rungs]
+    except (AttributeError, TypeError, ValueError):
+        logger.warning("note: the early-stopping scheduler starts afresh: the candidates run now are compared "
+                       "with each other only (this Ray's ASHA keeps its rungs otherwise)")
+        return 0
+    n = 0
+    for c in done:
+        keys = [f.key for f in book.folds(c)]
+        for milestone, recorded in rungs:
+            m = int(math.ceil(milestone))
+            if c.folds_done < m or not all(store.intact(k) for k in keys[:m]):
+                continue
+            value = metric_of(pooled_metrics([store.result(k) for k in keys[:m]], n_boot=1), metric)
+            if value is not None:
+                recorded[f"earlier-c{c.index}"] = sign * value
+                n += 1
+    return n
 
 
 def _dimension(dim):
@@ -318,6 +360,7 @@ def _tuner(sweep: Sweep, search: SearchSpec, base, data, order: list[str], book:
 
         scheduler = ASHAScheduler(time_attr=TIME, max_t=len(order), grace_period=search.early_stop.grace_folds,
                                   reduction_factor=search.early_stop.reduction_factor)
+        restore_rungs(scheduler, book, search.metric, search.mode)
     prefix = prefix_for(base, data, sweep.paths.cache)
     ctx = {"spec": sweep.spec, "dataset": base.dataset, "seed": base.seed, "order": order,
            "data_id": data_id(base), "data_key": data.key, "data": ray.put(data),

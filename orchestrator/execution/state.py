@@ -122,6 +122,12 @@ class SweepState(SweepResults):
                     self._track(self.tracker.log_loss_steps, g.parent_id, f.key, self.result(f.key).loss_curve)
         self._refresh(g, track=False)
 
+    def tag(self, group: str, tags: dict[str, str]) -> None:
+        """Tags on a group's MLflow parent (a search candidate's status), when tracked."""
+        g = self.groups.get(group)
+        if self.tracker is not None and g is not None and g.parent_id:
+            self._track(self.tracker.tag, g.parent_id, tags)
+
     def started(self, key: str) -> None:
         self.groups[self.folds[key].group].running.add(key)
 

@@ -49,8 +49,10 @@ def test_a_candidate_drawn_while_the_search_runs_is_tracked_as_a_grid_point(tmp_
     for s in SUBJECTS:
         f = Fold(trial_of(sweep, a), s, "datakey")
         state.finished(f.key, fake_result(s), {"node_id": "here"})
+    state.tag(ga.key, {"search.status": "complete"})
     state.close()
     assert len(state.tracker.children(ga.parent_id)) == 3 and state.trained == 3
+    assert state.tracker.client.get_run(ga.parent_id).data.tags["search.status"] == "complete"
     assert ga.pooled is not None and ga.done == 3
 
 
@@ -59,3 +61,38 @@ def test_milestones_are_the_rungs_of_asha_then_the_last_fold():
                    early_stop={"grace_folds": 6, "reduction_factor": 3})
     assert milestones(26, s) == [6, 18, 26] and milestones(5, s) == [5]
     assert milestones(26, s.model_copy(update={"early_stop": None})) == [26]
+
+
+def test_a_resumed_search_restores_the_rungs_of_its_scheduler(tmp_path):
+    """ASHA's rungs rebuilt from the finished candidates' stored folds: a candidate of the rerun is compared
+    with those of the earlier runs (a weak one is stopped at the first rung instead of running on)."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler
+
+    from orchestrator.execution.search import restore_rungs
+
+    doc = {"name": "s", "workdir": str(tmp_path / "wd"), "datasets": {"samm": {"reader": "samm", "root": "/no"}},
+           "model": {"arch": "microau-tiny", "pretrained": "none"},
+           "search": {"num_samples": 4, "space": {"training.lr_head": {"loguniform": [0.001, 0.1]}},
+                      "early_stop": {"grace_folds": 1, "reduction_factor": 3}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    sweep = load_sweep(path)
+    candidates = load_candidates(sweep)
+    store = ResultsStore(tmp_path / "wd" / "results")
+    for lr, status, done in ((0.01, "complete", 3), (0.02, "stopped", 1), (0.03, "running", 1)):
+        c = candidates.add("samm", {"training.lr_head": lr})
+        c.status, c.folds_done = status, done
+        for s in SUBJECTS[:done]:
+            f = Fold(trial_of(sweep, c), s, "datakey")
+            store.put(f.key, fake_result(s), f.meta())
+    book = SimpleNamespace(state=SimpleNamespace(store=store), candidates=candidates, dataset="samm",
+                           folds=lambda c: [Fold(trial_of(sweep, c), s, "datakey") for s in SUBJECTS])
+    scheduler = ASHAScheduler(time_attr="folds_done", metric="score", mode="max", max_t=3, grace_period=1,
+                              reduction_factor=3)
+    assert restore_rungs(scheduler, book, "f1", "max") == 3  # c0 at rungs 1 and 3, c1 at rung 1; c2 unfinished
+    rungs = dict(scheduler._brackets[0]._rungs)
+    assert set(rungs[1]) == {"earlier-c0", "earlier-c1"} and set(rungs[3]) == {"earlier-c0"}
+    weak = SimpleNamespace(trial_id="new")
+    assert scheduler._brackets[0].on_result(weak, 1, min(rungs[1].values()) - 0.1) == "STOP"
