@@ -12,9 +12,11 @@ from typing import Any
 
 import click
 
+from orchestrator.cli import search as search_cli
 from orchestrator.cli.errors import friendly_errors
 from orchestrator.errors import ConfigError
 from orchestrator.execution.trainable import prefix_for, run_fold
+from orchestrator.planning.candidates import with_candidates
 from orchestrator.planning.data import data_id, data_ids, prepare
 from orchestrator.planning.plan import CROSS_SUBJECT, make_plan, plan_from_store
 from orchestrator.planning.store import atomic_write_text, claim_name
@@ -38,8 +40,8 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 
 def load(path: str, overrides=(), tracking_uri: str | None = None) -> Sweep:
     """The resolved sweep of a command's SWEEP argument and its `--set`s (an error: `Error: ...`, exit 1)."""
-    with friendly_errors():
-        return load_sweep(path, overrides, tracking_uri=tracking_uri)
+    with friendly_errors():  # a search's points are its candidates so far (orchestrator/planning/candidates.py)
+        return with_candidates(load_sweep(path, overrides, tracking_uri=tracking_uri))
 
 
 def pick_point(sweep: Sweep, sweep_file: str, dataset: str | None, point: int, seed: int | None):
@@ -217,6 +219,8 @@ def run(sweep_file: str, overrides, address: str | None, tracking_uri: str | Non
     from orchestrator.execution.runner import run_sweep  # the runner's imports (OpenCV, ...): `run` only
 
     sweep = load(sweep_file, overrides, tracking_uri=tracking_uri)
+    if sweep.spec.search is not None:
+        return search_cli.run(sweep, address, as_json, dashboard, share_name)
     console = make_console(stderr=as_json)
     if console.is_terminal and not as_json:
         view = live_view(console)
@@ -272,6 +276,9 @@ def report(sweep_file: str, overrides, as_json: bool, compare, fmt: str | None, 
     if not figures and (out_dir or figure_au is not None or figure_points):
         raise click.UsageError("--out, --figure-au and --figure-points go with --figures")
     points = _point_list(figure_points) if figure_points else None
+    if sweep.spec.search is not None and not fmt and not figures:  # the candidates, ranked
+        _print_comparison(make_console(), search_cli.report(sweep, as_json, compare, share_name))
+        return
     # --format without --output: stdout holds the table alone (to redirect), the rest goes to stderr
     quiet = as_json or bool(fmt and not output)
     console = make_console(stderr=quiet)
@@ -359,6 +366,8 @@ def plan_cmd(sweep_file: str, overrides, as_json: bool) -> None:
     wall time. Trains nothing; preprocesses nothing (datasets not prepared yet are counted from the
     sweep file or their coding sheet)."""
     sweep = load(sweep_file, overrides)
+    if sweep.spec.search is not None:
+        return search_cli.plan(sweep, as_json)
     with friendly_errors(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         plan = plan_from_store(sweep, strict=False)
         doc = plan_document(plan, cpus=os.cpu_count() or 1, gpus=_gpus() if sweep.resources.gpu else 0)

@@ -446,3 +446,7 @@ def _trial_dirname(tune_trial) -> str:
     f = tune_trial.config["fold"]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{f['dataset']}-p{f['point']}-s{f['seed']}-{f['subject']}-"
                                             f"{tune_trial.trial_id}")
+
+
+# what the search's Tune run (orchestrator/execution/search.py) shares with the grid's
+stdout_to, trial_error, tune_interrupt_notice = _stdout_to, _trial_error, _tune_interrupt_notice

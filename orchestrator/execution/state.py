@@ -75,15 +75,26 @@ class SweepState(SweepResults):
         self.todo: list[str] = []
         self.t0 = time.time()
         for g in self.groups.values():
-            if self.tracker is not None:
-                g.parent_id = self._track(self.tracker.parent, g.key, g.trial, g.data_key, len(g.folds),
-                                          self.inputs(g))
-                note = self.note(g)
-                if note and self.tracker is not None:
-                    self._track(self.tracker.note_dataset, g.parent_id, note)
-            if self.tracker is not None:
-                # new, or left RUNNING by a killed driver
-                g.dirty = self.tracker.parent_status.get(g.key) == "RUNNING"
+            self._open(g)
+
+    def _open(self, g: Group) -> None:
+        """The group's MLflow parent run, found or created."""
+        if self.tracker is not None:
+            g.parent_id = self._track(self.tracker.parent, g.key, g.trial, g.data_key, len(g.folds),
+                                      self.inputs(g))
+            note = self.note(g)
+            if note and self.tracker is not None:
+                self._track(self.tracker.note_dataset, g.parent_id, note)
+        if self.tracker is not None:
+            # new, or left RUNNING by a killed driver
+            g.dirty = self.tracker.parent_status.get(g.key) == "RUNNING"
+
+    def add_folds(self, folds: list[Fold]) -> None:
+        """Folds planned while the sweep runs (a search's new candidate): their groups' MLflow parents, and
+        the folds of theirs already stored brought into MLflow, as `begin` does for the planned ones."""
+        for g in super().add_folds(folds):
+            self._open(g)
+            self._catch_up(g)
 
     # -- events (driver side) -----------------------------------------------------------------------
     def begin(self, todo: Iterable[Fold]) -> None:
@@ -93,19 +104,29 @@ class SweepState(SweepResults):
         for key in self.todo:
             self.groups[self.folds[key].group].dirty = True
         for g in self.groups.values():
-            if self.tracker is not None and g.done:
-                known = self._track(self.tracker.children, g.parent_id)
-                for f in g.folds:
-                    if self.tracker is None:
-                        break
-                    if f.key not in known and self.store.has(f.key):
-                        rec = self.store.get(f.key)
-                        self._track(self._track_fold, g, f, rec["result"], rec["meta"])
-                        g.dirty = True
-                    elif known and f.key in known and self.tracker.needs_steps(g.parent_id, f.key) \
-                            and self.store.has(f.key):  # a child logged before loss curves were
-                        self._track(self.tracker.log_loss_steps, g.parent_id, f.key, self.result(f.key).loss_curve)
-            self._refresh(g, track=False)
+            self._catch_up(g)
+
+    def _catch_up(self, g: Group) -> None:
+        """The group's stored folds that MLflow misses logged; its pooled metrics computed."""
+        if self.tracker is not None and g.done:
+            known = self._track(self.tracker.children, g.parent_id)
+            for f in g.folds:
+                if self.tracker is None:
+                    break
+                if f.key not in known and self.store.has(f.key):
+                    rec = self.store.get(f.key)
+                    self._track(self._track_fold, g, f, rec["result"], rec["meta"])
+                    g.dirty = True
+                elif known and f.key in known and self.tracker.needs_steps(g.parent_id, f.key) \
+                        and self.store.has(f.key):  # a child logged before loss curves were
+                    self._track(self.tracker.log_loss_steps, g.parent_id, f.key, self.result(f.key).loss_curve)
+        self._refresh(g, track=False)
+
+    def tag(self, group: str, tags: dict[str, str]) -> None:
+        """Tags on a group's MLflow parent (a search candidate's status), when tracked."""
+        g = self.groups.get(group)
+        if self.tracker is not None and g is not None and g.parent_id:
+            self._track(self.tracker.tag, g.parent_id, tags)
 
     def started(self, key: str) -> None:
         self.groups[self.folds[key].group].running.add(key)

@@ -57,6 +57,23 @@ class SweepResults:
         for g in self.groups.values():
             g.done = sum(f.key in plan.stored for f in g.folds)  # intact (damaged ones set aside by the plan)
 
+    def add_folds(self, folds: list[Fold]) -> list[Group]:
+        """Folds planned after these results were built (a search's new candidate,
+        orchestrator/execution/search.py) -> the groups they made (a group already here keeps its own)."""
+        new = []
+        for f in folds:
+            if f.key in self.folds:
+                continue
+            self.folds[f.key] = f
+            g = self.groups.get(f.group)
+            if g is None:
+                g = self.groups[f.group] = Group(f.group, f.trial, f.data_key, [], data_id=data_id(f.trial))
+                new.append(g)
+            g.folds.append(f)
+        for g in new:
+            g.done = sum(self.store.intact(f.key) for f in g.folds)
+        return new
+
     # -- metrics ------------------------------------------------------------------------------------
     def result(self, key: str):
         return self.store.result(key)

@@ -49,6 +49,7 @@ class SweepPaths:
     lock: Path  # run.lock
     mlflow_db: Path  # the default MLflow store
     mlartifacts: Path  # its artifacts
+    search: Path  # the candidates of each search sweep (<sweep name>.json; orchestrator/planning/candidates.py)
 
     @classmethod
     def under(cls, workdir: Path) -> SweepPaths:
@@ -56,7 +57,8 @@ class SweepPaths:
                    reports=workdir / "reports", logs=workdir / "logs", ray=workdir / "ray",
                    ray_results=workdir / "ray_results", models=workdir / "models",
                    manifest=workdir / "datasets.json", names=workdir / "sweeps.json", lock=workdir / "run.lock",
-                   mlflow_db=workdir / "mlflow.db", mlartifacts=workdir / "mlartifacts")
+                   mlflow_db=workdir / "mlflow.db", mlartifacts=workdir / "mlartifacts",
+                   search=workdir / "search")
 
 
 # A path as resolved: the path, or the message of the ConfigError to raise where it is used

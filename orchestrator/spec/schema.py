@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from model.config import ModelConfig, TrainConfig, check_aus, with_dataset_defaults
 from orchestrator.errors import ConfigError
 from orchestrator.spec import paper
+from orchestrator.spec.search import SearchSpec
 from preprocessing.config import PreprocessConfig
 
 SECTIONS = ("preprocessing", "model", "training")
@@ -171,6 +172,8 @@ class SweepSpec(_Strict):
     cross_dataset: CrossDatasetSpec | None = None
     # Present: leave-one-dataset-out (one unit per held-out dataset, point and seed) instead of LOSO
     leave_one_dataset_out: LeaveOneDatasetOutSpec | None = None
+    # Present: a search over whole LOSO points (orchestrator/spec/search.py) instead of grid/variants
+    search: SearchSpec | None = None
     source: str | None = Field(None, exclude=True)  # the file it was read from (for messages)
 
     @field_validator("name")
@@ -202,6 +205,33 @@ class SweepSpec(_Strict):
             raise ValueError("cross_dataset and leave_one_dataset_out are two protocols; keep one of them (a "
                              "sweep file runs one protocol)")
         return self
+
+    def check_search(self) -> None:
+        """A `search:` section fits the rest of the file, and every value its space can sample makes a valid
+        config (as a grid value would), checked at the edges of each range and for every choice."""
+        search, where = self.search, f"{self.source}: search"
+        if search is None:
+            return
+        for key in ("grid", "variants", "cross_dataset", "leave_one_dataset_out"):
+            if getattr(self, key):
+                raise ConfigError(f"{where}: a search samples its own points over LOSO; remove {key}: (or move "
+                                  f"the search to a sweep file of its own)")
+        if len(self.seeds) != 1:
+            raise ConfigError(f"{where}: a search runs one seed; keep one seed in seeds: (got {self.seeds})")
+        if search.dataset is not None and search.dataset not in self.datasets:
+            raise ConfigError(f"{where}.dataset: no dataset {search.dataset!r}; the file has {sorted(self.datasets)}")
+        names = [search.dataset] if search.dataset else list(self.datasets)
+        for key, dim in search.space.items():
+            for value in dim.probes():
+                point = Point(index=0, variant=None, params={key: value}, grid={key: value})
+                for name in names:
+                    try:
+                        self.resolve(name, point, self.seeds[0])
+                    except ConfigError as e:
+                        hint = ("; use randint: [low, high] for an integer key" if dim.kind in ("uniform", "loguniform")
+                                and "integer" in str(e) else "")
+                        raise ConfigError(f"{where}.space.{key}: the value {value!r} does not make a valid "
+                                          f"config: {e}{hint}") from None
 
     def _units(self) -> tuple[list[tuple[list[str], str]], list[int]]:
         """The units of a protocol across datasets, [(datasets trained on, dataset tested on)], and their
@@ -585,4 +615,5 @@ def read_sweep_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> S
     for k in spec.grid:
         if not spec.grid[k]:
             raise ConfigError(f"{path}: grid.{k} has no values")
+    spec.check_search()
     return spec

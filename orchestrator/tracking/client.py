@@ -441,6 +441,11 @@ class Tracker:
             status = "FINISHED" if folds_done == folds_total else "FAILED"
             self.client.set_terminated(parent_id, status)
 
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        """Tags on a run (a search candidate's parent: `search.candidate`, `search.status`)."""
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
     def note_dataset(self, parent_id: str, note: dict[str, list[Any]]) -> None:
         """What the reports list about the parent's prepared dataset (skipped samples, subjects dropped
         from LOSO, estimated apexes, corrections, warnings): tags of the ids, counts as metrics, and
