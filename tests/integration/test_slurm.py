@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO, short_temp_dir
+from support import REPO, free_port, short_temp_dir
 from support.ray import TRAIN, write_sweep
 
 # Ray and services started by subprocesses: a group of its own, beside the in-process Ray group "ray"
@@ -30,14 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.xdist_group("ray-se
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol")
 SCRIPT = REPO / "cluster" / "slurm" / "sweep.sbatch"
 TOKEN = "slurm-test-ray-token-5b1f0c"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _stop(pid_file: Path) -> None:

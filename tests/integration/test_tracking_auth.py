@@ -29,7 +29,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from support import REPO, short_temp_dir
+from support import REPO, free_port, short_temp_dir
 from support.ray import TRAIN, write_sweep
 from support.sweeps import fake_training, inprocess_training
 
@@ -38,16 +38,6 @@ pytestmark = pytest.mark.slow
 ADMIN, PASSWORD = "admin", "test-mlflow-password-8c2e41"
 TOKEN = "test-ray-token-0f9a7d3e5b"
 TAIL = "Training goes on; results are stored; run the sweep again later to log them to MLflow."
-
-
-def _port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def request(url: str, user: str | None = None, password: str | None = None) -> int:
@@ -88,7 +78,7 @@ def server(tmp_path_factory, mlflow_db_template):
                    f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
                    f"auth_cache_ttl_seconds = 300\n")  # as cluster.yaml and the Slurm script: see docs/security.md
     ini.chmod(0o600)
-    port = _port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-flask-key",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as cluster/mlflow_server.sh: no job runner
     for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD"):

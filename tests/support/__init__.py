@@ -12,3 +12,12 @@ def short_temp_dir(prefix: str = "ray") -> Path:
     import tempfile
 
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
