@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 BAND = (2e-3, 3e-2)
 SUBJECTS = 5
-CANDIDATES = 10
+CANDIDATES = 12
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def _write(folder, doc):
 
 SEARCH = {"algorithm": "optuna", "metric": "f1", "mode": "max", "num_samples": CANDIDATES, "max_concurrent": 2,
           "space": {"training.lr_head": {"loguniform": [1e-5, 1.0]}},
-          "early_stop": {"grace_folds": 1, "reduction_factor": 3}}
+          "early_stop": {"grace_folds": 1, "reduction_factor": 4}}
 
 
 class Stop(Exception):
@@ -124,7 +124,7 @@ def test_the_search_finds_the_band_and_early_stopping_trains_fewer_folds(searche
     stored = {g.trial.point: g.done for g in outcome.results.groups.values()}
     assert trained == sum(stored.values())
     rungs = milestones(SUBJECTS, outcome.results.sweep.spec.search)
-    assert rungs == [1, 3, 5]
+    assert rungs == [1, 4, 5]
     interrupted = {c.index for c in before.items if not c.finished}
     assert all(stored[c.index] <= min(r for r in rungs if r >= c.folds_done) for c in items
                if c.index not in interrupted), [(c.index, c.folds_done, stored[c.index]) for c in items]
