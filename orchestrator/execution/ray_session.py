@@ -67,7 +67,12 @@ def start_ray(temp_dir: Path | None = None, **init) -> Any:
     import ray  # heavy: see above
 
     temp = _ray_temp_dir(temp_dir) if temp_dir is not None else tempfile.mkdtemp(prefix="microau-ray-")
-    return ray.init(address="local", _temp_dir=temp, **init)
+    try:
+        return ray.init(address="local", _temp_dir=temp, **init)
+    except (ConnectionError, TimeoutError, RuntimeError) as e:  # e.g. its GCS not up in time on a busy machine
+        raise ResourceError(f"Ray did not start on this machine ({_first_line(e)}); Ray's own logs are in "
+                            f"{temp}/session_latest/logs. A machine this busy may need a second try: run the "
+                            f"same command again (nothing finished is redone)") from None
 
 
 def _answers(address: str, source: str, timeout: float = 3.0) -> None:
