@@ -27,7 +27,7 @@ from orchestrator.execution.jobs import RESULT_KEY, FinishedFold, FoldJob
 from orchestrator.execution.parallel import RaySamples
 from orchestrator.execution.ray_session import RaySession, check_resources
 from orchestrator.execution.state import SweepState, open_tracker
-from orchestrator.execution.trainable import fold_trainable, named_trainable, prefix_for, prefix_group
+from orchestrator.execution.trainable import fold_trainable, named_trainable, prefix_for, prefix_group, stackable
 from orchestrator.planning.data import data_ids, prepare_all, record_prepared
 from orchestrator.planning.lock import WorkdirLock
 from orchestrator.planning.plan import Fold, make_plan
@@ -279,12 +279,12 @@ def _tune_callback(state: SweepState, timings: RunTimings | None = None):
             nodes.check()
 
         def on_trial_start(self, iteration, trials, trial, **info):  # Tune's names; trial: Tune's Trial
-            key = trial.config["fold"]["key"]
-            timings.trial(key)["start"] = time.time()
-            state.started(key)
+            for key in _keys(trial):
+                timings.trial(key)["start"] = time.time()
+                state.started(key)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            key = trial.config["fold"]["key"]
+            key = result.get("fold_key") or trial.config["fold"]["key"]  # stacked folds: each report names its own
             blob = result.pop(RESULT_KEY, None)  # keep Tune's own trial state small
             if blob is None:
                 state.progress(key, result)
@@ -299,10 +299,12 @@ def _tune_callback(state: SweepState, timings: RunTimings | None = None):
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             nodes.check(force=True)  # its node's line first, when that is why
-            state.retrying(key=trial.config["fold"]["key"], error=_trial_error(trial), nodes_lost=bool(nodes.reported))
+            for key in _keys(trial, unfinished=state):
+                state.retrying(key=key, error=_trial_error(trial), nodes_lost=bool(nodes.reported))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            state.failed(trial.config["fold"]["key"], _trial_error(trial))
+            for key in _keys(trial, unfinished=state):
+                state.failed(key, _trial_error(trial))
 
         def __reduce__(self):  # Tune pickles its run config; the live state stays in this process
             return (_NullCallback, ())
@@ -312,6 +314,30 @@ def _tune_callback(state: SweepState, timings: RunTimings | None = None):
 
 class _NullCallback:
     pass
+
+
+def _keys(tune_trial, unfinished: SweepState | None = None) -> list[str]:
+    """The fold keys a Tune trial trains (one, or K stacked), less those already stored when `unfinished`."""
+    f = tune_trial.config["fold"]
+    keys = f.get("keys") or [f["key"]]
+    return [k for k in keys if unfinished is None or not unfinished.store.has(k)]
+
+
+def trial_units(todo: list[Fold], per_trial: int) -> list[list[Fold]]:
+    """The folds to train, as Tune trials: one fold each, or up to `per_trial` folds of one (dataset,
+    point, seed) each where they can be trained stacked (resources.folds_per_trial; LOSO with SGD)."""
+    if per_trial <= 1:
+        return [[f] for f in todo]
+    units: list[list[Fold]] = []
+    by_group: dict[str, list[Fold]] = {}
+    for f in todo:
+        if stackable(f.trial):
+            by_group.setdefault(f.group, []).append(f)
+        else:
+            units.append([f])
+    for folds in by_group.values():
+        units += [folds[i:i + per_trial] for i in range(0, len(folds), per_trial)]
+    return units
 
 
 class NodeWatch:
@@ -436,8 +462,12 @@ def _tuner(sweep: Sweep, todo: list[Fold], inputs: FoldInputs, datasets: dict[st
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.max_concurrent,
                                   reuse_actors=reuse_workers,  # a worker process trains fold after fold
                                   trial_dirname_creator=_trial_dirname)
-    folds = [{"key": f.key, "dataset": f.trial.dataset, "point": f.trial.point, "label": f.trial.point_label,
-              "seed": f.trial.seed, "subject": f.subject} for f in todo]
+    folds = []
+    for unit in trial_units(todo, sweep.resources.folds_per_trial):
+        f = unit[0]
+        folds.append({"key": f.key, "dataset": f.trial.dataset, "point": f.trial.point, "label": f.trial.point_label,
+                      "seed": f.trial.seed, "subject": "+".join(u.subject for u in unit),
+                      **({"keys": [u.key for u in unit]} if len(unit) > 1 else {})})
     return tune.Tuner(trainable, param_space={"fold": tune.grid_search(folds)},
                       tune_config=tune_config, run_config=run_config)
 

@@ -88,6 +88,31 @@ def named_trainable(fn: Callable[..., None]) -> type:
     return FoldTrainable
 
 
+def run_folds(jobs: list[FoldJob], data, prefix=None, on_epoch: Callable[..., None] | None = None,
+              threads: int | None = None) -> list[dict[str, Any]]:
+    """K LOSO folds of one point and seed (`jobs`, one dataset) trained together as one stacked model
+    (`model.train_folds`) -> their FoldResults as plain dicts, in order, each what `run_fold` gives for
+    that fold alone (within float rounding). `on_epoch(info)` gets train_fold's dict plus `fold` (k)."""
+    import torch  # heavy: imported when a fold runs, for start-up time
+
+    from model import train_folds  # torch: see above
+
+    n = jobs[0].trial.training.threads or threads
+    if n:
+        torch.set_num_threads(int(n))
+    results = train_folds([j.trial for j in jobs], data, [j.subject for j in jobs], prefix=prefix, on_epoch=on_epoch)
+    out = []
+    for r in results:
+        r.extras.pop("stacked_folds", None)  # stored exactly as a fold trained alone
+        out.append(r.to_dict())
+    return out
+
+
+def stackable(trial: TrialConfig) -> bool:
+    """Folds of this trial can be trained stacked (model.train_folds): LOSO with SGD."""
+    return not trial.cross and trial.training.optimizer == "sgd"
+
+
 def fold_trainable(config: dict[str, Any], jobs: dict[str, dict[str, Any]], datasets: dict[str, Any],
                    prefixes: dict[str, Any]) -> None:
     """The Ray Tune function trainable of one fold: `config["fold"]["key"]` picks its `FoldJob` in `jobs`
@@ -123,6 +148,11 @@ def fold_trainable(config: dict[str, Any], jobs: dict[str, dict[str, Any]], data
         last[0] = time.perf_counter()
         waited[0] += last[0] - now
 
+    keys = config["fold"].get("keys") or [config["fold"]["key"]]
+    if len(keys) > 1:  # K folds of one point, stacked (resources.folds_per_trial)
+        _stacked(keys, jobs, datasets, prefixes, node, entered, first, t_import, time.perf_counter() - t_entered,
+                 last, waited)
+        return
     t_setup = time.perf_counter() - t_entered
     t0 = time.perf_counter()
     result = run_fold(job.trial, datasets[job.data], job.subject, prefix=prefixes.get(job.prefix),
@@ -141,3 +171,36 @@ def fold_trainable(config: dict[str, Any], jobs: dict[str, dict[str, Any]], data
     blob = FinishedFold(result=result, node=node, timings=timing).dumps()
     tune.report({RESULT_KEY: blob, "finished": 1, "fold_f1": m["f1"], "fold_acc": m["acc"],
                  "n_test": len(result["sample_ids"]), **node})
+
+
+def _stacked(keys, jobs, datasets, prefixes, node, entered, first, t_import, t_setup, last, waited) -> None:
+    """fold_trainable's body for K stacked folds: one `tune.report` per fold at the end, each carrying its
+    own FinishedFold and `fold_key`, so the driver stores and tracks each as a fold of its own."""
+    from ray import tune
+
+    fjobs = [FoldJob.from_dict(jobs[k]) for k in keys]
+
+    def on_epoch(info: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if now - last[0] < PROGRESS_EVERY_S and info.get("epoch") != info.get("epochs"):
+            return
+        tune.report({"fold_key": keys[int(info.get("fold", 0))],
+                     **{k: v for k, v in info.items() if isinstance(v, (int, float))}})
+        last[0] = time.perf_counter()
+        waited[0] += last[0] - now
+
+    t0 = time.perf_counter()
+    results = run_folds(fjobs, datasets[fjobs[0].data], prefix=prefixes.get(fjobs[0].prefix), on_epoch=on_epoch,
+                        threads=fjobs[0].threads)
+    t_fold = time.perf_counter() - t0
+    from model.metrics import pooled_metrics  # heavy (sklearn): after the folds, already loaded by them
+    from model.result import FoldResult
+
+    for key, result in zip(keys, results, strict=True):
+        m = pooled_metrics([FoldResult.from_dict(result)], n_boot=1)
+        timing = {"entered": entered, "first_in_worker": first, "import_s": t_import, "setup_s": t_setup,
+                  "fold_s": t_fold / len(keys), "fold_total_s": result["timings"].get("total_s"),
+                  "epoch_reports_s": waited[0], "stacked_folds": len(keys)}
+        blob = FinishedFold(result=result, node=node, timings=timing).dumps()
+        tune.report({RESULT_KEY: blob, "fold_key": key, "finished": 1, "fold_f1": m["f1"], "fold_acc": m["acc"],
+                     "n_test": len(result["sample_ids"]), **node})

@@ -146,6 +146,9 @@ class LeaveOneDatasetOutSpec(_Strict):
 class ResourcesSpec(_Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+    # K folds of one point (and seed) per trial, trained as one stacked model (model.train_folds); each
+    # fold stored as if trained alone. How the work is packed, not what it computes: out of the hash
+    folds_per_trial: int = Field(1, ge=1)
 
 
 class TrackingSpec(_Strict):

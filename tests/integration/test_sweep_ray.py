@@ -9,6 +9,7 @@ test_ray_failures.py, on a cluster of their own, so the two modules can run side
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -200,3 +201,36 @@ def test_adding_a_point_trains_only_its_folds(first_run, cluster, tmp_path):
     assert [r["label"] for r in more.state.rows()] == ["full", "no_gsd", "no_cl"]
     exp = spec.paths.ray_results  # the same Tune experiment folder, not one per run
     assert sorted(p.name for p in exp.iterdir() if p.is_dir()) == ["two_nodes"]
+
+
+def test_stacked_folds_store_what_unstacked_folds_store(first_run, cluster, tmp_path, mlflow_db_template,
+                                                        casme2_cache):
+    """`resources.folds_per_trial: 4`: each point's 4 folds train in one Ray trial as one stacked model
+    (model.train_folds), and the store holds the same fold records as the unstacked first run (same keys,
+    every probability within 1e-5), each fold tracked as a child of its own."""
+    from mlflow import MlflowClient
+
+    path, spec, outcome = first_run
+    doc = yaml.safe_load(path.read_text())
+    doc["workdir"] = str(tmp_path / "wd")
+    doc["resources"] = {**doc["resources"], "folds_per_trial": 4}
+    (tmp_path / "wd").mkdir()
+    shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")
+    shutil.copytree(casme2_cache, tmp_path / "wd" / "cache", dirs_exist_ok=True)
+    path2 = tmp_path / "stacked.yaml"
+    path2.write_text(yaml.safe_dump(doc, sort_keys=False))
+    stacked = load_sweep(path2)
+    assert stacked.trials[0].hash == spec.trials[0].hash  # how folds are packed is not part of the config
+    out = run_sweep(stacked, address=cluster.address, quiet=True, progress=False, figures=False)
+    assert out.trained == 8 and not out.failed
+    trials = [t for t in out.timings["trials"] if t.get("stacked_folds")]
+    assert len(trials) == 8 and {t["stacked_folds"] for t in trials} == {4}
+    before, after = ResultsStore(spec.paths.results), ResultsStore(stacked.paths.results)
+    assert sorted(before.keys()) == sorted(after.keys())
+    for k in after.keys():
+        a, b = before.result(k), after.result(k)
+        assert a.sample_ids == b.sample_ids
+        assert np.abs(a.probs - b.probs).max() <= 1e-5, k
+    client = MlflowClient(stacked.tracking_uri)
+    exp = client.get_experiment_by_name(stacked.experiment)
+    assert len(client.search_runs([exp.experiment_id], "tags.`microau.kind` = 'fold'")) == 8
