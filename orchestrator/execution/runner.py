@@ -289,6 +289,8 @@ def _tune_callback(state: SweepState, timings: RunTimings | None = None):
             if blob is None:
                 state.progress(key, result)
                 return
+            if state.store.has(key):  # a trial Tune ran again after its fold was stored (its node was lost
+                return                # after the last report): the fold is not counted or tracked twice
             finished = FinishedFold.loads(blob)
             t = timings.trial(key)
             t0 = time.perf_counter()

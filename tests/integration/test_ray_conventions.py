@@ -28,7 +28,7 @@ from orchestrator.cli import main
 from orchestrator.planning.store import ResultsStore
 
 from support import short_temp_dir
-from support.ray import write_sweep
+from support.ray import TRAIN, write_sweep
 
 # its Rays beside the in-process Ray group "ray" (in another test process), one after another with the
 # other service tests
@@ -98,8 +98,9 @@ def _still_up(cluster) -> bool:
 
 
 def _sweep(folder: Path, synth_casme2, casme2_cache, mlflow_db_template, subjects=("sub01", "sub02", "sub03")):
+    # folds of a few seconds (30 epochs): long enough that a fold is still training when its node is killed
     path = write_sweep(folder, synth_casme2, "conv", mlflow_db=mlflow_db_template, cache=casme2_cache,
-                       variants={"full": {}}, retries=2)
+                       variants={"full": {}}, retries=2, training={**TRAIN, "epochs": 30, "lr_step_epoch": 20})
     doc = yaml.safe_load(path.read_text())
     doc["datasets"]["casme2"]["subjects"] = list(subjects)
     path.write_text(yaml.safe_dump(doc))
@@ -155,20 +156,24 @@ def test_ray_address_joins_and_a_node_lost_mid_sweep_changes_no_result(beside, r
                                                                         casme2_cache, mlflow_db_template,
                                                                         monkeypatch):
     """RAY_ADDRESS names the cluster: `run` says it joins, and its folds run there. The worker node is
-    killed once the first fold is stored: the sweep completes with the undisturbed run's predictions, and
-    the output names the lost node and the retried fold without a traceback; the head stays up."""
+    killed while a fold trains on it (a second after the second fold started: the cluster's two 1-CPU
+    nodes run one fold each): the sweep completes with the undisturbed run's predictions, and the output names
+    the lost node and the retried fold without a traceback; the head stays up."""
     from orchestrator.execution.state import SweepState
 
     folder = short_temp_dir("lose")
     path = _sweep(folder, synth_casme2, casme2_cache, mlflow_db_template)
-    finished = SweepState.finished
+    started, begun = SweepState.started, []
+    worker = ray_cluster["worker"]
 
-    def finished_then_kill(self, key, result, node):
-        finished(self, key, result, node)
-        if ray_cluster["worker"].poll() is None:
-            os.killpg(ray_cluster["worker"].pid, signal.SIGKILL)  # the node's raylet and workers, at once
+    def started_then_kill(self, key):
+        started(self, key)
+        begun.append(key)
+        if len(begun) == 2 and worker.poll() is None:  # two 1-CPU nodes: the second fold runs on the other one
+            time.sleep(1.0)  # into its training
+            os.killpg(worker.pid, signal.SIGKILL)  # the node's raylet and workers, at once
 
-    monkeypatch.setattr(SweepState, "finished", finished_then_kill)
+    monkeypatch.setattr(SweepState, "started", started_then_kill)
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster["address"])
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     r = _run(path)
