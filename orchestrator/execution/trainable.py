@@ -130,7 +130,9 @@ def fold_trainable(config: dict[str, Any], jobs: dict[str, dict[str, Any]], data
     import model.train  # noqa: F401 - timed here: the worker's first import of torch and the model
 
     t_import = time.perf_counter() - t0
-    job = FoldJob.from_dict(jobs[config["fold"]["key"]])
+    # one fold, or K folds of one point trained stacked (resources.folds_per_trial)
+    keys = config["fold"].get("keys") or [config["fold"]["key"]]
+    fjobs = [FoldJob.from_dict(jobs[k]) for k in keys]
     ctx = ray.get_runtime_context()
     node = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": socket.gethostname(), "pid": os.getpid(),
@@ -144,63 +146,36 @@ def fold_trainable(config: dict[str, Any], jobs: dict[str, dict[str, Any]], data
         now = time.perf_counter()
         if now - last[0] < PROGRESS_EVERY_S and info.get("epoch") != info.get("epochs"):
             return
-        tune.report({k: v for k, v in info.items() if isinstance(v, (int, float))})
-        last[0] = time.perf_counter()
-        waited[0] += last[0] - now
-
-    keys = config["fold"].get("keys") or [config["fold"]["key"]]
-    if len(keys) > 1:  # K folds of one point, stacked (resources.folds_per_trial)
-        _stacked(keys, jobs, datasets, prefixes, node, entered, first, t_import, time.perf_counter() - t_entered,
-                 last, waited)
-        return
-    t_setup = time.perf_counter() - t_entered
-    t0 = time.perf_counter()
-    result = run_fold(job.trial, datasets[job.data], job.subject, prefix=prefixes.get(job.prefix),
-                      on_epoch=on_epoch, threads=job.threads,
-                      test_data=datasets[job.test_data] if job.test_data else None,
-                      test_prefix=prefixes.get(job.test_prefix))
-    t_fold = time.perf_counter() - t0
-    from model.metrics import pooled_metrics  # heavy (sklearn): after the fold, already loaded by it
-    from model.result import FoldResult
-
-    t0 = time.perf_counter()
-    m = pooled_metrics([FoldResult.from_dict(result)], n_boot=1)  # this fold alone, for Tune's own table
-    timing = {"entered": entered, "first_in_worker": first, "import_s": t_import, "setup_s": t_setup,
-              "fold_s": t_fold, "fold_total_s": result["timings"].get("total_s"), "epoch_reports_s": waited[0]}
-    timing["report_s"] = time.perf_counter() - t0
-    blob = FinishedFold(result=result, node=node, timings=timing).dumps()
-    tune.report({RESULT_KEY: blob, "finished": 1, "fold_f1": m["f1"], "fold_acc": m["acc"],
-                 "n_test": len(result["sample_ids"]), **node})
-
-
-def _stacked(keys, jobs, datasets, prefixes, node, entered, first, t_import, t_setup, last, waited) -> None:
-    """fold_trainable's body for K stacked folds: one `tune.report` per fold at the end, each carrying its
-    own FinishedFold and `fold_key`, so the driver stores and tracks each as a fold of its own."""
-    from ray import tune
-
-    fjobs = [FoldJob.from_dict(jobs[k]) for k in keys]
-
-    def on_epoch(info: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        if now - last[0] < PROGRESS_EVERY_S and info.get("epoch") != info.get("epochs"):
-            return
         tune.report({"fold_key": keys[int(info.get("fold", 0))],
                      **{k: v for k, v in info.items() if isinstance(v, (int, float))}})
         last[0] = time.perf_counter()
         waited[0] += last[0] - now
 
+    t_setup = time.perf_counter() - t_entered
     t0 = time.perf_counter()
-    results = run_folds(fjobs, datasets[fjobs[0].data], prefix=prefixes.get(fjobs[0].prefix), on_epoch=on_epoch,
-                        threads=fjobs[0].threads)
-    t_fold = time.perf_counter() - t0
-    from model.metrics import pooled_metrics  # heavy (sklearn): after the folds, already loaded by them
+    job = fjobs[0]
+    if len(fjobs) > 1:
+        results = run_folds(fjobs, datasets[job.data], prefix=prefixes.get(job.prefix), on_epoch=on_epoch,
+                            threads=job.threads)
+    else:
+        results = [run_fold(job.trial, datasets[job.data], job.subject, prefix=prefixes.get(job.prefix),
+                            on_epoch=on_epoch, threads=job.threads,
+                            test_data=datasets[job.test_data] if job.test_data else None,
+                            test_prefix=prefixes.get(job.test_prefix))]
+    t_fold = (time.perf_counter() - t0) / len(results)
+    from model.metrics import pooled_metrics  # heavy (sklearn): after the fold, already loaded by it
     from model.result import FoldResult
 
+    # one report per fold, each with its own FinishedFold and `fold_key`: the driver stores and tracks each
     for key, result in zip(keys, results, strict=True):
-        m = pooled_metrics([FoldResult.from_dict(result)], n_boot=1)
+        t0 = time.perf_counter()
+        m = pooled_metrics([FoldResult.from_dict(result)], n_boot=1)  # this fold alone, for Tune's own table
         timing = {"entered": entered, "first_in_worker": first, "import_s": t_import, "setup_s": t_setup,
-                  "fold_s": t_fold / len(keys), "fold_total_s": result["timings"].get("total_s"),
-                  "epoch_reports_s": waited[0], "stacked_folds": len(keys)}
+                  "fold_s": t_fold, "fold_total_s": result["timings"].get("total_s"),
+                  "epoch_reports_s": waited[0]}
+        if len(keys) > 1:
+            timing["stacked_folds"] = len(keys)
+        timing["report_s"] = time.perf_counter() - t0
         blob = FinishedFold(result=result, node=node, timings=timing).dumps()
         tune.report({RESULT_KEY: blob, "fold_key": key, "finished": 1, "fold_f1": m["f1"], "fold_acc": m["acc"],
                      "n_test": len(result["sample_ids"]), **node})
