@@ -97,11 +97,12 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def connect(sweep: Sweep, address: str | None, quiet: bool, dashboard: bool = False) -> tuple[bool, str]:
+def connect(sweep: Sweep, address: str | None, dashboard: bool = False) -> tuple[bool, str]:
     """Join the cluster `find_ray(address)` names, reuse an initialised Ray, or start an embedded one:
     (True if this call started or joined it, the dashboard's address or "" when it has none).
 
-    The embedded Ray's dashboard is off unless asked for, and then bound to 127.0.0.1 only."""
+    The embedded Ray's dashboard is off unless asked for, and then bound to 127.0.0.1 only. What Ray's
+    workers print goes to `<workdir>/logs/workers.log` (worker_output_to)."""
     import ray  # heavy: when Ray is first needed, for start-up time
 
     if ray.is_initialized():
@@ -180,15 +181,15 @@ class RaySession:
     """`connect` on first call (preparing samples, or scheduling folds), once; `close()` shuts down the Ray
     this run started or joined."""
 
-    def __init__(self, sweep: Sweep, address: str | None, quiet: bool, dashboard: bool):
-        self.args = (sweep, address, quiet, dashboard)
+    def __init__(self, sweep: Sweep, address: str | None, dashboard: bool):
+        self.args = (sweep, address, dashboard)
         self.connected = self.started = False
         self.dashboard_url = ""  # once connected: where its dashboard is ("" when it has none)
 
     def __call__(self) -> None:
         if not self.connected:
-            sweep, address, quiet, dashboard = self.args
-            self.started, self.dashboard_url = connect(sweep, address, quiet=quiet, dashboard=dashboard)
+            sweep, address, dashboard = self.args
+            self.started, self.dashboard_url = connect(sweep, address, dashboard=dashboard)
             self.connected = True
 
     def close(self) -> None:

@@ -123,7 +123,7 @@ class RayTuneBackend:
                  dashboard: bool = False):
         self.sweep, self.address, self.progress = sweep, address, progress
         dashboard = dashboard or sweep.dashboard
-        self.session = RaySession(sweep, address, quiet=quiet, dashboard=dashboard)
+        self.session = RaySession(sweep, address, dashboard=dashboard)
         self.reuse_workers = True  # decided once Ray is up (start)
 
     def prepare(self, sweep: Sweep, trials: Sequence[TrialConfig]) -> dict[str, Any]:
