@@ -67,6 +67,23 @@ def once(tmp_path_factory, name: str, make) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tool_cache(tmp_path_factory):
+    """The tool's per-user cache (the migrated empty MLflow store every new workdir store starts from,
+    orchestrator/tracking/sqlite_store.py) in the session's temp folder, shared by the xdist workers and the
+    commands the tests start, instead of the user's ~/.cache."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    saved = os.environ.get("MICROAU_SWEEP_CACHE")
+    os.environ["MICROAU_SWEEP_CACHE"] = str(root / "tool-cache")
+    yield
+    if saved is None:
+        os.environ.pop("MICROAU_SWEEP_CACHE", None)
+    else:
+        os.environ["MICROAU_SWEEP_CACHE"] = saved
+
+
 def _generate(layout: str, subjects: int, per_subject: int, seed: int):
     from preprocessing.synth import generate
 

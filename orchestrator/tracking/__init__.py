@@ -1,3 +1,3 @@
-"""MLflow: every MLflow detail in one module (`client`: runs, bounded waits, redaction, the fluent URI) and
-which code produced a result (`version`).
+"""MLflow: its runs, bounded waits, redaction and the fluent URI in one module (`client`), a new local
+store's file (`sqlite_store`), and which code produced a result (`version`).
 """

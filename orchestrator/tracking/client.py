@@ -24,6 +24,7 @@ from typing import Any
 
 from orchestrator.spec.resolved import Sweep
 from orchestrator.spec.schema import TrialConfig
+from orchestrator.tracking.sqlite_store import sqlite_file, start_from_template
 from orchestrator.tracking.version import mlflow_tags
 
 TAG_GROUP = "microau.group"
@@ -260,6 +261,9 @@ class Tracker:
         self.uri = sweep.tracking_uri
         _quiet_mlflow_db_errors()
         if self.uri.startswith("sqlite:"):
+            db = sqlite_file(self.uri)
+            if db is not None:  # a new store starts as a copy of a migrated empty one (seconds less)
+                start_from_template(db, artifacts=sweep.paths.mlartifacts)
             _check_sqlite(self.uri)
         with env_defaults(_HTTP_FIRST_CONTACT):
             self.client = MlflowClient(tracking_uri=self.uri)
@@ -488,11 +492,10 @@ def _check_sqlite(uri: str) -> None:
 
     import sqlalchemy
 
-    url = sqlalchemy.engine.make_url(uri)
-    db = url.database or ""
-    if db in ("", ":memory:") or db.startswith("file::memory:"):
+    path = sqlite_file(uri)
+    if path is None:
         return
-    path = Path(db.removeprefix("file:").split("?")[0]).expanduser()
+    url = sqlalchemy.engine.make_url(uri)
     path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would: a fresh workdir has none
     args, kwargs = sqlalchemy.create_engine(url).dialect.create_connect_args(url)
     kwargs.update(timeout=SQLITE_WAIT_S, isolation_level=None)
