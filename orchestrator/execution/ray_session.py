@@ -119,8 +119,12 @@ def connect(sweep: Sweep, address: str | None, dashboard: bool = False) -> tuple
         worker_output_to(sweep.paths.logs / "workers.log")
         return True, context.dashboard_url or ""
     extra = {"dashboard_host": "127.0.0.1"} if dashboard else {}
+    # Ray starts one idle worker per CPU and makes the driver wait for them; Tune's trial actors never
+    # take them (Tune gives its actors a runtime_env, and a worker is reused only for the same one), so
+    # they were processes (an interpreter importing Ray each) started for nothing on the path of every run.
+    # Tasks (preparing samples) start their workers when they are first needed
     context = start_ray(sweep.paths.ray, num_cpus=os.cpu_count() or 1, include_dashboard=dashboard,
-                        **extra, **common)
+                        _system_config={"prestart_worker_first_driver": False}, **extra, **common)
     worker_output_to(sweep.paths.logs / "workers.log")
     if dashboard:
         url = context.dashboard_url or "127.0.0.1:8265"
