@@ -14,6 +14,9 @@ epochs are calibrated so that one fold trains for about --fold-seconds on this m
     imports, Ray start, Tune, MLflow in the workdir's SQLite store, reports), the sweep asking for
     `resources.cpu` = --cpu-per-trial (default every CPU: one fold at a time at every thread, as (a)).
 
+(c) the floor: Ray Tune alone in a new interpreter (embedded Ray, the same number of trials one at a time,
+    each only importing torch, actors reused, shut down): what any Tune-based run pays on this machine.
+
 The breakdown comes from `run --json`'s `timings` (orchestrator.execution.runner.RunTimings): per sweep the
 phases (Ray start, MLflow set-up and close, frozen prefix, the object-store put of data and prefixes,
 Tune's fit) and the command's own start-up (its wall minus the run's); per trial the driver's wall
@@ -119,6 +122,7 @@ def run(args, tmp: Path, ncpu: int) -> dict:
     baseline = None
     if args.baseline_repo:
         baseline = {"repo": str(args.baseline_repo), "run_s": round(run_command(sweep, tmp, args.baseline_repo)[0], 2)}
+    floor = tune_floor(len(subjects), threads, tmp)
 
     bare_fold_s = [f.timings["total_s"] for f in bare_folds]
     out = {"machine": {"cpus": ncpu, "load_average": list(os.getloadavg())},
@@ -129,6 +133,7 @@ def run(args, tmp: Path, ncpu: int) -> dict:
            "run_fold_s": [round(t.get("fold_total_s", float("nan")), 2) for t in stored.values()]}
     if baseline:
         out["baseline"] = {**baseline, "ratio": round(baseline["run_s"] / bare, 3)}
+    out["tune_floor"] = {**floor, "ratio_if_run_cost_only_this": round((bare + floor["wall_s"]) / bare, 3)}
     out["per_sweep"] = per_sweep(timings, swept)
     out["per_trial"] = per_trial(list(stored.values()))
     out["unexplained_s"] = round(swept - bare - out["per_sweep"]["fixed_total_s"]
@@ -153,6 +158,50 @@ def run_command(sweep: Path, tmp: Path, repo) -> tuple:
     if proc.returncode != 0:
         raise SystemExit(f"run ({repo}) failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return wall, json.loads(proc.stdout)
+
+
+FLOOR = """
+import os, sys, time
+t0 = time.perf_counter()
+import ray
+from ray import tune
+n, cpus, temp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+def trainable(config):
+    import torch  # what any fold's worker imports first
+    tune.report({"done": 1})
+ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, _temp_dir=temp,
+         _system_config={"prestart_worker_first_driver": False})
+t1 = time.perf_counter()
+tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": cpus}), param_space={"i": tune.grid_search(list(range(n)))},
+                   tune_config=tune.TuneConfig(reuse_actors=True),
+                   run_config=tune.RunConfig(storage_path=os.path.join(temp, "results"), verbose=0))
+tuner.fit()
+t2 = time.perf_counter()
+ray.shutdown()
+t3 = time.perf_counter()
+print(f"{t1 - t0:.3f} {t2 - t1:.3f} {t3 - t2:.3f}")
+"""
+
+
+def tune_floor(n: int, cpus: int, tmp: Path) -> dict:
+    """What Ray Tune itself costs for `n` trials that do nothing but import torch (one at a time at `cpus`
+    CPUs, actors reused as `run` does), in a new interpreter: import and start an embedded Ray, fit, shut
+    down. No tracking, no store, no data: the part of `run`'s fixed cost that any Tune-based run pays here."""
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="floor-")
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", FLOOR, str(n), str(cpus), temp], capture_output=True, text=True,
+                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        wall = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"the Tune floor run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    start, fit, stop = (float(x) for x in proc.stdout.split()[-3:])
+    return {"trials": n, "wall_s": round(wall, 2), "ray_import_and_start_s": start, "fit_s": fit, "shutdown_s": stop}
 
 
 def per_sweep(t: dict, swept: float) -> dict:
@@ -195,6 +244,9 @@ def _table(out: dict) -> None:
             for k, v in out["per_trial"][name].items():
                 w(f"  {k:30s} {v}\n")
     w(f"unexplained: {out['unexplained_s']} s\n")
+    f = out["tune_floor"]
+    w(f"Ray Tune alone ({f['trials']} trials importing torch): {f['wall_s']} s (start {f['ray_import_and_start_s']}, "
+      f"fit {f['fit_s']}, shutdown {f['shutdown_s']}); bare + it: {f['ratio_if_run_cost_only_this']}\n")
     if out.get("baseline"):
         w(f"baseline run ({out['baseline']['repo']}): {out['baseline']['run_s']} s, ratio {out['baseline']['ratio']}\n")
 
