@@ -6,6 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The ModelConfig fields a frozen prefix depends on: all model.prefix's `_identity` reads of the config.
+# Configs that agree on these (and on the data and the AU list) share one prefix, whatever their head,
+# losses or training. Here, not in model.prefix: the orchestrator groups trials by prefix in processes that
+# never compute one (a search's candidate coordinators), and model.prefix imports torch and open_clip.
+PREFIX_FIELDS = ("arch", "pretrained", "trainable_blocks", "prompts", "emotion_texts")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

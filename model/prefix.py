@@ -34,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from model import backbone
+from model.config import PREFIX_FIELDS  # what `_identity` reads of the config
 from model.text import au_prompts, emotion_texts, global_text, label_texts
 from preprocessing.atomic import atomic_file
 from preprocessing.errors import MicroAUError
@@ -148,11 +149,6 @@ class Prefix:
         have = {k: v for k, v in self.identity.items() if k != "weights"}
         diff = [k for k in want if want[k] != have.get(k)]
         return None if not diff else ", ".join(diff)
-
-
-# The ModelConfig fields a frozen prefix depends on: all `_identity` reads of the config. Configs that agree
-# on these (and on the data and the AU list) share one prefix, whatever their head, losses or training.
-PREFIX_FIELDS = ("arch", "pretrained", "trainable_blocks", "prompts", "emotion_texts")
 
 
 def _identity(model_cfg, data, aus, weights: str | None, quick_gelu: bool | None = None) -> dict:

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from model.config import PREFIX_FIELDS
 from orchestrator.execution.jobs import RESULT_KEY, FinishedFold, FoldJob
 from orchestrator.spec.schema import TrialConfig, stable_hash
 
@@ -24,9 +25,7 @@ PROGRESS_EVERY_S = 1.0  # a trial reports its epochs to the driver at most this 
 
 def prefix_group(trial: TrialConfig, data_key: str) -> str:
     """Which trials can share one frozen prefix: same prepared data, AU list and the config fields the
-    prefix depends on (model.prefix.PREFIX_FIELDS)."""
-    from model.prefix import PREFIX_FIELDS  # imports torch: when first needed, for start-up time
-
+    prefix depends on (model.config.PREFIX_FIELDS; no torch: a search's coordinators call this)."""
     model = {k: v for k, v in trial.model.model_dump(mode="json").items() if k in PREFIX_FIELDS}
     return stable_hash({"data": data_key, "aus": trial.aus, "model": model})
 

@@ -96,3 +96,26 @@ def test_a_resumed_search_restores_the_rungs_of_its_scheduler(tmp_path):
     assert set(rungs[1]) == {"earlier-c0", "earlier-c1"} and set(rungs[3]) == {"earlier-c0"}
     weak = SimpleNamespace(trial_id="new")
     assert scheduler._brackets[0].on_result(weak, 1, min(rungs[1].values()) - 0.1) == "STOP"
+
+
+def test_a_candidate_coordinator_imports_no_torch():
+    """A search's coordinators (one Ray worker process per concurrent candidate, started again by every
+    `run` of the search) group folds by frozen prefix and pool metrics, and never compute a prefix or train:
+    what they import must not pull in torch and open_clip (seconds of CPU per process)."""
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    code = ("import sys\n"
+            "from orchestrator.execution.search import candidate_trainable, milestones\n"
+            "from orchestrator.execution.trainable import prefix_group\n"
+            "from orchestrator.spec.schema import SweepSpec\n"
+            "from model.metrics import pooled_metrics\n"
+            "from model.result import FoldResult\n"
+            "spec = SweepSpec.model_validate({'name': 'x', 'datasets': {'c': {'reader': 'casme2', 'root': '/no'}},"
+            " 'model': {'arch': 'microau-tiny', 'pretrained': 'none'}})\n"
+            "prefix_group(spec.expand(spec.points())[0], 'DATAKEY')\n"
+            "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
