@@ -71,7 +71,10 @@ def _write(folder, doc):
     return path
 
 
-SEARCH = {"algorithm": "optuna", "metric": "f1", "mode": "max", "num_samples": CANDIDATES, "max_concurrent": 2,
+# max_concurrent 1: each run of the search starts a coordinator process per concurrent candidate (a Ray
+# worker: seconds of CPU), and the stop after the 6th fold then finds no other candidate's fold in flight
+# (a fold task whose coordinator dies takes its worker process, and its torch import, with it)
+SEARCH = {"algorithm": "optuna", "metric": "f1", "mode": "max", "num_samples": CANDIDATES, "max_concurrent": 1,
           "space": {"training.lr_head": {"loguniform": [1e-5, 1.0]}},
           "early_stop": {"grace_folds": 1, "reduction_factor": 4}}
 
