@@ -19,7 +19,8 @@ import yaml
 
 from orchestrator.execution.runner import run_sweep
 from orchestrator.execution.search import milestones, run_search
-from orchestrator.planning.candidates import load_candidates
+from orchestrator.planning.candidates import base_trials, load_candidates
+from orchestrator.planning.data import prepare_all
 from orchestrator.planning.store import ResultsStore
 from orchestrator.reporting.search import best as best_row
 from orchestrator.reporting.search import candidate_rows
@@ -91,6 +92,11 @@ def searched(local_ray, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(folder)  # the workdir is relative, as in a sweep file (a Tune trial runs in a folder of its own)
     path = _write(folder, _doc(folder, "lr_search", search=SEARCH))
+    # the data generated and prepared here, in this process: the search then finds it in its cache.
+    # Preparing is not what this module checks (tests/integration/test_parallel.py is), and as Ray tasks it
+    # would start two worker processes (Ray's import and dlib's model each) that the folds do not reuse
+    sweep = load_sweep(path)
+    prepare_all(sweep, base_trials(sweep), progress=False)
     first: list[str] = []
 
     def stop(key):
