@@ -176,7 +176,7 @@ def check(work: Path, args) -> dict:
         # 5. four folds at gpu: 0.25 through the sweep runner (this process's cached GPU memory freed first)
         if cuda:
             torch.cuda.empty_cache()
-        out["packed"] = packed(spec, out["single_fold"]["fold_s"], cuda)
+        out["packed"] = packed(spec, out["single_fold"]["fold_s"], cuda, figures=not args.tiny)
         say(f"packed: {out['packed']}")
     finally:
         ray.shutdown()
@@ -321,8 +321,10 @@ def compiled_check(trial, data, prefix, one: dict, cuda: bool) -> dict:
             "max_abs_prob_diff": round(float(np.abs(np.array(res["probs"]) - np.array(one["probs"])).max()), 6)}
 
 
-def packed(spec, single_fold_s: float, cuda: bool) -> dict:
-    """`run_sweep` on the sweep's four folds at gpu: 0.25; peak device memory sampled while it runs."""
+def packed(spec, single_fold_s: float, cuda: bool, figures: bool = True) -> dict:
+    """`run_sweep` on the sweep's four folds at gpu: 0.25; peak device memory sampled while it runs.
+    `figures`: draw the figures at the end of the run as `run` does (--tiny: not, seconds of matplotlib on
+    a CPU that measure nothing here; the span and fold times are taken before them either way)."""
     from orchestrator.execution.runner import run_sweep
 
     peak = [0.0]
@@ -340,7 +342,7 @@ def packed(spec, single_fold_s: float, cuda: bool) -> dict:
         sampler.start()
     t = time.perf_counter()
     try:
-        outcome = run_sweep(spec, quiet=True, progress=False)
+        outcome = run_sweep(spec, quiet=True, progress=False, figures=figures)
     finally:
         stop.set()
         if sampler:
