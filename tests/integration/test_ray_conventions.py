@@ -53,18 +53,19 @@ def ray_cluster():
     env = _env(temp)
     subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60)
     quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    small = f"--object-store-memory={100 * 2**20}"  # Ray's default is 30% of the machine's memory
     head = subprocess.Popen([RAY, "start", "--head", f"--port={PORT}", "--num-cpus=1", "--include-dashboard=false",
-                             f"--temp-dir={temp}", "--block"], **quiet)
+                             small, f"--temp-dir={temp}", "--block"], **quiet)
     worker = None
     try:
         deadline = time.time() + 60
         while not _answers():
             assert time.time() < deadline and head.poll() is None, "the head did not start"
             time.sleep(0.5)
-        worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{PORT}", "--num-cpus=1", "--block"], **quiet)
-        while len(nodes := _alive_nodes(env)) < 2:
-            assert time.time() < deadline, "the worker node did not join"
-            time.sleep(1)
+        worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{PORT}", "--num-cpus=1", small, "--block"],
+                                  **quiet)
+        nodes = _alive_nodes(env, wanted=2, timeout=max(1.0, deadline - time.time()))
+        assert len(nodes) == 2, "the worker node did not join"
         yield {"address": f"127.0.0.1:{PORT}", "env": env, "worker": worker, "nodes": nodes}
     finally:
         for p in (worker, head):
@@ -84,11 +85,16 @@ def _answers() -> bool:
         return False
 
 
-def _alive_nodes(env: dict[str, str]) -> set[str]:
-    """Node ids of the cluster that are alive (read in a subprocess: this process stays unconnected)."""
-    code = (f"import json, ray; ray.init(address='127.0.0.1:{PORT}', logging_level='ERROR'); "
-            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))")
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+def _alive_nodes(env: dict[str, str], wanted: int, timeout: float) -> set[str]:
+    """Node ids of the cluster that are alive, once `wanted` are (or at `timeout` s): read in one
+    subprocess that connects once and polls (this process stays unconnected; a Python start, Ray's import
+    and a driver's connection per poll cost seconds of CPU each)."""
+    code = (f"import json, time, ray; ray.init(address='127.0.0.1:{PORT}', logging_level='ERROR')\n"
+            f"end = time.time() + {timeout}\n"
+            f"while len(alive := [n['NodeID'] for n in ray.nodes() if n['Alive']]) < {wanted} and time.time() < end:\n"
+            f"    time.sleep(0.2)\n"
+            f"print(json.dumps(alive))")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout + 60)
     return set(json.loads(p.stdout.strip().splitlines()[-1])) if p.returncode == 0 else set()
 
 
@@ -98,13 +104,23 @@ def _still_up(cluster) -> bool:
 
 
 def _sweep(folder: Path, synth_casme2, casme2_cache, mlflow_db_template, subjects=("sub01", "sub02", "sub03")):
-    # folds of a few seconds (30 epochs): long enough that a fold is still training when its node is killed
+    # folds of 3 epochs: the node is killed while a fold waits at an epoch's report, not by a timer, so a
+    # fold need not last long
     path = write_sweep(folder, synth_casme2, "conv", mlflow_db=mlflow_db_template, cache=casme2_cache,
-                       variants={"full": {}}, retries=2, training={**TRAIN, "epochs": 30, "lr_step_epoch": 20})
+                       variants={"full": {}}, retries=2, training=TRAIN)
     doc = yaml.safe_load(path.read_text())
     doc["datasets"]["casme2"]["subjects"] = list(subjects)
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def _parent_group(pid: int) -> int | None:
+    """The process group of the parent of process `pid` (None once it is gone)."""
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return os.getpgid(ppid)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _nodes_of(path: Path) -> set[str]:
@@ -156,28 +172,31 @@ def test_ray_address_joins_and_a_node_lost_mid_sweep_changes_no_result(beside, r
                                                                         casme2_cache, mlflow_db_template,
                                                                         monkeypatch):
     """RAY_ADDRESS names the cluster: `run` says it joins, and its folds run there. The worker node is
-    killed while a fold trains on it (a second after the second fold started: the cluster's two 1-CPU
-    nodes run one fold each): the sweep completes with the undisturbed run's predictions, and the output names
-    the lost node and the retried fold without a traceback; the head stays up."""
+    killed while a fold trains on it: at the fold's first epoch report (the cluster's two 1-CPU nodes run
+    one fold each; a trial waits at each report until the driver has taken it, so the fold is mid-training
+    however short its epochs). The sweep completes with the undisturbed run's predictions, and the output
+    names the lost node and the retried fold without a traceback; the head stays up."""
     from orchestrator.execution.state import SweepState
 
     folder = short_temp_dir("lose")
     path = _sweep(folder, synth_casme2, casme2_cache, mlflow_db_template)
-    started, begun = SweepState.started, []
+    progress, killed = SweepState.progress, []
     worker = ray_cluster["worker"]
 
-    def started_then_kill(self, key):
-        started(self, key)
-        begun.append(key)
-        if len(begun) == 2 and worker.poll() is None:  # two 1-CPU nodes: the second fold runs on the other one
-            time.sleep(1.0)  # into its training
-            os.killpg(worker.pid, signal.SIGKILL)  # the node's raylet and workers, at once
+    def progress_then_kill(self, key, result):
+        progress(self, key, result)
+        # the fold's worker process is a child of the worker node's raylet (Ray gives it a process group of
+        # its own; the raylet is in the node's)
+        if not killed and worker.poll() is None and _parent_group(result["pid"]) == worker.pid:
+            os.killpg(worker.pid, signal.SIGKILL)  # the node's raylet and agents at once; its workers follow
+            killed.append(key)
 
-    monkeypatch.setattr(SweepState, "started", started_then_kill)
+    monkeypatch.setattr(SweepState, "progress", progress_then_kill)
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster["address"])
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     r = _run(path)
     assert r.exit_code == 0, r.output
+    assert killed, "no fold reported from the worker node"
     assert f"joining the Ray cluster at {ray_cluster['address']} (RAY_ADDRESS)" in r.output
     assert _nodes_of(path) <= ray_cluster["nodes"]  # its folds ran there
     assert "Traceback" not in r.output and "SystemExit" not in r.output
