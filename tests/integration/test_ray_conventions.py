@@ -103,24 +103,33 @@ def _still_up(cluster) -> bool:
     return _answers() and cluster["worker"].poll() is None
 
 
-def _sweep(folder: Path, synth_casme2, casme2_cache, mlflow_db_template, subjects=("sub01", "sub02", "sub03")):
+def _sweep(folder: Path, synth_casme2, casme2_cache, mlflow_db_template, subjects=("sub01", "sub02", "sub03"),
+           **over):
     # folds of 3 epochs: the node is killed while a fold waits at an epoch's report, not by a timer, so a
     # fold need not last long
     path = write_sweep(folder, synth_casme2, "conv", mlflow_db=mlflow_db_template, cache=casme2_cache,
-                       variants={"full": {}}, retries=2, training=TRAIN)
+                       variants={"full": {}}, retries=2, training=TRAIN, **over)
     doc = yaml.safe_load(path.read_text())
     doc["datasets"]["casme2"]["subjects"] = list(subjects)
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
-def _parent_group(pid: int) -> int | None:
-    """The process group of the parent of process `pid` (None once it is gone)."""
+def _raylet_in_group(pid: int, group: int) -> int | None:
+    """The parent of process `pid` when it is in process group `group` (the raylet of the node started in
+    that group: a worker process is the raylet's child, in a process group of its own), else None."""
     try:
         ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        return os.getpgid(ppid)
+        return ppid if os.getpgid(ppid) == group else None
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
 
 
 def _nodes_of(path: Path) -> set[str]:
@@ -137,7 +146,9 @@ def beside(ray_cluster, synth_casme2, casme2_cache, mlflow_db_template):
     """The sweep run with the cluster up and RAY_ADDRESS unset: (sweep file, output); undisturbed, it is
     also the reference for the run that loses a node."""
     folder = short_temp_dir("own")
-    path = _sweep(folder, synth_casme2, casme2_cache, mlflow_db_template)
+    # one fold at a time: one worker process imports torch, not one per CPU (the folds' results do not
+    # depend on where or beside what they train)
+    path = _sweep(folder, synth_casme2, casme2_cache, mlflow_db_template, max_concurrent=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RAY_ADDRESS", raising=False)
         mp.setenv("RAY_TMPDIR", ray_cluster["env"]["RAY_TMPDIR"])  # where `ray start` put its address file
@@ -147,14 +158,17 @@ def beside(ray_cluster, synth_casme2, casme2_cache, mlflow_db_template):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_run_and_preprocess_beside_an_unrelated_ray(beside, ray_cluster, tiny_casme2, tmp_path):
+def test_run_and_preprocess_beside_an_unrelated_ray(beside, ray_cluster, tiny_casme2, tmp_path, monkeypatch):
     path, _ = beside
     assert not _nodes_of(path) & ray_cluster["nodes"]  # a Ray of its own, not the one running here
-    p = subprocess.run([sys.executable, "-m", "orchestrator.cli", "preprocess", "--reader", "casme2", "--root",
-                        str(tiny_casme2), "--flow", "dis", "--cache-dir", str(tmp_path / "prep"), "--workers", "2",
-                        "--json"], capture_output=True, text=True, timeout=300,
-                       env={k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"})
-    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    # in this process, as `beside` runs `run` (a subprocess would import everything again)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for k in ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED"):  # where `ray start` put its address file...
+        monkeypatch.setenv(k, ray_cluster["env"][k])
+    r = CliRunner().invoke(main, ["preprocess", "--reader", "casme2", "--root", str(tiny_casme2), "--flow", "dis",
+                                  "--cache-dir", str(tmp_path / "prep"), "--workers", "2", "--json"])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert json.loads(r.stdout)  # its summary
     assert _still_up(ray_cluster)  # left running
 
 
@@ -187,8 +201,11 @@ def test_ray_address_joins_and_a_node_lost_mid_sweep_changes_no_result(beside, r
         progress(self, key, result)
         # the fold's worker process is a child of the worker node's raylet (Ray gives it a process group of
         # its own; the raylet is in the node's)
-        if not killed and worker.poll() is None and _parent_group(result["pid"]) == worker.pid:
+        if not killed and worker.poll() is None and (raylet := _raylet_in_group(result["pid"], worker.pid)):
             os.killpg(worker.pid, signal.SIGKILL)  # the node's raylet and agents at once; its workers follow
+            deadline = time.time() + 10
+            while not _gone(raylet) and time.time() < deadline:  # down before Tune goes on
+                time.sleep(0.02)
             killed.append(key)
 
     monkeypatch.setattr(SweepState, "progress", progress_then_kill)
