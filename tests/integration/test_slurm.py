@@ -31,22 +31,34 @@ SCRIPT = REPO / "cluster" / "slurm" / "sweep.sbatch"
 TOKEN = "slurm-test-ray-token-5b1f0c"
 
 
-def _stop(pid_file: Path) -> None:
-    try:
-        pid = int(pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    for _ in range(50):
+def _stop(*pid_files: Path) -> None:
+    """SIGTERM to each daemon at once, then SIGKILL to those still up after 5 s (stopped one after another,
+    their waits would add up)."""
+    pids = []
+    for pid_file in pid_files:
         try:
-            os.kill(pid, 0)
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGTERM)
+            pids.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    end = time.time() + 5
+    while pids and time.time() < end:
+        pids = [p for p in pids if _alive(p)]
+        time.sleep(0.05)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +106,8 @@ def slurm():
             pytest.fail(f"the test's Slurm node did not come up ({state.strip()!r}): see {d}/slurmd.log")
         yield env
     finally:
-        _stop(d / "slurmd.pid")
-        _stop(d / "slurmctld.pid")
-        _stop(d / "munge" / "munged.pid")
+        _stop(d / "slurmd.pid", d / "slurmctld.pid")
+        _stop(d / "munge" / "munged.pid")  # last: the Slurm daemons may sign a last message with it
         shutil.rmtree(d, ignore_errors=True)
 
 
