@@ -19,7 +19,7 @@ from orchestrator.spec.resolved import load_sweep
 from support import REPO
 from support.data import fake_prepared
 
-pytestmark = pytest.mark.ray  # a Ray of its own for each run (its own temp folder), beside the others
+pytestmark = pytest.mark.ray  # the end-to-end test runs on the shared cluster of tests/support/ray.py
 
 SHARED = [2, 4, 7, 12]
 
@@ -218,11 +218,26 @@ def _cli(command: str, tmp_path: Path, *args):
     return json.loads(res.stdout)
 
 
+def test_train_refuses_a_cross_dataset_sweep(tmp_path):
+    """`train` trains a LOSO sweep's point on one whole dataset; a cross sweep is a usage error, not a
+    'no point' error from the expansion."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    res = CliRunner().invoke(main, ["train", str(REPO / "sweeps" / "cross_quickstart.yaml"), "--point", "0",
+                                    "--set", f"workdir={tmp_path / 'wd'}"])
+    assert res.exit_code == 2 and "runs the cross-dataset protocol" in res.output
+    assert not (tmp_path / "wd").exists()
+
+
+# last in the file: with -n 0 the cluster it shares with test_parallel.py and others stays up between them
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")  # its Ray after the others', not beside them (2 cores)
-def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, mlflow_db_template):
-    """As `microau-sweep run` does it: synthetic data generated, prepared, an embedded Ray started for the
-    units to train, MLflow and the results store written; the second run starts no Ray."""
+@pytest.mark.xdist_group("ray")  # on the shared cluster, after or before the group's other modules (one worker)
+def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(cluster, tmp_path, mlflow_db_template):
+    """As `microau-sweep run --address` does it: synthetic data generated, prepared, the units trained on the
+    two-node cluster of tests/support/ray.py, MLflow and the results store written; the second run trains
+    nothing (the embedded Ray a `run` without an address starts: test_ray_conventions.py, test_gpu_check.py)."""
     from mlflow import MlflowClient
 
     from model.metrics import pooled_metrics
@@ -233,7 +248,8 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
     spec = load_sweep(QUICKSTART, _small(tmp_path))
     (tmp_path / "wd").mkdir()
     shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")
-    first = run_sweep(spec, quiet=True, progress=False, figures=False)  # figures: test_figures.py
+    first = run_sweep(spec, address=cluster.address, quiet=True, progress=False,
+                      figures=False)  # figures: test_figures.py
     assert first.trained == 2 and first.reused == 0 and not first.failed
 
     # the stored units: every test sample of the other dataset, its subjects and labels on AUs 2, 4, 7, 12
@@ -271,7 +287,8 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
         assert c.data.metrics["n_test"] == 6
 
     # resumed like folds: a second run trains nothing and gives the same table; `plan` and `report` agree
-    again = run_sweep(load_sweep(QUICKSTART, _small(tmp_path)), quiet=True, progress=False)
+    again = run_sweep(load_sweep(QUICKSTART, _small(tmp_path)), address=cluster.address, quiet=True,
+                      progress=False)
     assert again.trained == 0 and again.reused == 2
     assert json.dumps(again.state.rows(), default=str) == json.dumps(first.state.rows(), default=str)
     assert len(client.search_runs([client.get_experiment_by_name("cross_quickstart").experiment_id])) == 4
@@ -289,16 +306,3 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(tmp_path, m
     assert doc["dataset"] == "samm->casme2" and [p["id"] for p in doc["predictions"]] == stored["sample_ids"]
     got = [[p["probs"][f"AU{a}"] for a in SHARED] for p in doc["predictions"]]
     assert np.array_equal(np.array(got, dtype=np.float32), np.array(stored["probs"], dtype=np.float32))
-
-
-def test_train_refuses_a_cross_dataset_sweep(tmp_path):
-    """`train` trains a LOSO sweep's point on one whole dataset; a cross sweep is a usage error, not a
-    'no point' error from the expansion."""
-    from click.testing import CliRunner
-
-    from orchestrator.cli import main
-
-    res = CliRunner().invoke(main, ["train", str(REPO / "sweeps" / "cross_quickstart.yaml"), "--point", "0",
-                                    "--set", f"workdir={tmp_path / 'wd'}"])
-    assert res.exit_code == 2 and "runs the cross-dataset protocol" in res.output
-    assert not (tmp_path / "wd").exists()

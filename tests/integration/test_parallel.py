@@ -1,6 +1,7 @@
-"""Parallel work on one local Ray instance with 4 logical CPUs and 1 logical GPU (no real GPU needed):
-samples prepared as Ray tasks give the dataset prepared in-process, array for array, bad samples included;
-four folds asking for `gpu: 0.25` each run at once on the one GPU."""
+"""Parallel work on the two-node Ray cluster of tests/support/ray.py: samples prepared as Ray tasks (over
+both nodes) give the dataset prepared in-process, array for array, bad samples included; four folds asking
+for `gpu: 0.25` each run at once on the one GPU of a node added for it (4 logical CPUs, 1 logical GPU: no
+real GPU needed)."""
 from __future__ import annotations
 
 import shutil
@@ -13,40 +14,37 @@ from preprocessing import prepare_dataset
 from preprocessing.config import PreprocessConfig
 from preprocessing.errors import DatasetError
 
-from support import short_temp_dir
 from support.data import TEST_PREPROCESS
 
 # a Ray kept up by a module fixture in the test process: these modules run one after another, in one worker
 pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
 
 
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    import ray
-
-    temp = short_temp_dir()  # Ray's Unix socket paths must stay under 108 chars
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp),
-             object_store_memory=100 * 2**20, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+@pytest.fixture
+def gpu_node(cluster):
+    """A node with 4 logical CPUs and 1 logical GPU added to the shared cluster for one test (removed after
+    it: the other modules' cluster has no GPU)."""
+    node = cluster.add_node(num_cpus=4, num_gpus=1, object_store_memory=100 * 2**20)
+    cluster.wait_for_nodes()
+    yield node
+    cluster.remove_node(node)
 
 
-def test_ray_tasks_prepare_what_the_serial_path_prepares(local_ray, synth_casme2, prepared_casme2, tmp_path):
+def test_ray_tasks_prepare_what_the_serial_path_prepares(cluster, synth_casme2, prepared_casme2, tmp_path):
     from orchestrator.execution.parallel import RaySamples
 
     mapper = RaySamples(lambda: None)  # Ray is running: used whatever the number of samples
     stats = {}
     data = prepare_dataset("casme2", synth_casme2, PreprocessConfig.model_validate(TEST_PREPROCESS),
                            tmp_path / "cache", progress=False, map_samples=mapper, stats=stats)
-    assert mapper.workers == 4 and stats["prepared"] == 24 and stats["reused"] == 0
+    assert mapper.workers == 2 and stats["prepared"] == 24 and stats["reused"] == 0
     assert data.key == prepared_casme2.key and data.sample_ids == prepared_casme2.sample_ids
     assert np.array_equal(data.flow, prepared_casme2.flow)
     assert np.array_equal(data.landmarks, prepared_casme2.landmarks)
     assert not (tmp_path / "cache" / "pieces").exists()
 
 
-def test_bad_sample_in_a_ray_task(local_ray, tiny_casme2, tmp_path):
+def test_bad_sample_in_a_ray_task(cluster, tiny_casme2, tmp_path):
     """A sample without a face, found in a task: skipped and listed as in-process (skip), or the stop
     with its file, row and sample (stop)."""
     import cv2
@@ -69,7 +67,7 @@ def test_bad_sample_in_a_ray_task(local_ray, tiny_casme2, tmp_path):
     assert not list((tmp_path / "stop").glob("prepared-*"))
 
 
-def test_four_quarter_gpu_folds_run_at_once(local_ray, synth_casme2, tmp_path, mlflow_db_template, monkeypatch,
+def test_four_quarter_gpu_folds_run_at_once(gpu_node, synth_casme2, tmp_path, mlflow_db_template, monkeypatch,
                                             casme2_cache):
     """`resources: {cpu: 1, gpu: 0.25}` on a Ray with one (logical) GPU: the four folds of the sweep are in
     their trainables at the same time (each waits, up to a minute, until all four are in), all on GPU 0."""

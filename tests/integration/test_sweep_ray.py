@@ -1,10 +1,10 @@
 """The Ray Tune sweep end to end on a real two-node Ray cluster started on this machine.
 
-One `ray.cluster_utils.Cluster` (head + worker, 1 CPU each; tests/support/ray.py) is shared by every test
-of this module: trials of one sweep run on both nodes, the pooled metrics equal an in-process single-node
-run, a re-run trains nothing and prints the same table, an added point trains only its folds. The
-failures (a killed driver, a GPU request on a GPU-less cluster, a fold that keeps failing) are in
-test_ray_failures.py, on a cluster of their own, so the two modules can run side by side.
+On the `ray.cluster_utils.Cluster` (head + worker, 1 CPU each; tests/support/ray.py) the modules of the
+xdist group "ray" share: trials of one sweep run on both nodes, the pooled metrics equal an in-process
+single-node run, a re-run trains nothing and prints the same table, an added point trains only its folds.
+The failures (a killed driver, a GPU request on a GPU-less cluster, a fold that keeps failing) are in
+test_ray_failures.py.
 """
 from __future__ import annotations
 

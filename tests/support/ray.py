@@ -1,7 +1,6 @@
 """A two-node Ray cluster for the integration tests, and the small sweep files they run on it."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -13,31 +12,87 @@ from support.data import TEST_PREPROCESS
 
 MODEL = {"arch": "microau-tiny", "pretrained": "none", "trainable_blocks": 1}
 TRAIN = {"epochs": 3, "batch_size": 8, "lr_step_epoch": 2, "threads": 1, "device": "cpu"}
+GROUP = "ray"  # the xdist group of the tests that keep a Ray in the test process (one after another, one worker)
+
+
+class SharedCluster:
+    """`ray.cluster_utils.Cluster`: a head and one node, 1 CPU each, started once for every test module of
+    the xdist group "ray" that uses it (starting one takes 10-20 s on a busy machine; joining it takes
+    well under a second) and stopped when the tests after it are no longer of that group (the hook below).
+    Its processes live in `temp`, which RAY_TMPDIR names while a module uses it."""
+
+    def __init__(self):
+        self.cluster = None
+        self.temp: Path | None = None
+
+    def up(self):
+        from ray.cluster_utils import Cluster
+
+        if self.cluster is None:
+            self.temp = short_temp_dir()  # Ray's Unix socket paths must stay under 108 chars
+            (self.temp / "ray").mkdir()
+            with pytest.MonkeyPatch.context() as mp:  # what the nodes' processes inherit
+                mp.setenv("RAY_TMPDIR", str(self.temp))
+                mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+                self.cluster = Cluster(initialize_head=True, connect=False,
+                                       head_node_args={"num_cpus": 1, "temp_dir": str(self.temp / "ray"),
+                                                       "include_dashboard": False,
+                                                       "object_store_memory": 100 * 2**20})
+                self.cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+                self.cluster.wait_for_nodes()
+        return self.cluster
+
+    def down(self) -> None:
+        import ray
+
+        if self.cluster is not None:
+            ray.shutdown()
+            self.cluster.shutdown()
+            shutil.rmtree(self.temp, ignore_errors=True)
+            self.cluster = self.temp = None
+
+
+SHARED = SharedCluster()
 
 
 @pytest.fixture(scope="module")
 def cluster():
+    """The shared two-node cluster (SharedCluster), this process connected to it for the module (as
+    `Cluster(connect=True)` connects) with RAY_TMPDIR and RAY_USAGE_STATS_ENABLED=0 set for the
+    subprocesses it starts; at the module's end the process leaves it and the variables are restored, so
+    nothing of it reaches the next module but the running nodes. A test that changes the nodes (adds one)
+    puts them back as they were before it ends."""
     import ray
-    from ray.cluster_utils import Cluster
 
-    temp = short_temp_dir()  # Ray's Unix socket paths must stay under 108 chars
-    (temp / "ray").mkdir()
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(RAY_TMPDIR=str(temp), RAY_USAGE_STATS_ENABLED="0")  # subprocesses inherit them
-    c = Cluster(initialize_head=True, connect=True,
-                head_node_args={"num_cpus": 1, "temp_dir": str(temp / "ray"), "include_dashboard": False,
-                                "object_store_memory": 100 * 2**20})
-    c.add_node(num_cpus=1, object_store_memory=100 * 2**20)
-    c.wait_for_nodes()
-    yield c
-    ray.shutdown()
-    c.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    c = SHARED.up()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TMPDIR", str(SHARED.temp))
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        if not ray.is_initialized():
+            ray.init(address=c.address)
+        yield c
+        ray.shutdown()
+
+
+def in_group(item) -> bool:
+    marker = item.get_closest_marker("xdist_group")
+    return marker is not None and (marker.args[:1] or [marker.kwargs.get("name")])[0] == GROUP
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """The shared cluster is stopped after the test whose module fixtures are torn down now and whose next
+    test is not of the group (the group's tests run one after another in one xdist worker; any other test
+    there runs without Ray's nodes beside it)."""
+    result = yield
+    if SHARED.cluster is not None and (nextitem is None or (nextitem.module is not item.module
+                                                            and not in_group(nextitem))):
+        SHARED.down()
+    return result
+
+
+def pytest_sessionfinish(session):
+    SHARED.down()
 
 
 def write_sweep(folder: Path, root: Path, name: str, mlflow_db: Path | None = None, cache: Path | None = None,
