@@ -234,10 +234,13 @@ def test_train_refuses_a_cross_dataset_sweep(tmp_path):
 # last in the file: with -n 0 the cluster it shares with test_parallel.py and others stays up between them
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")  # on the shared cluster, after or before the group's other modules (one worker)
-def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(cluster, tmp_path, mlflow_db_template):
-    """As `microau-sweep run --address` does it: synthetic data generated, prepared, the units trained on the
-    two-node cluster of tests/support/ray.py, MLflow and the results store written; the second run trains
-    nothing (the embedded Ray a `run` without an address starts: test_ray_conventions.py, test_gpu_check.py)."""
+def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(cluster_to_join, tmp_path,
+                                                                       mlflow_db_template):
+    """As `microau-sweep run --address` does it: synthetic data generated, prepared, the two-node cluster of
+    tests/support/ray.py joined for the units to train (one at a time: one worker process), MLflow and the
+    results store written; the second run trains nothing (the embedded Ray of a `run` without an address:
+    test_ray_conventions.py, test_gpu_check.py)."""
+    import ray
     from mlflow import MlflowClient
 
     from model.metrics import pooled_metrics
@@ -245,11 +248,13 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(cluster, tm
     from orchestrator.planning.data import prepare
     from orchestrator.planning.store import ResultsStore
 
-    spec = load_sweep(QUICKSTART, _small(tmp_path))
+    over = [*_small(tmp_path), "max_concurrent=1"]  # a worker process trains both units (the first imports)
+    spec = load_sweep(QUICKSTART, over)
     (tmp_path / "wd").mkdir()
     shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")
-    first = run_sweep(spec, address=cluster.address, quiet=True, progress=False,
+    first = run_sweep(spec, address=cluster_to_join.address, quiet=True, progress=False,
                       figures=False)  # figures: test_figures.py
+    assert not ray.is_initialized()  # joined for the run, left at its end
     assert first.trained == 2 and first.reused == 0 and not first.failed
 
     # the stored units: every test sample of the other dataset, its subjects and labels on AUs 2, 4, 7, 12
@@ -287,7 +292,7 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(cluster, tm
         assert c.data.metrics["n_test"] == 6
 
     # resumed like folds: a second run trains nothing and gives the same table; `plan` and `report` agree
-    again = run_sweep(load_sweep(QUICKSTART, _small(tmp_path)), address=cluster.address, quiet=True,
+    again = run_sweep(load_sweep(QUICKSTART, over), address=cluster_to_join.address, quiet=True,
                       progress=False)
     assert again.trained == 0 and again.reused == 2
     assert json.dumps(again.state.rows(), default=str) == json.dumps(first.state.rows(), default=str)

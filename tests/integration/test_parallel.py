@@ -4,6 +4,8 @@ for `gpu: 0.25` each run at once on the one GPU of a node added for it (4 logica
 real GPU needed)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 
 import numpy as np
@@ -78,18 +80,25 @@ def test_four_quarter_gpu_folds_run_at_once(gpu_node, synth_casme2, tmp_path, ml
     from orchestrator.spec.resolved import load_sweep
 
     @ray.remote(num_cpus=0)
-    class Room:
+    class Room:  # an async actor: its methods run one at a time on its event loop
         def __init__(self):
             self.inside = self.most = 0
+            self.full = asyncio.Event()  # set once four are inside at once
 
-        def enter(self):
+        async def enter(self):
             self.inside += 1
             self.most = max(self.most, self.inside)
+            if self.most >= 4:
+                self.full.set()
 
-        def leave(self):
+        async def wait_full(self, timeout: float):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.full.wait(), timeout)
+
+        async def leave(self):
             self.inside -= 1
 
-        def counts(self):
+        async def counts(self):
             return self.inside, self.most
 
     room = Room.options(name="gpu-room").remote()
@@ -97,8 +106,6 @@ def test_four_quarter_gpu_folds_run_at_once(gpu_node, synth_casme2, tmp_path, ml
     results = {s: fake_result(s) for s in ("sub01", "sub02", "sub03", "sub04")}
 
     def trainable(config, jobs, datasets, prefixes):  # pickled by value into the trial workers
-        import time
-
         import ray as r
         from ray import tune
 
@@ -106,9 +113,7 @@ def test_four_quarter_gpu_folds_run_at_once(gpu_node, synth_casme2, tmp_path, ml
 
         room_ = r.get_actor("gpu-room")
         r.get(room_.enter.remote())
-        deadline = time.time() + 60
-        while r.get(room_.counts.remote())[1] < 4 and time.time() < deadline:
-            time.sleep(0.05)
+        r.get(room_.wait_full.remote(60))  # until all four are in (no polling: 4 processes on 2 cores)
         r.get(room_.leave.remote())
         job = jobs[config["fold"]["key"]]
         node = {"gpu_ids": ",".join(str(g) for g in r.get_gpu_ids())}

@@ -59,16 +59,19 @@ def test_killed_driver_resumes_where_it_stopped(cluster, synth_casme2, tmp_path,
     assert resumed.state.rows()[0]["complete"]
 
 
-def test_gpu_request_on_a_gpu_less_cluster_fails_fast(cluster, synth_casme2, tmp_path):
+def test_gpu_request_on_a_gpu_less_cluster_fails_fast(cluster, synth_casme2, tmp_path, mlflow_db_template,
+                                                       casme2_cache):
     from orchestrator.cli import main
 
-    path = write_sweep(tmp_path, synth_casme2, "gpu", resources={"cpu": 1, "gpu": 0.25})
+    path = write_sweep(tmp_path, synth_casme2, "gpu", mlflow_db_template, casme2_cache,
+                       resources={"cpu": 1, "gpu": 0.25})
     t0 = time.time()
     with pytest.raises(ResourceError, match=r"resources.gpu is 0.25 per fold, but the Ray cluster at .* has "
                                             r"no GPU .* gpu: 0"):
         run_sweep(load_sweep(path), address=cluster.address, quiet=True, progress=False)
     assert time.time() - t0 < 60
-    # nothing tracked or scheduled: MLflow's store was opened while Ray started, but holds no run
+    # nothing tracked or scheduled: MLflow's store (the migrated template) was opened while Ray started, but
+    # holds no run
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'wd' / 'mlflow.db'}")

@@ -192,6 +192,7 @@ def test_adding_a_point_trains_only_its_folds(first_run, cluster, tmp_path):
     path, spec, outcome = first_run
     doc = yaml.safe_load(path.read_text())
     doc["variants"]["no_cl"] = {"model.contrastive": "none"}
+    doc["max_concurrent"] = 1  # one worker process trains the 4 folds (one import of torch, not one per node)
     path2 = path.with_name("two_nodes_more.yaml")
     path2.write_text(yaml.safe_dump(doc, sort_keys=False))
     # another file with the same name: meant here (share_name), refused by default (test_reliability)
@@ -214,6 +215,7 @@ def test_stacked_folds_store_what_unstacked_folds_store(first_run, cluster, tmp_
     doc = yaml.safe_load(path.read_text())
     doc["workdir"] = str(tmp_path / "wd")
     doc["resources"] = {**doc["resources"], "folds_per_trial": 4}
+    doc["max_concurrent"] = 1  # one worker process trains both trials (one import of torch, not one per node)
     (tmp_path / "wd").mkdir()
     shutil.copy(mlflow_db_template, tmp_path / "wd" / "mlflow.db")
     shutil.copytree(casme2_cache, tmp_path / "wd" / "cache", dirs_exist_ok=True)

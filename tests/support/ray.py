@@ -56,22 +56,29 @@ SHARED = SharedCluster()
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """The shared two-node cluster (SharedCluster), this process connected to it for the module (as
-    `Cluster(connect=True)` connects) with RAY_TMPDIR and RAY_USAGE_STATS_ENABLED=0 set for the
-    subprocesses it starts; at the module's end the process leaves it and the variables are restored, so
-    nothing of it reaches the next module but the running nodes. A test that changes the nodes (adds one)
-    puts them back as they were before it ends."""
-    import ray
-
+def cluster_to_join():
+    """The shared two-node cluster (SharedCluster), this process not connected to it: a `run --address`
+    joins it and leaves it at its end, as on a real cluster. RAY_TMPDIR and RAY_USAGE_STATS_ENABLED=0 are
+    set for the module (for the subprocesses it starts) and restored at its end, so nothing of it reaches the
+    next module but the running nodes. A test that changes the nodes (adds one) puts them back as they were
+    before it ends."""
     c = SHARED.up()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_TMPDIR", str(SHARED.temp))
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        if not ray.is_initialized():
-            ray.init(address=c.address)
         yield c
-        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_to_join):
+    """`cluster_to_join`, this process connected to it for the module (as `Cluster(connect=True)` connects):
+    a `run_sweep(address=...)` uses that connection and leaves it open."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cluster_to_join.address)
+    yield cluster_to_join
+    ray.shutdown()
 
 
 def in_group(item) -> bool:
