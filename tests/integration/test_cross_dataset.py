@@ -218,22 +218,8 @@ def _cli(command: str, tmp_path: Path, *args):
     return json.loads(res.stdout)
 
 
-def test_train_refuses_a_cross_dataset_sweep(tmp_path):
-    """`train` trains a LOSO sweep's point on one whole dataset; a cross sweep is a usage error, not a
-    'no point' error from the expansion."""
-    from click.testing import CliRunner
-
-    from orchestrator.cli import main
-
-    res = CliRunner().invoke(main, ["train", str(REPO / "sweeps" / "cross_quickstart.yaml"), "--point", "0",
-                                    "--set", f"workdir={tmp_path / 'wd'}"])
-    assert res.exit_code == 2 and "runs the cross-dataset protocol" in res.output
-    assert not (tmp_path / "wd").exists()
-
-
-# last in the file: with -n 0 the cluster it shares with test_parallel.py and others stays up between them
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")  # on the shared cluster, after or before the group's other modules (one worker)
+@pytest.mark.xdist_group("ray")  # the shared cluster's tests: one after another, in one worker
 def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(cluster_to_join, tmp_path,
                                                                        mlflow_db_template):
     """As `microau-sweep run --address` does it: synthetic data generated, prepared, the two-node cluster of
@@ -311,3 +297,16 @@ def test_cross_dataset_sweep_end_to_end_on_synthetic_casme2_and_samm(cluster_to_
     assert doc["dataset"] == "samm->casme2" and [p["id"] for p in doc["predictions"]] == stored["sample_ids"]
     got = [[p["probs"][f"AU{a}"] for a in SHARED] for p in doc["predictions"]]
     assert np.array_equal(np.array(got, dtype=np.float32), np.array(stored["probs"], dtype=np.float32))
+
+
+def test_train_refuses_a_cross_dataset_sweep(tmp_path):
+    """`train` trains a LOSO sweep's point on one whole dataset; a cross sweep is a usage error, not a
+    'no point' error from the expansion."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    res = CliRunner().invoke(main, ["train", str(REPO / "sweeps" / "cross_quickstart.yaml"), "--point", "0",
+                                    "--set", f"workdir={tmp_path / 'wd'}"])
+    assert res.exit_code == 2 and "runs the cross-dataset protocol" in res.output
+    assert not (tmp_path / "wd").exists()

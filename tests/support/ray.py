@@ -12,18 +12,18 @@ from support.data import TEST_PREPROCESS
 
 MODEL = {"arch": "microau-tiny", "pretrained": "none", "trainable_blocks": 1}
 TRAIN = {"epochs": 3, "batch_size": 8, "lr_step_epoch": 2, "threads": 1, "device": "cpu"}
-GROUP = "ray"  # the xdist group of the tests that keep a Ray in the test process (one after another, one worker)
 
 
 class SharedCluster:
     """`ray.cluster_utils.Cluster`: a head and one node, 1 CPU each, started once for every test module of
     the xdist group "ray" that uses it (starting one takes 10-20 s on a busy machine; joining it takes
-    well under a second) and stopped when the tests after it are no longer of that group (the hook below).
-    Its processes live in `temp`, which RAY_TMPDIR names while a module uses it."""
+    well under a second) and stopped after the last of them (the hook below). Its processes live in
+    `temp`, which RAY_TMPDIR names while a module uses it."""
 
     def __init__(self):
         self.cluster = None
         self.temp: Path | None = None
+        self.last: list | None = None  # [the session's last test that uses it], once known
 
     def up(self):
         from ray.cluster_utils import Cluster
@@ -81,20 +81,21 @@ def cluster(cluster_to_join):
     ray.shutdown()
 
 
-def in_group(item) -> bool:
-    marker = item.get_closest_marker("xdist_group")
-    return marker is not None and (marker.args[:1] or [marker.kwargs.get("name")])[0] == GROUP
+def uses_cluster(item) -> bool:
+    return "cluster_to_join" in getattr(item, "fixturenames", ())  # `cluster` too: it asks for it
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    """The shared cluster is stopped after the test whose module fixtures are torn down now and whose next
-    test is not of the group (the group's tests run one after another in one xdist worker; any other test
-    there runs without Ray's nodes beside it)."""
+    """The shared cluster is stopped after the session's last test that uses it (all of them are in the
+    xdist group "ray": one worker runs them, one after another), so the tests after it run without its
+    nodes beside them; with -n 0 it stays up over the other tests between its modules."""
     result = yield
-    if SHARED.cluster is not None and (nextitem is None or (nextitem.module is not item.module
-                                                            and not in_group(nextitem))):
-        SHARED.down()
+    if SHARED.cluster is not None:
+        if SHARED.last is None:
+            SHARED.last = [i for i in item.session.items if uses_cluster(i)][-1:] or [item]
+        if item is SHARED.last[0]:
+            SHARED.down()
     return result
 
 
