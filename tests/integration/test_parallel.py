@@ -120,6 +120,9 @@ def test_four_quarter_gpu_folds_run_at_once(gpu_node, synth_casme2, tmp_path, ml
         tune.report({RESULT_KEY: FinishedFold(results[job["subject"]], node).dumps(), "finished": 1})
 
     monkeypatch.setattr(runner, "fold_trainable", trainable)
+    # it trains nothing, so no frozen prefix is computed for it (each trial process would import torch to
+    # unpickle one: four at once on two cores)
+    monkeypatch.setattr(runner, "prefix_for", lambda *a, **k: None)
     wd = tmp_path / "wd"
     wd.mkdir()
     shutil.copy(mlflow_db_template, wd / "mlflow.db")
