@@ -39,7 +39,7 @@ def test_ray_tasks_prepare_what_the_serial_path_prepares(cluster, synth_casme2, 
     stats = {}
     data = prepare_dataset("casme2", synth_casme2, PreprocessConfig.model_validate(TEST_PREPROCESS),
                            tmp_path / "cache", progress=False, map_samples=mapper, stats=stats)
-    assert mapper.workers == 2 and stats["prepared"] == 24 and stats["reused"] == 0
+    assert mapper.workers == 2 and stats["prepared"] == 24 and stats["reused"] == 0  # the two 1-CPU nodes
     assert data.key == prepared_casme2.key and data.sample_ids == prepared_casme2.sample_ids
     assert np.array_equal(data.flow, prepared_casme2.flow)
     assert np.array_equal(data.landmarks, prepared_casme2.landmarks)
