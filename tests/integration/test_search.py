@@ -1,5 +1,5 @@
 """A search over whole LOSO points (issue 19; docs/sweeps.md, "Searching") on Ray Tune's OptunaSearch and
-ASHA, on one local Ray (2 CPUs) kept up for the module.
+ASHA, on the integration tests' shared two-node Ray cluster (1 CPU per node).
 
 The synthetic task: a generated CASME II-layout dataset of 5 subjects x 8 samples, the tiny backbone frozen
 (trainable_blocks 0, its prefix cached), 10 epochs of SGD, AUs 1, 2, 4, 12. Measured in-process (every
@@ -26,7 +26,6 @@ from orchestrator.reporting.search import best as best_row
 from orchestrator.reporting.search import candidate_rows
 from orchestrator.spec.resolved import load_sweep
 
-from support import short_temp_dir
 from support.data import TEST_PREPROCESS
 from support.sweeps import InProcessBackend
 
@@ -38,20 +37,12 @@ CANDIDATES = 12
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    temp = short_temp_dir()
-    saved = os.environ.get("RAY_USAGE_STATS_ENABLED")
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ctx = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
-    yield ctx.address_info["gcs_address"]
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-    if saved is None:
-        os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
-    else:
-        os.environ["RAY_USAGE_STATS_ENABLED"] = saved
+def local_ray(cluster_to_join):
+    """The group's shared two-node cluster (tests/support/ray.py; 1 CPU each), which each search joins by
+    its address and leaves, as `run --address` does. (A Ray of its own here cost a start and a shutdown,
+    and the group's later tests, joining the cluster again after it, lost every trial: 'The actor never
+    ran - it was cancelled before it started running'.)"""
+    return cluster_to_join.address
 
 
 def _doc(folder, name, **over):
