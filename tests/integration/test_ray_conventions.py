@@ -160,17 +160,32 @@ def beside(ray_cluster, synth_casme2, casme2_cache, mlflow_db_template):
 
 
 def test_run_and_preprocess_beside_an_unrelated_ray(beside, ray_cluster, tiny_casme2, tmp_path, monkeypatch):
+    """`run` and `preprocess --workers 2` beside a running cluster use Rays of their own and leave it up;
+    the Ray workers prepare exactly what one process prepares, with a clean output (no Ray start-up
+    notices, no traceback), no pieces left, and their Ray shut down at the end."""
+    import numpy as np
+    import ray
+
+    from preprocessing import PreparedDataset
+
     path, _ = beside
     assert not _nodes_of(path) & ray_cluster["nodes"]  # a Ray of its own, not the one running here
     # in this process, as `beside` runs `run` (a subprocess would import everything again)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for k in ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED"):  # where `ray start` put its address file...
         monkeypatch.setenv(k, ray_cluster["env"][k])
-    r = CliRunner().invoke(main, ["preprocess", "--reader", "casme2", "--root", str(tiny_casme2), "--flow", "dis",
-                                  "--cache-dir", str(tmp_path / "prep"), "--workers", "2", "--json"])
+    args = ["preprocess", "--reader", "casme2", "--root", str(tiny_casme2), "--flow", "dis", "--json"]
+    r = CliRunner().invoke(main, [*args, "--cache-dir", str(tmp_path / "ray"), "--workers", "2"])
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
-    assert json.loads(r.stdout)  # its summary
+    assert "Token authentication" not in r.stderr and not ray.is_initialized()
     assert _still_up(ray_cluster)  # left running
+    serial = CliRunner().invoke(main, [*args, "--cache-dir", str(tmp_path / "serial")])
+    assert serial.exit_code == 0, serial.output
+    assert json.loads(r.stdout) == json.loads(serial.stdout)
+    a, = (tmp_path / "ray").glob("prepared-*.npz")
+    b, = (tmp_path / "serial").glob("prepared-*.npz")
+    assert np.array_equal(PreparedDataset.load(a).flow, PreparedDataset.load(b).flow)
+    assert not (tmp_path / "ray" / "pieces").exists()
 
 
 def test_a_ray_address_that_does_not_answer_is_one_clear_error(tmp_path, synth_casme2, monkeypatch):

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 BAND = (2e-3, 3e-2)
 SUBJECTS = 5
-CANDIDATES = 12
+CANDIDATES = 8  # seeded, one at a time: the first (5.5e-3) is in the band already; 16 of 40 folds trained
 
 
 @pytest.fixture(scope="module")

@@ -173,25 +173,3 @@ def test_synth_command_and_console_script(tmp_path):
                                 "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True)
     assert bad.returncode != 0 and "nowhere: dataset root is not a folder" in bad.stderr
     assert bad.stdout == "" and not (tmp_path / "cache").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.ray  # a Ray of its own, in a subprocess
-def test_preprocess_with_ray_workers_prepares_what_one_process_prepares(tiny_casme2, tmp_path):
-    """`preprocess --workers 2` (a local Ray of its own, samples as tasks): the same prepared dataset as
-    in-process, a clean stderr (no Ray start-up notices, no traceback), Ray shut down at the end."""
-    import numpy as np
-
-    from preprocessing import PreparedDataset
-
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "preprocess", "--reader", "casme2", "--root",
-                           str(tiny_casme2), "--flow", "dis", "--cache-dir", str(tmp_path / "ray"), "--workers", "2",
-                           "--json"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr and "Token authentication" not in proc.stderr
-    serial = preprocess(tiny_casme2, tmp_path / "serial")
-    assert json.loads(proc.stdout) == json.loads(serial.stdout)
-    a, = (tmp_path / "ray").glob("prepared-*.npz")
-    b, = (tmp_path / "serial").glob("prepared-*.npz")
-    assert np.array_equal(PreparedDataset.load(a).flow, PreparedDataset.load(b).flow)
-    assert not (tmp_path / "ray" / "pieces").exists()
