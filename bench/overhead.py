@@ -121,7 +121,11 @@ def run(args, tmp: Path, ncpu: int) -> dict:
     stored = {t["fold"]: t for t in timings["trials"]}
     baseline = None
     if args.baseline_repo:
-        baseline = {"repo": str(args.baseline_repo), "run_s": round(run_command(sweep, tmp, args.baseline_repo)[0], 2)}
+        base_wall, base_doc = run_command(sweep, tmp, args.baseline_repo)
+        base_trials = list(base_doc["timings"]["trials"])
+        baseline = {"repo": str(args.baseline_repo), "run_s": round(base_wall, 2),
+                    "per_sweep": per_sweep(base_doc["timings"], base_wall), "per_trial": per_trial(base_trials),
+                    "fold_s": round(sum(t.get("fold_total_s", 0.0) for t in base_trials), 2)}
     floor = tune_floor(len(subjects), threads, tmp)
 
     bare_fold_s = [f.timings["total_s"] for f in bare_folds]
@@ -248,7 +252,9 @@ def _table(out: dict) -> None:
     w(f"Ray Tune alone ({f['trials']} trials importing torch): {f['wall_s']} s (start {f['ray_import_and_start_s']}, "
       f"fit {f['fit_s']}, shutdown {f['shutdown_s']}); bare + it: {f['ratio_if_run_cost_only_this']}\n")
     if out.get("baseline"):
-        w(f"baseline run ({out['baseline']['repo']}): {out['baseline']['run_s']} s, ratio {out['baseline']['ratio']}\n")
+        b = out["baseline"]
+        w(f"baseline run ({b['repo']}): {b['run_s']} s, ratio {b['ratio']}; its fixed per sweep "
+          f"{b['per_sweep']['fixed_total_s']} s, folds {b['fold_s']} s\n")
 
 
 if __name__ == "__main__":
