@@ -59,7 +59,7 @@ def start_from_template(path: Path, artifacts: Path) -> bool:
         finally:
             os.unlink(tmp)
         return True
-    except (OSError, sqlite3.Error) as e:
+    except Exception as e:  # noqa: BLE001 - any failure here only means MLflow creates the store itself
         logger.debug("no template MLflow store for %s (%s); MLflow creates it", path, e)
         return False
 
@@ -71,7 +71,9 @@ def _template() -> Path:
     folder = tool_cache() / "mlflow-stores"
     template = folder / f"empty-mlflow-{mlflow.__version__}.db"
     if template.is_file():
-        return template
+        if _schema_revision(template):
+            return template
+        template.unlink(missing_ok=True)  # damaged (it was written whole): made again below
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".empty-", suffix=".db", dir=folder)
     os.close(fd)
@@ -84,6 +86,19 @@ def _template() -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return template
+
+
+def _schema_revision(db: Path) -> str | None:
+    """The Alembic revision a store's schema is at, None when the file is not a readable store."""
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
 
 
 def _own_default_experiment(db: Path, artifacts: Path) -> None:

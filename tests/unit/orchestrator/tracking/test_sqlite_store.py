@@ -63,3 +63,13 @@ def test_without_a_usable_cache_mlflow_creates_the_store(tmp_path, monkeypatch):
     assert start_from_template(sweep.paths.workdir / "mlflow.db", sweep.paths.mlartifacts) is False
     tracker = Tracker(sweep)
     assert tracker.client.get_experiment(tracker.experiment_id).name == sweep.experiment
+
+
+def test_a_damaged_template_is_made_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROAU_SWEEP_CACHE", str(tmp_path / "cache"))
+    assert start_from_template(tmp_path / "a.db", tmp_path / "art")
+    template, = (tool_cache() / "mlflow-stores").glob("empty-mlflow-*.db")
+    template.write_bytes(b"not a database")
+    assert start_from_template(tmp_path / "b.db", tmp_path / "art")
+    assert _default_experiment(tmp_path / "b.db") == (tmp_path / "art" / "0").resolve().as_uri()
+    assert template.read_bytes()[:15] == b"SQLite format 3"
