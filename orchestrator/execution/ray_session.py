@@ -141,6 +141,7 @@ def worker_output_to(path: Path) -> None:
     Ray's tracebacks. Replaces the handler ray.init(log_to_driver=True) installs."""
     from ray._private import worker as ray_worker  # Ray's driver-side handler of worker output
 
+    path = Path(path).resolve()  # the sweep's folder now: a later chdir of this process does not move it
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
 
@@ -235,7 +236,9 @@ class ToLogFile(logging.Filter):
 
     def __init__(self, path: Path):
         super().__init__()
-        self.path = path
+        # resolved now: a relative workdir stays the sweep's, whatever this process's folder later (the
+        # filter stays on the logger after the run, until the next run of the process replaces it)
+        self.path = Path(path).resolve()
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
