@@ -133,14 +133,15 @@ def prepared_casme2(synth_casme2, casme2_cache):
 
 
 @pytest.fixture(scope="session")
-def mlflow_db_template(tmp_path_factory):
-    """An empty MLflow SQLite store with every migration applied (creating one takes ~10 s): tests copy it
-    to `<workdir>/mlflow.db` instead of migrating a fresh database each."""
+def mlflow_db_template(tmp_path_factory, _tool_cache):
+    """An empty MLflow SQLite store with every migration applied: the tool's own template
+    (orchestrator/tracking/sqlite_store.py, in the session's tool cache), put in a folder of its own for the
+    tests that place a store themselves (an MLflow server's, or one copied into a workdir ahead of a run)."""
+    from orchestrator.tracking.sqlite_store import start_from_template
 
     def make(folder):
-        from mlflow import MlflowClient
-
         folder.mkdir(parents=True)
-        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+        if not start_from_template(folder / "mlflow.db", folder / "mlartifacts"):
+            raise RuntimeError(f"no template MLflow store could be made in {folder}")
 
     return once(tmp_path_factory, "mlflow-template", make) / "mlflow.db"

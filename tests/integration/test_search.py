@@ -37,7 +37,7 @@ CANDIDATES = 8  # seeded, one at a time: the first (5.5e-3) is in the band alrea
 
 
 @pytest.fixture(scope="module")
-def local_ray(cluster_to_join):
+def cluster_address(cluster_to_join):
     """The group's shared two-node cluster (tests/support/ray.py; 1 CPU each), which each search joins by
     its address and leaves, as `run --address` does. (A Ray of its own here cost a start and a shutdown,
     and the group's later tests, joining the cluster again after it, lost every trial: 'The actor never
@@ -76,7 +76,7 @@ class Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def searched(local_ray, tmp_path_factory):
+def searched(cluster_address, tmp_path_factory):
     """The search, stopped on the driver after the 6th fold it stores (an exception, as a killed driver
     leaves it: candidates drawn and not finished), then run again to the end."""
     folder = tmp_path_factory.mktemp("search")
@@ -97,11 +97,11 @@ def searched(local_ray, tmp_path_factory):
 
     t0 = time.time()
     with pytest.raises(Exception, match="stopped after 6 folds"):
-        run_search(load_sweep(path), address=local_ray, quiet=True, progress=False, tracking=False, inject=stop)
+        run_search(load_sweep(path), address=cluster_address, quiet=True, progress=False, tracking=False, inject=stop)
     stopped = load_candidates(load_sweep(path))
     t1 = time.time()
     second: list[str] = []
-    outcome = run_search(load_sweep(path), address=local_ray, quiet=True, progress=False, tracking=False,
+    outcome = run_search(load_sweep(path), address=cluster_address, quiet=True, progress=False, tracking=False,
                          inject=second.append)
     print(f"search: {len(first)} folds in {t1 - t0:.1f}s until stopped, then {len(second)} in {time.time() - t1:.1f}s")
     yield folder, path, outcome, first, second, stopped
