@@ -106,9 +106,9 @@ def pytest_sessionfinish(session):
 def write_sweep(folder: Path, root: Path, name: str, mlflow_db: Path | None = None, cache: Path | None = None,
                 **over) -> Path:
     """A small sweep file over the dataset at `root` (two variants, the tiny backbone, 3 epochs), its
-    workdir in `folder`; `mlflow_db`: an empty migrated MLflow store to start from (a run would copy the tool's template itself; migrating a new one costs
-    ~8 s); `cache`: a cache folder whose prepared datasets the workdir starts with (conftest's
-    `casme2_cache`), so preparing is a cache hit."""
+    workdir in `folder`; `mlflow_db`: an empty migrated MLflow store to start from (a run would copy the
+    tool's template itself; migrating a new one costs ~8 s); `cache`: a cache folder whose prepared datasets
+    the workdir starts with (conftest's `casme2_cache`), so preparing is a cache hit."""
     doc = {"name": name, "workdir": str(folder / "wd"),
            "datasets": {"casme2": {"reader": "casme2", "root": str(root)}},
            "preprocessing": TEST_PREPROCESS, "model": MODEL, "training": TRAIN,
