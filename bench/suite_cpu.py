@@ -6,7 +6,8 @@ Runs COMMAND (default: the README's test command, `python -m pytest -q -p no:cac
 --interval seconds until it exits, reads every process's CPU time (utime + stime) from /proc and adds what
 each process used since the last look to the kind it is now (Ray's trial and task workers, idle workers, its
 daemons, the test processes, the commands the tests start, MLflow's servers, Slurm's daemons, ...). A
-process first seen counts its whole CPU time so far; one that starts and ends between two looks is missed.
+process that ran before COMMAND counts from COMMAND's start only; one started since counts its whole CPU
+time when first seen; one that starts and ends between two looks is missed.
 Everything on the machine is counted, not only COMMAND's processes: run it on an otherwise idle machine.
 The table goes to stderr, one JSON object to stdout (wall, CPU seconds and share per kind, COMMAND's exit
 status).
